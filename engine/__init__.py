@@ -1,0 +1,19 @@
+"""Pure-NumPy backpropagation engine: multi-layer perceptrons, losses, optimizers, training.
+
+Depends on NumPy and the standard library only; nothing here knows about Hydra or MLflow.
+"""
+
+from engine.activations import ACTIVATIONS
+from engine.gradcheck import GradientCheck, gradient_check
+from engine.initializers import INITIALIZERS
+from engine.losses import LOSSES
+from engine.network import MLP
+from engine.optimizers import OPTIMIZERS, Optimizer, make_optimizer
+from engine.schedules import SCHEDULE_NAMES, Schedule
+from engine.training import METRICS, EarlyStopping, EpochReport, History, Observer, evaluate, train
+
+__all__ = [
+    "ACTIVATIONS", "INITIALIZERS", "LOSSES", "METRICS", "OPTIMIZERS", "SCHEDULE_NAMES",
+    "MLP", "Optimizer", "Schedule", "EarlyStopping", "EpochReport", "History", "Observer",
+    "GradientCheck", "gradient_check", "make_optimizer", "evaluate", "train",
+]
