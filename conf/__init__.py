@@ -1,0 +1,1 @@
+"""Hydra config tree, installed as the package runner.conf (see pyproject.toml)."""

@@ -1,0 +1,173 @@
+"""``run(cfg)``: turn a composed config into engine objects, train, and track the run.
+
+This is the testable core of the ``bprun`` command; ``runner.app`` only wraps it for Hydra.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from engine import MLP, EarlyStopping, EpochReport, History, Observer, Schedule, make_optimizer, train
+from runner.config import AdamConfig, ExperimentConfig, MomentumConfig, validate
+from runner.datasets import Dataset, load_dataset
+
+SEED_PURPOSES = ("data", "split", "init", "shuffle")
+
+
+class TrainingFailed(RuntimeError):
+    """Training ended without a usable result (for example it diverged); the run is FAILED."""
+
+
+@dataclass
+class RunResult:
+    """What ``run`` returns besides the final metrics."""
+
+    metrics: dict[str, float]
+    history: History
+    network: MLP
+    dataset: Dataset
+    run_id: str | None
+    tracking_uri: str | None
+
+
+def make_generators(settings: ExperimentConfig) -> dict[str, np.random.Generator]:
+    """One Generator per purpose, spawned from the single config seed.
+
+    Spawning keeps the streams independent: changing the batch size (which changes how much the
+    shuffle stream is used) never changes the initial weights. ``dataset.seed``, when set, fixes
+    the data and the split on their own so that other seeds can vary around one data set.
+    """
+    streams = dict(zip(SEED_PURPOSES, np.random.SeedSequence(settings.seed).spawn(len(SEED_PURPOSES))))
+    if settings.dataset.seed is not None:
+        data_stream, split_stream = np.random.SeedSequence(settings.dataset.seed).spawn(2)
+        streams.update(data=data_stream, split=split_stream)
+    return {purpose: np.random.default_rng(stream) for purpose, stream in streams.items()}
+
+
+def build_optimizer(settings: ExperimentConfig):
+    """The engine optimizer for ``settings.optimizer`` (options passed by name, never ``_target_``)."""
+    config = settings.optimizer
+    schedule = Schedule(config.schedule.name, config.schedule.step_size, config.schedule.gamma, config.schedule.min_lr)
+    options: dict[str, float] = {}
+    if isinstance(config, MomentumConfig):
+        options["momentum"] = config.momentum
+    if isinstance(config, AdamConfig):
+        options.update(beta1=config.beta1, beta2=config.beta2, eps=config.eps)
+    return make_optimizer(config.name, config.lr, schedule, **options)
+
+
+def default_run_name(settings: ExperimentConfig) -> str:
+    hidden = "x".join(map(str, settings.model.hidden)) or "none"
+    return f"{settings.dataset.name}-{settings.optimizer.name}-lr{settings.optimizer.lr:.15g}-h{hidden}"
+
+
+def metric_names(report_metrics: dict[str, float], prefix: str, loss: str) -> dict[str, float]:
+    """Engine metric names to tracked names: the loss is ``<prefix>_mse`` when it is mse."""
+    named = {}
+    for name, value in report_metrics.items():
+        if name == "loss" and loss == "mse":
+            name = "mse"
+        named[f"{prefix}_{name}"] = value
+    return named
+
+
+class MetricLogger(Observer):
+    """Sends every epoch's train/val metrics to a tracked run, with ``step = epoch``."""
+
+    def __init__(self, tracked_run: Any, loss: str) -> None:
+        self.tracked_run = tracked_run
+        self.loss = loss
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        values = metric_names(report.train, "train", self.loss)
+        if report.validation is not None:
+            values.update(metric_names(report.validation, "val", self.loss))
+        self.tracked_run.log_metrics(values, report.epoch)
+
+
+def final_metrics(history: History, loss: str) -> dict[str, float]:
+    """The last value of every history series, under its tracked name."""
+    final = {}
+    for key, values in history.metrics.items():
+        if values:
+            prefix, name = key.split("_", 1)
+            final.update(metric_names({name: values[-1]}, prefix, loss))
+    return final
+
+
+def hydra_overrides() -> list[str]:
+    """The command-line overrides of the current Hydra job ([] outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Validate ``cfg``, train the network it describes, track it; return the final metrics
+    (``train_mse``, ``val_mse``, ...). See ``run_experiment`` for everything else."""
+    return run_experiment(cfg).metrics
+
+
+def run_experiment(cfg: DictConfig, start_dir: str | None = None) -> RunResult:
+    """Validate ``cfg``, train the network it describes, and track it in MLflow.
+
+    Everything that can be wrong with the config or the data raises (``ConfigError``,
+    ``DataError``) before any MLflow run exists. A diverged training ends its run FAILED and
+    raises ``TrainingFailed``.
+    """
+    settings = validate(cfg)
+    generators = make_generators(settings)
+    dataset = load_dataset(settings.dataset, generators["data"], generators["split"])
+    model, trainer = settings.model, settings.trainer
+    network = MLP(
+        [dataset.n_inputs, *model.hidden, dataset.n_outputs], generators["init"],
+        activation=model.activation, output_activation=model.output_activation,
+        init=model.init, init_std=model.init_std, dtype=trainer.dtype,
+    )
+    optimizer = build_optimizer(settings)
+    early_stopping = None
+    if trainer.early_stopping.enabled:
+        stopping = trainer.early_stopping
+        early_stopping = EarlyStopping(stopping.patience, stopping.min_delta, stopping.restore_best_weights)
+    extra_metrics = ["mse"] + (["accuracy"] if dataset.task == "classification" else [])
+
+    tracked_run, uri = None, None
+    if settings.tracking.enabled:
+        from runner.tracking import MlflowRun, flatten, resolve_tracking_uri
+
+        uri = resolve_tracking_uri(settings.tracking.uri, start_dir or os.getcwd())
+        params = flatten(OmegaConf.to_container(cfg, resolve=True))
+        params["model.layer_sizes"] = network.sizes
+        tags = {"dataset": dataset.name, "task": dataset.task, "data_source": dataset.source}
+        tracked_run = MlflowRun(uri, settings.tracking.experiment,
+                                settings.tracking.run_name or default_run_name(settings), params, tags)
+
+    with tracked_run if tracked_run is not None else nullcontext():
+        observers = [MetricLogger(tracked_run, trainer.loss)] if tracked_run is not None else []
+        history = train(
+            network, optimizer, dataset.X_train, dataset.Y_train,
+            epochs=trainer.epochs, loss=trainer.loss, batch_size=trainer.batch_size,
+            rng=generators["shuffle"], X_val=dataset.X_val, Y_val=dataset.Y_val,
+            metrics=extra_metrics, early_stopping=early_stopping, observers=observers,
+        )
+        if tracked_run is not None:
+            tracked_run.set_tags({"stop_reason": history.stop_reason, "epochs_run": str(history.epochs_run)})
+            tracked_run.log_text_files({
+                "config.yaml": OmegaConf.to_yaml(cfg),
+                "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(hydra_overrides())),
+            })
+            if history.stop_reason == "diverged":
+                tracked_run.fail(history.message)
+    result = RunResult(final_metrics(history, trainer.loss), history, network, dataset,
+                       tracked_run.run_id if tracked_run else None, uri)
+    if history.stop_reason == "diverged":
+        raise TrainingFailed(history.message)
+    return result

@@ -1,0 +1,173 @@
+"""MLflow tracking: where runs go, one run's lifecycle, and batched metric logging.
+
+MLflow is imported only inside these functions (an ``import mlflow`` costs about a second),
+so commands that do not track never pay for it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# On SQLite every call costs milliseconds whatever its size, so metrics are buffered and sent
+# in batches of at most MLflow's own per-call limit.
+MAX_METRICS_PER_CALL = 1000
+MAX_PARAMS_PER_CALL = 100
+# Flush at least this often so a dashboard shows a long run's progress while it trains.
+FLUSH_INTERVAL_SECONDS = 5.0
+
+
+def resolve_tracking_uri(configured: str | None, start_dir: str) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``configured``, else a SQLite file in ``start_dir``."""
+    from_environment = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_environment:
+        return from_environment
+    if configured:
+        return configured
+    return f"sqlite:///{Path(start_dir, 'mlflow.db').resolve()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+
+
+def dashboard_command(uri: str) -> str:
+    """The command that opens the MLflow UI on this store."""
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """Create the store (schema migration) and the experiment if needed; return its id.
+
+    With a SQLite store the experiment's artifacts go to ``mlartifacts/`` beside the database,
+    not to ``./mlruns`` in whatever directory the process happens to run in.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    database = sqlite_path(uri)
+    artifact_location = (database.parent / "mlartifacts").resolve().as_uri() if database else None
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:
+        # Another process created it between our lookup and create: use theirs.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def format_param(value: Any) -> str:
+    """A config value as an MLflow param: lists/dicts/None as JSON, floats in shortest form."""
+    import json
+
+    if isinstance(value, float):
+        return format(value, ".15g")
+    if isinstance(value, (list, dict)) or value is None:
+        return json.dumps(value)
+    return str(value)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for a nested dict: ``{'optimizer': {'lr': 1}}`` -> ``{'optimizer.lr': 1}``.
+    Lists stay values."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+class MlflowRun:
+    """One MLflow run, driven through ``MlflowClient`` (no global active run to leak).
+
+    Use as a context manager: leaving normally ends the run FINISHED, a KeyboardInterrupt
+    KILLED, any other exception FAILED with the error as the ``failure_reason`` tag.
+    """
+
+    def __init__(self, uri: str, experiment: str, run_name: str, params: dict[str, Any],
+                 tags: dict[str, str]) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(uri)
+        self.experiment_id = ensure_experiment(uri, experiment)
+        self._params = {key: format_param(value) for key, value in params.items()}
+        self._tags = tags
+        self._run_name = run_name
+        self._pending: list[Any] = []
+        self._last_flush = time.monotonic()
+        self._failure: str | None = None
+        self.run_id = ""
+
+    def __enter__(self) -> "MlflowRun":
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id, run_name=self._run_name, tags=self._tags)
+        self.run_id = run.info.run_id
+        params = [Param(key, value) for key, value in self._params.items()]
+        for start in range(0, len(params), MAX_PARAMS_PER_CALL):
+            self.client.log_batch(self.run_id, params=params[start : start + MAX_PARAMS_PER_CALL])
+        return self
+
+    def log_metrics(self, values: dict[str, float], step: int) -> None:
+        """Buffer one step's metrics; non-finite values are never sent (MLflow stores inf as
+        1.8e308 and NaN breaks its run page)."""
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        self._pending.extend(
+            Metric(key, value, timestamp, step) for key, value in values.items() if math.isfinite(value)
+        )
+        if len(self._pending) >= MAX_METRICS_PER_CALL or time.monotonic() - self._last_flush > FLUSH_INTERVAL_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send every buffered metric."""
+        pending, self._pending = self._pending, []
+        for start in range(0, len(pending), MAX_METRICS_PER_CALL):
+            self.client.log_batch(self.run_id, metrics=pending[start : start + MAX_METRICS_PER_CALL])
+        self._last_flush = time.monotonic()
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+    def log_text_files(self, files: dict[str, str]) -> None:
+        """Log small text artifacts given as ``{relative path: content}`` in one directory upload."""
+        with tempfile.TemporaryDirectory() as directory:
+            for name, content in files.items():
+                Path(directory, name).parent.mkdir(parents=True, exist_ok=True)
+                Path(directory, name).write_text(content)
+            self.client.log_artifacts(self.run_id, directory)
+
+    def fail(self, reason: str) -> None:
+        """End the run FAILED with ``reason`` as its ``failure_reason`` tag (on exit)."""
+        self._failure = reason
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        status = "FINISHED"
+        if exc_type is not None:
+            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+            self._failure = self._failure or (
+                "interrupted" if status == "KILLED" else f"{exc_type.__name__}: {exc}"
+            )
+        elif self._failure:
+            status = "FAILED"
+        try:
+            self.flush()
+            if self._failure:
+                self.set_tags({"failure_reason": self._failure[:5000]})
+        finally:
+            self.client.set_terminated(self.run_id, status)
