@@ -26,7 +26,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from runner.experiment import TrainingFailed, run_experiment
 
     try:
-        result = run_experiment(cfg)
+        result = run_experiment(cfg, show_progress=_interactive_single_run())
     except (ConfigError, DataError) as error:
         # SystemExit passes through Hydra's error reporting untouched: one message, no traceback.
         print(f"bprun: invalid input, nothing was trained or logged:\n{error}", file=sys.stderr)
@@ -36,6 +36,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(EXIT_FAILED)
     print(summary(result))
     return result.metrics.get("val_mse", result.metrics.get("train_mse"))
+
+
+def _interactive_single_run() -> bool:
+    """Show a progress bar only to a person watching one run (not in logs, not in sweeps)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return sys.stderr.isatty() and HydraConfig.get().mode != RunMode.MULTIRUN
 
 
 def summary(result) -> str:

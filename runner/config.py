@@ -144,6 +144,7 @@ class TrackingConfig:
     uri: Optional[str] = None  # None: sqlite:///<directory bprun started in>/mlflow.db
     experiment: str = "backprop-runner"
     run_name: Optional[str] = None  # None: built from the data set, optimizer and overrides
+    tensors_every: int = 1  # log full weight/gradient tensors every n-th epoch; 0: never
 
 
 @dataclass
@@ -253,6 +254,8 @@ def _problems(cfg: ExperimentConfig) -> list[str]:
     if trainer.early_stopping.enabled and dataset.val_fraction == 0:
         problems.append("trainer.early_stopping.enabled=True needs a validation split: "
                         "set dataset.val_fraction > 0")
+    need(cfg.tracking.tensors_every >= 0, "tracking.tensors_every", cfg.tracking.tensors_every,
+         "it must be an integer >= 0 (0 turns tensor logging off)")
     need(cfg.seed >= 0, "seed", cfg.seed, "it must be an integer >= 0")
     if cfg.dataset.seed is not None:
         need(cfg.dataset.seed >= 0, "dataset.seed", cfg.dataset.seed, "it must be an integer >= 0 or null")

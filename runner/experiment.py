@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from engine import MLP, EarlyStopping, EpochReport, History, Observer, Schedule, make_optimizer, train
+from engine import MLP, EarlyStopping, History, Observer, Schedule, make_optimizer, train
 from runner.config import AdamConfig, ExperimentConfig, MomentumConfig, validate
 from runner.datasets import Dataset, load_dataset
+from runner.telemetry import tracked_metric_names
 
 SEED_PURPOSES = ("data", "split", "init", "shuffle")
 
@@ -67,37 +68,13 @@ def default_run_name(settings: ExperimentConfig) -> str:
     return f"{settings.dataset.name}-{settings.optimizer.name}-lr{settings.optimizer.lr:.15g}-h{hidden}"
 
 
-def metric_names(report_metrics: dict[str, float], prefix: str, loss: str) -> dict[str, float]:
-    """Engine metric names to tracked names: the loss is ``<prefix>_mse`` when it is mse."""
-    named = {}
-    for name, value in report_metrics.items():
-        if name == "loss" and loss == "mse":
-            name = "mse"
-        named[f"{prefix}_{name}"] = value
-    return named
-
-
-class MetricLogger(Observer):
-    """Sends every epoch's train/val metrics to a tracked run, with ``step = epoch``."""
-
-    def __init__(self, tracked_run: Any, loss: str) -> None:
-        self.tracked_run = tracked_run
-        self.loss = loss
-
-    def on_epoch_end(self, report: EpochReport) -> None:
-        values = metric_names(report.train, "train", self.loss)
-        if report.validation is not None:
-            values.update(metric_names(report.validation, "val", self.loss))
-        self.tracked_run.log_metrics(values, report.epoch)
-
-
 def final_metrics(history: History, loss: str) -> dict[str, float]:
     """The last value of every history series, under its tracked name."""
     final = {}
     for key, values in history.metrics.items():
         if values:
             prefix, name = key.split("_", 1)
-            final.update(metric_names({name: values[-1]}, prefix, loss))
+            final.update(tracked_metric_names({name: values[-1]}, prefix, loss))
     return final
 
 
@@ -116,7 +93,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return run_experiment(cfg).metrics
 
 
-def run_experiment(cfg: DictConfig, start_dir: str | None = None) -> RunResult:
+def run_experiment(cfg: DictConfig, start_dir: str | None = None, show_progress: bool = False) -> RunResult:
     """Validate ``cfg``, train the network it describes, and track it in MLflow.
 
     Everything that can be wrong with the config or the data raises (``ConfigError``,
@@ -139,35 +116,74 @@ def run_experiment(cfg: DictConfig, start_dir: str | None = None) -> RunResult:
         early_stopping = EarlyStopping(stopping.patience, stopping.min_delta, stopping.restore_best_weights)
     extra_metrics = ["mse"] + (["accuracy"] if dataset.task == "classification" else [])
 
-    tracked_run, uri = None, None
-    if settings.tracking.enabled:
-        from runner.tracking import MlflowRun, flatten, resolve_tracking_uri
+    observers: list[Observer] = []
+    if show_progress:
+        from runner.progress import ProgressBar
 
-        uri = resolve_tracking_uri(settings.tracking.uri, start_dir or os.getcwd())
-        params = flatten(OmegaConf.to_container(cfg, resolve=True))
-        params["model.layer_sizes"] = network.sizes
-        tags = {"dataset": dataset.name, "task": dataset.task, "data_source": dataset.source}
-        tracked_run = MlflowRun(uri, settings.tracking.experiment,
-                                settings.tracking.run_name or default_run_name(settings), params, tags)
-
-    with tracked_run if tracked_run is not None else nullcontext():
-        observers = [MetricLogger(tracked_run, trainer.loss)] if tracked_run is not None else []
-        history = train(
-            network, optimizer, dataset.X_train, dataset.Y_train,
-            epochs=trainer.epochs, loss=trainer.loss, batch_size=trainer.batch_size,
-            rng=generators["shuffle"], X_val=dataset.X_val, Y_val=dataset.Y_val,
-            metrics=extra_metrics, early_stopping=early_stopping, observers=observers,
-        )
-        if tracked_run is not None:
-            tracked_run.set_tags({"stop_reason": history.stop_reason, "epochs_run": str(history.epochs_run)})
-            tracked_run.log_text_files({
-                "config.yaml": OmegaConf.to_yaml(cfg),
-                "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(hydra_overrides())),
-            })
-            if history.stop_reason == "diverged":
-                tracked_run.fail(history.message)
-    result = RunResult(final_metrics(history, trainer.loss), history, network, dataset,
-                       tracked_run.run_id if tracked_run else None, uri)
-    if history.stop_reason == "diverged":
-        raise TrainingFailed(history.message)
+        observers.append(ProgressBar(trainer.epochs, trainer.loss))
+    train_arguments = dict(
+        epochs=trainer.epochs, loss=trainer.loss, batch_size=trainer.batch_size, rng=generators["shuffle"],
+        X_val=dataset.X_val, Y_val=dataset.Y_val, metrics=extra_metrics, early_stopping=early_stopping,
+    )
+    if not settings.tracking.enabled:
+        history = train(network, optimizer, dataset.X_train, dataset.Y_train, observers=observers, **train_arguments)
+        result = RunResult(final_metrics(history, trainer.loss), history, network, dataset, None, None)
+    else:
+        result = _tracked_training(cfg, settings, network, optimizer, dataset, observers, train_arguments,
+                                   start_dir or os.getcwd())
+    if result.history.stop_reason == "diverged":
+        raise TrainingFailed(result.history.message)
     return result
+
+
+def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP, optimizer, dataset: Dataset,
+                      observers: list[Observer], train_arguments: dict, start_dir: str) -> RunResult:
+    """Train inside an MLflow run: metrics every epoch, tensors streamed to the artifact
+    directory, then plots, weights and the model. Plots and tensors are also written when
+    training fails or is interrupted."""
+    from runner.telemetry import EpochMetrics, TensorWriter
+    from runner.tracking import MlflowRun, flatten, resolve_tracking_uri
+
+    tracking = settings.tracking
+    uri = resolve_tracking_uri(tracking.uri, start_dir)
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    params["model.layer_sizes"] = network.sizes
+    tags = {"dataset": dataset.name, "task": dataset.task, "data_source": dataset.source,
+            "data.sha256": dataset.fingerprint()}
+    run_name = tracking.run_name or default_run_name(settings)
+    history = None
+    with MlflowRun(uri, tracking.experiment, run_name, params, tags) as tracked_run:
+        tracked_run.write_text_artifacts({
+            "config.yaml": OmegaConf.to_yaml(cfg),
+            "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(hydra_overrides())),
+        })
+        epoch_metrics = EpochMetrics(tracked_run, settings.trainer.loss)
+        tensor_writer = None
+        if tracking.tensors_every:
+            tensor_writer = TensorWriter(tracked_run.artifact_dir / "tensors", tracking.tensors_every,
+                                         settings.trainer.epochs)
+        try:
+            history = train(network, optimizer, dataset.X_train, dataset.Y_train,
+                            observers=[epoch_metrics, *([tensor_writer] if tensor_writer else []), *observers],
+                            **train_arguments)
+        finally:
+            if tensor_writer is not None:
+                tensor_writer.close()
+            from runner.plots import save_training_plots
+
+            save_training_plots(epoch_metrics.series, tracked_run.artifact_dir / "plots", epoch_metrics.epochs)
+        tracked_run.set_tags({"stop_reason": history.stop_reason, "epochs_run": str(history.epochs_run)})
+        if history.stop_reason == "diverged":
+            tracked_run.fail(history.message)
+        else:
+            _save_model(tracked_run.artifact_dir, network, dataset)
+    return RunResult(final_metrics(history, settings.trainer.loss), history, network, dataset,
+                     tracked_run.run_id, uri)
+
+
+def _save_model(directory, network: MLP, dataset: Dataset) -> None:
+    """Final weights as ``weights.npz`` (``W1, b1, W2, b2, ...``) and the pyfunc ``model/``."""
+    arrays = {}
+    for number, (W, b) in enumerate(zip(network.weights, network.biases), start=1):
+        arrays[f"W{number}"], arrays[f"b{number}"] = W, b
+    np.savez(directory / "weights.npz", **arrays)

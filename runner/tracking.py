@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 # On SQLite every call costs milliseconds whatever its size, so metrics are buffered and sent
 # in batches of at most MLflow's own per-call limit.
@@ -115,6 +116,13 @@ class MlflowRun:
 
         run = self.client.create_run(self.experiment_id, run_name=self._run_name, tags=self._tags)
         self.run_id = run.info.run_id
+        local = urlparse(run.info.artifact_uri)
+        if local.scheme == "file":
+            self._artifact_dir, self._staging = Path(unquote(local.path)), None
+        else:
+            self._staging = tempfile.TemporaryDirectory(prefix="bprun-artifacts-")
+            self._artifact_dir = Path(self._staging.name)
+        self._artifact_dir.mkdir(parents=True, exist_ok=True)
         params = [Param(key, value) for key, value in self._params.items()]
         for start in range(0, len(params), MAX_PARAMS_PER_CALL):
             self.client.log_batch(self.run_id, params=params[start : start + MAX_PARAMS_PER_CALL])
@@ -144,13 +152,22 @@ class MlflowRun:
 
         self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
-    def log_text_files(self, files: dict[str, str]) -> None:
-        """Log small text artifacts given as ``{relative path: content}`` in one directory upload."""
-        with tempfile.TemporaryDirectory() as directory:
-            for name, content in files.items():
-                Path(directory, name).parent.mkdir(parents=True, exist_ok=True)
-                Path(directory, name).write_text(content)
-            self.client.log_artifacts(self.run_id, directory)
+    @property
+    def artifact_dir(self) -> Path:
+        """A local directory whose files become the run's artifacts.
+
+        With a local artifact store this *is* the run's artifact directory, so large files
+        (tensors) are written once, in place, with nothing to copy at the end. Otherwise it is a
+        staging directory uploaded when the run ends.
+        """
+        return self._artifact_dir
+
+    def write_text_artifacts(self, files: dict[str, str]) -> None:
+        """Write small text artifacts given as ``{relative path: content}``."""
+        for name, content in files.items():
+            path = self._artifact_dir / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
 
     def fail(self, reason: str) -> None:
         """End the run FAILED with ``reason`` as its ``failure_reason`` tag (on exit)."""
@@ -169,5 +186,8 @@ class MlflowRun:
             self.flush()
             if self._failure:
                 self.set_tags({"failure_reason": self._failure[:5000]})
+            if self._staging is not None:
+                self.client.log_artifacts(self.run_id, self._staging.name)
+                self._staging.cleanup()
         finally:
             self.client.set_terminated(self.run_id, status)
