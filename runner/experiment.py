@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -93,8 +93,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return run_experiment(cfg).metrics
 
 
-def run_experiment(cfg: DictConfig, start_dir: str | None = None, show_progress: bool = False) -> RunResult:
+def run_experiment(cfg: DictConfig, start_dir: str | None = None, show_progress: bool = False,
+                   extra_observers: Sequence[Observer] = (), dataset: Dataset | None = None) -> RunResult:
     """Validate ``cfg``, train the network it describes, and track it in MLflow.
+
+    ``start_dir`` anchors the default SQLite store (default: the current directory);
+    ``extra_observers`` and ``dataset`` (used instead of the one ``cfg`` names) are hooks for
+    benchmarks and tests.
 
     Everything that can be wrong with the config or the data raises (``ConfigError``,
     ``DataError``) before any MLflow run exists. A diverged training ends its run FAILED and
@@ -102,7 +107,8 @@ def run_experiment(cfg: DictConfig, start_dir: str | None = None, show_progress:
     """
     settings = validate(cfg)
     generators = make_generators(settings)
-    dataset = load_dataset(settings.dataset, generators["data"], generators["split"])
+    if dataset is None:
+        dataset = load_dataset(settings.dataset, generators["data"], generators["split"])
     model, trainer = settings.model, settings.trainer
     network = MLP(
         [dataset.n_inputs, *model.hidden, dataset.n_outputs], generators["init"],
@@ -116,7 +122,7 @@ def run_experiment(cfg: DictConfig, start_dir: str | None = None, show_progress:
         early_stopping = EarlyStopping(stopping.patience, stopping.min_delta, stopping.restore_best_weights)
     extra_metrics = ["mse"] + (["accuracy"] if dataset.task == "classification" else [])
 
-    observers: list[Observer] = []
+    observers: list[Observer] = list(extra_observers)
     if show_progress:
         from runner.progress import ProgressBar
 
