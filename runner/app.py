@@ -22,20 +22,51 @@ EXIT_FAILED = 1
 
 @hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    """One job. Returns the objective an optimizing sweeper minimizes (``sweep_objective``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from runner.datasets import DataError
     from runner.experiment import TrainingFailed, run_experiment
 
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         result = run_experiment(cfg, show_progress=_interactive_single_run())
     except (ConfigError, DataError) as error:
+        if in_sweep:
+            return _failed_job(f"invalid input: {error}", run_exists=False)
         # SystemExit passes through Hydra's error reporting untouched: one message, no traceback.
         print(f"bprun: invalid input, nothing was trained or logged:\n{error}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except TrainingFailed as error:
+        if in_sweep:
+            return _failed_job(f"training failed: {error}", run_exists=True)
         print(f"bprun: training failed: {error}", file=sys.stderr)
         sys.exit(EXIT_FAILED)
+    except Exception as error:
+        if not in_sweep:
+            raise
+        # The job's run already ended FAILED with this error; the other jobs go on.
+        return _failed_job(f"{type(error).__name__}: {error}", run_exists=True)
     print(summary(result))
-    return result.metrics.get("val_mse", result.metrics.get("train_mse"))
+    return sweep_objective(result.metrics)
+
+
+def sweep_objective(metrics: dict[str, float]) -> float | None:
+    """What a sweep minimizes: the final val_mse, or train_mse without a validation split."""
+    return metrics.get("val_mse", metrics.get("train_mse"))
+
+
+def _failed_job(reason: str, run_exists: bool) -> None:
+    """In a sweep a failed job must not stop the others (Hydra's basic sweeper would abort at the
+    first raised error and skip the sweep's end): report it, record it, return no objective."""
+    from runner.experiment import hydra_overrides
+    from runner.sweep import record_failed_job
+
+    print(f"bprun: job failed: {reason}", file=sys.stderr)
+    if not run_exists:
+        record_failed_job(hydra_overrides(), reason)
+    return None
 
 
 def _interactive_single_run() -> bool:
@@ -60,4 +91,10 @@ def summary(result) -> str:
 
 def main() -> None:
     """Console-script entry point."""
+    import logging
+
+    # MLflow logs store migrations and model-signature checks at INFO on every run; the summary
+    # line says what matters. Warnings and errors still show.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     _hydra_main()

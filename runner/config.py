@@ -135,6 +135,9 @@ class TrainerConfig:
     batch_size: Optional[int] = None  # None: full batch
     dtype: str = "float64"
     loss: str = "mse"
+    # Fixed, not "whatever the machine has": OpenBLAS sums in a different order per thread count
+    # (1e-13 drift), so a fixed count keeps runs bit-identical across launchers and machines.
+    blas_threads: int = 1
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
@@ -172,6 +175,18 @@ def register_schemas() -> None:
         store.store(group="schema/optimizer", name=name, node=schema)
     for name, schema in DATASET_SCHEMAS.items():
         store.store(group="schema/dataset", name=name, node=schema)
+
+
+def clean_value(value: Any) -> Any:
+    """Floats rounded to the 15 significant digits a person types: Hydra's
+    ``range(0.1,0.4,0.1)`` yields 0.30000000000000004, which should read (and be) 0.3."""
+    if isinstance(value, float):
+        return float(format(value, ".15g"))
+    if isinstance(value, list):
+        return [clean_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: clean_value(item) for key, item in value.items()}
+    return value
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -240,6 +255,7 @@ def _problems(cfg: ExperimentConfig) -> list[str]:
     need(trainer.batch_size is None or trainer.batch_size >= 1, "trainer.batch_size", trainer.batch_size,
          "it must be an integer >= 1, or null for full batch")
     choice("trainer.dtype", trainer.dtype, DTYPES)
+    need(trainer.blas_threads >= 1, "trainer.blas_threads", trainer.blas_threads, "it must be an integer >= 1")
     choice("trainer.loss", trainer.loss, LOSSES)
     required = REQUIRED_OUTPUT_ACTIVATION.get(trainer.loss)
     if required is not None and model.output_activation != required:

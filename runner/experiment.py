@@ -14,7 +14,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from engine import MLP, EarlyStopping, History, Observer, Schedule, make_optimizer, train
-from runner.config import AdamConfig, ExperimentConfig, MomentumConfig, validate
+from runner.config import AdamConfig, ExperimentConfig, MomentumConfig, clean_value, validate
 from runner.datasets import Dataset, load_dataset
 from runner.telemetry import tracked_metric_names
 
@@ -105,6 +105,7 @@ def run_experiment(cfg: DictConfig, start_dir: str | None = None, show_progress:
     ``DataError``) before any MLflow run exists. A diverged training ends its run FAILED and
     raises ``TrainingFailed``.
     """
+    cfg = OmegaConf.create(clean_value(OmegaConf.to_container(cfg, resolve=True)))
     settings = validate(cfg)
     generators = make_generators(settings)
     if dataset is None:
@@ -131,12 +132,16 @@ def run_experiment(cfg: DictConfig, start_dir: str | None = None, show_progress:
         epochs=trainer.epochs, loss=trainer.loss, batch_size=trainer.batch_size, rng=generators["shuffle"],
         X_val=dataset.X_val, Y_val=dataset.Y_val, metrics=extra_metrics, early_stopping=early_stopping,
     )
-    if not settings.tracking.enabled:
-        history = train(network, optimizer, dataset.X_train, dataset.Y_train, observers=observers, **train_arguments)
-        result = RunResult(final_metrics(history, trainer.loss), history, network, dataset, None, None)
-    else:
-        result = _tracked_training(cfg, settings, network, optimizer, dataset, observers, train_arguments,
-                                   start_dir or os.getcwd())
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=trainer.blas_threads, user_api="blas"):
+        if not settings.tracking.enabled:
+            history = train(network, optimizer, dataset.X_train, dataset.Y_train, observers=observers,
+                            **train_arguments)
+            result = RunResult(final_metrics(history, trainer.loss), history, network, dataset, None, None)
+        else:
+            result = _tracked_training(cfg, settings, network, optimizer, dataset, observers, train_arguments,
+                                       start_dir or os.getcwd())
     if result.history.stop_reason == "diverged":
         raise TrainingFailed(result.history.message)
     return result
@@ -147,22 +152,33 @@ def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP,
     """Train inside an MLflow run: metrics every epoch, tensors streamed to the artifact
     directory, then plots, weights and the model. Plots and tensors are also written when
     training fails or is interrupted."""
+    from runner.provenance import provenance_tags
+    from runner.sweep import SweepContext, job_params_from_hydra
     from runner.telemetry import EpochMetrics, TensorWriter
-    from runner.tracking import MlflowRun, flatten, resolve_tracking_uri
+    from runner.tracking import MlflowRun, ensure_experiment, flatten, resolve_tracking_uri
 
     tracking = settings.tracking
-    uri = resolve_tracking_uri(tracking.uri, start_dir)
+    config_yaml = OmegaConf.to_yaml(cfg)
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params["model.layer_sizes"] = network.sizes
+    params.update(job_params_from_hydra())
     tags = {"dataset": dataset.name, "task": dataset.task, "data_source": dataset.source,
-            "data.sha256": dataset.fingerprint()}
-    run_name = tracking.run_name or default_run_name(settings)
+            "data.sha256": dataset.fingerprint(), **provenance_tags(config_yaml, start_dir)}
+    sweep = SweepContext.from_environment()
+    if sweep is not None:
+        # The parent process created store, experiment and parent run before any job started.
+        uri, experiment_id = sweep.tracking_uri, sweep.experiment_id
+        tags["mlflow.parentRunId"] = sweep.parent_run_id
+    else:
+        uri = resolve_tracking_uri(tracking.uri, start_dir)
+        experiment_id = ensure_experiment(uri, tracking.experiment)
     history = None
-    with MlflowRun(uri, tracking.experiment, run_name, params, tags) as tracked_run:
+    with MlflowRun(uri, experiment_id, tracking.run_name or default_run_name(settings), params, tags) as tracked_run:
         tracked_run.write_text_artifacts({
-            "config.yaml": OmegaConf.to_yaml(cfg),
+            "config.yaml": config_yaml,
             "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(hydra_overrides())),
         })
+        tracked_run.log_dataset(dataset)
         epoch_metrics = EpochMetrics(tracked_run, settings.trainer.loss)
         tensor_writer = None
         if tracking.tensors_every:
@@ -193,3 +209,6 @@ def _save_model(directory, network: MLP, dataset: Dataset) -> None:
     for number, (W, b) in enumerate(zip(network.weights, network.biases), start=1):
         arrays[f"W{number}"], arrays[f"b{number}"] = W, b
     np.savez(directory / "weights.npz", **arrays)
+    from runner.pyfunc_model import save_pyfunc_model
+
+    save_pyfunc_model(str(directory / "model"), network, dataset)

@@ -68,7 +68,7 @@ def ensure_experiment(uri: str, name: str) -> str:
 
 
 def format_param(value: Any) -> str:
-    """A config value as an MLflow param: lists/dicts/None as JSON, floats in shortest form."""
+    """A config value as an MLflow param: lists/dicts/None as JSON, floats as typed (15 digits)."""
     import json
 
     if isinstance(value, float):
@@ -76,6 +76,15 @@ def format_param(value: Any) -> str:
     if isinstance(value, (list, dict)) or value is None:
         return json.dumps(value)
     return str(value)
+
+
+def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
+    """Log ``params`` (formatted with ``format_param``) in as few calls as MLflow allows."""
+    from mlflow.entities import Param
+
+    entries = [Param(key, format_param(value)) for key, value in params.items()]
+    for start in range(0, len(entries), MAX_PARAMS_PER_CALL):
+        client.log_batch(run_id, params=entries[start : start + MAX_PARAMS_PER_CALL])
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -96,14 +105,14 @@ class MlflowRun:
     KILLED, any other exception FAILED with the error as the ``failure_reason`` tag.
     """
 
-    def __init__(self, uri: str, experiment: str, run_name: str, params: dict[str, Any],
+    def __init__(self, uri: str, experiment_id: str, run_name: str, params: dict[str, Any],
                  tags: dict[str, str]) -> None:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
         self.client = MlflowClient(uri)
-        self.experiment_id = ensure_experiment(uri, experiment)
-        self._params = {key: format_param(value) for key, value in params.items()}
+        self.experiment_id = experiment_id
+        self._params = params
         self._tags = tags
         self._run_name = run_name
         self._pending: list[Any] = []
@@ -112,8 +121,6 @@ class MlflowRun:
         self.run_id = ""
 
     def __enter__(self) -> "MlflowRun":
-        from mlflow.entities import Param
-
         run = self.client.create_run(self.experiment_id, run_name=self._run_name, tags=self._tags)
         self.run_id = run.info.run_id
         local = urlparse(run.info.artifact_uri)
@@ -123,9 +130,7 @@ class MlflowRun:
             self._staging = tempfile.TemporaryDirectory(prefix="bprun-artifacts-")
             self._artifact_dir = Path(self._staging.name)
         self._artifact_dir.mkdir(parents=True, exist_ok=True)
-        params = [Param(key, value) for key, value in self._params.items()]
-        for start in range(0, len(params), MAX_PARAMS_PER_CALL):
-            self.client.log_batch(self.run_id, params=params[start : start + MAX_PARAMS_PER_CALL])
+        log_params(self.client, self.run_id, self._params)
         return self
 
     def log_metrics(self, values: dict[str, float], step: int) -> None:
@@ -168,6 +173,18 @@ class MlflowRun:
             path = self._artifact_dir / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content)
+
+    def log_dataset(self, dataset: Any) -> None:
+        """Record the training data as the run's MLflow input (name, digest, schema, source)."""
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        # No source argument: MLflow cannot tell a path string from other kinds of source and
+        # warns; where the data came from is the run's data_source tag.
+        data = mlflow.data.from_numpy(dataset.X_train, targets=dataset.Y_train, name=dataset.name,
+                                      digest=dataset.fingerprint()[:32])
+        context = InputTag(key="mlflow.data.context", value="training")
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(data._to_mlflow_entity(), tags=[context])])
 
     def fail(self, reason: str) -> None:
         """End the run FAILED with ``reason`` as its ``failure_reason`` tag (on exit)."""

@@ -1,0 +1,175 @@
+"""Sweeps as one MLflow object: a parent run per multirun, every job's run nested under it.
+
+``SweepCallback`` (registered in ``conf/config.yaml`` under ``hydra.callbacks``) runs in the
+process that launches the jobs. Before any job starts it creates the store, the experiment and
+the parent run, all at once and in one process: parallel first use of a fresh SQLite file can
+corrupt it, and concurrent ``set_experiment`` calls can drop runs into the Default experiment.
+It hands the parent to the jobs through environment variables, which the basic launcher's
+in-process jobs and the joblib launcher's worker processes (spawned later) both see. When the
+sweep ends it attaches the summary to the parent, sets the parent's final status, and makes the
+command exit non-zero if any job failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from runner.config import clean_value
+
+log = logging.getLogger(__name__)
+
+ENV_PARENT_RUN_ID = "BPRUN_SWEEP_PARENT_RUN_ID"
+ENV_EXPERIMENT_ID = "BPRUN_SWEEP_EXPERIMENT_ID"
+ENV_TRACKING_URI = "BPRUN_SWEEP_TRACKING_URI"
+SWEEP_TAG = "bprun.sweep"
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """The parent run a job belongs to, as the sweep callback announced it."""
+
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+
+    @classmethod
+    def from_environment(cls) -> "SweepContext | None":
+        parent = os.environ.get(ENV_PARENT_RUN_ID)
+        if not parent:
+            return None
+        return cls(parent, os.environ[ENV_EXPERIMENT_ID], os.environ[ENV_TRACKING_URI])
+
+
+def swept_values(overrides: list[str]) -> dict[str, list[Any] | str]:
+    """``{key: [values]}`` for each sweep override (``key=a,b``, ``range(...)``, ``choice(...)``);
+    a search space that cannot be listed (``interval(...)``, Optuna's) stays its text."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    swept: dict[str, list[Any] | str] = {}
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if not override.is_sweep_override():
+            continue
+        key = override.get_key_element()
+        try:
+            swept[key] = [clean_value(value) for value in override.sweep_iterator()]
+        except Exception:  # interval() and other continuous spaces have no iterator
+            swept[key] = override.get_value_element_as_str()
+    return swept
+
+
+def job_params_from_hydra() -> dict[str, str]:
+    """``choice.<group>`` params: which option of each config group the job used (``dataset``
+    is ``moons``), so that a sweep over groups can be compared by option name."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {f"choice.{group}": str(option) for group, option in choices.items()
+            if not group.startswith("hydra/") and option is not None}
+
+
+class SweepCallback(Callback):
+    """Creates the parent run of a multirun and closes it with the sweep summary."""
+
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.tracking.enabled:
+            return
+        try:
+            self._start_parent(config)
+        except Exception as error:
+            # Hydra would only warn about a failing callback and run every job untracked.
+            print(f"bprun: cannot start the sweep's MLflow parent run: {type(error).__name__}: {error}",
+                  file=sys.stderr)
+            sys.exit(1)
+
+    def _start_parent(self, config: DictConfig) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from runner.tracking import ensure_experiment, log_params, resolve_tracking_uri
+
+        uri = resolve_tracking_uri(config.tracking.uri, os.getcwd())
+        experiment_id = ensure_experiment(uri, config.tracking.experiment)
+        overrides = list(config.hydra.overrides.task)
+        swept = swept_values(overrides)
+        client = MlflowClient(uri)
+        name = "sweep " + " x ".join(swept) if swept else "sweep"
+        parent = client.create_run(experiment_id, run_name=name, tags={
+            SWEEP_TAG: "true",
+            "sweep.command": " ".join(["bprun", *sys.argv[1:]]),
+            "sweep.swept_keys": json.dumps(list(swept)),
+            "sweep.dir": str(config.hydra.sweep.dir),
+        })
+        self.parent_run_id = parent.info.run_id
+        log_params(client, self.parent_run_id, {f"sweep.{key}": values for key, values in swept.items()})
+        os.environ.update({
+            ENV_PARENT_RUN_ID: self.parent_run_id, ENV_EXPERIMENT_ID: experiment_id, ENV_TRACKING_URI: uri,
+        })
+        log.info("sweep parent run %s in %s", self.parent_run_id, uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.parent_run_id is None:
+            return
+        context = SweepContext.from_environment()
+        for name in (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_TRACKING_URI):
+            os.environ.pop(name, None)
+        failed = summarize_sweep(context.tracking_uri, self.parent_run_id)
+        if failed:
+            print(f"bprun: {failed} job(s) of the sweep failed; see the summary above", file=sys.stderr)
+            sys.exit(1)
+
+
+def summarize_sweep(uri: str, parent_run_id: str) -> int:
+    """Attach the comparison table and plots to the parent run, print the table, end the parent
+    FINISHED (or FAILED when a job failed); return the number of jobs that did not finish."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    from runner import report
+
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    swept_keys = json.loads(parent.data.tags.get("sweep.swept_keys", "[]"))
+    children = report.sweep_children(client, parent_run_id)
+    failed = sum(run.info.status != "FINISHED" for run in children)
+    try:
+        table, histories = report.runs_table(client, children, swept_keys or None)
+        metric = "val_mse" if table["final_val_mse"].notna().any() else "train_mse"
+        print(report.format_table(table, metric, None))
+        with tempfile.TemporaryDirectory() as directory:
+            report.write_report(table, histories, directory, metric=metric,
+                                color_by=swept_keys[0] if swept_keys else None)
+            client.log_artifacts(parent_run_id, directory, "summary")
+        client.set_tag(parent_run_id, "sweep.jobs", str(len(children)))
+        client.set_tag(parent_run_id, "sweep.failed_jobs", str(failed))
+    finally:
+        client.set_terminated(parent_run_id, "FAILED" if failed or not children else "FINISHED")
+    return failed
+
+
+def record_failed_job(overrides: list[str], reason: str) -> None:
+    """A job that failed before its run existed (bad config or data) still gets a FAILED child
+    run, so that the sweep summary lists it with its reason."""
+    context = SweepContext.from_environment()
+    if context is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(context.tracking_uri)
+    run = client.create_run(context.experiment_id, run_name=" ".join(overrides) or "job", tags={
+        "mlflow.parentRunId": context.parent_run_id, "failure_reason": reason[:5000],
+        "job.overrides": json.dumps(overrides),
+    })
+    client.set_terminated(run.info.run_id, "FAILED")
