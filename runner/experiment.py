@@ -6,6 +6,7 @@ This is the testable core of the ``bprun`` command; ``runner.app`` only wraps it
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -94,10 +95,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def run_experiment(cfg: DictConfig, start_dir: str | None = None, show_progress: bool = False,
-                   extra_observers: Sequence[Observer] = (), dataset: Dataset | None = None) -> RunResult:
+                   extra_observers: Sequence[Observer] = (), dataset: Dataset | None = None,
+                   tracking_uri: str | None = None, extra_tags: dict[str, str] | None = None) -> RunResult:
     """Validate ``cfg``, train the network it describes, and track it in MLflow.
 
     ``start_dir`` anchors the default SQLite store (default: the current directory);
+    ``tracking_uri`` overrides where the run goes and ``extra_tags`` are added to it (reruns);
     ``extra_observers`` and ``dataset`` (used instead of the one ``cfg`` names) are hooks for
     benchmarks and tests.
 
@@ -141,18 +144,19 @@ def run_experiment(cfg: DictConfig, start_dir: str | None = None, show_progress:
             result = RunResult(final_metrics(history, trainer.loss), history, network, dataset, None, None)
         else:
             result = _tracked_training(cfg, settings, network, optimizer, dataset, observers, train_arguments,
-                                       start_dir or os.getcwd())
+                                       start_dir or os.getcwd(), tracking_uri, extra_tags or {})
     if result.history.stop_reason == "diverged":
         raise TrainingFailed(result.history.message)
     return result
 
 
 def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP, optimizer, dataset: Dataset,
-                      observers: list[Observer], train_arguments: dict, start_dir: str) -> RunResult:
+                      observers: list[Observer], train_arguments: dict, start_dir: str,
+                      tracking_uri: str | None, extra_tags: dict[str, str]) -> RunResult:
     """Train inside an MLflow run: metrics every epoch, tensors streamed to the artifact
     directory, then plots, weights and the model. Plots and tensors are also written when
     training fails or is interrupted."""
-    from runner.provenance import provenance_tags
+    from runner.provenance import git_diff, project_git_state, provenance_tags
     from runner.sweep import SweepContext, job_params_from_hydra
     from runner.telemetry import EpochMetrics, TensorWriter
     from runner.tracking import MlflowRun, ensure_experiment, flatten, resolve_tracking_uri
@@ -163,9 +167,11 @@ def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP,
     params["model.layer_sizes"] = network.sizes
     params.update(job_params_from_hydra())
     tags = {"dataset": dataset.name, "task": dataset.task, "data_source": dataset.source,
-            "data.sha256": dataset.fingerprint(), **provenance_tags(config_yaml, start_dir)}
+            "data.sha256": dataset.fingerprint(), **provenance_tags(config_yaml, start_dir), **extra_tags}
     sweep = SweepContext.from_environment()
-    if sweep is not None:
+    if tracking_uri is not None:
+        uri, experiment_id = tracking_uri, ensure_experiment(tracking_uri, tracking.experiment)
+    elif sweep is not None:
         # The parent process created store, experiment and parent run before any job started.
         uri, experiment_id = sweep.tracking_uri, sweep.experiment_id
         tags["mlflow.parentRunId"] = sweep.parent_run_id
@@ -174,10 +180,16 @@ def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP,
         experiment_id = ensure_experiment(uri, tracking.experiment)
     history = None
     with MlflowRun(uri, experiment_id, tracking.run_name or default_run_name(settings), params, tags) as tracked_run:
-        tracked_run.write_text_artifacts({
+        text_artifacts = {
             "config.yaml": config_yaml,
             "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(hydra_overrides())),
-        })
+        }
+        source = project_git_state()
+        if source is not None and source.dirty:
+            # The commit alone does not give back the code that ran; the diff does.
+            text_artifacts["git_diff.patch"] = git_diff(source.root)
+        tracked_run.write_text_artifacts(text_artifacts)
+        _point_hydra_folder_at(tracked_run)
         tracked_run.log_dataset(dataset)
         epoch_metrics = EpochMetrics(tracked_run, settings.trainer.loss)
         tensor_writer = None
@@ -201,6 +213,21 @@ def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP,
             _save_model(tracked_run.artifact_dir, network, dataset)
     return RunResult(final_metrics(history, settings.trainer.loss), history, network, dataset,
                      tracked_run.run_id, uri)
+
+
+def _point_hydra_folder_at(tracked_run) -> None:
+    """Write ``mlflow_run.json`` into the Hydra job's output folder, so that the folder alone
+    leads back to its MLflow run (``bprun-rerun outputs/...``)."""
+    import json
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mlflow_run.json").write_text(json.dumps(
+        {"run_id": tracked_run.run_id, "tracking_uri": tracked_run.uri, "experiment_id": tracked_run.experiment_id}))
 
 
 def _save_model(directory, network: MLP, dataset: Dataset) -> None:
