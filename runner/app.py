@@ -89,12 +89,33 @@ def summary(result) -> str:
     return "\n".join(lines)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run ends KILLED with everything logged so far."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main() -> None:
     """Console-script entry point."""
     import logging
+    import signal
 
     # MLflow logs store migrations and model-signature checks at INFO on every run; the summary
     # line says what matters. Warnings and errors still show.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    _hydra_main()
+    # By default SIGTERM kills the process on the spot and MLflow leaves the run RUNNING forever.
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        _hydra_main()
+    except KeyboardInterrupt as interrupt:
+        from runner.sweep import end_interrupted_sweep
+
+        end_interrupted_sweep()
+        terminated = isinstance(interrupt, Terminated)
+        print(f"\nbprun: {'terminated' if terminated else 'interrupted'}; the run was ended KILLED with every "
+              "completed epoch logged", file=sys.stderr)
+        # 128 + the signal number: the shell's convention for a process ended by a signal.
+        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))

@@ -105,7 +105,10 @@ class SweepCallback(Callback):
         swept = swept_values(overrides)
         client = MlflowClient(uri)
         name = "sweep " + " x ".join(swept) if swept else "sweep"
+        from runner.doctor import process_tags
+
         parent = client.create_run(experiment_id, run_name=name, tags={
+            **process_tags(),
             SWEEP_TAG: "true",
             "sweep.command": " ".join(["bprun", *sys.argv[1:]]),
             "sweep.swept_keys": json.dumps(list(swept)),
@@ -173,3 +176,14 @@ def record_failed_job(overrides: list[str], reason: str) -> None:
         "job.overrides": json.dumps(overrides),
     })
     client.set_terminated(run.info.run_id, "FAILED")
+
+
+def end_interrupted_sweep() -> None:
+    """After Ctrl-C or SIGTERM in a multirun, end the parent run KILLED (Hydra skips the sweep's
+    end callback when a job raises). Does nothing outside a sweep."""
+    context = SweepContext.from_environment()
+    if context is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(context.tracking_uri).set_terminated(context.parent_run_id, "KILLED")

@@ -121,7 +121,10 @@ class MlflowRun:
         self.run_id = ""
 
     def __enter__(self) -> "MlflowRun":
-        run = self.client.create_run(self.experiment_id, run_name=self._run_name, tags=self._tags)
+        from runner.doctor import process_tags
+
+        run = self.client.create_run(self.experiment_id, run_name=self._run_name,
+                                     tags={**self._tags, **process_tags()})
         self.run_id = run.info.run_id
         local = urlparse(run.info.artifact_uri)
         if local.scheme == "file":
@@ -200,6 +203,11 @@ class MlflowRun:
         elif self._failure:
             status = "FAILED"
         try:
+            if status == "FAILED" and exc is not None:
+                import traceback as traceback_module
+
+                self.write_text_artifacts({"traceback.txt": "".join(
+                    traceback_module.format_exception(exc_type, exc, traceback))})
             self.flush()
             if self._failure:
                 self.set_tags({"failure_reason": self._failure[:5000]})
