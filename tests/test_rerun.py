@@ -1,0 +1,453 @@
+"""``bprun-rerun``: originals made by the real ``bprun`` CLI, rerun by ``python -m runner.rerun``
+(and the Python API), read back from a real MLflow store in a temporary directory.
+
+A tracked CLI run costs about 10 s on two busy cores (imports, the pyfunc model, plots), so the
+originals are made once per module, two at a time, all in one store, and each is rerun once;
+the tests then read what those runs left behind. The first tests need no run at all: they pin
+down how two histories and two sets of weights are compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from runner.rerun import Comparison, RerunError, compare_histories, compare_weights, provenance_warnings
+
+EPOCHS = 30
+SUBPROCESS_TIMEOUT_SECONDS = 300
+PARALLEL_PROCESSES = 2
+EXPERIMENT = "backprop-runner"
+CSV_NAME = "table.csv"
+SWEEP_ENVIRONMENT = ("BPRUN_SWEEP_PARENT_RUN_ID", "BPRUN_SWEEP_EXPERIMENT_ID", "BPRUN_SWEEP_TRACKING_URI")
+
+# One original per case; together they cover every data set kind (synthetic, built-in, CSV),
+# every optimizer, full batch and mini-batch. The moons data set has its own seed so that the
+# perturbed rerun (seed=5) changes the initial weights and nothing else: a different seed
+# would otherwise generate different data, which a rerun rightly refuses.
+ORIGINALS = {
+    "moons_gd_full_batch": ("dataset=moons", "dataset.seed=11", "optimizer=gd", "optimizer.lr=2"),
+    "iris_momentum_mini_batch": ("dataset=iris", "optimizer=momentum", "optimizer.lr=0.1",
+                                 "trainer.batch_size=16"),
+    "csv_nesterov_mini_batch": ("dataset=csv", f"dataset.path={CSV_NAME}", "dataset.targets=[y]",
+                                "optimizer=nesterov", "optimizer.lr=0.2", "trainer.batch_size=8"),
+}
+SWEEP = ("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dataset=circles", "optimizer=adam",
+         "trainer.batch_size=32", "optimizer.lr=0.1,0.5", "trainer.epochs=20")
+UNTRACKED = ("tracking=none", "dataset=xor", "trainer.epochs=200", "optimizer.lr=2")
+
+
+# --- comparing, without running anything ---------------------------------------------------------
+def test_identical_histories_and_weights_compare_identical() -> None:
+    comparison = Comparison(tolerance=0.0)
+    history = {"train_mse": {0: 0.25, 1: 0.125}, "val_mse": {0: 0.5, 1: 0.375}}
+    compare_histories(history, {name: dict(values) for name, values in history.items()}, comparison)
+    weights = {"W1": np.arange(6.0).reshape(2, 3), "b1": np.array([np.nan, 1.0, np.inf])}
+    compare_weights(weights, {name: array.copy() for name, array in weights.items()}, comparison)
+    assert comparison.identical
+    assert (comparison.largest, comparison.largest_where) == (0.0, None)
+
+
+def test_first_difference_is_the_earliest_epoch_and_largest_is_over_everything() -> None:
+    comparison = Comparison(tolerance=0.0)
+    original = {"train_mse": {0: 0.5, 1: 0.25, 2: 0.125}, "val_mse": {0: 0.5, 1: 0.25, 2: 0.25},
+                "train_accuracy": {0: 0.5, 1: 0.5, 2: 0.75}}
+    rerun = {"train_mse": {0: 0.5, 1: 0.25, 2: 0.126}, "val_mse": {0: 0.5, 1: 0.2500001, 2: 0.25},
+             "train_accuracy": {0: 0.5, 1: 0.75, 2: 0.75}}
+    compare_histories(original, rerun, comparison)
+    compare_weights({"W1": np.zeros((2, 2)), "b1": np.zeros(2)},
+                    {"W1": np.array([[0.0, 0.002], [0.0, 0.0]]), "b1": np.zeros(2)}, comparison)
+    # Epoch 1 is the earliest; of the two metrics differing there, the mse is named first.
+    assert (comparison.first.epoch, comparison.first.where) == (1, "val_mse")
+    assert (comparison.first.original, comparison.first.rerun) == (0.25, 0.2500001)
+    # The largest difference is the accuracy jump of 0.25 at epoch 1, not a weight.
+    assert comparison.largest == pytest.approx(0.25)
+    assert comparison.largest_where == "train_accuracy at epoch 1"
+    assert comparison.weights_differ
+
+
+def test_tolerance_is_a_strict_bound_on_the_absolute_difference() -> None:
+    original, rerun = {"train_mse": {0: 1.0}}, {"train_mse": {0: 1.0 + 2**-20}}
+    within = Comparison(tolerance=2**-20)
+    compare_histories(original, rerun, within)
+    assert within.identical and within.largest == 2**-20
+    beyond = Comparison(tolerance=2**-21)
+    compare_histories(original, rerun, beyond)
+    assert not beyond.identical and beyond.first.epoch == 0
+
+
+def test_missing_epochs_metrics_and_weights_are_differences() -> None:
+    comparison = Comparison(tolerance=1.0)
+    compare_histories({"train_mse": {0: 0.5, 1: 0.4, 2: 0.3}, "val_mse": {0: 0.5}},
+                      {"train_mse": {0: 0.5, 1: 0.4}}, comparison)
+    compare_weights({"W1": np.zeros((2, 3)), "b1": np.zeros(3)}, {"W1": np.zeros((3, 2))}, comparison)
+    assert (comparison.first.epoch, comparison.first.where, comparison.first.rerun) == (2, "train_mse", None)
+    assert "the rerun has no val_mse" in comparison.mismatches
+    assert "layer1 weights have shape (2, 3) in the original, (3, 2) in the rerun" in comparison.mismatches
+    assert "layer1 biases exist only in the original" in comparison.mismatches
+    # One NaN against a number is an infinite difference, whatever the tolerance.
+    nan = Comparison(tolerance=1e300)
+    compare_weights({"W1": np.array([np.nan])}, {"W1": np.array([0.0])}, nan)
+    assert nan.weights_differ and nan.largest == np.inf
+
+
+def test_provenance_warnings_list_every_differing_tag_old_to_new() -> None:
+    original = {"git.commit": "aaa", "git.dirty": "false", "version.numpy": "2.4.6", "config.sha256": "x",
+                "cwd_git.commit": "c", "blas.threads": "1"}
+    current = {"git.commit": "bbb", "git.dirty": "false", "version.numpy": "2.4.6", "config.sha256": "y",
+               "cwd_git.commit": "d", "blas.threads": "1", "version.mlflow": "3.17.2"}
+    assert provenance_warnings(original, current) == [
+        "git.commit: aaa -> bbb", "version.mlflow: not recorded -> 3.17.2"]
+
+
+# --- helpers for the end-to-end tests ------------------------------------------------------------
+def _environment(**extra: str) -> dict[str, str]:
+    """The inherited environment without anything that would redirect a run (a store, a sweep)."""
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR", *SWEEP_ENVIRONMENT)}
+    environment["PYTHONDONTWRITEBYTECODE"] = "1"
+    environment.update(extra)
+    return environment
+
+
+def _python(*arguments: str, cwd: Path, **environment: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *arguments], cwd=cwd, env=_environment(**environment),
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
+
+
+def _output(result: subprocess.CompletedProcess[str]) -> str:
+    return f"--- exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def _in_parallel(jobs: list) -> list:
+    with ThreadPoolExecutor(PARALLEL_PROCESSES) as pool:
+        return list(pool.map(lambda job: job(), jobs))
+
+
+def _write_csv(path: Path) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1.0, 1.0, (60, 2))
+    y = np.sin(2 * x[:, 0]) + 0.5 * x[:, 1]
+    rows = ["x1,x2,y"] + [f"{a:.6f},{b:.6f},{c:.6f}" for (a, b), c in zip(x, y)]
+    path.write_text("\n".join(rows) + "\n")
+
+
+@dataclass
+class Original:
+    name: str
+    cwd: Path
+    result: subprocess.CompletedProcess[str]
+    run_id: str = ""
+
+    @property
+    def folder(self) -> Path:
+        """The Hydra output folder of a single run (outputs/<date>/<time>)."""
+        (pointer,) = self.cwd.glob("outputs/*/*/mlflow_run.json")
+        return pointer.parent
+
+
+@dataclass
+class World:
+    """Everything the module's end-to-end tests share: one store, its originals and their reruns."""
+
+    base: Path
+    uri: str
+    originals: dict[str, Original]
+    sweep: Original
+    sweep_child: str
+    sweep_job_folder: Path
+    untracked: Original
+    reruns: dict[str, subprocess.CompletedProcess[str]]
+
+    def client(self) -> Any:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri)
+
+    def runs_tagged(self, key: str, value: str) -> list[Any]:
+        client = self.client()
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        return list(client.search_runs([experiment.experiment_id], filter_string=f"tags.{key} = '{value}'"))
+
+
+def _history(client: Any, run_id: str, name: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
+
+
+def _weights(uri: str, run_id: str, directory: Path) -> dict[str, np.ndarray]:
+    import mlflow.artifacts
+
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="weights.npz",
+                                               dst_path=str(directory / run_id), tracking_uri=uri)
+    with np.load(path) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """Originals through the real CLI, then one CLI rerun of each, two processes at a time.
+
+    The store is created first, in this process: parallel first use of a fresh SQLite file can
+    break its schema migration (PITFALLS).
+    """
+    from runner.tracking import ensure_experiment
+
+    base = tmp_path_factory.mktemp("rerun")
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    ensure_experiment(uri, EXPERIMENT)
+    elsewhere = base / "elsewhere"  # a directory that holds neither the store nor the data
+    elsewhere.mkdir()
+
+    def original(name: str, overrides: tuple[str, ...], tracked: bool = True):
+        cwd = base / name
+        cwd.mkdir()
+        if name.startswith("csv"):
+            _write_csv(cwd / CSV_NAME)
+        budget = () if any(o.startswith("trainer.epochs=") for o in overrides) else (f"trainer.epochs={EPOCHS}",)
+        store = {"MLFLOW_TRACKING_URI": uri} if tracked else {}
+        return lambda: Original(name, cwd, _python("-m", "runner", *overrides, *budget, cwd=cwd, **store))
+
+    made = _in_parallel([original("sweep", SWEEP)]
+                        + [original(name, overrides) for name, overrides in ORIGINALS.items()]
+                        + [original("untracked", UNTRACKED, tracked=False)])
+    sweep, *singles, untracked = made
+    originals = {made_run.name: made_run for made_run in singles}
+    for made_run in originals.values():
+        assert made_run.result.returncode == 0, _output(made_run.result)
+        made_run.run_id = re.search(r"MLflow run (\w+) in", made_run.result.stdout).group(1)
+    assert untracked.result.returncode == 0, _output(untracked.result)
+    assert sweep.result.returncode == 0, _output(sweep.result)
+
+    # One child of the sweep, found through its job folder: outputs/multirun/<date>/<time>/1.
+    (job_folder,) = sweep.cwd.glob("outputs/multirun/*/*/1")
+    sweep_child = json.loads((job_folder / "mlflow_run.json").read_text())["run_id"]
+
+    moons, iris, csv = (originals[name] for name in ORIGINALS)
+    reruns = dict(zip(
+        [*ORIGINALS, "sweep"],
+        _in_parallel([
+            # The default store: ./mlflow.db in the directory the command starts in.
+            lambda: _python("-m", "runner.rerun", moons.run_id, cwd=base),
+            lambda: _python("-m", "runner.rerun", iris.run_id, "--tracking-uri", uri, cwd=elsewhere),
+            # Started elsewhere: the CSV's relative path must still find the original's file.
+            lambda: _python("-m", "runner.rerun", csv.run_id, cwd=elsewhere, MLFLOW_TRACKING_URI=uri),
+            # The job folder's .hydra: mlflow_run.json beside it names the run and the store.
+            lambda: _python("-m", "runner.rerun", str(job_folder / ".hydra"), cwd=elsewhere),
+        ])))
+    return World(base, uri, originals, sweep, sweep_child, job_folder, untracked, reruns)
+
+
+# --- end to end ----------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [*ORIGINALS, "sweep"])
+def test_rerun_is_identical_and_recorded_beside_the_original(world: World, case: str, tmp_path: Path) -> None:
+    result = world.reruns[case]
+    assert result.returncode == 0, _output(result)
+    assert result.stdout.splitlines()[0] == "identical", _output(result)
+    original_id = world.sweep_child if case == "sweep" else world.originals[case].run_id
+
+    client = world.client()
+    (new,) = world.runs_tagged("rerun_of", original_id)
+    original = client.get_run(original_id)
+    assert new.info.run_id in result.stdout
+    assert new.data.tags["rerun.result"] == "identical"
+    assert new.info.status == original.info.status == "FINISHED"
+    assert new.info.experiment_id == original.info.experiment_id
+    assert new.data.tags["data.sha256"] == original.data.tags["data.sha256"]
+    assert new.data.tags["epochs_run"] == original.data.tags["epochs_run"]
+    # Read back independently of the tool: every epoch of every loss metric, and the weights.
+    names = [name for name in original.data.metrics if name.startswith(("train_", "val_"))]
+    assert {"train_mse", "val_mse"} <= set(names)
+    for name in names:
+        history = _history(client, original_id, name)
+        assert len(history) == int(original.data.tags["epochs_run"])
+        assert _history(client, new.info.run_id, name) == history, name
+    before, after = _weights(world.uri, original_id, tmp_path), _weights(world.uri, new.info.run_id, tmp_path)
+    assert sorted(before) == sorted(after) and len(before) >= 4
+    for name in before:
+        assert np.array_equal(before[name], after[name]), name
+
+    if case == "csv_nesterov_mini_batch":
+        # The config said table.csv, relative to where the original started; the rerun read
+        # that same file, named absolutely, from another directory.
+        source = original.data.tags["data_source"]
+        assert source == str(world.originals[case].cwd / CSV_NAME)
+        assert new.data.tags["data_source"] == source
+    else:
+        # Not a byte of the config changed on the way: same hash.
+        assert new.data.tags["config.sha256"] == original.data.tags["config.sha256"]
+    if case == "sweep":
+        parent = original.data.tags.get("mlflow.parentRunId")
+        assert parent and client.get_run(parent).data.tags.get("bprun.sweep") == "true"
+        assert len(world.runs_tagged("mlflow.parentRunId", parent)) == 2
+        assert "mlflow.parentRunId" not in new.data.tags  # a rerun is never part of the sweep
+
+
+@pytest.mark.slow
+def test_perturbed_rerun_from_a_hydra_folder_differs_from_epoch_0(world: World, monkeypatch) -> None:
+    from runner.rerun import rerun
+
+    for name in ("MLFLOW_TRACKING_URI", *SWEEP_ENVIRONMENT):
+        monkeypatch.delenv(name, raising=False)
+    moons = world.originals["moons_gd_full_batch"]
+    report = rerun(str(moons.folder), overrides=["seed=5"])
+
+    assert report.original_run_id == moons.run_id
+    assert report.tracking_uri == world.uri  # from the folder's mlflow_run.json
+    assert report.result == "different"
+    first = report.comparison.first
+    assert (first.epoch, first.where) == (0, "train_mse")
+    assert first.original != first.rerun
+    assert report.summary().startswith(
+        f"different: first at epoch 0 in train_mse (original {first.original!r}, rerun {first.rerun!r}); "
+        "largest absolute difference ")
+    new = world.client().get_run(report.rerun_run_id)
+    assert new.data.tags["rerun_of"] == moons.run_id
+    assert new.data.tags["rerun.result"] == "different"
+    assert json.loads(new.data.tags["rerun.overrides"]) == ["seed=5"]
+
+
+@pytest.mark.slow
+def test_changed_weights_are_different_unless_within_tolerance(world: World, monkeypatch, capsys) -> None:
+    """The iris original's weights.npz nudged by 1e-9 in one entry: bit for bit that is a
+    difference (exit 1) in the weights alone; with --tolerance 1e-6 it is identical (exit 0)."""
+    from runner.rerun import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", world.uri)
+    iris = world.originals["iris_momentum_mini_batch"]
+    artifact_uri = world.client().get_run(iris.run_id).info.artifact_uri
+    weights_path = Path(artifact_uri.removeprefix("file://")) / "weights.npz"
+    with np.load(weights_path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    arrays["W2"][1, 2] += 1e-9
+    np.savez(weights_path, **arrays)
+
+    assert main([iris.run_id]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"different: every compared metric agrees but the final weights differ; "
+                        r"largest absolute difference 1e-09 \(layer2 weights\)", lines[0]), lines
+    assert main([iris.run_id, "--tolerance", "1e-6"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "identical within tolerance 1e-06: largest absolute difference 1e-09 (layer2 weights)"
+    assert len(world.runs_tagged("rerun_of", iris.run_id)) == 3
+
+
+@pytest.mark.slow
+def test_changed_csv_is_refused_with_both_fingerprints_and_provenance_warned(world: World) -> None:
+    csv = world.originals["csv_nesterov_mini_batch"]
+    client = world.client()
+    original = client.get_run(csv.run_id)
+    # Pretend the original ran elsewhere: every differing tag is listed, old -> new.
+    client.set_tag(csv.run_id, "version.numpy", "1.0.0")
+    client.set_tag(csv.run_id, "git.commit", "0" * 40)
+    table = csv.cwd / CSV_NAME
+    rows = table.read_text().splitlines()
+    cells = rows[5].split(",")
+    cells[1] = f"{float(cells[1]) + 0.5:.6f}"
+    rows[5] = ",".join(cells)
+    table.write_text("\n".join(rows) + "\n")
+
+    result = _python("-m", "runner.rerun", csv.run_id, "--tracking-uri", world.uri, cwd=world.base / "elsewhere")
+    assert result.returncode == 2, _output(result)
+    assert result.stdout == ""
+    assert "refusing to rerun" in result.stderr and str(table) in result.stderr
+    recorded = original.data.tags["data.sha256"]
+    now = re.search(r"data\.sha256 now: +([0-9a-f]{64})", result.stderr).group(1)
+    assert recorded in result.stderr and now != recorded
+    assert f"version.numpy: 1.0.0 -> {np.__version__}" in result.stderr
+    assert f"git.commit: {'0' * 40} -> " in result.stderr
+    # Refused before training: still only the one identical rerun made earlier.
+    assert len(world.runs_tagged("rerun_of", csv.run_id)) == 1
+
+
+@pytest.mark.slow
+def test_folder_of_an_untracked_run_is_rerun_with_nothing_to_compare(world: World) -> None:
+    (folder,) = world.untracked.cwd.glob("outputs/*/*")
+    assert not (folder / "mlflow_run.json").exists()
+    result = _python("-m", "runner.rerun", str(folder), cwd=world.untracked.cwd)
+    assert result.returncode == 3, _output(result)
+    assert result.stdout.startswith(f"nothing to compare: {folder} has no mlflow_run.json")
+    # The same final metrics as the original printed (bprun: completed 200 epochs: ...).
+    printed = re.search(r"completed \d+ epochs: (.*)", world.untracked.result.stdout).group(1)
+    assert result.stdout.rstrip().endswith(f"the rerun gave {printed}")
+    assert not list(world.untracked.cwd.rglob("mlflow.db"))
+
+
+@pytest.mark.slow
+def test_missing_store_is_an_error_and_is_not_created(tmp_path: Path) -> None:
+    result = _python("-m", "runner.rerun", "0" * 32, cwd=tmp_path)
+    assert result.returncode == 2, _output(result)
+    assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_bad_sources_are_errors(world: World) -> None:
+    from runner.rerun import rerun
+
+    with pytest.raises(RerunError, match=f"no run {'f' * 32} in {re.escape(world.uri)}"):
+        rerun("f" * 32, tracking_uri=world.uri)
+    sweep_folder = world.sweep_job_folder.parent
+    with pytest.raises(RerunError, match="is a whole sweep; pass one job's folder: .*/0, .*/1"):
+        rerun(str(sweep_folder))
+    with pytest.raises(RerunError, match="neither an existing folder nor an MLflow run id"):
+        rerun("outputs/no-such-folder")
+
+
+# --- the same config in 20 fresh processes ---------------------------------------------------------
+FRESH_PROCESSES = 20
+DETERMINISM_SCRIPT = """
+import hashlib, json, sys
+import numpy as np
+from omegaconf import OmegaConf
+from runner.experiment import run_experiment
+
+result = run_experiment(OmegaConf.load(sys.argv[1]))
+history = hashlib.sha256()
+for name in sorted(result.history.metrics):
+    history.update(name.encode() + np.asarray(result.history.metrics[name], dtype=np.float64).tobytes())
+print(json.dumps({"params": hashlib.sha256(result.network.params.tobytes()).hexdigest(),
+                  "history": history.hexdigest(), "epochs": result.history.epochs_run}))
+"""
+
+
+@pytest.mark.slow
+def test_same_config_in_fresh_processes_gives_identical_histories_and_weights(tmp_path: Path) -> None:
+    """Adam, mini-batches (the shuffle stream), two hidden layers wide enough for OpenBLAS to use
+    threads if it were allowed: half the processes start with 2 BLAS threads, half with 1, and
+    every process has its own hash seed; trainer.blas_threads=1 must make them all agree."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    import runner.app  # noqa: F401  (registers the schemas conf/ builds on)
+
+    with initialize_config_module(config_module="runner.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "tracking=none", "dataset=moons", "optimizer=adam", "optimizer.lr=0.01", "model.hidden=[64,64]",
+            "trainer.batch_size=32", "trainer.epochs=40"])
+    config_path = tmp_path / "config.yaml"
+    OmegaConf.save(cfg, config_path)
+    script = tmp_path / "fingerprint.py"
+    script.write_text(DETERMINISM_SCRIPT)
+
+    def job(number: int):
+        return lambda: _python(str(script), str(config_path), cwd=tmp_path, PYTHONHASHSEED=str(number),
+                               OPENBLAS_NUM_THREADS=str(1 + number % 2))
+
+    results = _in_parallel([job(number) for number in range(FRESH_PROCESSES)])
+    for result in results:
+        assert result.returncode == 0, _output(result)
+    fingerprints = [json.loads(result.stdout) for result in results]
+    assert fingerprints[0]["epochs"] == 40
+    assert all(fingerprint == fingerprints[0] for fingerprint in fingerprints), fingerprints
+    assert not list(tmp_path.rglob("mlflow.db"))
