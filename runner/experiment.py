@@ -203,9 +203,7 @@ def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP,
         finally:
             if tensor_writer is not None:
                 tensor_writer.close()
-            from runner.plots import save_training_plots
-
-            save_training_plots(epoch_metrics.series, tracked_run.artifact_dir / "plots", epoch_metrics.epochs)
+            _save_plots(epoch_metrics, tracked_run.artifact_dir / "plots")
         tracked_run.set_tags({"stop_reason": history.stop_reason, "epochs_run": str(history.epochs_run)})
         if history.stop_reason == "diverged":
             tracked_run.fail(history.message)
@@ -213,6 +211,18 @@ def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP,
             _save_model(tracked_run.artifact_dir, network, dataset)
     return RunResult(final_metrics(history, settings.trainer.loss), history, network, dataset,
                      tracked_run.run_id, uri)
+
+
+def _save_plots(epoch_metrics, directory: Path) -> None:
+    """Draw the run's plots; a plot that cannot be drawn never costs the run its status."""
+    import logging
+
+    from runner.plots import save_training_plots
+
+    try:
+        save_training_plots(epoch_metrics.series, directory, epoch_metrics.epochs)
+    except Exception as error:  # the metrics are logged; a missing picture is not worth a FAILED run
+        logging.getLogger(__name__).warning("could not draw the plots: %s: %s", type(error).__name__, error)
 
 
 def _point_hydra_folder_at(tracked_run) -> None:

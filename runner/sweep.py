@@ -149,11 +149,9 @@ def summarize_sweep(uri: str, parent_run_id: str) -> int:
     failed = sum(run.info.status != "FINISHED" for run in children)
     try:
         table, histories = report.runs_table(client, children, swept_keys or None)
-        metric = "val_mse" if table["final_val_mse"].notna().any() else "train_mse"
-        print(report.format_table(table, metric, None))
+        print(report.format_table(table))  # ranked by val_mse, train_mse where there is none
         with tempfile.TemporaryDirectory() as directory:
-            report.write_report(table, histories, directory, metric=metric,
-                                color_by=swept_keys[0] if swept_keys else None)
+            report.write_report(table, histories, directory)
             client.log_artifacts(parent_run_id, directory, "summary")
         client.set_tag(parent_run_id, "sweep.jobs", str(len(children)))
         client.set_tag(parent_run_id, "sweep.failed_jobs", str(failed))
