@@ -7,6 +7,7 @@ imports (mlflow, pandas) happen only once a job actually runs, so ``bprun --help
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -103,8 +104,9 @@ def main() -> None:
     import signal
 
     # MLflow logs store migrations and model-signature checks at INFO on every run; the summary
-    # line says what matters. Warnings and errors still show.
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # line says what matters. Warnings and errors still show. (MLflow sets its logger's level
+    # from this variable when it is imported, undoing a setLevel made before.)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # By default SIGTERM kills the process on the spot and MLflow leaves the run RUNNING forever.
     signal.signal(signal.SIGTERM, _raise_terminated)

@@ -50,6 +50,7 @@ LAYER_STYLES = ("-", "--")
 # these margins fit every label this module produces (y tick labels of up to seven characters,
 # like 0.25140, since smaller values switch to scientific notation; see _decorate).
 DPI = 100
+PLOTTABLE_LIMIT = 1e100
 AXES_WIDTH, AXES_HEIGHT = 4.0, 2.6
 LEFT, RIGHT, BOTTOM = 1.0, 0.2, 0.55
 TOP, TOP_WITHOUT_AXES_TITLES = 0.65, 0.4  # room for the figure title (and the axes titles)
@@ -126,8 +127,10 @@ def _load_series(metrics: dict[str, Sequence[float]], steps: Sequence[int] | Non
             raise ValueError(f"metric {name!r} has {values.size} values but steps has only {all_epochs.size}")
         else:
             epochs = all_epochs[: values.size]
-        # inf becomes a gap like NaN: left in, it would stretch the axis limits to nothing.
-        values = np.where(np.isfinite(values), values, np.nan)
+        # inf becomes a gap like NaN: left in, it would stretch the axis limits to nothing. So do
+        # finite values past PLOTTABLE_LIMIT (a diverging run reaches 1e300): matplotlib's scale
+        # transforms overflow on them.
+        values = np.where(np.isfinite(values) & (np.abs(values) < PLOTTABLE_LIMIT), values, np.nan)
         if np.isfinite(values).any():
             loaded[name] = _Series(epochs, values)
     return loaded

@@ -195,9 +195,18 @@ def save_pyfunc_model(path: str, network: MLP, dataset: Dataset, *, input_exampl
         if model.feature_mean is not None:
             rows = rows * model.feature_scale + model.feature_mean
         example = pd.DataFrame(rows, columns=model.feature_names)
-    mlflow.pyfunc.save_model(
-        path=path, python_model=model, pip_requirements=pip_requirements(), signature=signature,
-        input_example=example,
-        metadata={"task": model.task, "sizes": model.sizes, "activation": model.activation,
-                  "output_activation": model.output_activation, "dtype": model.dtype},
-    )
+    # MLflow warns on every save that a pickled python_model can run code when loaded. The
+    # pickle holds only plain arrays and names (see MLPModel.__getstate__), so on every run
+    # that warning would be noise; errors still show.
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_logger.level
+    pyfunc_logger.setLevel(logging.ERROR)
+    try:
+        mlflow.pyfunc.save_model(
+            path=path, python_model=model, pip_requirements=pip_requirements(), signature=signature,
+            input_example=example,
+            metadata={"task": model.task, "sizes": model.sizes, "activation": model.activation,
+                      "output_activation": model.output_activation, "dtype": model.dtype},
+        )
+    finally:
+        pyfunc_logger.setLevel(level)
