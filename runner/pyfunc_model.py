@@ -8,6 +8,7 @@ model's pip requirements): the pickle refers to ``MLPModel`` by its import path.
 Importing this module imports MLflow (about a second), so import it only to save or load models.
 """
 
+import logging
 import warnings
 from importlib import metadata
 from typing import Any
