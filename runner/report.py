@@ -762,11 +762,11 @@ def _final_vs_key_figure(ranked: "pd.DataFrame", metric: str, key: str) -> "Figu
     if len(distinct) <= LABELLED_VALUES_UP_TO:
         ax.set_xticks(distinct, labels=[_value_label(value) for value in distinct])
         ax.xaxis.set_minor_locator(NullLocator())
-    if failed.any():
-        marks = failed & np.isfinite(x)
+    marks = failed & np.isfinite(x)  # a run without a value of the key has no place on this axis
+    if marks.any():
         # x in data coordinates, y in axes coordinates: the top edge whatever the y scale.
         ax.plot(x[marks], np.full(marks.sum(), 0.97), transform=ax.get_xaxis_transform(),
-                label=f"failed / no value ({int(failed.sum())})", zorder=4, **FAILED_STYLE)
+                label=f"failed / no value ({int(marks.sum())})", zorder=4, **FAILED_STYLE)
     if not usable.any():
         ax.text(0.5, 0.5, "no finished run has a value", transform=ax.transAxes, ha="center", color="0.4")
 
@@ -798,10 +798,11 @@ def _distinguishing_keys(ranked: "pd.DataFrame", keys: list[str]) -> list[str]:
     chosen: list[str] = []
     combinations = 1
     for key in keys:
-        labels = ranked[[*chosen, key]].astype(str).agg("|".join, axis=1)
-        if labels.nunique() > combinations:
+        # Display text, not astype(str): pandas keeps a missing value missing (NaN) there.
+        count = len({tuple(map(_display_value, row)) for row in ranked[[*chosen, key]].itertuples(index=False)})
+        if count > combinations:
             chosen.append(key)
-            combinations = labels.nunique()
+            combinations = count
     return chosen
 
 

@@ -62,6 +62,7 @@ class SweepStore:
     child_ids: dict[str, str]  # run name -> run id
     old_parent_id: str
     old_child_name: str
+    unstarted_name: str
     standalone_name: str
 
 
@@ -117,6 +118,12 @@ def sweep_store(make_store) -> SweepStore:
     old_parent_id = _create_parent(client, experiment_id, old_start, JOBS[:1])
     old_job = Job("old-sweep-job", 0.5, [4], "moons", "FINISHED", _decay(0.3, 0.1), _decay(0.3, 0.1))
     _log_job(client, experiment_id, old_job, old_start + 1000, old_parent_id, 0)
+    # A job that failed before its run had params, as runner.sweep.record_failed_job records it.
+    unstarted_overrides = ["optimizer.lr=0.5", "model.hidden=[8,8]", "dataset=moons"]
+    unstarted = client.create_run(experiment_id, start_time=old_start + 2000, run_name=" ".join(unstarted_overrides),
+                                  tags={"mlflow.parentRunId": old_parent_id, "failure_reason": "invalid input",
+                                        "job.overrides": json.dumps(unstarted_overrides)})
+    client.set_terminated(unstarted.info.run_id, "FAILED", end_time=old_start + 2100)
     client.set_terminated(old_parent_id, "FINISHED", end_time=old_start + 10_000)
     standalone = Job("standalone-run", 0.1, [4], "moons", "FINISHED", _decay(0.3, 0.1), _decay(0.3, 0.1))
     _log_job(client, experiment_id, standalone, old_start + 20_000, None, 0)
@@ -127,7 +134,7 @@ def sweep_store(make_store) -> SweepStore:
                  for number, job in enumerate(JOBS)}
     client.set_terminated(parent_id, "FAILED", end_time=START_MS + 60_000)
     return SweepStore(store.uri, store.db, experiment_id, parent_id, child_ids, old_parent_id, old_job.name,
-                      standalone.name)
+                      unstarted.info.run_name, standalone.name)
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +159,11 @@ def test_finds_the_latest_sweep_and_its_children(sweep_store: SweepStore) -> Non
     assert {run.info.run_id for run in children} == set(sweep_store.child_ids.values())
     assert [run.info.run_name for run in children] == [job.name for job in JOBS]  # oldest first
     assert [run.info.run_name for run in report.sweep_children(client, sweep_store.old_parent_id)] == [
-        sweep_store.old_child_name]
+        sweep_store.old_child_name, sweep_store.unstarted_name]
 
     every_run = {run.info.run_name for run in report.experiment_runs(client, sweep_store.experiment_id)}
-    assert every_run == {*sweep_store.child_ids, sweep_store.old_child_name, sweep_store.standalone_name}
+    assert every_run == {*sweep_store.child_ids, sweep_store.old_child_name, sweep_store.unstarted_name,
+                         sweep_store.standalone_name}
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -195,6 +203,19 @@ def test_runs_table_has_one_row_per_job_with_values_read_back(sweep_store: Sweep
     assert set(histories[failed_id]) == {"train_mse", "val_mse"}
     assert list(histories[failed_id]["val_mse"].values) == pytest.approx([0.3, 0.15, 0.08, 0.03])
     assert set(histories[sweep_store.child_ids["lr1-h8x8-xor"]]) == {"train_mse"}
+
+
+def test_a_job_that_failed_before_logging_params_reads_its_overrides(sweep_store: SweepStore) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(sweep_store.uri)
+    table, _ = report.runs_table(client, report.sweep_children(client, sweep_store.old_parent_id), SWEPT_KEYS)
+    row = report.rank_runs(table).iloc[-1]
+    assert row["run_name"] == sweep_store.unstarted_name and row["status"] == "FAILED"
+    # The same values a logged param would give: 0.5 a number, [8,8] written as [8, 8].
+    assert (row["optimizer.lr"], row["model.hidden"], row["dataset"]) == (0.5, "[8, 8]", "moons")
+    assert math.isnan(row["final_train_mse"]) and pd.isna(row["epochs_run"])
+    assert row["failure_reason"] == "invalid input"
 
 
 def test_without_swept_keys_the_columns_are_the_params_that_differ(sweep_store: SweepStore) -> None:
@@ -317,7 +338,7 @@ def test_main_reports_a_whole_experiment(sweep_store: SweepStore, tmp_path: Path
     assert code == 0
     assert sweep_store.standalone_name in out and sweep_store.old_child_name in out
     csv = pd.read_csv(tmp_path / "runs.csv")
-    assert len(csv) == len(JOBS) + 2
+    assert len(csv) == len(JOBS) + 3
     assert csv["run_name"].iloc[0] == "lr1-h8x8-xor"  # lowest final train_mse
 
 
