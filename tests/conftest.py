@@ -1,0 +1,120 @@
+"""Shared fixtures for the runner's tests: temporary MLflow stores, the real CLI in a subprocess,
+and Hydra's compose API over the packaged config tree.
+
+Everything a test writes goes to pytest's temporary directories: CLI runs get a temporary working
+directory (so Hydra's ``outputs/`` and a default ``mlflow.db`` land there) and, where a test
+reads runs back, ``MLFLOW_TRACKING_URI`` pointing at a SQLite file in a temporary store. Nothing
+here uses pytest's cache, so the suite behaves the same with ``-p no:cacheprovider``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import DictConfig
+
+import runner.app  # noqa: F401  (importing the app registers the schemas that conf/ builds on)
+
+# A CLI run costs 3-5 s (imports); the limit only keeps a hung run from hanging the suite.
+CLI_TIMEOUT_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class Store:
+    """A temporary MLflow store: ``<directory>/mlflow.db`` (which may not exist yet)."""
+
+    directory: Path
+
+    @property
+    def db(self) -> Path:
+        return self.directory / "mlflow.db"
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.db}"
+
+    def client(self) -> Any:
+        """An ``MlflowClient`` on this store. Opening a client creates the database, so call
+        ``runs()`` instead when the store may not exist."""
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri)
+
+    def runs(self) -> list[Any]:
+        """Every run in every experiment (deleted ones included); [] when there is no database."""
+        if not self.db.exists():
+            return []
+        from mlflow.entities import ViewType
+
+        client = self.client()
+        experiment_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+        if not experiment_ids:
+            return []
+        return list(client.search_runs(experiment_ids, run_view_type=ViewType.ALL))
+
+
+def new_store(directory: Path) -> Store:
+    directory.mkdir(parents=True, exist_ok=True)
+    return Store(directory.resolve())
+
+
+def run_cli(*overrides: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m runner <overrides>`` in ``cwd`` and wait for it.
+
+    ``MLFLOW_TRACKING_URI`` (and ``HYDRA_FULL_ERROR``, which changes how errors print) are
+    removed from the inherited environment; ``env`` entries are added on top.
+    """
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
+    environment["PYTHONDONTWRITEBYTECODE"] = "1"  # nothing written next to the sources
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *overrides],
+        cwd=cwd, env=environment, capture_output=True, text=True, timeout=CLI_TIMEOUT_SECONDS,
+    )
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``bprun <overrides>`` would run, composed with Hydra's compose API."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module(config_module="runner.conf", version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """A fresh temporary store (its database does not exist until something writes to it)."""
+    return new_store(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def store_at() -> Callable[[Path], Store]:
+    """``store_at(directory)``: the store whose database is ``<directory>/mlflow.db``."""
+    return new_store
+
+
+@pytest.fixture(scope="session")
+def make_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Store]:
+    """Fresh stores for module-scoped fixtures, which cannot use ``tmp_path``."""
+    return lambda name: new_store(tmp_path_factory.mktemp(name))
+
+
+@pytest.fixture(name="run_cli", scope="session")
+def run_cli_fixture() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_cli(*overrides, cwd=..., env=None)`` as a fixture."""
+    return run_cli
+
+
+@pytest.fixture(name="compose", scope="session")
+def compose_fixture() -> Callable[[Sequence[str]], DictConfig]:
+    """``compose(overrides)`` as a fixture."""
+    return compose
