@@ -47,6 +47,8 @@ def gradient_check(network: MLP, X: np.ndarray, Y: np.ndarray, loss: str = "mse"
     Y = np.asarray(Y, network.dtype)
     network.check_inputs("X", X)
     network.check_targets("Y", Y)
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}: they must match")
     output_delta = network.output_delta(loss)
     workspace = network.workspace(X.shape[0])
     analytic = np.zeros_like(network.params)

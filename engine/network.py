@@ -18,11 +18,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engine._checks import as_finite_2d, check_choice
-from engine.activations import get_activation
+from engine.activations import ACTIVATIONS, get_activation
 from engine.initializers import get_initializer
 from engine.losses import FUSED_OUTPUT_DELTAS, get_loss
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
+# Softmax couples a layer's units; it only makes sense as the output layer of a classifier.
+HIDDEN_ACTIVATIONS = {name: f for name, f in ACTIVATIONS.items() if name != "softmax"}
 
 # (a_out, y, delta_out, scratch) -> loss value; writes dE/dz of the output layer into delta_out.
 OutputDelta = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]
@@ -95,6 +97,7 @@ class MLP:
             )
         if activation == "softmax":
             raise ValueError("activation='softmax' is only allowed as output_activation")
+        check_choice("activation", activation, HIDDEN_ACTIVATIONS)
         if not isinstance(rng, np.random.Generator):
             raise ValueError(f"rng={rng!r} is not allowed: it must be an np.random.Generator")
         hidden_forward, hidden_backward = get_activation(activation, "activation")

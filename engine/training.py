@@ -97,8 +97,9 @@ class _MetricAccumulator:
     """Sums the loss and the requested metrics over batches, weighted by batch size."""
 
     def __init__(self, loss: str, metrics: Sequence[str]) -> None:
-        self.names = ["loss"] + [m for m in metrics if not (m == loss)]
-        self.extra_mse = "mse" in metrics and loss != "mse"
+        self.names = ["loss", *metrics]
+        self.mse_is_loss = loss == "mse"
+        self.mse = "mse" in metrics
         self.accuracy = "accuracy" in metrics
         self.reset()
 
@@ -110,9 +111,12 @@ class _MetricAccumulator:
         rows = a.shape[0]
         self.count += rows
         self.sums["loss"] += loss_value * rows
-        if self.extra_mse:
-            np.subtract(a, y, out=scratch)
-            self.sums["mse"] += float(np.vdot(scratch, scratch)) / a.shape[1]
+        if self.mse:
+            if self.mse_is_loss:
+                self.sums["mse"] += loss_value * rows
+            else:
+                np.subtract(a, y, out=scratch)
+                self.sums["mse"] += float(np.vdot(scratch, scratch)) / a.shape[1]
         if self.accuracy:
             self.sums["accuracy"] += _count_correct(a, y)
 
@@ -140,6 +144,8 @@ def _check_data(network: MLP, X: object, Y: object, x_name: str, y_name: str) ->
 def evaluate(network: MLP, X: np.ndarray, Y: np.ndarray, loss: str, metrics: Sequence[str] = (),
              workspace: Workspace | None = None) -> dict[str, float]:
     """Loss and ``metrics`` of ``network`` on ``(X, Y)`` in one forward pass over all rows."""
+    for metric in metrics:
+        check_choice("metrics", metric, dict.fromkeys(METRICS))
     output_delta = network.output_delta(loss)
     workspace = workspace or network.workspace(X.shape[0])
     a = network.forward(X, workspace)
@@ -149,12 +155,16 @@ def evaluate(network: MLP, X: np.ndarray, Y: np.ndarray, loss: str, metrics: Seq
     return accumulator.means()
 
 
-def _first_non_finite(train: dict[str, float], params: np.ndarray) -> str | None:
-    for name, value in train.items():
+def _first_non_finite(metrics: dict[str, float], prefix: str, params: np.ndarray | None = None) -> str | None:
+    for name, value in metrics.items():
         if not math.isfinite(value):
-            return f"train_{name} is {value}"
+            return f"{prefix}_{name} is {value}"
+    if params is None:
+        return None
     # A NaN or inf anywhere makes the sum non-finite; one reduction instead of an isfinite mask.
-    if not math.isfinite(float(params.sum())):
+    # np.add.reduce is what ndarray.sum runs, minus a layer of Python wrappers that costs about
+    # as much as the sum itself on a small network, once per epoch.
+    if not math.isfinite(float(np.add.reduce(params))):
         return "a weight is not finite"
     return None
 
@@ -262,76 +272,83 @@ def train(
     for observer in observers:
         observer.on_train_begin(network)
 
-    for epoch in range(epochs):
-        lr = optimizer.start_epoch(epoch, epochs)
-        train_metrics.reset()
-        if full_batch:
-            workspace = workspaces[n]
-            value = network.gradient(X, Y, output_delta, workspace, grad_weights, grad_biases)
-            train_metrics.add(value, workspace.activations[-1], Y, workspace.scratch[-1])
-            optimizer.step(params, grads)
-        else:
-            order = rng.permutation(n)
-            n_batches = 0
-            for start in range(0, n, batch_size):
-                rows = order[start : start + batch_size]
-                workspace = workspaces[rows.shape[0]]
-                np.take(X, rows, axis=0, out=workspace.inputs)
-                np.take(Y, rows, axis=0, out=workspace.targets)
-                value = network.gradient(
-                    workspace.inputs, workspace.targets, output_delta, workspace, grad_weights, grad_biases
-                )
-                train_metrics.add(value, workspace.activations[-1], workspace.targets, workspace.scratch[-1])
+    # Overflow and NaN are expected when a run diverges: the loop detects them after each epoch
+    # and stops with stop_reason='diverged', so NumPy's own warnings would only be noise (and an
+    # error wherever warnings are errors).
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        for epoch in range(epochs):
+            lr = optimizer.start_epoch(epoch, epochs)
+            train_metrics.reset()
+            if full_batch:
+                workspace = workspaces[n]
+                value = network.gradient(X, Y, output_delta, workspace, grad_weights, grad_biases)
+                train_metrics.add(value, workspace.activations[-1], Y, workspace.scratch[-1])
                 optimizer.step(params, grads)
-                if grad_sum is not None:
-                    grad_sum += grads
-                n_batches += 1
-            if grad_sum is not None:
-                grad_sum *= 1.0 / n_batches
-
-        train_values = train_metrics.means()
-        problem = _first_non_finite(train_values, params)
-        if problem is not None:
-            history.stop_reason = "diverged"
-            history.message = f"diverged at epoch {epoch}: {problem}"
-            break
-
-        validation_values = None
-        if has_validation:
-            validation_values = evaluate(network, X_val, Y_val, loss, metrics, validation_workspace)
-        history.epochs_run = epoch + 1
-        for name, value in train_values.items():
-            history.metrics[f"train_{name}"].append(value)
-        if validation_values is not None:
-            for name, value in validation_values.items():
-                history.metrics[f"val_{name}"].append(value)
-
-        if observers:
-            report = EpochReport(
-                epoch, lr, train_values, validation_values,
-                network.weights, network.biases, report_grads[0], report_grads[1],
-            )
-            for observer in observers:
-                observer.on_epoch_end(report)
-        if grad_sum is not None:
-            grad_sum.fill(0.0)
-
-        if early_stopping is not None:
-            val_loss = validation_values["loss"]
-            if val_loss < best_loss - early_stopping.min_delta:
-                best_loss, history.best_epoch, epochs_without_improvement = val_loss, epoch, 0
-                if early_stopping.restore_best_weights:
-                    best_params = params.copy()
             else:
-                epochs_without_improvement += 1
-                if epochs_without_improvement >= early_stopping.patience:
-                    history.stop_reason = "early_stopping"
-                    history.message = (
-                        f"early stopping at epoch {epoch}: val_loss has not improved by more than "
-                        f"{early_stopping.min_delta} for {early_stopping.patience} epochs "
-                        f"(best {best_loss:.6g} at epoch {history.best_epoch})"
+                order = rng.permutation(n)
+                n_batches = 0
+                for start in range(0, n, batch_size):
+                    rows = order[start : start + batch_size]
+                    workspace = workspaces[rows.shape[0]]
+                    # mode='clip' because the default 'raise' gathers into a temporary and copies it to
+                    # `out` (so a bad index cannot leave it half-written): 2.8x slower, and a
+                    # permutation's indices are always in range, so clipping never changes one.
+                    X.take(rows, axis=0, out=workspace.inputs, mode="clip")
+                    Y.take(rows, axis=0, out=workspace.targets, mode="clip")
+                    value = network.gradient(
+                        workspace.inputs, workspace.targets, output_delta, workspace, grad_weights, grad_biases
                     )
-                    break
+                    train_metrics.add(value, workspace.activations[-1], workspace.targets, workspace.scratch[-1])
+                    optimizer.step(params, grads)
+                    if grad_sum is not None:
+                        grad_sum += grads
+                    n_batches += 1
+                if grad_sum is not None:
+                    grad_sum *= 1.0 / n_batches
+
+            train_values = train_metrics.means()
+            problem = _first_non_finite(train_values, "train", params)
+            validation_values = None
+            if problem is None and has_validation:
+                validation_values = evaluate(network, X_val, Y_val, loss, metrics, validation_workspace)
+                problem = _first_non_finite(validation_values, "val")
+            if problem is not None:
+                history.stop_reason = "diverged"
+                history.message = f"diverged at epoch {epoch}: {problem}"
+                break
+            history.epochs_run = epoch + 1
+            for name, value in train_values.items():
+                history.metrics[f"train_{name}"].append(value)
+            if validation_values is not None:
+                for name, value in validation_values.items():
+                    history.metrics[f"val_{name}"].append(value)
+
+            if observers:
+                report = EpochReport(
+                    epoch, lr, train_values, validation_values,
+                    network.weights, network.biases, report_grads[0], report_grads[1],
+                )
+                for observer in observers:
+                    observer.on_epoch_end(report)
+            if grad_sum is not None:
+                grad_sum.fill(0.0)
+
+            if early_stopping is not None:
+                val_loss = validation_values["loss"]
+                if val_loss < best_loss - early_stopping.min_delta:
+                    best_loss, history.best_epoch, epochs_without_improvement = val_loss, epoch, 0
+                    if early_stopping.restore_best_weights:
+                        best_params = params.copy()
+                else:
+                    epochs_without_improvement += 1
+                    if epochs_without_improvement >= early_stopping.patience:
+                        history.stop_reason = "early_stopping"
+                        history.message = (
+                            f"early stopping at epoch {epoch}: val_loss has not improved by more than "
+                            f"{early_stopping.min_delta} for {early_stopping.patience} epochs "
+                            f"(best {best_loss:.6g} at epoch {history.best_epoch})"
+                        )
+                        break
 
     if best_params is not None:
         np.copyto(params, best_params)

@@ -202,13 +202,6 @@ def test_sigmoid_in_place_matches_the_out_of_place_result() -> None:
     np.testing.assert_array_equal(buffer, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeWarning,
-    reason="engine bug: sigmoid clips the exponent at 709, the float64 limit, also for float32 input, "
-    "where exp overflows above ~88.7: sigmoid(np.float32(-100)) emits 'overflow encountered in exp', so "
-    "a float32 network with a pre-activation below -88.7 raises under filterwarnings=error",
-)
 def test_sigmoid_is_warning_free_in_float32_too() -> None:
     z = np.concatenate([np.linspace(-1e4, 1e4, 20_001), EXTREMES]).astype(np.float32)
     with warnings.catch_warnings():

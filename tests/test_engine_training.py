@@ -289,14 +289,6 @@ def test_divergence_stops_at_the_first_non_finite_loss_on_a_case_solved_by_hand(
     assert recorder.events[-1] == ("end",) and recorder.history is history
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeWarning,
-    reason="engine bug: in a network with a hidden layer the weights or deltas overflow inside "
-    "MLP.gradient (np.matmul/np.multiply 'overflow encountered', engine/network.py) before the loss "
-    "does; pyproject's filterwarnings=error turns that RuntimeWarning into an exception, so train() "
-    "raises instead of returning stop_reason='diverged'",
-)
 @pytest.mark.parametrize("case", ["1-1-1-identity", "3-8-2-sigmoid"])
 def test_divergence_of_a_network_with_hidden_layers_is_reported_not_raised(case: str) -> None:
     if case == "1-1-1-identity":
@@ -319,13 +311,6 @@ def test_divergence_of_a_network_with_hidden_layers_is_reported_not_raised(case:
     assert len(recorder.reports) == history.epochs_run
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="engine bug: train() checks only the train metrics and the weights for non-finite values; "
-    "a validation loss that overflows is recorded in history and reported to observers, and training "
-    "goes on (here val_loss is inf at epochs 40-42 and the run stops only at epoch 43 on train_loss)",
-)
 def test_a_non_finite_validation_loss_counts_as_divergence() -> None:
     # The halving network with lr = 1000 again (s = w + b = (-3999)^(e + 1) after epoch e, w ~ b ~ s / 2),
     # validated on x = 1e10, y = 0: val_loss = (1e10 s / 2)^2 ~ 0.25e20 * 3999^(2 e + 2).
@@ -506,13 +491,6 @@ def test_accuracy_of_a_single_sigmoid_output_thresholds_at_one_half() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="engine bug: metrics=['mse'] with loss='mse' reports no train_mse/val_mse (the metric is "
-    "dropped as a duplicate of the loss), although train()'s docstring promises train_<name> for "
-    "every requested metric",
-)
 def test_requested_mse_metric_is_reported_even_when_the_loss_is_mse() -> None:
     X, Y = _regression_data(1)
     network = engine.MLP([3, 4, 2], np.random.default_rng(3))
