@@ -72,6 +72,7 @@ class History:
     stop_reason: str = "completed"
     message: str = ""
     best_epoch: int | None = None
+    restored_epoch: int | None = None  # set when the network ends with the weights of this epoch
 
 
 class Observer:
@@ -350,10 +351,12 @@ def train(
                         )
                         break
 
-    if best_params is not None:
-        np.copyto(params, best_params)
     if history.stop_reason == "completed":
         history.message = f"completed {history.epochs_run} epochs"
+    if best_params is not None:
+        np.copyto(params, best_params)
+        history.restored_epoch = history.best_epoch
+        history.message += f"; restored the weights of epoch {history.best_epoch}"
     for observer in observers:
         observer.on_train_end(history)
     return history

@@ -32,7 +32,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        result = run_experiment(cfg, show_progress=_interactive_single_run())
+        # The directory bprun started in, even if hydra.job.chdir=true moved the job elsewhere.
+        result = run_experiment(cfg, start_dir=HydraConfig.get().runtime.cwd,
+                                show_progress=_interactive_single_run())
     except (ConfigError, DataError) as error:
         if in_sweep:
             return _failed_job(f"invalid input: {error}", run_exists=False)

@@ -270,6 +270,8 @@ def _problems(cfg: ExperimentConfig) -> list[str]:
     if trainer.early_stopping.enabled and dataset.val_fraction == 0:
         problems.append("trainer.early_stopping.enabled=True needs a validation split: "
                         "set dataset.val_fraction > 0")
+    need(bool(cfg.tracking.experiment.strip()), "tracking.experiment", cfg.tracking.experiment,
+         "name an MLflow experiment (a non-empty string)")
     need(cfg.tracking.tensors_every >= 0, "tracking.tensors_every", cfg.tracking.tensors_every,
          "it must be an integer >= 0 (0 turns tensor logging off)")
     need(cfg.seed >= 0, "seed", cfg.seed, "it must be an integer >= 0")

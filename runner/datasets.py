@@ -186,7 +186,9 @@ def _numeric(frame, path: str) -> np.ndarray:
     if bad.any():
         row, column = np.argwhere(bad)[0]
         raw = frame.iat[row, column]
-        what = "blank" if pd.isna(raw) else f"{raw!r} is not a finite number"
+        # As written in the file: a cell that parsed to inf is shown as 'inf', not np.float64(inf).
+        shown = repr(raw) if isinstance(raw, str) else repr(str(raw))
+        what = "blank" if pd.isna(raw) else f"{shown} is not a finite number"
         raise DataError(f"{path}: data row {row + 1}, column {frame.columns[column]!r}: {what}")
     return values
 
@@ -196,12 +198,12 @@ def _builtin_path(filename: str) -> str:
 
 
 # --- splitting and scaling -------------------------------------------------------------------
-def _split(X: np.ndarray, Y: np.ndarray, val_fraction: float, rng: np.random.Generator, name: str):
+def _split(X: np.ndarray, Y: np.ndarray, val_fraction: float, rng: np.random.Generator, source: str):
     n = X.shape[0]
     n_val = int(round(n * val_fraction))
     if val_fraction > 0 and (n_val < 1 or n - n_val < 1):
         raise DataError(
-            f"dataset {name!r}: {n} samples cannot be split with val_fraction={val_fraction} "
+            f"{source}: {n} sample(s) cannot be split with dataset.val_fraction={val_fraction} "
             "(both training and validation need at least one sample)"
         )
     if n_val == 0:
@@ -230,10 +232,7 @@ def load_dataset(config: DatasetConfig, data_rng: np.random.Generator, split_rng
         feature_names = [f"x{i}" for i in range(X.shape[1])]
         target_names = ["y"] if Y.shape[1] == 1 else [f"class_{c}" for c in class_names]
         source = f"generated {config.name}(n_samples={config.n_samples}, noise={config.noise})"
-    if X.shape[0] < 2 and config.val_fraction > 0:
-        raise DataError(f"dataset {config.name!r}: {X.shape[0]} sample(s) is too few to split")
-
-    X_train, Y_train, X_val, Y_val = _split(X, Y, config.val_fraction, split_rng, config.name)
+    X_train, Y_train, X_val, Y_val = _split(X, Y, config.val_fraction, split_rng, source)
     dataset = Dataset(config.name, task, X_train, Y_train, X_val, Y_val, feature_names, target_names,
                       class_names, source=source)
     if config.standardize:

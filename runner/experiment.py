@@ -70,12 +70,14 @@ def default_run_name(settings: ExperimentConfig) -> str:
 
 
 def final_metrics(history: History, loss: str) -> dict[str, float]:
-    """The last value of every history series, under its tracked name."""
+    """Every metric of the weights training ended with, under its tracked name: the last epoch's,
+    or the best epoch's when early stopping restored its weights."""
+    epoch = -1 if history.restored_epoch is None else history.restored_epoch
     final = {}
     for key, values in history.metrics.items():
         if values:
             prefix, name = key.split("_", 1)
-            final.update(tracked_metric_names({name: values[-1]}, prefix, loss))
+            final.update(tracked_metric_names({name: values[epoch]}, prefix, loss))
     return final
 
 

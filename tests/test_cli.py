@@ -196,10 +196,6 @@ def test_hydra_run_folders_go_under_outputs_without_a_database(runs: dict[str, S
     assert not list((scenario.cwd / "outputs").rglob("*.db"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: runner.app calls run_experiment(cfg) without start_dir, so the default store is "
-    "os.getcwd(); with hydra.job.chdir=true that is the Hydra output folder "
-    "(outputs/<date>/<time>/mlflow.db) instead of the directory bprun started in"))
 def test_the_default_store_ignores_hydra_job_chdir(runs: dict[str, Scenario]) -> None:
     scenario = runs["chdir"]
     assert scenario.result.returncode == 0, scenario.output
@@ -278,10 +274,7 @@ BAD_OVERRIDES = [
     ("_target_ injection", ("+optimizer._target_=os.system",), ["optimizer._target_"]),
     ("early stopping without validation", ("trainer.early_stopping.enabled=true",),
      ["trainer.early_stopping.enabled", "dataset.val_fraction"]),
-    pytest.param("empty experiment name", ("tracking.experiment=''",), ["tracking.experiment"],
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "BUG: tracking.experiment='' is not validated; MLflow raises 'Invalid experiment "
-                     "name' from ensure_experiment and Hydra prints a traceback without the key"))),
+    ("empty experiment name", ("tracking.experiment=''",), ["tracking.experiment"]),
 ]
 
 

@@ -282,9 +282,6 @@ def test_too_few_samples_for_the_split_raise_data_error(tmp_path: Path, n_rows: 
     assert f"{n_rows} sample" in str(error.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the split errors in runner.datasets (_split and the '< 2 samples' check in load_dataset) "
-    "name the data set ('csv') but not the file, unlike every other CSV error"))
 @pytest.mark.parametrize("n_rows", [1, 2])
 def test_too_few_samples_for_the_split_names_the_file(tmp_path: Path, n_rows: int) -> None:
     path = write_csv(tmp_path, "a,y\n" + "".join(f"{i},{i}\n" for i in range(n_rows)))
@@ -293,9 +290,6 @@ def test_too_few_samples_for_the_split_names_the_file(tmp_path: Path, n_rows: in
     assert str(path) in str(error.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: runner.datasets._numeric formats a parsed non-finite cell with repr(), so NumPy 2 prints "
-    "\"np.float64(inf) is not a finite number\" instead of the cell as written ('inf')"))
 def test_a_non_finite_cell_is_quoted_as_written(tmp_path: Path) -> None:
     path = write_csv(tmp_path, "a,b,y\n1,2,3\ninf,5,6\n")
     with pytest.raises(DataError) as error:

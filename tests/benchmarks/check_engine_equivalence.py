@@ -1,0 +1,201 @@
+"""Check that the working-tree engine computes what a reference commit's engine computed.
+
+Performance work on ``engine/`` must not change its math. This script extracts ``engine/`` from a
+git commit (default: the one before the performance work) as a package named
+``engine_reference``, trains both engines from the same seeds on a grid of configurations
+(every activation, loss and optimizer, a schedule, full batch and mini-batches with a smaller
+last batch, float64 and float32, metrics, validation, early stopping, an observer that asks for
+gradients) and compares the final parameters, every recorded metric, every epoch's reported
+gradient and the predictions. It also runs ``gradient_check`` on the current engine for every
+activation x loss pair with several outputs.
+
+Run from the repository root::
+
+    .venv/bin/python tests/benchmarks/check_engine_equivalence.py [--reference COMMIT]
+
+Exit status 0 when every float64 difference is at round-off level (relative 1e-12) and every
+gradient check passes; it also says which configurations are bit-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+if str(REPOSITORY) not in sys.path:
+    sys.path.insert(0, str(REPOSITORY))
+
+import engine  # noqa: E402
+
+DEFAULT_REFERENCE = "4bea14b"  # "Engine: MLP with flat parameter vector, ..." (before the speed work)
+TOLERANCE = {"float64": 1e-12, "float32": 1e-4}  # relative to the largest magnitude compared
+GRADIENT_CHECK_TOLERANCE = 1e-6
+
+
+def import_reference(commit: str, directory: Path):
+    """Extract ``engine/`` at ``commit`` into ``directory/engine_reference`` and import it."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPOSITORY), "archive", "--format=tar", commit, "engine"],
+        check=True, capture_output=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(directory, filter="data")
+    package = directory / "engine_reference"
+    (directory / "engine").rename(package)
+    for module in package.glob("*.py"):
+        source = module.read_text()
+        module.write_text(re.sub(r"\bfrom engine(\.| import)", r"from engine_reference\1", source))
+    sys.path.insert(0, str(directory))
+    import engine_reference
+
+    return engine_reference
+
+
+class GradientRecorder:
+    """Copies every epoch's reported gradient (reports hold views of live buffers)."""
+
+    wants_gradients = True
+
+    def __init__(self) -> None:
+        self.gradients: list[np.ndarray] = []
+
+    def on_train_begin(self, network) -> None:
+        pass
+
+    def on_epoch_end(self, report) -> None:
+        self.gradients.append(np.concatenate([g.ravel() for g in report.grad_weights + report.grad_biases]))
+
+    def on_train_end(self, history) -> None:
+        pass
+
+
+def make_data(n_samples: int, n_inputs: int, n_outputs: int, loss: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_samples, n_inputs))
+    if loss == "cross_entropy":
+        Y = np.eye(n_outputs)[rng.integers(0, n_outputs, n_samples)]
+    elif loss == "binary_cross_entropy":
+        Y = (rng.uniform(size=(n_samples, n_outputs)) > 0.5).astype(float)
+    else:
+        Y = rng.uniform(0.1, 0.9, size=(n_samples, n_outputs))
+    return X, Y
+
+
+# name, sizes, hidden activation, output activation, loss, optimizer (name, lr, options),
+# schedule, batch size (None: full batch), epochs, dtype, metrics, validation, early stopping, observe
+CONFIGS = [
+    ("xor-like full batch gd", [2, 2, 1], "sigmoid", "sigmoid", "mse", ("gd", 2.0, {}), None, None, 200,
+     "float64", (), False, None, True),
+    ("sine mini-batch gd", [1, 16, 1], "sigmoid", "sigmoid", "mse", ("gd", 0.5, {}), None, 32, 5,
+     "float64", ("mse",), False, None, True),
+    ("digits-like mse, remainder batch", [64, 32, 16, 10], "sigmoid", "sigmoid", "mse", ("gd", 0.5, {}), None,
+     50, 4, "float64", ("accuracy",), True, None, True),
+    ("softmax cross-entropy momentum", [8, 12, 4], "tanh", "softmax", "cross_entropy",
+     ("momentum", 0.1, {"momentum": 0.9}), ("step", 2), 16, 6, "float64", ("mse", "accuracy"), True, None, True),
+    ("bce nesterov relu", [5, 9, 7, 3], "relu", "sigmoid", "binary_cross_entropy",
+     ("nesterov", 0.05, {"momentum": 0.8}), ("cosine", 1), 20, 6, "float64", ("accuracy",), True, None, False),
+    ("adam leaky_relu identity output", [6, 10, 2], "leaky_relu", "identity", "mse", ("adam", 0.01, {}),
+     ("exponential", 1), 25, 6, "float64", (), True, (2, 0.0, True), True),
+    ("mse on softmax output", [4, 6, 3], "sigmoid", "softmax", "mse", ("gd", 0.3, {}), None, None, 30,
+     "float64", ("accuracy",), False, None, True),
+    ("identity hidden, tanh output", [3, 5, 2], "identity", "tanh", "mse", ("momentum", 0.05, {}), None, 7, 5,
+     "float64", (), False, None, True),
+    ("float32 sigmoid mini-batch", [10, 20, 5], "sigmoid", "sigmoid", "mse", ("gd", 0.5, {}), None, 16, 4,
+     "float32", ("mse",), True, None, True),
+    ("wide 784-64-10 mini-batch", [784, 64, 10], "sigmoid", "sigmoid", "mse", ("gd", 0.1, {}), None, 128, 2,
+     "float64", (), False, None, True),
+]
+
+
+def train_one(package, config, seed: int = 7) -> dict[str, object]:
+    (name, sizes, activation, output_activation, loss, (optimizer_name, lr, options), schedule, batch_size,
+     epochs, dtype, metrics, validation, early_stopping, observe) = config
+    X, Y = make_data(300, sizes[0], sizes[-1], loss, seed)
+    X_val, Y_val = make_data(60, sizes[0], sizes[-1], loss, seed + 1) if validation else (None, None)
+    network = package.MLP(sizes, np.random.default_rng(seed), activation=activation,
+                          output_activation=output_activation, dtype=dtype)
+    if schedule is not None:
+        schedule_object = package.Schedule(name=schedule[0], step_size=schedule[1])
+    else:
+        schedule_object = None
+    optimizer = package.make_optimizer(optimizer_name, lr, schedule_object, **options)
+    stopping = package.EarlyStopping(*early_stopping) if early_stopping else None
+    recorder = GradientRecorder()
+    history = package.train(
+        network, optimizer, X, Y, epochs=epochs, loss=loss, batch_size=batch_size,
+        rng=np.random.default_rng(seed + 2), X_val=X_val, Y_val=Y_val, metrics=metrics,
+        early_stopping=stopping, observers=[recorder] if observe else [],
+    )
+    result = {"params": network.params.copy(), "predictions": network.predict(X)}
+    for key, values in history.metrics.items():
+        result[f"history {key}"] = np.array(values)
+    if recorder.gradients:
+        result["epoch gradients"] = np.stack(recorder.gradients)
+    result["stop"] = (history.stop_reason, history.epochs_run, history.best_epoch)
+    return result
+
+
+def compare(reference: dict, current: dict, dtype: str) -> tuple[bool, bool, float]:
+    """(all bit-identical, within tolerance, worst relative difference)."""
+    if reference.keys() != current.keys() or reference["stop"] != current["stop"]:
+        return False, False, float("inf")
+    identical, worst = True, 0.0
+    for key, expected in reference.items():
+        if key == "stop":
+            continue
+        got = current[key]
+        if expected.shape != got.shape:
+            return False, False, float("inf")
+        identical &= bool(np.array_equal(expected, got))
+        scale = max(float(np.max(np.abs(expected), initial=0.0)), np.finfo(expected.dtype).tiny)
+        worst = max(worst, float(np.max(np.abs(expected - got), initial=0.0)) / scale)
+    return identical, worst <= TOLERANCE[dtype], worst
+
+
+def gradient_checks() -> list[tuple[str, float]]:
+    results = []
+    pairs = [(a, "sigmoid", "mse") for a in ("sigmoid", "tanh", "relu", "leaky_relu", "identity")]
+    pairs += [("sigmoid", out, "mse") for out in ("tanh", "identity", "softmax", "relu")]
+    pairs += [("tanh", "softmax", "cross_entropy"), ("sigmoid", "sigmoid", "binary_cross_entropy")]
+    for hidden, output, loss in pairs:
+        X, Y = make_data(7, 4, 3, loss, seed=3)
+        network = engine.MLP([4, 5, 3], np.random.default_rng(3), activation=hidden, output_activation=output)
+        check = engine.gradient_check(network, X, Y, loss)
+        results.append((f"{hidden}/{output}/{loss}", check.max_relative_error))
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", default=DEFAULT_REFERENCE, help="git commit of the reference engine")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        reference_package = import_reference(args.reference, Path(directory))
+        ok = True
+        print(f"working tree vs engine at {args.reference}:")
+        for config in CONFIGS:
+            identical, close, worst = compare(train_one(reference_package, config), train_one(engine, config),
+                                              config[9])
+            ok &= close
+            verdict = "bit-identical" if identical else (f"round-off ({worst:.1e} relative)" if close
+                                                         else f"DIFFERENT ({worst:.1e} relative)")
+            print(f"  {config[0]:40s} {config[9]}: {verdict}")
+    print("gradient checks (max relative error, must be < 1e-6):")
+    for name, error in gradient_checks():
+        ok &= error < GRADIENT_CHECK_TOLERANCE
+        print(f"  {name:40s} {error:.2e}" + ("" if error < GRADIENT_CHECK_TOLERANCE else "  FAIL"))
+    print("OK" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
