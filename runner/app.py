@@ -13,9 +13,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from runner import optuna_sweeper
 from runner.config import ConfigError, register_schemas
 
 register_schemas()
+optuna_sweeper.register()
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -52,12 +54,15 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         # The job's run already ended FAILED with this error; the other jobs go on.
         return _failed_job(f"{type(error).__name__}: {error}", run_exists=True)
     print(summary(result))
-    return sweep_objective(result.metrics)
+    return sweep_objective(result.metrics, HydraConfig.get().sweeper.get("objective", "val_mse"))
 
 
-def sweep_objective(metrics: dict[str, float]) -> float | None:
-    """What a sweep minimizes: the final val_mse, or train_mse without a validation split."""
-    return metrics.get("val_mse", metrics.get("train_mse"))
+def sweep_objective(metrics: dict[str, float], name: str = "val_mse") -> float | None:
+    """What a sweep optimizes: the final value of metric ``name``; a val_ metric falls back to
+    its train_ twin when the data set has no validation split (xor)."""
+    if name in metrics:
+        return metrics[name]
+    return metrics.get(name.replace("val_", "train_", 1)) if name.startswith("val_") else None
 
 
 def _failed_job(reason: str, run_exists: bool) -> None:
