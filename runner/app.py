@@ -31,6 +31,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
     from runner.datasets import DataError
     from runner.experiment import TrainingFailed, run_experiment
+    from runner.tracking import StoreUnavailable
 
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -42,6 +43,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             return _failed_job(f"invalid input: {error}", run_exists=False)
         # SystemExit passes through Hydra's error reporting untouched: one message, no traceback.
         print(f"bprun: invalid input, nothing was trained or logged:\n{error}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except StoreUnavailable as error:
+        if in_sweep:
+            return _failed_job(str(error), run_exists=False)
+        print(f"bprun: nothing was trained: {error}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except TrainingFailed as error:
         if in_sweep:

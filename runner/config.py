@@ -148,6 +148,9 @@ class TrackingConfig:
     experiment: str = "backprop-runner"
     run_name: Optional[str] = None  # None: built from the data set, optimizer and overrides
     tensors_every: int = 1  # log full weight/gradient tensors every n-th epoch; 0: never
+    offline: bool = False  # keep runs in a local store (mlflow-offline.db); upload later with bprun-sync
+    http_timeout: float = 5.0  # seconds an http(s) tracking server may take to answer
+    http_retries: int = 2
 
 
 @dataclass
@@ -272,6 +275,10 @@ def _problems(cfg: ExperimentConfig) -> list[str]:
                         "set dataset.val_fraction > 0")
     need(bool(cfg.tracking.experiment.strip()), "tracking.experiment", cfg.tracking.experiment,
          "name an MLflow experiment (a non-empty string)")
+    need(cfg.tracking.http_timeout > 0, "tracking.http_timeout", cfg.tracking.http_timeout,
+         "it must be a number of seconds > 0")
+    need(cfg.tracking.http_retries >= 0, "tracking.http_retries", cfg.tracking.http_retries,
+         "it must be an integer >= 0")
     need(cfg.tracking.tensors_every >= 0, "tracking.tensors_every", cfg.tracking.tensors_every,
          "it must be an integer >= 0 (0 turns tensor logging off)")
     need(cfg.seed >= 0, "seed", cfg.seed, "it must be an integer >= 0")

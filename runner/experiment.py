@@ -161,7 +161,7 @@ def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP,
     from runner.provenance import git_diff, project_git_state, provenance_tags
     from runner.sweep import SweepContext, job_params_from_hydra
     from runner.telemetry import EpochMetrics, TensorWriter
-    from runner.tracking import MlflowRun, ensure_experiment, flatten, resolve_tracking_uri
+    from runner.tracking import SYNC_TARGET_TAG, MlflowRun, check_store, ensure_experiment, flatten, run_destination
 
     tracking = settings.tracking
     config_yaml = OmegaConf.to_yaml(cfg)
@@ -171,14 +171,17 @@ def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP,
     tags = {"dataset": dataset.name, "task": dataset.task, "data_source": dataset.source,
             "data.sha256": dataset.fingerprint(), **provenance_tags(config_yaml, start_dir), **extra_tags}
     sweep = SweepContext.from_environment()
-    if tracking_uri is not None:
-        uri, experiment_id = tracking_uri, ensure_experiment(tracking_uri, tracking.experiment)
-    elif sweep is not None:
-        # The parent process created store, experiment and parent run before any job started.
+    uri, sync_target = (tracking_uri, None) if tracking_uri else run_destination(
+        tracking.uri, tracking.offline, start_dir)
+    if sync_target:
+        tags[SYNC_TARGET_TAG] = sync_target
+    if sweep is not None and tracking_uri is None:
+        # The parent process checked the store and created it, the experiment and the parent run
+        # before any job started.
         uri, experiment_id = sweep.tracking_uri, sweep.experiment_id
         tags["mlflow.parentRunId"] = sweep.parent_run_id
     else:
-        uri = resolve_tracking_uri(tracking.uri, start_dir)
+        check_store(uri, tracking.http_timeout, tracking.http_retries)
         experiment_id = ensure_experiment(uri, tracking.experiment)
     history = None
     with MlflowRun(uri, experiment_id, tracking.run_name or default_run_name(settings), params, tags) as tracked_run:

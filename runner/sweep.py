@@ -97,10 +97,12 @@ class SweepCallback(Callback):
     def _start_parent(self, config: DictConfig) -> None:
         from mlflow.tracking import MlflowClient
 
-        from runner.tracking import ensure_experiment, log_params, resolve_tracking_uri
+        from runner.tracking import SYNC_TARGET_TAG, check_store, ensure_experiment, log_params, run_destination
 
-        uri = resolve_tracking_uri(config.tracking.uri, os.getcwd())
-        experiment_id = ensure_experiment(uri, config.tracking.experiment)
+        tracking = config.tracking
+        uri, sync_target = run_destination(tracking.uri, tracking.offline, config.hydra.runtime.cwd)
+        check_store(uri, tracking.http_timeout, tracking.http_retries)
+        experiment_id = ensure_experiment(uri, tracking.experiment)
         overrides = list(config.hydra.overrides.task)
         swept = swept_values(overrides)
         client = MlflowClient(uri)
@@ -113,6 +115,7 @@ class SweepCallback(Callback):
             "sweep.command": " ".join(["bprun", *sys.argv[1:]]),
             "sweep.swept_keys": json.dumps(list(swept)),
             "sweep.dir": str(config.hydra.sweep.dir),
+            **({SYNC_TARGET_TAG: sync_target} if sync_target else {}),
         })
         self.parent_run_id = parent.info.run_id
         log_params(client, self.parent_run_id, {f"sweep.{key}": values for key, values in swept.items()})

@@ -32,6 +32,88 @@ def resolve_tracking_uri(configured: str | None, start_dir: str) -> str:
     return f"sqlite:///{Path(start_dir, 'mlflow.db').resolve()}"
 
 
+OFFLINE_DATABASE = "mlflow-offline.db"
+SYNC_TARGET_TAG = "bprun.sync_target"
+
+
+def run_destination(configured: str | None, offline: bool, start_dir: str) -> tuple[str, str | None]:
+    """``(uri runs are written to, server they belong to when offline else None)``.
+
+    Offline runs go to ``mlflow-offline.db`` in ``start_dir`` and carry the server they were
+    meant for, so that ``bprun-sync`` can upload them later.
+    """
+    target = resolve_tracking_uri(configured, start_dir)
+    if not offline:
+        return target, None
+    return f"sqlite:///{Path(start_dir, OFFLINE_DATABASE).resolve()}", target
+
+
+class StoreUnavailable(RuntimeError):
+    """The tracking store cannot be reached or written; nothing has been trained or logged."""
+
+
+# Below this much free disk space a run could fill the disk half way through writing the store.
+MIN_FREE_BYTES = 50 * 1024 * 1024
+
+
+def check_store(uri: str, timeout_seconds: float, retries: int) -> None:
+    """Fail fast, with a message that says what to do, when runs cannot go to ``uri``.
+
+    An http(s) server must answer within ``timeout_seconds`` (MLflow's own client would retry for
+    minutes); MLflow's later calls get the same timeout and ``retries``. A SQLite file's folder
+    must be writable and have room.
+    """
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri, timeout_seconds)
+        # MLflow reads these at every request; keep an explicit setting of the user's.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(timeout_seconds))))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+        return
+    database = sqlite_path(uri)
+    if database is not None:
+        _check_writable(database)
+
+
+def _check_server(uri: str, timeout_seconds: float) -> None:
+    import socket
+    import urllib.error
+    import urllib.request
+
+    advice = ("start the server, point tracking.uri or MLFLOW_TRACKING_URI elsewhere, or train with "
+              "tracking.offline=true and upload later with bprun-sync")
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_seconds).close()
+    except urllib.error.HTTPError:
+        return  # it answered: reachable, whatever it thinks of /health
+    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as error:
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            reason = f"no answer within {timeout_seconds:g} s"
+        raise StoreUnavailable(f"cannot reach the MLflow tracking server at {uri}: {reason}; {advice}") from None
+
+
+def _check_writable(database: Path) -> None:
+    import errno
+    import shutil
+
+    folder = database.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # A real write, not os.access: root passes access checks on read-only mounts.
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".bprun-write-check-"):
+            pass
+        if database.exists():
+            with open(database, "r+b"):
+                pass
+        free = shutil.disk_usage(folder).free
+    except OSError as error:
+        what = "the disk is full" if error.errno == errno.ENOSPC else error.strerror
+        raise StoreUnavailable(f"cannot write the MLflow store {database}: {what}") from None
+    if free < MIN_FREE_BYTES:
+        raise StoreUnavailable(f"cannot write the MLflow store {database}: only {free // 1024**2} MB free "
+                               f"on its disk (at least {MIN_FREE_BYTES // 1024**2} MB needed)")
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, else None."""
     prefix = "sqlite:///"
