@@ -180,6 +180,75 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# The direct SQLite path costs little per call, so it can flush more often (the UI sees more).
+SQLITE_FLUSH_SIZE = 5000
+
+
+class SqliteMetricWriter:
+    """Writes metric values straight into an MLflow SQLite store's ``metrics`` and
+    ``latest_metrics`` tables.
+
+    Why: ``MlflowClient.log_batch`` builds one ORM object per value and costs about 100 us per
+    value on SQLite; a run logging a dozen values per epoch spends more time there than in
+    training. This inserts exactly the rows MLflow's own ``log_batch`` would (a test compares the
+    two), in one transaction per flush, at a few microseconds per value. It is used only when the
+    tables have the columns it expects (checked on open) and otherwise MLflow's API is used.
+    """
+
+    METRIC_COLUMNS = {"key", "value", "timestamp", "run_uuid", "step", "is_nan"}
+
+    def __init__(self, database: Path) -> None:
+        import sqlite3
+
+        self.database = database
+        # Another process (a sweep worker, mlflow ui) may hold the write lock for a moment.
+        self.connection = sqlite3.connect(database, timeout=60.0, isolation_level=None)
+
+    @classmethod
+    def open(cls, database: Path) -> "SqliteMetricWriter | None":
+        import sqlite3
+
+        try:
+            writer = cls(database)
+            for table in ("metrics", "latest_metrics"):
+                columns = {row[1] for row in writer.connection.execute(f"PRAGMA table_info({table})")}
+                if columns != cls.METRIC_COLUMNS:
+                    writer.connection.close()
+                    return None
+            return writer
+        except sqlite3.Error:
+            return None
+
+    def write(self, run_id: str, values: list[tuple[str, float, int, int]]) -> None:
+        rows = [(key, value, timestamp, run_id, step) for key, value, timestamp, step in values]
+        latest: dict[str, tuple[str, float, int, int]] = {}
+        for key, value, timestamp, step in values:
+            # MLflow's rule for the latest value: the largest (step, timestamp, value).
+            current = latest.get(key)
+            if current is None or (step, timestamp, value) > (current[3], current[2], current[1]):
+                latest[key] = (key, value, timestamp, step)
+        connection = self.connection
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.executemany(
+                "INSERT OR IGNORE INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
+                "VALUES (?, ?, ?, ?, ?, 0)", rows)
+            connection.executemany(
+                "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) "
+                "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (key, run_uuid) DO UPDATE SET "
+                "value = excluded.value, timestamp = excluded.timestamp, step = excluded.step, is_nan = 0 "
+                "WHERE (excluded.step, excluded.timestamp, excluded.value) > "
+                "(latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)",
+                [(key, value, timestamp, step, run_id) for key, value, timestamp, step in latest.values()])
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.connection.close()
+
+
 class MlflowRun:
     """One MLflow run, driven through ``MlflowClient`` (no global active run to leak).
 
@@ -197,7 +266,10 @@ class MlflowRun:
         self._params = params
         self._tags = tags
         self._run_name = run_name
-        self._pending: list[Any] = []
+        self._pending: list[tuple[str, float, int, int]] = []  # (key, value, timestamp ms, step)
+        database = sqlite_path(uri)
+        self._sqlite_writer = SqliteMetricWriter.open(database) if database is not None else None
+        self._flush_size = SQLITE_FLUSH_SIZE if self._sqlite_writer else MAX_METRICS_PER_CALL
         self._last_flush = time.monotonic()
         self._failure: str | None = None
         self.run_id = ""
@@ -221,20 +293,26 @@ class MlflowRun:
     def log_metrics(self, values: dict[str, float], step: int) -> None:
         """Buffer one step's metrics; non-finite values are never sent (MLflow stores inf as
         1.8e308 and NaN breaks its run page)."""
-        from mlflow.entities import Metric
-
         timestamp = int(time.time() * 1000)
         self._pending.extend(
-            Metric(key, value, timestamp, step) for key, value in values.items() if math.isfinite(value)
+            (key, value, timestamp, step) for key, value in values.items() if math.isfinite(value)
         )
-        if len(self._pending) >= MAX_METRICS_PER_CALL or time.monotonic() - self._last_flush > FLUSH_INTERVAL_SECONDS:
+        if len(self._pending) >= self._flush_size or time.monotonic() - self._last_flush > FLUSH_INTERVAL_SECONDS:
             self.flush()
 
     def flush(self) -> None:
         """Send every buffered metric."""
         pending, self._pending = self._pending, []
-        for start in range(0, len(pending), MAX_METRICS_PER_CALL):
-            self.client.log_batch(self.run_id, metrics=pending[start : start + MAX_METRICS_PER_CALL])
+        if not pending:
+            return
+        if self._sqlite_writer is not None:
+            self._sqlite_writer.write(self.run_id, pending)
+        else:
+            from mlflow.entities import Metric
+
+            metrics = [Metric(*values) for values in pending]
+            for start in range(0, len(metrics), MAX_METRICS_PER_CALL):
+                self.client.log_batch(self.run_id, metrics=metrics[start : start + MAX_METRICS_PER_CALL])
         self._last_flush = time.monotonic()
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -297,4 +375,6 @@ class MlflowRun:
                 self.client.log_artifacts(self.run_id, self._staging.name)
                 self._staging.cleanup()
         finally:
+            if self._sqlite_writer is not None:
+                self._sqlite_writer.close()
             self.client.set_terminated(self.run_id, status)
