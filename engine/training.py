@@ -156,6 +156,48 @@ def evaluate(network: MLP, X: np.ndarray, Y: np.ndarray, loss: str, metrics: Seq
     return accumulator.means()
 
 
+# Activations that saturate, and how close to which bounds counts as pinned.
+_SATURATION_BOUNDS = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+_PINNED_WITHIN = 1e-6
+_PINNED_FRACTION = 0.99
+_STUCK_RELATIVE_CHANGE = 1e-9
+
+
+class _SaturationWatch:
+    """Counts epochs in which the loss is stuck and (then, only) whether the units are pinned."""
+
+    def __init__(self, network: MLP, patience: int) -> None:
+        check_range("saturation_patience", patience, 0, math.inf)
+        activations = [network.activation] * (network.n_layers - 1) + [network.output_activation]
+        self.layers = [(index, _SATURATION_BOUNDS[name]) for index, name in enumerate(activations)
+                       if name in _SATURATION_BOUNDS]
+        self.patience = patience if self.layers else 0
+        self.previous_loss = math.nan
+        self.stuck_epochs = 0
+
+    def check(self, train_loss: float, workspace: Workspace, loss: str) -> str | None:
+        if not self.patience:
+            return None
+        stuck = abs(train_loss - self.previous_loss) <= _STUCK_RELATIVE_CHANGE * abs(train_loss)
+        self.previous_loss = train_loss
+        # The loss test is one comparison; counting pinned units only happens once it holds.
+        layer = self._pinned_layer(workspace) if stuck else None
+        self.stuck_epochs = self.stuck_epochs + 1 if layer is not None else 0
+        if self.stuck_epochs < self.patience:
+            return None
+        return (f"saturated: the units of layer {layer + 1} are pinned at their bounds and train_{loss} "
+                f"has stayed at {train_loss:.6g} for {self.patience} epochs (is the learning rate too large?)")
+
+    def _pinned_layer(self, workspace: Workspace) -> int | None:
+        """A layer with nearly every unit pinned: no gradient flows back through it."""
+        for index, (low, high) in self.layers:
+            a = workspace.activations[index]
+            pinned = np.count_nonzero((a <= low + _PINNED_WITHIN) | (a >= high - _PINNED_WITHIN))
+            if pinned >= _PINNED_FRACTION * a.size:
+                return index
+        return None
+
+
 def _first_non_finite(metrics: dict[str, float], prefix: str, params: np.ndarray | None = None) -> str | None:
     for name, value in metrics.items():
         if not math.isfinite(value):
@@ -184,6 +226,7 @@ def train(
     Y_val: np.ndarray | None = None,
     metrics: Sequence[str] = (),
     early_stopping: EarlyStopping | None = None,
+    saturation_patience: int = 20,
     observers: Sequence[Observer] = (),
 ) -> History:
     """Train ``network`` in place and return its per-epoch history.
@@ -209,6 +252,11 @@ def train(
         Extra metrics from ``METRICS`` (``'mse'``, ``'accuracy'``), reported for train and validation.
     early_stopping : EarlyStopping, optional
         Stops on the validation loss; needs a validation set.
+    saturation_patience : int
+        Stop as diverged when, for this many epochs in a row, the train loss stays the same
+        (relative change < 1e-9) while at least 99% of the sigmoid/tanh units are pinned at their
+        bounds: a learning rate so large that the network saturated learns nothing more, yet
+        never produces a NaN. 0 turns the check off.
     observers : sequence of Observer
 
     Returns
@@ -269,6 +317,7 @@ def train(
     if has_validation:
         history.metrics.update({f"val_{name}": [] for name in train_metrics.names})
     best_loss, best_params, epochs_without_improvement = math.inf, None, 0
+    saturation = _SaturationWatch(network, saturation_patience)
 
     for observer in observers:
         observer.on_train_begin(network)
@@ -313,6 +362,8 @@ def train(
             if problem is None and has_validation:
                 validation_values = evaluate(network, X_val, Y_val, loss, metrics, validation_workspace)
                 problem = _first_non_finite(validation_values, "val")
+            if problem is None:
+                problem = saturation.check(train_values["loss"], workspace, loss)
             if problem is not None:
                 history.stop_reason = "diverged"
                 history.message = f"diverged at epoch {epoch}: {problem}"

@@ -138,6 +138,8 @@ class TrainerConfig:
     # Fixed, not "whatever the machine has": OpenBLAS sums in a different order per thread count
     # (1e-13 drift), so a fixed count keeps runs bit-identical across launchers and machines.
     blas_threads: int = 1
+    # Epochs of a stuck loss with saturated sigmoid/tanh units before the run counts as diverged.
+    saturation_patience: int = 20
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
@@ -258,6 +260,8 @@ def _problems(cfg: ExperimentConfig) -> list[str]:
     need(trainer.batch_size is None or trainer.batch_size >= 1, "trainer.batch_size", trainer.batch_size,
          "it must be an integer >= 1, or null for full batch")
     choice("trainer.dtype", trainer.dtype, DTYPES)
+    need(trainer.saturation_patience >= 0, "trainer.saturation_patience", trainer.saturation_patience,
+         "it must be an integer >= 0 (0 turns the check off)")
     need(trainer.blas_threads >= 1, "trainer.blas_threads", trainer.blas_threads, "it must be an integer >= 1")
     choice("trainer.loss", trainer.loss, LOSSES)
     required = REQUIRED_OUTPUT_ACTIVATION.get(trainer.loss)

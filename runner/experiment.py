@@ -136,6 +136,7 @@ def run_experiment(cfg: DictConfig, start_dir: str | None = None, show_progress:
     train_arguments = dict(
         epochs=trainer.epochs, loss=trainer.loss, batch_size=trainer.batch_size, rng=generators["shuffle"],
         X_val=dataset.X_val, Y_val=dataset.Y_val, metrics=extra_metrics, early_stopping=early_stopping,
+        saturation_patience=trainer.saturation_patience,
     )
     from threadpoolctl import threadpool_limits
 

@@ -498,3 +498,21 @@ def test_requested_mse_metric_is_reported_even_when_the_loss_is_mse() -> None:
                            X_val=X, Y_val=Y, metrics=["mse"])
     assert history.metrics["train_mse"] == history.metrics["train_loss"]
     assert history.metrics["val_mse"] == history.metrics["val_loss"]
+
+
+def test_saturation_with_a_huge_learning_rate_stops_as_diverged() -> None:
+    """Sigmoid + mse with a huge rate pins every output at 0 or 1: the loss sits at 0.5 without
+    ever becoming NaN. The loop calls that divergence after `saturation_patience` stuck epochs."""
+    X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], float)
+    Y = np.array([[0], [1], [1], [0]], float)
+    history = engine.train(engine.MLP([2, 4, 1], np.random.default_rng(0)), engine.make_optimizer("gd", 1e4),
+                           X, Y, epochs=500, saturation_patience=15)
+    assert history.stop_reason == "diverged"
+    assert "saturated" in history.message and "layer 2" in history.message
+    assert history.epochs_run < 50
+    assert all(np.isfinite(history.metrics["train_loss"]))
+    # A sensible rate that converges is never taken for saturation, nor is a run with the check off.
+    for lr, patience in ((2.0, 15), (1e4, 0)):
+        history = engine.train(engine.MLP([2, 4, 1], np.random.default_rng(0)), engine.make_optimizer("gd", lr),
+                               X, Y, epochs=500, saturation_patience=patience)
+        assert history.stop_reason == "completed", history.message
