@@ -22,6 +22,20 @@ from runner.telemetry import tracked_metric_names
 SEED_PURPOSES = ("data", "split", "init", "shuffle")
 
 
+# Test hook: a job raises at this epoch, so tests can check through the real CLI that a crash is
+# recorded (FAILED, traceback) and that the next job in the same process starts clean.
+CRASH_TEST_HOOK = "BPRUN_TEST_CRASH_AT_EPOCH"
+
+
+class _CrashAt(Observer):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, report) -> None:
+        if report.epoch == self.epoch:
+            raise RuntimeError(f"injected failure at epoch {self.epoch} ({CRASH_TEST_HOOK})")
+
+
 class TrainingFailed(RuntimeError):
     """Training ended without a usable result (for example it diverged); the run is FAILED."""
 
@@ -129,6 +143,8 @@ def run_experiment(cfg: DictConfig, start_dir: str | None = None, show_progress:
     extra_metrics = ["mse"] + (["accuracy"] if dataset.task == "classification" else [])
 
     observers: list[Observer] = list(extra_observers)
+    if os.environ.get(CRASH_TEST_HOOK):
+        observers.append(_CrashAt(int(os.environ[CRASH_TEST_HOOK])))
     if show_progress:
         from runner.progress import ProgressBar
 
