@@ -51,14 +51,16 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(EXIT_BAD_INPUT)
     except TrainingFailed as error:
         if in_sweep:
-            return _failed_job(f"training failed: {error}", run_exists=True)
+            return _failed_job(f"training failed: {error}", run_exists=error.run_id is not None)
         print(f"bprun: training failed: {error}", file=sys.stderr)
         sys.exit(EXIT_FAILED)
     except Exception as error:
         if not in_sweep:
             raise
-        # The job's run already ended FAILED with this error; the other jobs go on.
-        return _failed_job(f"{type(error).__name__}: {error}", run_exists=True)
+        # The other jobs go on. If the job's run exists it already ended FAILED with this error;
+        # if the error came first (say, a bad interpolation), a FAILED run is recorded for it.
+        return _failed_job(f"{type(error).__name__}: {error}",
+                           run_exists=getattr(error, "tracked_run_id", None) is not None)
     print(summary(result))
     return sweep_objective(result.metrics, HydraConfig.get().sweeper.get("objective", "val_mse"))
 

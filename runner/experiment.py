@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from engine import MLP, EarlyStopping, History, Observer, Schedule, make_optimizer, train
-from runner.config import AdamConfig, ExperimentConfig, MomentumConfig, clean_value, validate
+from runner.config import AdamConfig, ConfigError, ExperimentConfig, MomentumConfig, clean_value, validate
 from runner.datasets import Dataset, load_dataset
 from runner.telemetry import tracked_metric_names
 
@@ -38,6 +38,10 @@ class _CrashAt(Observer):
 
 class TrainingFailed(RuntimeError):
     """Training ended without a usable result (for example it diverged); the run is FAILED."""
+
+    def __init__(self, message: str, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id  # the FAILED run, when tracked
 
 
 @dataclass
@@ -124,7 +128,12 @@ def run_experiment(cfg: DictConfig, start_dir: str | None = None, show_progress:
     ``DataError``) before any MLflow run exists. A diverged training ends its run FAILED and
     raises ``TrainingFailed``.
     """
-    cfg = OmegaConf.create(clean_value(OmegaConf.to_container(cfg, resolve=True)))
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = OmegaConf.create(clean_value(OmegaConf.to_container(cfg, resolve=True)))
+    except OmegaConfBaseException as error:  # a bad ${interpolation}
+        raise ConfigError(f"{getattr(error, 'full_key', None) or '?'}: {str(error).splitlines()[0]}") from None
     settings = validate(cfg)
     generators = make_generators(settings)
     if dataset is None:
@@ -165,7 +174,7 @@ def run_experiment(cfg: DictConfig, start_dir: str | None = None, show_progress:
             result = _tracked_training(cfg, settings, network, optimizer, dataset, observers, train_arguments,
                                        start_dir or os.getcwd(), tracking_uri, extra_tags or {})
     if result.history.stop_reason == "diverged":
-        raise TrainingFailed(result.history.message)
+        raise TrainingFailed(result.history.message, result.run_id)
     return result
 
 

@@ -33,6 +33,8 @@ from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config import clean_value
+
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "hydra_plugins.bprun_optuna_sweeper.OptunaSweeper"
@@ -116,7 +118,9 @@ class OptunaSweeper(Sweeper):
         launched = 0
         while launched < self.n_trials:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - launched))]
-            batch = [[*fixed, *(f"{key}={value}" for key, value in trial.params.items())] for trial in trials]
+            # Values as the jobs will train and log them (15 significant digits, see clean_value).
+            batch = [[*fixed, *(f"{key}={clean_value(value)}" for key, value in trial.params.items())]
+                     for trial in trials]
             self.validate_batch_is_legal(batch)
             results = self.launcher.launch(batch, initial_job_idx=launched)
             for trial, result in zip(trials, results):
@@ -137,11 +141,11 @@ class OptunaSweeper(Sweeper):
             return
         best = study.best_trial
         results = {"objective": self.objective, "direction": self.direction, "best_value": best.value,
-                   "best_params": best.params, "best_trial": best.number,
+                   "best_params": clean_value(best.params), "best_trial": best.number,
                    "completed_trials": len(completed), "trials": len(study.trials)}
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
         print(f"Optuna: best {self.objective} = {best.value:.6g} at trial {best.number}: "
-              + " ".join(f"{key}={value}" for key, value in best.params.items()))
+              + " ".join(f"{key}={value}" for key, value in results["best_params"].items()))
         self._tag_parent(results)
 
     @staticmethod

@@ -149,7 +149,8 @@ def summarize_sweep(uri: str, parent_run_id: str) -> int:
     parent = client.get_run(parent_run_id)
     swept_keys = json.loads(parent.data.tags.get("sweep.swept_keys", "[]"))
     children = report.sweep_children(client, parent_run_id)
-    failed = sum(run.info.status != "FINISHED" for run in children)
+    # A sweep none of whose jobs left a run failed as a whole.
+    failed = sum(run.info.status != "FINISHED" for run in children) if children else 1
     try:
         table, histories = report.runs_table(client, children, swept_keys or None)
         print(report.format_table(table))  # ranked by val_mse, train_mse where there is none
@@ -159,7 +160,7 @@ def summarize_sweep(uri: str, parent_run_id: str) -> int:
         client.set_tag(parent_run_id, "sweep.jobs", str(len(children)))
         client.set_tag(parent_run_id, "sweep.failed_jobs", str(failed))
     finally:
-        client.set_terminated(parent_run_id, "FAILED" if failed or not children else "FINISHED")
+        client.set_terminated(parent_run_id, "FAILED" if failed else "FINISHED")
     return failed
 
 

@@ -356,6 +356,8 @@ class MlflowRun:
     def __exit__(self, exc_type, exc, traceback) -> None:
         status = "FINISHED"
         if exc_type is not None:
+            # Whoever catches the error can tell that a run already holds it.
+            exc.tracked_run_id = self.run_id
             status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
             self._failure = self._failure or (
                 "interrupted" if status == "KILLED" else f"{exc_type.__name__}: {exc}"
