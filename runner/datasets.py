@@ -66,7 +66,7 @@ class Dataset:
         for array in (self.X_train, self.Y_train, self.X_val, self.Y_val):
             if array is not None:
                 digest.update(f"{array.shape}{array.dtype}".encode())
-                digest.update(np.ascontiguousarray(array).tobytes())
+                digest.update(np.ascontiguousarray(array))  # the buffer itself: no copy of the data
         return digest.hexdigest()
 
 

@@ -6,9 +6,8 @@ This is the testable core of the ``bprun`` command; ``runner.app`` only wraps it
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -194,8 +193,9 @@ def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP,
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params["model.layer_sizes"] = network.sizes
     params.update(job_params_from_hydra())
+    fingerprint = dataset.fingerprint()
     tags = {"dataset": dataset.name, "task": dataset.task, "data_source": dataset.source,
-            "data.sha256": dataset.fingerprint(), **provenance_tags(config_yaml, start_dir), **extra_tags}
+            "data.sha256": fingerprint, **provenance_tags(config_yaml, start_dir), **extra_tags}
     sweep = SweepContext.from_environment()
     uri, sync_target = (tracking_uri, None) if tracking_uri else run_destination(
         tracking.uri, tracking.offline, start_dir)
@@ -221,7 +221,7 @@ def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP,
             text_artifacts["git_diff.patch"] = git_diff(source.root)
         tracked_run.write_text_artifacts(text_artifacts)
         _point_hydra_folder_at(tracked_run)
-        tracked_run.log_dataset(dataset)
+        tracked_run.log_dataset(dataset, fingerprint)
         epoch_metrics = EpochMetrics(tracked_run, settings.trainer.loss)
         tensor_writer = None
         if tracking.tensors_every:

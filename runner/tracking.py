@@ -337,7 +337,7 @@ class MlflowRun:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content)
 
-    def log_dataset(self, dataset: Any) -> None:
+    def log_dataset(self, dataset: Any, fingerprint: str) -> None:
         """Record the training data as the run's MLflow input (name, digest, schema, source)."""
         import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
@@ -345,7 +345,7 @@ class MlflowRun:
         # No source argument: MLflow cannot tell a path string from other kinds of source and
         # warns; where the data came from is the run's data_source tag.
         data = mlflow.data.from_numpy(dataset.X_train, targets=dataset.Y_train, name=dataset.name,
-                                      digest=dataset.fingerprint()[:32])
+                                      digest=fingerprint[:32])
         context = InputTag(key="mlflow.data.context", value="training")
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(data._to_mlflow_entity(), tags=[context])])
 
