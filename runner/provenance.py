@@ -35,6 +35,7 @@ recorded as well as it can be and a run never fails for lack of it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -108,6 +109,7 @@ def git_state(directory: str | os.PathLike[str]) -> GitState | None:
     return GitState(commit=commit, dirty=dirty, root=root)
 
 
+@functools.lru_cache(maxsize=4)
 def git_diff(root: str | os.PathLike[str]) -> str:
     """``git diff HEAD`` of the work tree at ``root`` (staged and unstaged changes of tracked
     files), preceded by ``#`` comment lines naming untracked files, whose contents are not
@@ -123,8 +125,12 @@ def git_diff(root: str | os.PathLike[str]) -> str:
     return header + diff.decode("utf-8", "replace")
 
 
+@functools.lru_cache(maxsize=1)
 def project_git_state() -> GitState | None:
     """Git state of the checkout this ``runner`` package's source comes from.
+
+    Read once per process: the code that runs is the code imported at start, however many jobs
+    a sweep runs in this process (and each read costs several git calls).
 
     None when the package is not a tracked part of a work tree: a wheel installed into a venv
     that happens to sit inside some repository (``.venv`` ignored) must not report that

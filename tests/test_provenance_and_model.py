@@ -146,7 +146,15 @@ def test_starting_inside_the_project_checkout_adds_no_cwd_tags() -> None:
     assert not any(name.startswith("cwd_git.") for name in tags)
 
 
-def test_code_outside_a_checkout_has_an_unknown_commit(tmp_path: Path, monkeypatch) -> None:
+@pytest.fixture
+def fresh_project_state():
+    """project_git_state is read once per process; these tests move the package around."""
+    project_git_state.cache_clear()
+    yield
+    project_git_state.cache_clear()
+
+
+def test_code_outside_a_checkout_has_an_unknown_commit(tmp_path: Path, monkeypatch, fresh_project_state) -> None:
     # A wheel installed into site-packages: not a git work tree at all.
     monkeypatch.setattr(runner, "__file__", str(tmp_path / "site-packages" / "runner" / "__init__.py"))
     tags = provenance_tags("", str(tmp_path))
@@ -159,6 +167,7 @@ def test_code_outside_a_checkout_has_an_unknown_commit(tmp_path: Path, monkeypat
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     monkeypatch.setattr(runner, "__file__", str(package / "__init__.py"))
+    project_git_state.cache_clear()
     assert project_git_state() is None
     tags = provenance_tags("", str(tmp_path / "repo"))
     assert tags["git.commit"] == "unknown"
