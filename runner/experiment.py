@@ -5,6 +5,7 @@ This is the testable core of the ``bprun`` command; ``runner.app`` only wraps it
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,7 +234,10 @@ def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP,
                             **train_arguments)
         finally:
             if tensor_writer is not None:
-                tensor_writer.close()
+                try:
+                    tensor_writer.close()
+                except OSError as error:  # a full disk: say so once, keep the run's own error
+                    logging.getLogger(__name__).warning("could not finish the tensor files: %s", error)
             _save_plots(epoch_metrics, tracked_run.artifact_dir / "plots")
         tracked_run.set_tags({"stop_reason": history.stop_reason, "epochs_run": str(history.epochs_run)})
         if history.stop_reason == "diverged":
@@ -246,8 +250,6 @@ def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP,
 
 def _save_plots(epoch_metrics, directory: Path) -> None:
     """Draw the run's plots; a plot that cannot be drawn never costs the run its status."""
-    import logging
-
     from runner.plots import save_training_plots
 
     try:

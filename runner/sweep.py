@@ -188,4 +188,12 @@ def end_interrupted_sweep() -> None:
         return
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(context.tracking_uri).set_terminated(context.parent_run_id, "KILLED")
+    from runner import report
+
+    client = MlflowClient(context.tracking_uri)
+    # Parallel workers are killed with the sweep before they can end their own runs.
+    for child in report.sweep_children(client, context.parent_run_id):
+        if child.info.status == "RUNNING":
+            client.set_tag(child.info.run_id, "failure_reason", "interrupted with its sweep")
+            client.set_terminated(child.info.run_id, "KILLED")
+    client.set_terminated(context.parent_run_id, "KILLED")

@@ -228,8 +228,8 @@ class SqliteMetricWriter:
             if current is None or (step, timestamp, value) > (current[3], current[2], current[1]):
                 latest[key] = (key, value, timestamp, step)
         connection = self.connection
-        connection.execute("BEGIN IMMEDIATE")
         try:
+            connection.execute("BEGIN IMMEDIATE")
             connection.executemany(
                 "INSERT OR IGNORE INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
                 "VALUES (?, ?, ?, ?, ?, 0)", rows)
@@ -242,7 +242,9 @@ class SqliteMetricWriter:
                 [(key, value, timestamp, step, run_id) for key, value, timestamp, step in latest.values()])
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            # Also on Ctrl-C: an open transaction would hold the lock MLflow needs to end the run.
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
             raise
 
     def close(self) -> None:
@@ -301,8 +303,9 @@ class MlflowRun:
             self.flush()
 
     def flush(self) -> None:
-        """Send every buffered metric."""
-        pending, self._pending = self._pending, []
+        """Send every buffered metric. The buffer is emptied only once they are stored, so a write
+        cut short (Ctrl-C) is repeated by the run's final flush; rows already stored are ignored."""
+        pending = self._pending
         if not pending:
             return
         if self._sqlite_writer is not None:
@@ -313,6 +316,7 @@ class MlflowRun:
             metrics = [Metric(*values) for values in pending]
             for start in range(0, len(metrics), MAX_METRICS_PER_CALL):
                 self.client.log_batch(self.run_id, metrics=metrics[start : start + MAX_METRICS_PER_CALL])
+        self._pending = []
         self._last_flush = time.monotonic()
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -347,7 +351,15 @@ class MlflowRun:
         data = mlflow.data.from_numpy(dataset.X_train, targets=dataset.Y_train, name=dataset.name,
                                       digest=fingerprint[:32])
         context = InputTag(key="mlflow.data.context", value="training")
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(data._to_mlflow_entity(), tags=[context])])
+        inputs = [DatasetInput(data._to_mlflow_entity(), tags=[context])]
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except Exception:
+            # MLflow checks for the data set's row and then inserts it without a lock: parallel
+            # jobs logging the same data set at once can collide (UNIQUE constraint). The row
+            # exists by then, so once more links this run to it.
+            time.sleep(0.2)
+            self.client.log_inputs(self.run_id, datasets=inputs)
 
     def fail(self, reason: str) -> None:
         """End the run FAILED with ``reason`` as its ``failure_reason`` tag (on exit)."""
@@ -368,8 +380,11 @@ class MlflowRun:
             if status == "FAILED" and exc is not None:
                 import traceback as traceback_module
 
-                self.write_text_artifacts({"traceback.txt": "".join(
-                    traceback_module.format_exception(exc_type, exc, traceback))})
+                try:
+                    self.write_text_artifacts({"traceback.txt": "".join(
+                        traceback_module.format_exception(exc_type, exc, traceback))})
+                except OSError:  # a full disk may be why the run failed; the status matters more
+                    pass
             self.flush()
             if self._failure:
                 self.set_tags({"failure_reason": self._failure[:5000]})
