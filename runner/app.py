@@ -124,6 +124,13 @@ def main() -> None:
     # from this variable when it is imported, undoing a setLevel made before.)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Configs are data: refuse any override that would have Hydra instantiate something, even in
+    # Hydra's own tree (hydra.callbacks...), which Hydra instantiates before any job sees it.
+    targets = [argument for argument in sys.argv[1:] if "_target_" in argument]
+    if targets:
+        print(f"bprun: refusing {', '.join(targets)}: configs are plain data and are never instantiated; "
+              "remove '_target_'", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
     # By default SIGTERM kills the process on the spot and MLflow leaves the run RUNNING forever.
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:

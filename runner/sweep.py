@@ -48,6 +48,22 @@ class SweepContext:
         return cls(parent, os.environ[ENV_EXPERIMENT_ID], os.environ[ENV_TRACKING_URI])
 
 
+def check_output_folder(folder: str) -> None:
+    """Exit with one clear message when Hydra's output folder cannot be written (a read-only
+    mount, a full disk), instead of Hydra's traceback after it failed to create it."""
+    import tempfile
+    from pathlib import Path
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".bprun-write-check-"):
+            pass
+    except OSError as error:
+        print(f"bprun: cannot write the output folder {folder}: {error.strerror}; nothing was trained "
+              "(set hydra.run.dir / hydra.sweep.dir elsewhere)", file=sys.stderr)
+        sys.exit(2)
+
+
 def swept_values(overrides: list[str]) -> dict[str, list[Any] | str]:
     """``{key: [values]}`` for each sweep override (``key=a,b``, ``range(...)``, ``choice(...)``);
     a search space that cannot be listed (``interval(...)``, Optuna's) stays its text."""
@@ -83,7 +99,11 @@ class SweepCallback(Callback):
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_output_folder(config.hydra.run.dir)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_output_folder(config.hydra.sweep.dir)
         if not config.tracking.enabled:
             return
         try:
