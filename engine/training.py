@@ -198,10 +198,13 @@ class _SaturationWatch:
         return None
 
 
-def _first_non_finite(metrics: dict[str, float], prefix: str, params: np.ndarray | None = None) -> str | None:
+def _first_non_finite(metrics: dict[str, float], prefix: str, loss: str,
+                      params: np.ndarray | None = None) -> str | None:
     for name, value in metrics.items():
         if not math.isfinite(value):
-            return f"{prefix}_{name} is {value}"
+            # An mse loss is named as such ('train_mse is inf'), as it is wherever it is logged.
+            shown = "mse" if name == "loss" and loss == "mse" else name
+            return f"{prefix}_{shown} is {value}"
     if params is None:
         return None
     # A NaN or inf anywhere makes the sum non-finite; one reduction instead of an isfinite mask.
@@ -254,9 +257,9 @@ def train(
         Stops on the validation loss; needs a validation set.
     saturation_patience : int
         Stop as diverged when, for this many epochs in a row, the train loss stays the same
-        (relative change < 1e-9) while at least 99% of the sigmoid/tanh units are pinned at their
-        bounds: a learning rate so large that the network saturated learns nothing more, yet
-        never produces a NaN. 0 turns the check off.
+        (relative change < 1e-9) while a sigmoid/tanh layer has at least 99% of its units pinned
+        at their bounds (no gradient flows back through it): a learning rate so large that the
+        network saturated learns nothing more, yet never produces a NaN. 0 turns the check off.
     observers : sequence of Observer
 
     Returns
@@ -357,11 +360,11 @@ def train(
                     grad_sum *= 1.0 / n_batches
 
             train_values = train_metrics.means()
-            problem = _first_non_finite(train_values, "train", params)
+            problem = _first_non_finite(train_values, "train", loss, params)
             validation_values = None
             if problem is None and has_validation:
                 validation_values = evaluate(network, X_val, Y_val, loss, metrics, validation_workspace)
-                problem = _first_non_finite(validation_values, "val")
+                problem = _first_non_finite(validation_values, "val", loss)
             if problem is None:
                 problem = saturation.check(train_values["loss"], workspace, loss)
             if problem is not None:

@@ -281,7 +281,7 @@ def test_divergence_stops_at_the_first_non_finite_loss_on_a_case_solved_by_hand(
     history = engine.train(network, engine.make_optimizer("gd", 1000.0), [[1.0]], [[0.0]], epochs=100,
                            observers=[recorder])
     assert history.stop_reason == "diverged"
-    assert history.message == "diverged at epoch 43: train_loss is inf"
+    assert history.message == "diverged at epoch 43: train_mse is inf"
     assert history.epochs_run == 43
     _assert_history_is_finite(history)
     assert history.metrics["train_loss"][42] == pytest.approx(3999.0**84, rel=1e-9)
@@ -322,7 +322,7 @@ def test_a_non_finite_validation_loss_counts_as_divergence() -> None:
                            X_val=[[1e10]], Y_val=[[0.0]], observers=[recorder])
     assert history.stop_reason == "diverged"
     assert history.message.startswith("diverged at epoch 40: ")
-    assert "val_loss" in history.message
+    assert "val_mse is inf" in history.message
     assert history.epochs_run == 40
     _assert_history_is_finite(history)
     assert all(math.isfinite(report["validation"]["loss"]) for report in recorder.reports)

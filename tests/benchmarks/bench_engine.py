@@ -103,7 +103,7 @@ def make_case(number: int) -> Case:
     if number == 1:
         X = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
         Y = np.array([[0.0], [1.0], [1.0], [0.0]])
-        return Case(1, "2-2-1 XOR, full batch", [2, 2, 1], X, Y, 4, 2000, 2.0)
+        return Case(1, "2-2-1 XOR, full batch", [2, 2, 1], X, Y, 4, 2000, 1.0)
     if number == 2:
         rng = np.random.default_rng(0)
         X = rng.uniform(-np.pi, np.pi, size=(1024, 1))
@@ -236,19 +236,28 @@ FRAMEWORKS: dict[str, Callable[[Case, int], tuple[float, float]]] = {
 }
 
 
-def matmul_flop_rate(repeats: int) -> float:
-    """Median FLOP/s of a 2048 x 2048 float64 product ``A @ B`` into a preallocated output."""
-    rng = np.random.default_rng(0)
-    A = rng.standard_normal((MATMUL_SIZE, MATMUL_SIZE))
-    B = rng.standard_normal((MATMUL_SIZE, MATMUL_SIZE))
-    C = np.empty_like(A)
-    np.matmul(A, B, out=C)  # warm-up
-    times = []
-    for _ in range(repeats):
+class MatmulClock:
+    """Times a 2048 x 2048 float64 product ``A @ B`` into a preallocated output.
+
+    The benchmark calls ``measure()`` after every round of timed runs, so that the reference
+    rate is sampled across the same stretch of time as the engine (on a shared machine the
+    rate drifts with other load); ``rate()`` is the median FLOP/s.
+    """
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        self.A = rng.standard_normal((MATMUL_SIZE, MATMUL_SIZE))
+        self.B = rng.standard_normal((MATMUL_SIZE, MATMUL_SIZE))
+        self.C = np.empty_like(self.A)
+        self.seconds: list[float] = []
+
+    def measure(self) -> None:
         start = time.perf_counter()
-        np.matmul(A, B, out=C)
-        times.append(time.perf_counter() - start)
-    return 2.0 * MATMUL_SIZE**3 / statistics.median(times)
+        np.matmul(self.A, self.B, out=self.C)
+        self.seconds.append(time.perf_counter() - start)
+
+    def rate(self) -> float:
+        return 2.0 * MATMUL_SIZE**3 / statistics.median(self.seconds)
 
 
 def describe_environment() -> list[str]:
@@ -276,10 +285,14 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(THREADS)
+    load_before = os.getloadavg()[0]
     with threadpool_limits(limits=THREADS):
         cases = [make_case(number) for number in sorted(set(args.cases))]
         seconds: dict[tuple[str, int], list[float]] = {}
         final_loss: dict[tuple[str, int], float] = {}
+        matmul = MatmulClock()
+        matmul.measure()  # warm-up, not kept
+        matmul.seconds.clear()
         for case in cases:
             for name, run in FRAMEWORKS.items():
                 run(case, seed=1)  # warm-up: imports, allocator, BLAS thread start
@@ -289,8 +302,12 @@ def main(argv: list[str] | None = None) -> None:
                     elapsed, loss = run(case, seed=1)
                     seconds.setdefault((name, case.number), []).append(elapsed)
                     final_loss[name, case.number] = loss
+                matmul.measure()
             print(f"case {case.number} done", file=sys.stderr, flush=True)
-        matmul_rate = matmul_flop_rate(max(args.repeats, 5))
+        while len(matmul.seconds) < 5:
+            matmul.measure()
+        matmul_rate = matmul.rate()
+    load_after = os.getloadavg()[0]
 
     def throughput(name: str, case: Case) -> float:
         return case.n_samples * case.epochs / statistics.median(seconds[name, case.number])
@@ -326,19 +343,31 @@ def main(argv: list[str] | None = None) -> None:
     print("  (sklearn: identity output layer, its own initial weights and its own loss scaling "
           "(half the MSE, gradients not divided by n_outputs) at the same lr, so its MSE is not "
           "comparable)")
+    # On a shared machine other load only ever adds time, so the fastest run is the least
+    # disturbed one; shown beside the medians, not instead of them.
+    print("ratios of the fastest runs: " + "; ".join(
+        f"case {case.number} engine/torch {min(seconds['torch', case.number]) / min(seconds['engine', case.number]):.2f}x, "
+        f"engine/sklearn {min(seconds['sklearn', case.number]) / min(seconds['engine', case.number]):.2f}x"
+        for case in cases))
 
     print()
     print(f"numpy {MATMUL_SIZE}x{MATMUL_SIZE} float64 matmul: {matmul_rate / 1e9:.1f} GFLOP/s "
-          f"(median of {max(args.repeats, 5)})")
+          f"(median of {len(matmul.seconds)}, taken between the rounds of timed runs)")
     flop_case = next((case for case in cases if case.number == FLOP_CASE), None)
     if flop_case is not None:
         engine_rate = flops_per_sample(flop_case.sizes) * throughput("engine", flop_case)
         share = engine_rate / matmul_rate
         print(f"engine on case {FLOP_CASE}: {engine_rate / 1e9:.1f} GFLOP/s = {100 * share:.0f}% of the "
               f"matmul rate ({flops_per_sample(flop_case.sizes):,} FLOP/sample)")
+        fastest_share = (flops_per_sample(flop_case.sizes) * flop_case.n_samples * flop_case.epochs
+                         / min(seconds["engine", FLOP_CASE])) / (2.0 * MATMUL_SIZE**3 / min(matmul.seconds))
+        print(f"  (fastest engine run against the fastest matmul: {100 * fastest_share:.0f}%)")
         verdicts.append(f"case {FLOP_CASE} FLOP share {100 * share:.0f}%, target >= {100 * FLOP_TARGET:.0f}%: "
                         + ("met" if share >= FLOP_TARGET else "NOT met"))
 
+    print()
+    print(f"load average (1 min) before/after: {load_before:.2f} / {load_after:.2f}"
+          + ("  -- other processes were busy: expect noisy times" if max(load_before, load_after) > 0.5 else ""))
     print()
     print("targets:")
     for verdict in verdicts:
