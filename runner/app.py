@@ -16,11 +16,41 @@ from omegaconf import DictConfig
 from runner import optuna_sweeper
 from runner.config import ConfigError, register_schemas
 
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
 register_schemas()
 optuna_sweeper.register()
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
+# The only Hydra callback bprun runs (conf/config.yaml); see _refuse_foreign_callbacks.
+ALLOWED_CALLBACKS = {"runner.sweep.SweepCallback"}
+
+
+def _refuse_foreign_callbacks() -> None:
+    """Hydra instantiates every ``hydra.callbacks`` entry of the composed config, from any config
+    file (a preset in a user's --config-dir included), before a job or a check of ours runs.
+    Configs are data: refuse any callback but ours at that point. (Hydra 1.3.8 is pinned; a test
+    covers this.)"""
+    from hydra._internal import callbacks as hydra_callbacks
+    from omegaconf import OmegaConf
+
+    original_init = hydra_callbacks.Callbacks.__init__
+    if getattr(original_init, "bprun_checked", False):
+        return
+
+    def checked_init(self, config: DictConfig | None = None) -> None:
+        entries = OmegaConf.select(config, "hydra.callbacks") if config is not None else None
+        foreign = [f"hydra.callbacks.{name}._target_={entry.get('_target_')}"
+                   for name, entry in (entries or {}).items() if entry.get("_target_") not in ALLOWED_CALLBACKS]
+        if foreign:
+            print(f"bprun: refusing {', '.join(foreign)}: configs are plain data and are never "
+                  "instantiated; remove '_target_'", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+        original_init(self, config)
+
+    checked_init.bprun_checked = True
+    hydra_callbacks.Callbacks.__init__ = checked_init
+
 
 
 @hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")
@@ -131,6 +161,7 @@ def main() -> None:
         print(f"bprun: refusing {', '.join(targets)}: configs are plain data and are never instantiated; "
               "remove '_target_'", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    _refuse_foreign_callbacks()
     # By default SIGTERM kills the process on the spot and MLflow leaves the run RUNNING forever.
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
