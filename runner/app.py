@@ -7,6 +7,7 @@ imports (mlflow, pandas) happen only once a job actually runs, so ``bprun --help
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -86,6 +87,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(EXIT_FAILED)
     except Exception as error:
         if not in_sweep:
+            if _out_of_space(error):
+                print("bprun: training stopped: No space left on device (or the store's disk is full); the "
+                      "database is intact and keeps what was logged; bprun-doctor marks the run KILLED if "
+                      "its status could not be written", file=sys.stderr)
+                sys.exit(EXIT_FAILED)
             raise
         # The other jobs go on. If the job's run exists it already ended FAILED with this error;
         # if the error came first (say, a bad interpolation), a FAILED run is recorded for it.
@@ -93,6 +99,18 @@ def _hydra_main(cfg: DictConfig) -> float | None:
                            run_exists=getattr(error, "tracked_run_id", None) is not None)
     print(summary(result))
     return sweep_objective(result.metrics, HydraConfig.get().sweeper.get("objective", "val_mse"))
+
+
+def _out_of_space(error: BaseException) -> bool:
+    """Whether ``error`` or one it arose from is a full (or read-only) disk; SQLite reports that
+    as 'database or disk is full' through MLflow's own exception."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return True
+        if "database or disk is full" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def sweep_objective(metrics: dict[str, float], name: str = "val_mse") -> float | None:
