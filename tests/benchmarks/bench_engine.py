@@ -20,12 +20,18 @@ also pays for the epoch gradient it reports; the targets are stated for that set
 Timing covers the training call only (``train``, the PyTorch epoch loop, ``fit``): building the
 model and the data is outside. Each case is first run once per framework as a warm-up; then the
 frameworks take turns, ``--repeats`` times, and the table shows medians. Samples/s is
-``n_samples * epochs / seconds``.
+``n_samples * epochs / seconds``. The ratios of the fastest runs and the 1-minute load average
+are printed too: on a shared machine, other processes slow two-thread BLAS down by 2-10x in
+bursts, which shows up as a wide [min, max] spread.
 
-The FLOP line compares the engine on case 4 with a 2048 x 2048 float64 matrix product in NumPy.
-The engine's count per sample is ``2 * fan_in * fan_out`` for each forward, weight-gradient and
-input-gradient product of every layer (the first layer needs no input gradient); element-wise
-work is not counted.
+The FLOP line compares the engine on case 4 with a 2048 x 2048 float64 matrix product in NumPy,
+timed between the rounds of runs. The engine's count per sample is ``2 * fan_in * fan_out`` for
+each forward, weight-gradient and input-gradient product of every layer (the first layer needs
+no input gradient); element-wise work is not counted.
+
+The OpenBLAS core type is whatever the environment selects; the output prints
+``OPENBLAS_CORETYPE``. To benchmark without an inherited override, unset it for this command
+only: ``env -u OPENBLAS_CORETYPE .venv/bin/python tests/benchmarks/bench_engine.py``.
 """
 
 from __future__ import annotations
