@@ -24,7 +24,6 @@ from engine.activations import ACTIVATIONS
 from engine.initializers import INITIALIZERS
 from engine.losses import LOSSES, REQUIRED_OUTPUT_ACTIVATION
 from engine.network import DTYPES
-from engine.optimizers import OPTIMIZERS
 from engine.schedules import SCHEDULE_NAMES
 
 SYNTHETIC_DATASETS = ("xor", "sine", "moons", "circles", "spirals")

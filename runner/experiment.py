@@ -9,7 +9,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -46,7 +46,7 @@ class TrainingFailed(RuntimeError):
 
 @dataclass
 class RunResult:
-    """What ``run`` returns besides the final metrics."""
+    """What ``run_experiment`` returns: the final metrics and what produced them."""
 
     metrics: dict[str, float]
     history: History

@@ -223,3 +223,10 @@ def test_diabetes_regression_beats_predicting_the_mean(compose) -> None:
 def test_diabetes_regression_generalizes_about_as_well_as_a_linear_model(compose) -> None:
     result, linear, _ = diabetes_preset_result(compose)
     assert result.metrics["val_mse"] < 1.2 * linear, (result.metrics["val_mse"], linear)
+
+
+def test_every_engine_optimizer_has_a_config_schema() -> None:
+    import engine
+    from runner.config import OPTIMIZER_SCHEMAS
+
+    assert set(OPTIMIZER_SCHEMAS) == set(engine.OPTIMIZERS)
