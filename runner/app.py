@@ -53,6 +53,46 @@ def _refuse_foreign_callbacks() -> None:
     hydra_callbacks.Callbacks.__init__ = checked_init
 
 
+# Job configs the basic sweeper composed up front and the in-process launcher has not used yet.
+# Bounded, so that a grid of thousands of jobs does not hold every config: beyond it, jobs are
+# composed again as Hydra would.
+COMPOSED_UP_FRONT_LIMIT = 256
+_composed_up_front: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+
+
+def _compose_each_job_once() -> None:
+    """Hydra's basic sweeper composes every job's config before the first job runs (so that a bad
+    override fails the sweep before anything is trained), and then the basic launcher composes it
+    again when the job starts: about 80 ms each, twice per job. When the launcher runs the jobs in
+    this process, hand it the config already composed: ``load_sweep_config`` returns the same
+    result for the same master config and overrides. (Launchers in other processes, joblib's,
+    compose in their workers as usual. Hydra 1.3.8 is pinned; ``tests/test_sweeps.py`` checks
+    that each job is composed once and gets its own values.)"""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+    from hydra.plugins.sweeper import Sweeper
+
+    original_load = ConfigLoaderImpl.load_sweep_config
+    if getattr(original_load, "bprun_once", False):
+        return
+
+    def validate_batch_is_legal(self: Sweeper, batch) -> None:
+        loader = self.hydra_context.config_loader
+        in_process = isinstance(getattr(self, "launcher", None), BasicLauncher)
+        for overrides in batch:
+            config = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(overrides))
+            if in_process and len(_composed_up_front) < COMPOSED_UP_FRONT_LIMIT:
+                _composed_up_front[(id(self.config), tuple(overrides))] = config
+
+    def load_sweep_config(self: ConfigLoaderImpl, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        composed = _composed_up_front.pop((id(master_config), tuple(sweep_overrides)), None)
+        return composed if composed is not None else original_load(self, master_config, sweep_overrides)
+
+    load_sweep_config.bprun_once = True
+    Sweeper.validate_batch_is_legal = validate_batch_is_legal
+    ConfigLoaderImpl.load_sweep_config = load_sweep_config
+
+
 
 @hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
@@ -180,6 +220,7 @@ def main() -> None:
               "remove '_target_'", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     _refuse_foreign_callbacks()
+    _compose_each_job_once()
     # By default SIGTERM kills the process on the spot and MLflow leaves the run RUNNING forever.
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:

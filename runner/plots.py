@@ -50,6 +50,9 @@ LAYER_STYLES = ("-", "--")
 # these margins fit every label this module produces (y tick labels of up to seven characters,
 # like 0.25140, since smaller values switch to scientific notation; see _decorate).
 DPI = 100
+# zlib level 1 instead of Pillow's 6: the files grow about 12% and encoding takes a fifth as long
+# (at level 6 it was a third of the time a run spends on its plots).
+PNG_OPTIONS = {"compress_level": 1}
 PLOTTABLE_LIMIT = 1e100
 AXES_WIDTH, AXES_HEIGHT = 4.0, 2.6
 LEFT, RIGHT, BOTTOM = 1.0, 0.2, 0.55
@@ -108,7 +111,7 @@ def save_training_plots(metrics: dict[str, Sequence[float]], directory: Path,
             continue
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / file_name
-        figure.savefig(path, dpi=DPI)
+        figure.savefig(path, dpi=DPI, pil_kwargs=PNG_OPTIONS)
         written.append(path)
     return written
 

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
+from runner.plots import PNG_OPTIONS
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
@@ -508,7 +510,7 @@ def write_report(table: "pd.DataFrame", histories: Histories, output_dir: str | 
                             _final_vs_key_figure(ranked, metric, key)))
     for file_name, figure in figures:
         path = directory / file_name
-        figure.savefig(path, dpi=DPI)
+        figure.savefig(path, dpi=DPI, pil_kwargs=PNG_OPTIONS)
         written.append(path)
     return written
 

@@ -6,8 +6,10 @@ so commands that do not track never pay for it.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -94,7 +96,6 @@ def _check_server(uri: str, timeout_seconds: float) -> None:
 
 def _check_writable(database: Path) -> None:
     import errno
-    import shutil
 
     folder = database.parent
     try:
@@ -133,11 +134,13 @@ def ensure_experiment(uri: str, name: str) -> str:
     """
     from mlflow.tracking import MlflowClient
 
+    database = sqlite_path(uri)
+    if database is not None:
+        create_sqlite_store(database)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    database = sqlite_path(uri)
     artifact_location = (database.parent / "mlartifacts").resolve().as_uri() if database else None
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
@@ -147,6 +150,60 @@ def ensure_experiment(uri: str, name: str) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def create_sqlite_store(database: Path) -> None:
+    """Create a missing SQLite store from a copy of an empty one with MLflow's current schema.
+
+    MLflow creates a store by replaying every schema migration since its first release, about a
+    second of SQLAlchemy and alembic work, paid by every new store (each sweep in a fresh folder,
+    each test). The migrations are replayed once per machine and MLflow version into
+    ``schema_template_path()``; new stores start as a copy, which MLflow then opens like any store
+    of its version (it checks the schema revision and adds the Default experiment). Anything
+    unusual (an existing or empty file, no cache folder, no hard links) leaves the creation to
+    MLflow itself.
+    """
+    if database.exists():
+        return
+    staged = database.with_name(f".{database.name}.{os.getpid()}.new")
+    try:
+        template = schema_template_path()
+        if not template.exists():
+            _build_schema_template(template)
+        database.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, staged)
+        # The store appears complete or not at all; one another process created first is kept.
+        os.link(staged, database)
+    except FileExistsError:
+        pass
+    except Exception as error:  # never worse than without the template: MLflow creates the store
+        logging.getLogger(__name__).debug("creating %s without the schema template: %s", database, error)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def schema_template_path() -> Path:
+    """Where the empty store of the installed MLflow version is kept (``$XDG_CACHE_HOME/bprun``)."""
+    from importlib.metadata import version
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bprun"
+    return cache / f"mlflow-{version('mlflow')}-empty-store.db"
+
+
+def _build_schema_template(template: Path) -> None:
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables  # what MLflow's store runs on an empty database
+
+    template.parent.mkdir(parents=True, exist_ok=True)
+    staged = template.with_name(f".{template.name}.{os.getpid()}.new")
+    engine = sqlalchemy.create_engine(f"sqlite:///{staged}")
+    try:
+        _initialize_tables(engine)
+        engine.dispose()
+        os.replace(staged, template)  # concurrent builders each publish a complete file
+    finally:
+        engine.dispose()
+        staged.unlink(missing_ok=True)
 
 
 def format_param(value: Any) -> str:

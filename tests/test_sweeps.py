@@ -288,6 +288,45 @@ def test_hydra_float_range_is_logged_as_typed(tmp_path: Path, run_sweep: RunSwee
     assert yaml.safe_load(text)["optimizer"]["lr"] == 0.3
 
 
+# --- composing each job once ------------------------------------------------------------------
+
+COUNT_COMPOSES = """
+import sys
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+composed = []
+original = ConfigLoaderImpl.load_configuration
+def counting(self, config_name, overrides, *args, **kwargs):
+    composed.append(list(overrides))
+    return original(self, config_name, overrides, *args, **kwargs)
+ConfigLoaderImpl.load_configuration = counting
+from runner.app import main
+sys.argv = ["bprun", *sys.argv[1:]]
+try:
+    main()
+finally:
+    print("COMPOSED", len(composed), file=sys.stderr)
+"""
+
+
+def test_the_basic_launcher_gets_the_config_the_sweeper_composed_up_front(tmp_path: Path) -> None:
+    """Hydra composes the master config twice and, without bprun's patch, every job twice (the
+    sweeper's up-front check, then the launcher). Each job must still get its own values."""
+    script = tmp_path / "count_composes.py"
+    script.write_text(COUNT_COMPOSES)
+    result = subprocess.run(
+        [sys.executable, str(script), "-m", "optimizer.lr=0.5,2.0,4.0", "trainer.epochs=2", "tracking=none"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^COMPOSED 5$", result.stderr, re.MULTILINE), result.stderr  # 2 + 3 jobs, not 2 + 6
+    job_configs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*/.hydra/config.yaml"))
+    assert len(job_configs) == 3, job_configs
+    by_job = {path.parent.parent.name: yaml.safe_load(path.read_text())["optimizer"]["lr"] for path in job_configs}
+    assert by_job == {"0": 0.5, "1": 2.0, "2": 4.0}
+    hydra_by_job = {path.parent.parent.name: yaml.safe_load((path.parent / "hydra.yaml").read_text())["hydra"]["job"]["num"]
+                    for path in job_configs}
+    assert hydra_by_job == {"0": 0, "1": 1, "2": 2}
+
+
 # --- 5. Optuna -------------------------------------------------------------------------------
 
 def optuna_results(sweep: Sweep) -> dict[str, Any]:

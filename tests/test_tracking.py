@@ -45,3 +45,67 @@ def test_the_fast_path_is_used_only_on_mlflows_schema(tmp_path) -> None:
     assert SqliteMetricWriter.open(database) is None
     assert sqlite_path("sqlite:////x/y.db").as_posix() == "/x/y.db"
     assert sqlite_path("http://localhost:5000") is None
+
+
+def schema(database) -> tuple[dict[str, list[str]], str]:
+    """A store's tables and indexes (each as the sorted lines of its SQL) and its alembic revision.
+    Sorted because MLflow's own migrations list a table's constraints in a different order from
+    one process to the next."""
+    import sqlite3
+
+    with sqlite3.connect(database) as connection:
+        objects = {name: sorted(line.strip().rstrip(",") for line in (sql or "").splitlines())
+                   for name, sql in connection.execute("SELECT name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")}
+        (revision,), = connection.execute("SELECT version_num FROM alembic_version")
+    return objects, revision
+
+
+def test_a_new_store_is_a_copy_of_mlflows_empty_schema(tmp_path, monkeypatch) -> None:
+    import mlflow.store.db.utils as mlflow_db
+    from mlflow.tracking import MlflowClient
+
+    from runner.tracking import schema_template_path
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    # MLflow alone (its own migrations) against bprun's first and second stores (the first one
+    # builds the template, the second is a copy of it and runs no migration at all).
+    by_mlflow = tmp_path / "mlflow" / "mlflow.db"
+    MlflowClient(f"sqlite:///{by_mlflow}").search_experiments()
+    first, second = tmp_path / "first" / "mlflow.db", tmp_path / "second" / "mlflow.db"
+    ensure_experiment(f"sqlite:///{first}", "template-test")
+    assert schema_template_path().is_file()
+    migrations = []
+    monkeypatch.setattr(mlflow_db, "_initialize_tables", lambda engine: migrations.append(engine))
+    experiment_id = ensure_experiment(f"sqlite:///{second}", "template-test")
+    assert migrations == []
+    assert schema(first) == schema(second) == schema(by_mlflow)
+
+    client = MlflowClient(f"sqlite:///{second}")
+    default = client.get_experiment("0")
+    assert default.name == "Default" and default.lifecycle_stage == "active"
+    experiment = client.get_experiment(experiment_id)
+    assert experiment.artifact_location == (second.parent / "mlartifacts").resolve().as_uri()
+    with MlflowRun(f"sqlite:///{second}", experiment_id, "run", {"a": 1}, {}) as run:
+        run.log_metrics({"train_mse": 0.5}, 0)
+    assert client.get_run(run.run_id).data.metrics == {"train_mse": 0.5}
+    assert [path.name for path in second.parent.iterdir() if path.name.startswith(".")] == []
+
+
+def test_without_a_usable_cache_mlflow_creates_the_store(tmp_path, monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(not_a_folder))
+    database = tmp_path / "store" / "mlflow.db"
+    experiment_id = ensure_experiment(f"sqlite:///{database}", "no-cache")
+    assert MlflowClient(f"sqlite:///{database}").get_experiment(experiment_id).name == "no-cache"
+    assert sorted(path.name for path in database.parent.iterdir()) == ["mlflow.db"]
+
+
+def test_an_existing_store_is_never_replaced(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    database = tmp_path / "mlflow.db"
+    first_id = ensure_experiment(f"sqlite:///{database}", "kept")
+    ensure_experiment(f"sqlite:///{database}", "second")
+    assert ensure_experiment(f"sqlite:///{database}", "kept") == first_id
