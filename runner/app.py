@@ -14,7 +14,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from runner import optuna_sweeper
+from runner import background_plots, optuna_sweeper
 from runner.config import ConfigError, register_schemas
 
 EXIT_BAD_INPUT = 2
@@ -223,6 +223,7 @@ def main() -> None:
     _compose_each_job_once()
     # By default SIGTERM kills the process on the spot and MLflow leaves the run RUNNING forever.
     signal.signal(signal.SIGTERM, _raise_terminated)
+    background_plots.enable()
     try:
         _hydra_main()
         # Everything imported so far lives until exit; without this the interpreter's last
@@ -237,3 +238,5 @@ def main() -> None:
               "completed epoch logged", file=sys.stderr)
         # 128 + the signal number: the shell's convention for a process ended by a signal.
         sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+    finally:
+        background_plots.shutdown()  # every completed run's plots are on disk when bprun exits

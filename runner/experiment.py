@@ -238,7 +238,10 @@ def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP,
                     tensor_writer.close()
                 except OSError as error:  # a full disk: say so once, keep the run's own error
                     logging.getLogger(__name__).warning("could not finish the tensor files: %s", error)
-            _save_plots(epoch_metrics, tracked_run.artifact_dir / "plots")
+            # A completed run's plots may be drawn while the next job trains (runner.background_plots);
+            # a failed or interrupted one draws them here, before its process may end.
+            _save_plots(epoch_metrics, tracked_run.artifact_dir / "plots", tracked_run.run_id,
+                        in_background=history is not None and tracked_run.writes_artifacts_in_place)
         tracked_run.set_tags({"stop_reason": history.stop_reason, "epochs_run": str(history.epochs_run)})
         if history.stop_reason == "diverged":
             tracked_run.fail(history.message)
@@ -248,11 +251,19 @@ def _tracked_training(cfg: DictConfig, settings: ExperimentConfig, network: MLP,
                      tracked_run.run_id, uri)
 
 
-def _save_plots(epoch_metrics, directory: Path) -> None:
-    """Draw the run's plots; a plot that cannot be drawn never costs the run its status."""
+def _save_plots(epoch_metrics, directory: Path, run_id: str, in_background: bool) -> None:
+    """Draw the run's plots, in the helper process if ``in_background`` and ``bprun`` enabled it;
+    a plot that cannot be drawn never costs the run its status."""
+    from runner import background_plots
     from runner.plots import save_training_plots
 
     try:
+        if in_background and background_plots.enabled():
+            try:
+                background_plots.submit(epoch_metrics.series, directory, epoch_metrics.epochs, run_id)
+                return
+            except Exception as error:  # no helper process (process limits, say): draw them here
+                logging.getLogger(__name__).debug("drawing the plots in-process: %s", error)
         save_training_plots(epoch_metrics.series, directory, epoch_metrics.epochs)
     except Exception as error:  # the metrics are logged; a missing picture is not worth a FAILED run
         logging.getLogger(__name__).warning("could not draw the plots: %s: %s", type(error).__name__, error)

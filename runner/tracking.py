@@ -391,6 +391,11 @@ class MlflowRun:
         """
         return self._artifact_dir
 
+    @property
+    def writes_artifacts_in_place(self) -> bool:
+        """Whether ``artifact_dir`` is the run's own artifact folder (nothing is uploaded at the end)."""
+        return self._staging is None
+
     def write_text_artifacts(self, files: dict[str, str]) -> None:
         """Write small text artifacts given as ``{relative path: content}``."""
         for name, content in files.items():

@@ -314,3 +314,42 @@ def test_no_text_leaves_the_figure_or_overlaps(history):
         title = figure._suptitle.get_window_extent(renderer)
         assert title.y1 <= inside.y1 and not any(title.overlaps(ax.title.get_window_extent(renderer))
                                                  for ax in figure.axes if ax.get_title())
+
+
+# --- the helper process bprun draws completed runs' plots in ---------------------------------
+
+@pytest.fixture
+def helper():
+    from runner import background_plots
+
+    background_plots.enable()
+    yield background_plots
+    background_plots.shutdown()
+    background_plots._enabled = False
+
+
+def test_the_helper_draws_queued_plots_and_keeps_at_most_two_waiting(helper, tmp_path: Path) -> None:
+    directories = [tmp_path / f"run{number}" for number in range(4)]
+    for number, directory in enumerate(directories):
+        helper.submit(_history(epochs=50 + number), directory, None, f"run{number}")
+        assert helper.pending() <= helper.MAX_QUEUED
+    helper.wait()
+    assert helper.pending() == 0
+    for directory in directories:
+        assert sorted(path.name for path in directory.iterdir()) == sorted([GRADIENT_NORMS, LEARNING_CURVES, WEIGHT_NORMS])
+    # The helper draws exactly what drawing in-process gives.
+    save_training_plots(_history(epochs=50), tmp_path / "here")
+    assert (tmp_path / "here" / LEARNING_CURVES).read_bytes() == (directories[0] / LEARNING_CURVES).read_bytes()
+
+
+def test_a_plot_the_helper_cannot_write_is_a_warning(helper, tmp_path: Path, caplog) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("in the way")
+    helper.submit(_history(epochs=20), not_a_folder / "plots", None, "run-x")
+    with caplog.at_level("WARNING", logger="runner.background_plots"):
+        helper.wait()
+    assert "could not draw the plots of run run-x" in caplog.text
+    # The helper keeps working after a failed plot.
+    helper.submit(_history(epochs=20), tmp_path / "after", None, "run-y")
+    helper.wait()
+    assert (tmp_path / "after" / LEARNING_CURVES).is_file()

@@ -154,6 +154,14 @@ def test_basic_grid_is_one_parent_with_four_finished_children(basic_grid: Sweep)
     summary = {artifact.path for artifact in client.list_artifacts(parent.info.run_id, "summary")}
     assert {"summary/runs.csv", "summary/runs.md", "summary/learning_curves.png"} <= summary, summary
 
+    # Every child's plots were drawn by bprun's helper process, and all exist when bprun exits.
+    for child in sweep.children:
+        plots = sorted(artifact.path for artifact in client.list_artifacts(child.info.run_id, "plots"))
+        assert plots == ["plots/gradient_norms.png", "plots/learning_curves.png", "plots/weight_norms.png"], plots
+        artifacts = Path(child.info.artifact_uri.removeprefix("file://"))
+        for name in plots:
+            assert_non_trivial_png(artifacts / name)
+
     # Each child is one point of the grid, with its own values as params.
     combinations = [(float(c.data.params["optimizer.lr"]), c.data.params["model.hidden"]) for c in sweep.children]
     assert sorted(combinations) == sorted(GRID_COMBINATIONS)
