@@ -223,7 +223,6 @@ def main() -> None:
     _compose_each_job_once()
     # By default SIGTERM kills the process on the spot and MLflow leaves the run RUNNING forever.
     signal.signal(signal.SIGTERM, _raise_terminated)
-    background_plots.enable()
     try:
         _hydra_main()
         # Everything imported so far lives until exit; without this the interpreter's last

@@ -1,14 +1,15 @@
 """Draw completed runs' plots in a helper process while the next job of a sweep trains.
 
 Three PNGs take about 0.3 s of matplotlib work per run, most of what a small sweep job costs
-besides its training. The ``bprun`` command (``enable()`` in ``runner.app.main``) hands that work
-to one helper process, so that on a machine with a spare core the next job starts at once.
-Everything else draws in-process, as before: a run that failed or was interrupted (the process
-may be about to exit), a store that uploads artifacts when the run ends (the PNGs must exist by
-then), the Python API (``run``/``run_experiment`` return with the plots written) and joblib's
-worker processes (which never run ``main``).
+besides its training. A sweep run by the basic launcher (``enable()`` in
+``runner.sweep.SweepCallback``) hands that work to one helper process, so that on a machine with a
+spare core the next job starts at once. Everything else draws in-process, as before: a single run
+(a helper would only add its start-up), a run that failed or was interrupted (the process may be
+about to exit), a store that uploads artifacts when the run ends (the PNGs must exist by then),
+the Python API (``run``/``run_experiment`` return with the plots written) and joblib's worker
+processes (each job is already in a process of its own).
 
-The helper is one long-lived process (started with ``spawn`` at the first completed run), so its
+The helper is one long-lived process (started with ``spawn`` when the sweep starts), so its
 imports and matplotlib's caches are paid once, not per run. A fresh ``fork`` per run was tried
 first and drew 1.5-2.5x slower than in-process: copy-on-write faults and cold caches in every
 child. At most ``MAX_QUEUED`` runs wait for the helper, so a fast sweep cannot queue up work
@@ -36,8 +37,14 @@ _queued: list[tuple[Future, str]] = []  # (the helper's work, run id)
 
 
 def enable() -> None:
-    """Let this process's completed runs draw their plots in the helper process."""
+    """Let this process's completed runs draw their plots in the helper process, and start it
+    now, so that its start-up (a new interpreter importing matplotlib) overlaps other work."""
     global _enabled
+    try:
+        _start().submit(_warm_up)
+    except Exception as error:  # no helper (process limits, say): plots are drawn in-process
+        log.debug("no helper process for plots: %s", error)
+        return
     _enabled = True
 
 
@@ -48,19 +55,11 @@ def enabled() -> bool:
 def submit(metrics: dict[str, Sequence[float]], directory: Path, steps: Sequence[int] | None, run_id: str) -> None:
     """Queue ``save_training_plots(metrics, directory, steps)`` for the helper and return (after
     the oldest queued run's plots, if ``MAX_QUEUED`` are already waiting)."""
-    global _executor
     from runner.plots import save_training_plots
 
     while len(_queued) >= MAX_QUEUED:
         _collect(*_queued.pop(0))
-    if _executor is None:
-        import multiprocessing
-
-        # spawn, not fork: a clean interpreter that shares no state (SQLite handles, threads,
-        # locks) with this one.
-        _executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_ignore_interrupts)
-    _queued.append((_executor.submit(save_training_plots, dict(metrics), directory, steps), run_id))
+    _queued.append((_start().submit(save_training_plots, dict(metrics), directory, steps), run_id))
 
 
 def wait() -> None:
@@ -81,6 +80,23 @@ def shutdown() -> None:
     if _executor is not None:
         _executor.shutdown(wait=True)
         _executor = None
+
+
+def _start() -> ProcessPoolExecutor:
+    global _executor
+    if _executor is None:
+        import multiprocessing
+
+        # spawn, not fork: a clean interpreter that shares no state (SQLite handles, threads,
+        # locks) with this one.
+        _executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_ignore_interrupts)
+    return _executor
+
+
+def _warm_up() -> None:
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
 
 
 def _collect(work: Future, run_id: str) -> None:

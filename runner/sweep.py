@@ -30,6 +30,7 @@ ENV_PARENT_RUN_ID = "BPRUN_SWEEP_PARENT_RUN_ID"
 ENV_EXPERIMENT_ID = "BPRUN_SWEEP_EXPERIMENT_ID"
 ENV_TRACKING_URI = "BPRUN_SWEEP_TRACKING_URI"
 SWEEP_TAG = "bprun.sweep"
+IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,10 @@ class SweepCallback(Callback):
         check_output_folder(config.hydra.sweep.dir)
         if not config.tracking.enabled:
             return
+        if config.hydra.launcher.get("_target_") == IN_PROCESS_LAUNCHER:
+            from runner import background_plots
+
+            background_plots.enable()  # the jobs run here, one after the other
         try:
             self._start_parent(config)
         except Exception as error:
