@@ -25,9 +25,10 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 MAX_QUEUED = 2
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,15 @@ def wait() -> None:
         _collect(*_queued.pop(0))
 
 
+def call(function: Callable[..., T], *arguments: Any) -> T:
+    """``function(*arguments)`` in the helper if it runs (its matplotlib is imported and warm),
+    else here; either way the result is returned once it is done. The sweep summary's plots are
+    drawn this way."""
+    if not _enabled:
+        return function(*arguments)
+    return _start().submit(function, *arguments).result()
+
+
 def pending() -> int:
     """How many runs' plots are queued or being drawn."""
     return len(_queued)
@@ -78,6 +88,10 @@ def shutdown() -> None:
     global _executor
     wait()
     if _executor is not None:
+        # Nothing is left to draw: end the helper at once rather than let it tear down its
+        # imports (a quarter of a second the command would wait for).
+        for process in list((getattr(_executor, "_processes", None) or {}).values()):
+            process.kill()
         _executor.shutdown(wait=True)
         _executor = None
 
@@ -95,8 +109,10 @@ def _start() -> ProcessPoolExecutor:
 
 
 def _warm_up() -> None:
+    # What the runs' plots and, at the end, the sweep summary (a pandas table) will need.
     import matplotlib.backends.backend_agg  # noqa: F401
     import matplotlib.figure  # noqa: F401
+    import pandas  # noqa: F401
 
 
 def _collect(work: Future, run_id: str) -> None:

@@ -150,10 +150,7 @@ class SweepCallback(Callback):
         log.info("sweep parent run %s in %s", self.parent_run_id, uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from runner import background_plots
-
         _stop_idle_workers()
-        background_plots.wait()  # the last job's plots, before the sweep is summarized and ends
         if self.parent_run_id is None:
             return
         context = SweepContext.from_environment()
@@ -186,7 +183,7 @@ def summarize_sweep(uri: str, parent_run_id: str) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from runner import report
+    from runner import background_plots, report
 
     client = MlflowClient(uri)
     parent = client.get_run(parent_run_id)
@@ -197,8 +194,10 @@ def summarize_sweep(uri: str, parent_run_id: str) -> int:
     try:
         table, histories = report.runs_table(client, children, swept_keys or None)
         print(report.format_table(table))  # ranked by val_mse, train_mse where there is none
+        # The last jobs' plots were drawn meanwhile; the summary's are drawn where they were.
+        background_plots.wait()
         with tempfile.TemporaryDirectory() as directory:
-            report.write_report(table, histories, directory)
+            background_plots.call(report.write_report, table, histories, directory)
             client.log_artifacts(parent_run_id, directory, "summary")
         client.set_tag(parent_run_id, "sweep.jobs", str(len(children)))
         client.set_tag(parent_run_id, "sweep.failed_jobs", str(failed))
