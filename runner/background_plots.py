@@ -109,10 +109,11 @@ def _start() -> ProcessPoolExecutor:
 
 
 def _warm_up() -> None:
+    import importlib
+
     # What the runs' plots and, at the end, the sweep summary (a pandas table) will need.
-    import matplotlib.backends.backend_agg  # noqa: F401
-    import matplotlib.figure  # noqa: F401
-    import pandas  # noqa: F401
+    for module in ("matplotlib.backends.backend_agg", "matplotlib.figure", "pandas", "runner.plots"):
+        importlib.import_module(module)
 
 
 def _collect(work: Future, run_id: str) -> None:

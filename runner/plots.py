@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -48,7 +49,7 @@ LAYER_STYLES = ("-", "--")
 # Layout, in inches. The margins are fixed rather than computed by constrained or tight layout:
 # those measure every tick label in an extra pass, about a quarter of the time per figure, and
 # these margins fit every label this module produces (y tick labels of up to seven characters,
-# like 0.25140, since smaller values switch to scientific notation; see _decorate).
+# like 0.25140, since smaller values switch to scientific notation; see _scale_to).
 DPI = 100
 # zlib level 1 instead of Pillow's 6: the files grow about 12% and encoding takes a fifth as long
 # (at level 6 it was a third of the time a run spends on its plots).
@@ -83,8 +84,8 @@ class _Series:
         return self.values[np.isfinite(self.values)]
 
 
-# A layer panel: (layer number, index into LAYER_STYLES, series) for each line.
-LayerPanel = list[tuple[int, int, _Series]]
+# A layer panel: (layer number, index into LAYER_STYLES, series name) for each line.
+LayerPanel = list[tuple[int, int, str]]
 
 
 def save_training_plots(metrics: dict[str, Sequence[float]], directory: Path,
@@ -162,34 +163,74 @@ def _layer_colours(count: int) -> list[Any]:
 
 
 def _layer_panel(series: dict[str, _Series], layers: list[int], statistics: tuple[str, ...]) -> LayerPanel:
-    return [(layer, index, series[f"{LAYER_PREFIX}{layer}/{statistic}"])
+    return [(layer, index, f"{LAYER_PREFIX}{layer}/{statistic}")
             for layer in layers for index, statistic in enumerate(statistics)
             if f"{LAYER_PREFIX}{layer}/{statistic}" in series]
 
 
 # --- figures ---------------------------------------------------------------------------------
+#
+# A figure is described by _Panels (everything but the data) and drawn by _figure, which keeps
+# the last few figures it built, keyed by that description: a sweep's runs share their layout, so
+# from the second run on only the lines' data, the scales and the limits change. Building a
+# figure (axes, tick objects, texts) was about half of the drawing time.
+
+FIGURE_CACHE_SIZE = 8
+
+
+@dataclass(frozen=True)
+class _Line:
+    series: str  # key into the series dict
+    style: tuple[tuple[str, Any], ...]  # Line2D properties, as sorted (name, value) pairs
+
+
+@dataclass(frozen=True)
+class _Panel:
+    title: str
+    ylabel: str
+    lines: tuple[_Line, ...]
+    legend: bool = False  # an axes legend of the lines' labels
+    ylim: tuple[float, float] | None = None  # fixed y limits (accuracy); else scaled to the data
+    log_from_decades: float = 1.0  # see _set_y_scale
+
+
+@dataclass(frozen=True)
+class _Layout:
+    title: str
+    panels: tuple[_Panel, ...]
+    legend_entries: tuple[tuple[str, Any, str], ...] = ()  # figure legend: (label, colour, linestyle)
+    axes_titles: bool = True
+    markers: bool = False  # lines this short also get markers
+
+
+@dataclass
+class _Built:
+    figure: Figure
+    axes: list[Axes]
+    lines: list[list[Any]]  # Line2D per panel, in _Panel.lines order
+
+
+_built: OrderedDict[_Layout, _Built] = OrderedDict()
+
+
+def _line(series: str, **style: Any) -> _Line:
+    return _Line(series, tuple(sorted((name, _hashable(value)) for name, value in style.items())))
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(float(v) for v in value) if isinstance(value, (list, np.ndarray)) else value
+
 
 def _learning_curves(series: dict[str, _Series]) -> Figure | None:
-    panels = [(metric, title, label) for metric, title, label in LEARNING_PANELS
-              if any(f"{prefix}_{metric}" in series for prefix, _, _ in SPLITS)]
-    if not panels:
-        return None
-    figure, axes = _new_figure(len(panels), "Learning curves")
-    for ax, (metric, title, label) in zip(axes, panels):
-        lines = []
-        for prefix, split_label, style in SPLITS:
-            line = series.get(f"{prefix}_{metric}")
-            if line is not None:
-                _plot(ax, line, label=split_label, linestyle=style)
-                lines.append(line)
-        if metric == "accuracy":
-            ax.set_ylim(-0.02, 1.02)
-        else:
-            _set_y_scale(ax, lines, log_from_decades=1.0)
-        _decorate(ax, title, label)
-        # An explicit "best" also keeps matplotlib from warning that "best" is slow.
-        ax.legend(loc="best", fontsize="small")
-    return figure
+    panels = []
+    for metric, title, label in LEARNING_PANELS:
+        lines = tuple(_line(f"{prefix}_{metric}", label=split_label, linestyle=style)
+                      for prefix, split_label, style in SPLITS if f"{prefix}_{metric}" in series)
+        if lines:
+            # An explicit "best" legend location also keeps matplotlib from warning that it is slow.
+            panels.append(_Panel(title, label, lines, legend=True,
+                                 ylim=(-0.02, 1.02) if metric == "accuracy" else None, log_from_decades=1.0))
+    return _figure(_Layout("Learning curves", tuple(panels), markers=_short(series)), series) if panels else None
 
 
 def _gradient_norms(series: dict[str, _Series], layers: list[int], layer_colour: dict[int, Any]) -> Figure | None:
@@ -201,23 +242,97 @@ def _gradient_norms(series: dict[str, _Series], layers: list[int], layer_colour:
               if (panel := _layer_panel(series, layers, statistics))]
     if not panels:
         return None
-    handles = _layer_legend_handles([line for panel, _, _ in panels for line in panel], layer_colour)
-    figure, axes = _new_figure(len(panels), "Gradients and updates per layer", legend_handles=handles)
-    for ax, (panel, title, label) in zip(axes, panels):
-        _plot_layers(ax, panel, layer_colour)
-        _decorate(ax, title, label)
-    return figure
+    entries = _layer_legend_entries([line for panel, _, _ in panels for line in panel], layer_colour)
+    layout = _Layout("Gradients and updates per layer",
+                     tuple(_layer_axes(panel, title, label, layer_colour) for panel, title, label in panels),
+                     entries, markers=_short(series))
+    return _figure(layout, series)
 
 
 def _weight_norms(series: dict[str, _Series], layers: list[int], layer_colour: dict[int, Any]) -> Figure | None:
     panel = _layer_panel(series, layers, ("weight_norm", "bias_norm"))
     if not panel:
         return None
-    handles = _layer_legend_handles(panel, layer_colour)
-    figure, (ax,) = _new_figure(1, "Parameter norms per layer", legend_handles=handles, axes_titles=False)
-    _plot_layers(ax, panel, layer_colour)
-    _decorate(ax, "", "L2 norm after the epoch")
-    return figure
+    layout = _Layout("Parameter norms per layer", (_layer_axes(panel, "", "L2 norm after the epoch", layer_colour),),
+                     _layer_legend_entries(panel, layer_colour), axes_titles=False, markers=_short(series))
+    return _figure(layout, series)
+
+
+def _layer_axes(panel: LayerPanel, title: str, ylabel: str, layer_colour: dict[int, Any]) -> _Panel:
+    # Norms and ratios are positive and move over decades: log whenever the data allow it.
+    lines = tuple(_line(name, color=layer_colour[layer], linestyle=LAYER_STYLES[index]) for layer, index, name in panel)
+    return _Panel(title, ylabel, lines, log_from_decades=0.0)
+
+
+def _layer_legend_entries(panel: LayerPanel, layer_colour: dict[int, Any]) -> tuple[tuple[str, Any, str], ...]:
+    """A colour per layer, then what solid and dashed mean: n + 2 entries instead of 2n."""
+    layers = sorted({layer for layer, _, _ in panel})
+    entries = [(f"layer {layer}", _hashable(layer_colour[layer]), "-") for layer in layers]
+    if any(index == 1 for _, index, _ in panel):
+        entries += [("weights", "0.3", LAYER_STYLES[0]), ("biases", "0.3", LAYER_STYLES[1])]
+    return tuple(entries)
+
+
+def _short(series: dict[str, _Series]) -> bool:
+    return any(line.values.size <= MARKERS_UP_TO for line in series.values())
+
+
+def _figure(layout: _Layout, series: dict[str, _Series]) -> Figure:
+    """``layout`` drawn with the data of ``series``, on a figure built for that layout before if
+    one is kept, else on a new one."""
+    built = _built.pop(layout, None) or _build(layout)
+    _built[layout] = built  # most recently used last
+    while len(_built) > FIGURE_CACHE_SIZE:
+        _built.popitem(last=False)
+    for panel, ax, lines in zip(layout.panels, built.axes, built.lines):
+        data = [series[line.series] for line in panel.lines]
+        for line, values in zip(lines, data):
+            line.set_data(values.epochs, values.values)
+        _scale_to(ax, panel, data)
+    return built.figure
+
+
+def _build(layout: _Layout) -> _Built:
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    handles = [Line2D([], [], color=colour, linestyle=style, label=label)
+               for label, colour, style in layout.legend_entries]
+    figure, axes = _new_figure(len(layout.panels), layout.title, handles, layout.axes_titles)
+    lines = []
+    markers = {"marker": "o", "markersize": 3} if layout.markers else {}
+    for ax, panel in zip(axes, layout.panels):
+        lines.append([ax.plot([], [], linewidth=1.4, **dict(line.style), **markers)[0] for line in panel.lines])
+        # An explicit y skips matplotlib's search for top tick labels to clear (a fifth of the
+        # drawing time, even for an empty title); these axes have none.
+        ax.set_title(panel.title, fontsize="medium", y=1.0)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(panel.ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1, steps=[1, 2, 5, 10]))
+        ax.grid(True, which="major", alpha=0.4)
+        ax.grid(True, which="minor", alpha=0.15)
+        if panel.legend:
+            ax.legend(loc="best", fontsize="small")
+    return _Built(figure, axes, lines)
+
+
+def _scale_to(ax: Axes, panel: _Panel, data: list[_Series]) -> None:
+    """Limits and scales for this data (the axes may hold another run's settings)."""
+    ax.set_autoscale_on(True)
+    ax.set_yscale("linear")
+    ax.relim()
+    ax.autoscale_view()
+    if panel.ylim is not None:
+        ax.set_ylim(*panel.ylim)
+    else:
+        _set_y_scale(ax, data, panel.log_from_decades)
+    first, last = ax.dataLim.intervalx
+    if last - first < 1:
+        # One epoch: matplotlib would widen the view by ±0.05 and tick fractions of an epoch.
+        ax.set_xlim(first - 0.5, last + 0.5)
+    if ax.get_yscale() == "linear":
+        # Scientific notation below 10⁻³ keeps tick labels within the left margin.
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
 
 
 def _new_figure(panels: int, title: str, legend_handles: list[Any] | None = None,
@@ -245,51 +360,6 @@ def _new_figure(panels: int, title: str, legend_handles: list[Any] | None = None
 
 
 # --- axes ------------------------------------------------------------------------------------
-
-def _layer_legend_handles(panel: LayerPanel, layer_colour: dict[int, Any]) -> list[Any]:
-    """A colour per layer, then what solid and dashed mean: n + 2 entries instead of 2n."""
-    from matplotlib.lines import Line2D
-
-    layers = sorted({layer for layer, _, _ in panel})
-    handles = [Line2D([], [], color=layer_colour[layer], label=f"layer {layer}") for layer in layers]
-    if any(index == 1 for _, index, _ in panel):
-        handles += [Line2D([], [], color="0.3", linestyle=LAYER_STYLES[0], label="weights"),
-                    Line2D([], [], color="0.3", linestyle=LAYER_STYLES[1], label="biases")]
-    return handles
-
-
-def _plot_layers(ax: Axes, panel: LayerPanel, layer_colour: dict[int, Any]) -> None:
-    for layer, index, line in panel:
-        _plot(ax, line, color=layer_colour[layer], linestyle=LAYER_STYLES[index])
-    # Norms and ratios are positive and move over decades: log whenever the data allow it.
-    _set_y_scale(ax, [line for _, _, line in panel], log_from_decades=0.0)
-
-
-def _plot(ax: Axes, line: _Series, **style: Any) -> None:
-    if line.values.size <= MARKERS_UP_TO:
-        style.update(marker="o", markersize=3)
-    ax.plot(line.epochs, line.values, linewidth=1.4, **style)
-
-
-def _decorate(ax: Axes, title: str, ylabel: str) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    # An explicit y skips matplotlib's search for top tick labels to clear (a fifth of the
-    # drawing time, even for an empty title); these axes have none.
-    ax.set_title(title, fontsize="medium", y=1.0)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1, steps=[1, 2, 5, 10]))
-    first, last = ax.dataLim.intervalx
-    if last - first < 1:
-        # One epoch: matplotlib would widen the view by ±0.05 and tick fractions of an epoch.
-        ax.set_xlim(first - 0.5, last + 0.5)
-    if ax.get_yscale() == "linear":
-        # Scientific notation below 10⁻³ keeps tick labels within the left margin.
-        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
-    ax.grid(True, which="major", alpha=0.4)
-    ax.grid(True, which="minor", alpha=0.15)
-
 
 def _set_y_scale(ax: Axes, lines: list[_Series], log_from_decades: float) -> None:
     """Log y when every value is positive and they span at least ``log_from_decades``. When some

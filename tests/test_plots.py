@@ -353,3 +353,39 @@ def test_a_plot_the_helper_cannot_write_is_a_warning(helper, tmp_path: Path, cap
     helper.submit(_history(epochs=20), tmp_path / "after", None, "run-y")
     helper.wait()
     assert (tmp_path / "after" / LEARNING_CURVES).is_file()
+
+
+def _other_history(epochs: int) -> dict[str, list[float]]:
+    """Same layout as _history() but data that wants other scales: flat losses (linear), zero
+    bias gradients (symlog), norms over many decades."""
+    e = np.arange(epochs, dtype=float)
+    metrics = _history(epochs)
+    metrics |= {"train_mse": 0.2 + 0.001 * np.sin(e), "val_mse": 0.21 + 0.001 * np.cos(e)}
+    for layer in range(1, LAYERS + 1):
+        metrics[f"layer{layer}/grad_bias_norm"] = np.where(e % 7 == 0, 0.0, 1e-3 * np.exp(-e / 5))
+        metrics[f"layer{layer}/grad_weight_norm"] = 10.0 ** (-e / 10)
+    return metrics
+
+
+@pytest.mark.parametrize("first, second", [(_history(200), _other_history(60)), (_other_history(60), _history(200)),
+                                           (_history(200), _history(1))])
+def test_a_reused_figure_draws_what_a_new_one_draws(tmp_path: Path, first, second) -> None:
+    plots._built.clear()
+    save_training_plots(first, tmp_path / "first")
+    reused = save_training_plots(second, tmp_path / "reused")
+    plots._built.clear()
+    fresh = save_training_plots(second, tmp_path / "fresh")
+    assert [path.name for path in reused] == [path.name for path in fresh]
+    for reused_path, fresh_path in zip(reused, fresh):
+        assert reused_path.read_bytes() == fresh_path.read_bytes(), reused_path.name
+
+
+def test_figures_are_kept_for_reuse_within_a_bound() -> None:
+    plots._built.clear()
+    for layers in range(1, plots.FIGURE_CACHE_SIZE + 3):
+        series = plots._load_series(_history(30, layers=layers), None)
+        numbers = plots._layer_numbers(series)
+        colours = dict(zip(numbers, plots._layer_colours(len(numbers))))
+        first = plots._weight_norms(series, numbers, colours)
+        assert plots._weight_norms(series, numbers, colours) is first  # same layout: same figure
+    assert len(plots._built) == plots.FIGURE_CACHE_SIZE
