@@ -146,6 +146,7 @@ def project_git_state() -> GitState | None:
     return state if tracked else None
 
 
+@functools.cache  # installed versions do not change while a sweep runs; each lookup scans site-packages
 def _version(distribution: str) -> str:
     try:
         return metadata.version(distribution)

@@ -8,6 +8,7 @@ model's pip requirements): the pickle refers to ``MLPModel`` by its import path.
 Importing this module imports MLflow (about a second), so import it only to save or load models.
 """
 
+import functools
 import logging
 import warnings
 from importlib import metadata
@@ -167,7 +168,12 @@ def model_from(network: MLP, dataset: Dataset) -> MLPModel:
 
 def pip_requirements() -> list[str]:
     """``name==version`` for each of ``REQUIREMENTS``, as installed now."""
-    return [f"{name}=={metadata.version(name)}" for name in REQUIREMENTS]
+    return list(_installed_requirements())
+
+
+@functools.cache  # looked up once per process: each lookup scans site-packages
+def _installed_requirements() -> tuple[str, ...]:
+    return tuple(f"{name}=={metadata.version(name)}" for name in REQUIREMENTS)
 
 
 def save_pyfunc_model(path: str, network: MLP, dataset: Dataset, *, input_example: bool = True) -> None:
