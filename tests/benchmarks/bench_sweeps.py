@@ -186,7 +186,7 @@ DESCRIPTIONS = {
     "telemetry.TensorWriter.on_train_begin": "open the tensor files",
     "tracking.MlflowRun.flush": "metric flush (direct SQLite)",
     "telemetry.TensorWriter.close": "close the tensor files",
-    "experiment._save_plots": "plots (3 PNGs, matplotlib)",
+    "experiment._save_plots": "plots: handed to the helper process (in a sweep; waits only while 2 runs are queued), else drawn here",
     "tracking.MlflowRun.set_tags": "stop_reason / epochs_run tags",
     "experiment._save_model": "weights.npz + pyfunc model (`mlflow.pyfunc.save_model`)",
     "tracking.MlflowRun.__exit__": "end of run: final flush, set_terminated",
@@ -642,7 +642,8 @@ TIMELINE_ROWS = [
     ("validate", "per job: the sweeper composes every job's config once up front (`validate_batch_is_legal`)",
      "per job"),
     ("launcher_setup", "sweeper and launcher set-up before the first job (besides that)", "one-off"),
-    ("compose", "per job: the launcher composes the job's config (`load_sweep_config`)", "per job"),
+    ("compose", "per job: the launcher composes the job's config again (`load_sweep_config`; not with bprun's patch)",
+     "per job"),
     ("hydra_job", "per job: Hydra's `run_job` around the task (folder, `.hydra/*.yaml`, logging)", "per job"),
     ("task_rest", "per job: task outside `run_experiment` (summary lines)", "per job"),
     ("before", "per job: `run_experiment` before the first epoch", "per job"),
@@ -706,10 +707,15 @@ def analyse_child(run: SweepRun) -> ChildAnalysis | None:
     problems = []
     if None in (moved, mlflow_import, parent, summary):
         return ChildAnalysis({}, run.meter.wall, [], ["the instrumented sweep did not reach every stage"])
-    # Hydra's basic sweeper composes each job's config once to validate the batch, then the
-    # launcher composes it again right before the job.
+    # Hydra's basic sweeper composes each job's config once to validate the batch, then its
+    # launcher composes it again right before the job; bprun hands the launcher the config
+    # already composed (runner.app._compose_each_job_once), so only the up-front composes remain.
     count = len(run_jobs)
-    validations, composes = (composes[:-count], composes[-count:]) if count else (composes, [])
+    up_front_only = bool(composes) and bool(run_jobs) and len(composes) == count and composes[-1][2] <= run_jobs[0][1]
+    if up_front_only:
+        validations, composes = composes, [None] * count
+    else:
+        validations, composes = (composes[:-count], composes[-count:]) if count else (composes, [])
     if not (len(composes) == len(run_jobs) == len(tasks) == len(jobs) == len(experiments)) or not jobs:
         return ChildAnalysis({}, run.meter.wall, [], [
             f"unexpected job records: {len(composes)} composes, {len(run_jobs)} run_job, {len(tasks)} tasks, "
@@ -723,18 +729,21 @@ def analyse_child(run: SweepRun) -> ChildAnalysis | None:
     rows["mlflow_import"] = mlflow_import[2] - mlflow_import[1]
     rows["parent"] = parent[2] - mlflow_import[2]
     rows["validate"] = sum(record[2] - record[1] for record in validations)
-    rows["launcher_setup"] = composes[0][1] - parent[2] - rows["validate"]
+    rows["launcher_setup"] = (run_jobs[0][1] if up_front_only else composes[0][1]) - parent[2] - rows["validate"]
     per_job = []
     for number, (compose_, run_job, task, job, experiment) in enumerate(zip(composes, run_jobs, tasks, jobs,
                                                                              experiments)):
-        following = composes[number + 1][1] if number + 1 < len(composes) else summary[1]
+        if number + 1 == count:
+            following = summary[1]
+        else:  # where the next job's work starts
+            following = run_jobs[number + 1][1] if up_front_only else composes[number + 1][1]
         phases = {
             "validate": (validations[number][2] - validations[number][1]) if len(validations) == count else 0.0,
-            "compose": compose_[2] - compose_[1],
+            "compose": 0.0 if compose_ is None else compose_[2] - compose_[1],
             "hydra_job": (run_job[2] - run_job[1]) - (task[2] - task[1]),
             "task_rest": (task[2] - task[1]) - job.total,
             "before": job.before, "epochs": job.epochs, "after": job.after,
-            "gap": (run_job[1] - compose_[2]) + (following - run_job[2]),
+            "gap": (0.0 if compose_ is None else run_job[1] - compose_[2]) + (following - run_job[2]),
         }
         for key, value in phases.items():
             if key != "validate":  # already summed, outside the jobs' stretch of the timeline
