@@ -93,7 +93,6 @@ def _compose_each_job_once() -> None:
     ConfigLoaderImpl.load_sweep_config = load_sweep_config
 
 
-
 @hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     """One job. Returns the objective an optimizing sweeper minimizes (``sweep_objective``)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -73,9 +74,12 @@ def call(function: Callable[..., T], *arguments: Any) -> T:
     """``function(*arguments)`` in the helper if it runs (its matplotlib is imported and warm),
     else here; either way the result is returned once it is done. The sweep summary's plots are
     drawn this way."""
-    if not _enabled:
-        return function(*arguments)
-    return _start().submit(function, *arguments).result()
+    if _enabled:
+        try:
+            return _start().submit(function, *arguments).result()
+        except BrokenProcessPool:  # the helper died (killed, out of memory): do it here
+            log.debug("the plot helper is gone; %s runs in-process", getattr(function, "__name__", function))
+    return function(*arguments)
 
 
 def pending() -> int:

@@ -67,7 +67,7 @@ MINOR_TICKS_BELOW_DECADES = 2.0
 MINOR_LABELS_OVER_A_DECADE = (2, 3, 5)
 MINOR_LABELS_WITHIN_A_DECADE = (2, 3, 4, 5, 6, 8)
 SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
-# Lines this short also get markers, so that a one-epoch run still shows its point.
+# A run this short gets markers on its lines, so that a one-epoch run still shows its point.
 MARKERS_UP_TO = 25
 QUALITATIVE_COLOURS = 10  # tab10 while it has a colour per layer, a colormap beyond
 
