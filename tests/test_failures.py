@@ -459,6 +459,35 @@ def test_an_interrupted_parallel_sweep_stops_at_once_and_everywhere(interrupted_
     assert sweep.leftover == []
 
 
+def test_ctrl_c_in_a_basic_sweep_keeps_the_completed_runs_plots(tmp_path: Path, make_store) -> None:
+    """The first job completes and its plots go to bprun's helper process; Ctrl-C (to the whole
+    process group, as a terminal sends it) then stops the second job. The helper ignores it and
+    finishes the first run's plots; the second run draws its own; nothing is left running."""
+    store = make_store("basic-sweep-interrupt")
+    # Job 0 trains 50 epochs, job 1 a million (the sweep runs them in this order).
+    process = Background("-m", "trainer.epochs=50,1000000", "tracking.tensors_every=0", cwd=tmp_path, uri=store.uri,
+                         new_session=True)
+    try:
+        wait_until(lambda: (query(store.db, "SELECT count(DISTINCT run_uuid) FROM metrics") or [(0,)])[0][0] >= 2,
+                   START_TIMEOUT, "the second job logging", process, interval=0.2)
+        os.killpg(process.pid, signal.SIGINT)
+        result = process.wait(time.monotonic(), PROMPT_EXIT_SECONDS)
+        leftover = session_processes(process.pid)
+    finally:
+        process.kill()
+    assert result.returncode == 128 + signal.SIGINT, result.output
+    assert "Traceback" not in result.output, result.output
+    assert leftover == []
+    children = sorted(store.client().search_runs([store.client().get_experiment_by_name("backprop-runner").experiment_id],
+                                                  filter_string="tags.mlflow.parentRunId != ''"),
+                      key=lambda run: run.info.start_time)
+    assert [(run.info.status, run.data.params["trainer.epochs"]) for run in children] == [
+        ("FINISHED", "50"), ("KILLED", "1000000")], result.output
+    for run in children:
+        plots = sorted(path.name for path in (artifact_dir(run) / "plots").iterdir())
+        assert plots == ["gradient_norms.png", "learning_curves.png", "weight_norms.png"], (run.info.status, plots)
+
+
 def test_an_interrupted_parallel_sweep_leaves_no_run_running(interrupted_sweep: InterruptedSweep) -> None:
     sweep = interrupted_sweep
     running = [run_id for run_id, (status, _) in sweep.statuses.items() if status == "RUNNING"]
