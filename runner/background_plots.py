@@ -23,10 +23,11 @@ completed runs); a plot that fails is logged as a warning, as in-process.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+
+if TYPE_CHECKING:  # imported when the helper starts: bprun's start-up does not pay for multiprocessing
+    from concurrent.futures import Future, ProcessPoolExecutor
 
 MAX_QUEUED = 2
 T = TypeVar("T")
@@ -75,6 +76,8 @@ def call(function: Callable[..., T], *arguments: Any) -> T:
     else here; either way the result is returned once it is done. The sweep summary's plots are
     drawn this way."""
     if _enabled:
+        from concurrent.futures.process import BrokenProcessPool
+
         try:
             return _start().submit(function, *arguments).result()
         except BrokenProcessPool:  # the helper died (killed, out of memory): do it here
@@ -104,6 +107,7 @@ def _start() -> ProcessPoolExecutor:
     global _executor
     if _executor is None:
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
         # spawn, not fork: a clean interpreter that shares no state (SQLite handles, threads,
         # locks) with this one.
