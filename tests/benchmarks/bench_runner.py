@@ -69,11 +69,7 @@ import importlib
 import json
 import logging
 import os
-import platform
 import pstats
-import shlex
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,7 +83,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-REPOSITORY = Path(__file__).resolve().parents[2]
+from benchmark_common import REPOSITORY, bprun_executable, compose, describe_environment, log, median, print_report
+
 if str(REPOSITORY) not in sys.path:  # running the file directly, without an installed package
     sys.path.insert(0, str(REPOSITORY))
 
@@ -144,14 +141,6 @@ SPANS = [
 
 
 # --- measuring helpers ------------------------------------------------------------------------
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def clean_environment() -> dict[str, str]:
     environment = dict(os.environ)
     environment.pop("MLFLOW_TRACKING_URI", None)
@@ -299,13 +288,6 @@ class Series:
 
     def med(self, name: str) -> float:
         return median([getattr(run, name) for run in self.runs])
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_module
-
-    with initialize_config_module("runner.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
 
 
 def run_once(cfg: Any, start_dir: str, dataset: Any = None, extra: tuple[Observer, ...] = (),
@@ -482,14 +464,6 @@ def top_profile_lines(stats: pstats.Stats, key: str, count: int) -> list[str]:
 
 
 # --- part A -----------------------------------------------------------------------------------
-def bprun_executable() -> str:
-    beside = Path(sys.executable).parent / "bprun"
-    found = str(beside) if beside.exists() else shutil.which("bprun")
-    if not found:
-        raise SystemExit("bench_runner: no bprun console script next to this python or on PATH "
-                         "(pip install -e . in the venv)")
-    return found
-
 
 def part_a(repeats: int, work: Path) -> tuple[list[str], list[str]]:
     bprun = bprun_executable()
@@ -838,29 +812,6 @@ def verdict(label: str, value: float, target: float, unit: str) -> str:
     return f"{label}: {value:.2f}{unit}, target <= {target:g}{unit}: " + ("met" if value <= target else "**NOT met**")
 
 
-def describe_environment() -> list[str]:
-    from importlib import metadata
-
-    def git(*arguments: str) -> str:
-        try:
-            return subprocess.run(["git", *arguments], cwd=REPOSITORY, capture_output=True, text=True).stdout.strip()
-        except OSError:
-            return ""
-
-    commit, dirty = git("rev-parse", "--short", "HEAD") or "?", git("status", "--porcelain", "--untracked-files=no")
-    versions = []
-    for distribution in ("mlflow", "hydra-core", "numpy", "SQLAlchemy", "matplotlib"):
-        try:
-            versions.append(f"{distribution} {metadata.version(distribution)}")
-        except metadata.PackageNotFoundError:
-            pass
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    return [f"- python {platform.python_version()}, {', '.join(versions)}",
-            f"- {os.cpu_count()} logical cores, load average at start {load} (other work on the machine "
-            "inflates wall times; CPU columns are the steadier cross-check)",
-            f"- git {commit}{' plus uncommitted changes to tracked files' if dirty else ''}"]
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5,
@@ -877,7 +828,9 @@ def main(argv: list[str] | None = None) -> None:
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     warnings.simplefilter("ignore", DeprecationWarning)  # SQLAlchemy 2.1 + MLflow's store (PITFALLS)
-    environment_lines = describe_environment()
+    environment_lines = describe_environment(
+        ("mlflow", "hydra-core", "numpy", "SQLAlchemy", "matplotlib"),
+        " (other work on the machine inflates wall times; CPU columns are the steadier cross-check)")
     started = time.perf_counter()
     sections: list[list[str]] = []
     verdicts: list[str] = []
@@ -920,18 +873,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             os.chdir(home)
 
-    print("## Runner benchmarks (issues 3 and 4)\n")
-    print("\n".join(environment_lines))
-    for lines in sections:
-        print()
-        print("\n".join(lines))
-    print("\n### Targets\n")
-    for line in verdicts:
-        print(f"- {line}")
-    python = os.path.relpath(sys.executable) if sys.executable.startswith(home) else sys.executable
-    script = os.path.relpath(__file__) if __file__.startswith(home) else __file__
-    print(f"\nTotal {time.perf_counter() - started:.0f} s. Reproduce: "
-          f"`cd {shlex.quote(home)} && {shlex.join([python, script, *sys.argv[1:]])}`")
+    print_report("Runner benchmarks (issues 3 and 4)", environment_lines, sections, verdicts, home, started)
 
 
 if __name__ == "__main__":

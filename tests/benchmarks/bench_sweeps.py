@@ -70,11 +70,8 @@ import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import pstats  # noqa: E402
 import shlex  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -83,7 +80,10 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
-REPOSITORY = Path(__file__).resolve().parents[2]
+from benchmark_common import (  # noqa: E402  (standard library only)
+    REPOSITORY, bprun_executable, compose, describe_environment, load_average, log, median, print_report,
+)
+
 SCRIPT = Path(__file__).resolve()
 if str(REPOSITORY) not in sys.path:  # running the file directly, without an installed package
     sys.path.insert(0, str(REPOSITORY))
@@ -209,24 +209,6 @@ DESCRIPTIONS = {
 
 
 # --- small helpers ----------------------------------------------------------------------------
-def median(values: list[float]) -> float:
-    values = [value for value in values if value == value]
-    return statistics.median(values) if values else float("nan")
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def bprun_executable() -> str:
-    beside = Path(sys.executable).parent / "bprun"
-    found = str(beside) if beside.exists() else shutil.which("bprun")
-    if not found:
-        raise SystemExit("bench_sweeps: no bprun console script next to this python or on PATH "
-                         "(pip install -e . in the venv)")
-    return found
-
-
 def sweep_environment(directory: Path) -> dict[str, str]:
     return {**BASE_ENVIRONMENT, "MLFLOW_TRACKING_URI": f"sqlite:///{directory / 'mlflow.db'}"}
 
@@ -497,13 +479,6 @@ def capacity_child(barrier: str, count: int) -> None:
     cpu = time.thread_time()
     run_experiment(cfg, extra_observers=[clock])
     print(json.dumps({"epochs": clock.end - clock.begin, "cpu": time.thread_time() - cpu}))
-
-
-def compose(overrides: list[str]) -> Any:
-    from hydra import compose as hydra_compose, initialize_config_module
-
-    with initialize_config_module("runner.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
 
 
 # --- subprocess sweeps ------------------------------------------------------------------------
@@ -1338,33 +1313,6 @@ def sweep_timeline(run: SweepRun) -> dict[str, float]:
 
 
 # --- report -----------------------------------------------------------------------------------
-def describe_environment() -> list[str]:
-    from importlib import metadata
-
-    def git(*arguments: str) -> str:
-        try:
-            return subprocess.run(["git", *arguments], cwd=REPOSITORY, capture_output=True, text=True).stdout.strip()
-        except OSError:
-            return ""
-
-    commit, dirty = git("rev-parse", "--short", "HEAD") or "?", git("status", "--porcelain", "--untracked-files=no")
-    versions = []
-    for distribution in ("mlflow", "hydra-core", "hydra-joblib-launcher", "joblib", "numpy", "SQLAlchemy",
-                         "matplotlib"):
-        try:
-            versions.append(f"{distribution} {metadata.version(distribution)}")
-        except metadata.PackageNotFoundError:
-            pass
-    return [f"- python {platform.python_version()}, {', '.join(versions)}",
-            f"- {os.cpu_count()} logical cores; load average at start {load_average()}",
-            f"- git {commit}"
-            + (" with uncommitted changes to tracked files (so every tracked job also runs `git diff`)" if dirty else "")]
-
-
-def load_average() -> str:
-    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each measurement; default 3")
@@ -1378,7 +1326,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     warnings.simplefilter("ignore", DeprecationWarning)  # SQLAlchemy 2.1 + MLflow's store (PITFALLS)
-    environment_lines = describe_environment()
+    environment_lines = describe_environment(
+        ("mlflow", "hydra-core", "hydra-joblib-launcher", "joblib", "numpy", "SQLAlchemy", "matplotlib"))
     started = time.perf_counter()
     sections: list[list[str]] = []
     verdicts: list[str] = []
@@ -1398,18 +1347,8 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             os.chdir(home)
 
-    print("## Sweep benchmarks (issue 5)\n")
-    print("\n".join(environment_lines))
-    for lines in sections:
-        print()
-        print("\n".join(lines))
-    print("\n### Targets\n")
-    for line in verdicts:
-        print(f"- {line}")
-    python = os.path.relpath(sys.executable) if sys.executable.startswith(home) else sys.executable
-    script = os.path.relpath(__file__) if __file__.startswith(home) else __file__
-    print(f"\nLoad average at end {load_average()}. Total {time.perf_counter() - started:.0f} s. Reproduce: "
-          f"`cd {shlex.quote(home)} && {shlex.join([python, script, *sys.argv[1:]])}`")
+    print_report("Sweep benchmarks (issue 5)", environment_lines, sections, verdicts, home, started,
+                 closing=f"Load average at end {load_average()}. ")
 
 
 if __name__ == "__main__":
