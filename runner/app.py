@@ -53,21 +53,32 @@ def _refuse_foreign_callbacks() -> None:
     hydra_callbacks.Callbacks.__init__ = checked_init
 
 
-# Job configs the basic sweeper composed up front and the in-process launcher has not used yet.
-# Bounded, so that a grid of thousands of jobs does not hold every config: beyond it, jobs are
-# composed again as Hydra would.
+# Job configs the basic sweeper composed up front that their launcher has not used yet. Bounded,
+# so that a grid of thousands of jobs does not hold every config: beyond it, jobs are composed
+# again as Hydra would.
 COMPOSED_UP_FRONT_LIMIT = 256
 _composed_up_front: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+JOBLIB_LAUNCHER_MODULE = "hydra_plugins.hydra_joblib_launcher"
+
+
+class _ComposedOverrides(list):
+    """One job's overrides (what Hydra's launchers expect), carrying the config the sweeper
+    composed from them to the joblib worker that runs the job."""
+
+    def __init__(self, overrides: list[str], composed: DictConfig) -> None:
+        super().__init__(overrides)
+        self.composed = composed
 
 
 def _compose_each_job_once() -> None:
     """Hydra's basic sweeper composes every job's config before the first job runs (so that a bad
-    override fails the sweep before anything is trained), and then the basic launcher composes it
-    again when the job starts: about 80 ms each, twice per job. When the launcher runs the jobs in
-    this process, hand it the config already composed: ``load_sweep_config`` returns the same
-    result for the same master config and overrides. (Launchers in other processes, joblib's,
-    compose in their workers as usual. Hydra 1.3.8 is pinned; ``tests/test_sweeps.py`` checks
-    that each job is composed once and gets its own values.)"""
+    override fails the sweep before anything is trained), and then the launcher composes it again
+    when the job starts: about 90 ms each, twice per job. Hand the launcher the config already
+    composed: ``load_sweep_config`` returns the same result for the same master config and
+    overrides. The basic launcher finds it in this process; the joblib launcher's workers get it
+    with the job's overrides (``_ComposedOverrides``, read by ``_execute_joblib_job``). (Hydra
+    1.3.8 and hydra-joblib-launcher 1.2.0 are pinned; ``tests/test_sweeps.py`` checks that each
+    job is composed once and gets its own values.)"""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.core_plugins.basic_launcher import BasicLauncher
     from hydra.plugins.sweeper import Sweeper
@@ -78,11 +89,15 @@ def _compose_each_job_once() -> None:
 
     def validate_batch_is_legal(self: Sweeper, batch) -> None:
         loader = self.hydra_context.config_loader
-        in_process = isinstance(getattr(self, "launcher", None), BasicLauncher)
-        for overrides in batch:
+        launcher = getattr(self, "launcher", None)
+        in_process = isinstance(launcher, BasicLauncher)
+        in_workers = type(launcher).__module__.startswith(JOBLIB_LAUNCHER_MODULE) and _patch_joblib_launcher()
+        for index, overrides in enumerate(batch):
             config = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(overrides))
             if in_process and len(_composed_up_front) < COMPOSED_UP_FRONT_LIMIT:
                 _composed_up_front[(id(self.config), tuple(overrides))] = config
+            elif in_workers and index < COMPOSED_UP_FRONT_LIMIT:
+                batch[index] = _ComposedOverrides(list(overrides), config)
 
     def load_sweep_config(self: ConfigLoaderImpl, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         composed = _composed_up_front.pop((id(master_config), tuple(sweep_overrides)), None)
@@ -91,6 +106,37 @@ def _compose_each_job_once() -> None:
     load_sweep_config.bprun_once = True
     Sweeper.validate_batch_is_legal = validate_batch_is_legal
     ConfigLoaderImpl.load_sweep_config = load_sweep_config
+
+
+# The joblib launcher's own execute_job, as imported before _patch_joblib_launcher replaced it.
+_hydra_execute_joblib_job = None
+
+
+def _patch_joblib_launcher() -> bool:
+    """Have the joblib launcher run its jobs through ``_execute_joblib_job``; False if it cannot."""
+    global _hydra_execute_joblib_job
+    try:
+        from hydra_plugins.hydra_joblib_launcher import _core
+    except ImportError:
+        return False
+    if _hydra_execute_joblib_job is None:
+        _hydra_execute_joblib_job = _core.execute_job
+        _core.execute_job = _execute_joblib_job
+    return True
+
+
+def _execute_joblib_job(idx: int, overrides: list[str], hydra_context, config: DictConfig, task_function,
+                        singleton_state) -> object:
+    """Hydra's joblib ``execute_job``, in the worker, on the config composed up front."""
+    _compose_each_job_once()  # in this process too: its load_sweep_config looks up the config first
+    composed = getattr(overrides, "composed", None)
+    if composed is not None:
+        _composed_up_front[(id(config), tuple(overrides))] = composed
+    if _hydra_execute_joblib_job is not None:  # joblib ran the job in this process (n_jobs=1)
+        execute = _hydra_execute_joblib_job
+    else:
+        from hydra_plugins.hydra_joblib_launcher._core import execute_job as execute
+    return execute(idx, overrides, hydra_context, config, task_function, singleton_state)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")

@@ -204,6 +204,56 @@ def test_joblib_grid_on_a_fresh_store(attempt: int, tmp_path: Path, basic_grid: 
     # Results do not depend on the launcher: the same floats, bit for bit.
     assert final_train_mse(sweep) == final_train_mse(basic_grid)
 
+    # The workers learned their parent from their job's config (hydra.job.env_set), which each
+    # job folder records.
+    job_folders = sorted((sweep.cwd / sweep.parent.data.tags["sweep.dir"]).glob("*/.hydra"))
+    assert len(job_folders) == 4
+    for folder in job_folders:
+        env_set = yaml.safe_load((folder / "hydra.yaml").read_text())["hydra"]["job"]["env_set"]
+        assert env_set["BPRUN_SWEEP_PARENT_RUN_ID"] == sweep.parent.info.run_id
+        assert env_set["BPRUN_SWEEP_TRACKING_URI"] == sweep.store.uri
+
+
+def test_joblib_sweep_on_a_store_path_hydra_cannot_quote(tmp_path: Path, run_sweep: RunSweep) -> None:
+    """A '$' in the store's path cannot travel in a Hydra override: the workers then start as new
+    processes that inherit the sweep's environment, and the children still nest."""
+    sweep = run_sweep(tmp_path / "store$1", "optimizer.lr=0.5,2.0", "trainer.epochs=5", "tracking.tensors_every=0",
+                      *JOBLIB)
+    assert sweep.result.returncode == 0, sweep.output
+    assert "$" in sweep.store.uri
+    assert statuses(sweep) == ["FINISHED"] * 2, sweep.output
+    assert len(sweep.all_runs) == 3, "no stray run anywhere in the store"
+    hydra_yaml = next((sweep.cwd / sweep.parent.data.tags["sweep.dir"]).glob("*/.hydra/hydra.yaml"))
+    assert yaml.safe_load(hydra_yaml.read_text())["hydra"]["job"]["env_set"] == {}
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////tmp/a b/x=1,y:2/mlflow.db", "http://127.0.0.1:5000", "file:///tmp/[x]"])
+def test_the_sweep_context_travels_in_a_quoted_override(uri: str) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from runner.sweep import SweepContext, hand_context_to_jobs
+
+    config = OmegaConf.create({"hydra": {"overrides": {"hydra": ["hydra.verbose=false"]}}})
+    assert hand_context_to_jobs(config, SweepContext("0123abcd", "7", uri))
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.hydra)[1:])
+    assert {override.key_or_group: override.value() for override in parsed} == {
+        "hydra.job.env_set.BPRUN_SWEEP_PARENT_RUN_ID": "0123abcd",
+        "hydra.job.env_set.BPRUN_SWEEP_EXPERIMENT_ID": "7",
+        "hydra.job.env_set.BPRUN_SWEEP_TRACKING_URI": uri,
+    }
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////tmp/it's/mlflow.db", "sqlite:////tmp/${x}/mlflow.db", "file:///C:\\x"])
+def test_a_context_an_override_would_change_is_not_handed_over(uri: str) -> None:
+    from omegaconf import OmegaConf
+
+    from runner.sweep import SweepContext, hand_context_to_jobs
+
+    config = OmegaConf.create({"hydra": {"overrides": {"hydra": ["hydra.verbose=false"]}}})
+    assert not hand_context_to_jobs(config, SweepContext("0123abcd", "7", uri))
+    assert list(config.hydra.overrides.hydra) == ["hydra.verbose=false"]
+
 
 # --- 3. failed jobs --------------------------------------------------------------------------
 
@@ -333,6 +383,54 @@ def test_the_basic_launcher_gets_the_config_the_sweeper_composed_up_front(tmp_pa
     hydra_by_job = {path.parent.parent.name: yaml.safe_load((path.parent / "hydra.yaml").read_text())["hydra"]["job"]["num"]
                     for path in job_configs}
     assert hydra_by_job == {"0": 0, "1": 1, "2": 2}
+
+
+COUNT_COMPOSES_IN_WORKERS = """
+import os, sys
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+LOG = os.environ["COMPOSE_LOG"]
+role = "parent" if __name__ == "__main__" else "worker"  # workers import this file as __mp_main__
+def record(line):
+    with open(LOG, "a") as log:
+        log.write(f"{role} {os.getpid()} {line}\\n")
+record("started")
+original = ConfigLoaderImpl.load_configuration
+def counting(self, config_name, overrides, *args, **kwargs):
+    record("compose")
+    return original(self, config_name, overrides, *args, **kwargs)
+ConfigLoaderImpl.load_configuration = counting
+if __name__ == "__main__":
+    from runner.app import main
+    sys.argv = ["bprun", *sys.argv[1:]]
+    main()
+"""
+
+
+def test_joblib_workers_get_the_config_the_sweeper_composed_up_front(tmp_path: Path, store_at) -> None:
+    """The workers (forked from the preloaded server, so they import this script as __mp_main__)
+    run their jobs without composing: each job is composed once, in the parent."""
+    script = tmp_path / "count_composes.py"
+    script.write_text(COUNT_COMPOSES_IN_WORKERS)
+    log = tmp_path / "composes.log"
+    store = store_at(tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(script), "-m", "optimizer.lr=0.5,2.0,4.0", "seed=1,2", "trainer.epochs=2",
+         "tracking.tensors_every=0", *JOBLIB],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "COMPOSE_LOG": str(log), "MLFLOW_TRACKING_URI": store.uri})
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in log.read_text().splitlines()]
+    workers = {pid for role, pid, event in lines if role == "worker"}
+    assert len(workers) == 2, lines
+    composes = [role for role, _, event in lines if event == "compose"]
+    assert composes.count("parent") == 2 + 6 and composes.count("worker") == 0, lines
+
+    children = [run for run in store.runs() if PARENT_TAG in run.data.tags]
+    assert sorted((float(run.data.params["optimizer.lr"]), int(run.data.params["seed"])) for run in children) == [
+        (lr, seed) for lr in (0.5, 2.0, 4.0) for seed in (1, 2)]
+    job_configs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*/.hydra/config.yaml"))
+    by_job = {path.parent.parent.name: yaml.safe_load(path.read_text())["optimizer"]["lr"] for path in job_configs}
+    assert by_job == {"0": 0.5, "1": 0.5, "2": 2.0, "3": 2.0, "4": 4.0, "5": 4.0}
 
 
 # --- 5. Optuna -------------------------------------------------------------------------------
