@@ -17,31 +17,24 @@ Besides the imports:
 """
 
 import gc
+import importlib
 
-import git  # noqa: F401  (GitPython, for the provenance tags)
-import matplotlib.backends.backend_agg  # noqa: F401
-import matplotlib.figure  # noqa: F401
-import mlflow.artifacts  # noqa: F401
-import mlflow.data  # noqa: F401
-import mlflow.models  # noqa: F401
-import mlflow.pyfunc  # noqa: F401
-import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-import mlflow.tracking  # noqa: F401
-import threadpoolctl  # noqa: F401
-from mlflow.utils import requirements_utils
-
-import runner.app  # noqa: F401
-import runner.experiment  # noqa: F401
-import runner.plots  # noqa: F401
-import runner.provenance  # noqa: F401
-import runner.pyfunc_model  # noqa: F401
-import runner.sweep  # noqa: F401
-import runner.telemetry  # noqa: F401
-import runner.tracking  # noqa: F401
+JOB_MODULES = (
+    "git",  # GitPython, for the provenance tags
+    "matplotlib.backends.backend_agg", "matplotlib.figure",
+    "mlflow.artifacts", "mlflow.data", "mlflow.models", "mlflow.pyfunc",
+    "mlflow.store.tracking.sqlalchemy_store", "mlflow.tracking", "mlflow.utils.requirements_utils",
+    "threadpoolctl",
+    "runner.app", "runner.experiment", "runner.plots", "runner.provenance", "runner.pyfunc_model",
+    "runner.sweep", "runner.telemetry", "runner.tracking",
+)
+for module in JOB_MODULES:
+    importlib.import_module(module)
 
 # An MLflow internal (3.17.2 is pinned): if a later MLflow renames it, workers build the map on
 # their first model save, as before.
-_fill_installed_packages_map = getattr(requirements_utils, "_init_packages_to_modules_map", None)
+_fill_installed_packages_map = getattr(importlib.import_module("mlflow.utils.requirements_utils"),
+                                      "_init_packages_to_modules_map", None)
 if _fill_installed_packages_map is not None:
     _fill_installed_packages_map()
 

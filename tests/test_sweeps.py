@@ -385,6 +385,18 @@ def test_the_basic_launcher_gets_the_config_the_sweeper_composed_up_front(tmp_pa
     assert hydra_by_job == {"0": 0, "1": 1, "2": 2}
 
 
+def test_the_worker_preload_imports_and_prepares_what_a_job_needs() -> None:
+    """The fork server ignores a preload that fails to import (the workers would silently start
+    cold): import it for real, in a fresh interpreter."""
+    check = ("import gc, sys, runner.worker_preload as preload\n"
+             "from mlflow.utils import requirements_utils\n"
+             "assert all(name in sys.modules for name in preload.JOB_MODULES)\n"
+             "assert requirements_utils._PACKAGES_TO_MODULES, 'installed-packages map not filled'\n"
+             "assert gc.get_freeze_count() > 100_000, gc.get_freeze_count()\n")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 COUNT_COMPOSES_IN_WORKERS = """
 import os, sys
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
