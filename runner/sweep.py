@@ -4,10 +4,16 @@
 process that launches the jobs. Before any job starts it creates the store, the experiment and
 the parent run, all at once and in one process: parallel first use of a fresh SQLite file can
 corrupt it, and concurrent ``set_experiment`` calls can drop runs into the Default experiment.
-It hands the parent to the jobs through environment variables, which the basic launcher's
-in-process jobs and the joblib launcher's worker processes (spawned later) both see. When the
-sweep ends it attaches the summary to the parent, sets the parent's final status, and makes the
-command exit non-zero if any job failed.
+It hands the parent to the jobs through environment variables: set in this process (the basic
+launcher's jobs run here) and added to every job's ``hydra.job.env_set``, which Hydra applies
+around the job in whatever process runs it. When the sweep ends it attaches the summary to the
+parent, sets the parent's final status, and makes the command exit non-zero if any job failed.
+
+For the joblib launcher it also starts, before the parent run, a fork server that imports what a
+job needs (``runner.worker_preload``); the workers are forked from it ready to run, where each
+would otherwise start a new interpreter and import it all. (Like any ``forkserver`` or ``spawn``
+worker, they import the main script of the command again as ``__mp_main__``; ``bprun`` and
+``python -m runner`` guard theirs.)
 """
 
 from __future__ import annotations
@@ -115,7 +121,9 @@ class SweepCallback(Callback):
 
             background_plots.enable()  # the jobs run here, one after the other
         # The server imports what a job needs while this process creates the store and the parent.
-        worker_server = launcher == JOBLIB_LAUNCHER and start_worker_server()
+        # (With n_jobs=1 joblib runs the jobs here: no workers.)
+        worker_server = (launcher == JOBLIB_LAUNCHER and config.hydra.launcher.get("n_jobs") != 1
+                         and start_worker_server())
         try:
             context = self._start_parent(config)
         except Exception as error:

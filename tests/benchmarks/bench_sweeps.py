@@ -241,6 +241,29 @@ class Meter:
         return self.children_cpu / (self.wall * (os.cpu_count() or 1)) if self.wall else float("nan")
 
 
+def adopt_orphans() -> None:
+    """Become the reaper of this process's orphaned descendants (Linux). A joblib sweep's workers
+    are forked by a fork server that bprun starts and does not wait for: when it ends after bprun,
+    its CPU time (its workers' included) is counted in ``os.times`` here only if this process
+    waits for it, in ``reap_orphans``."""
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError) as error:
+        log(f"cannot adopt orphaned processes ({error}): a joblib sweep's CPU share is undercounted")
+
+
+def reap_orphans() -> None:
+    """Wait for every descendant that outlived its parent (see ``adopt_orphans``)."""
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
 @contextlib.contextmanager
 def metered() -> Any:
     meter = Meter()
@@ -251,6 +274,7 @@ def metered() -> Any:
     finally:
         meter.end = time.monotonic()
         meter.wall = meter.end - meter.launch
+        reap_orphans()
         after, jiffies_after = os.times(), cpu_jiffies()
         meter.children_cpu = (after.children_user - times.children_user) + (after.children_system - times.children_system)
         total = jiffies_after[0] - jiffies[0]
@@ -1322,6 +1346,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.repeats < 1:
         parser.error("repeats must be >= 1")
     bprun_executable()
+    adopt_orphans()
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
