@@ -4,15 +4,17 @@
 process that launches the jobs. Before any job starts it creates the store, the experiment and
 the parent run, all at once and in one process: parallel first use of a fresh SQLite file can
 corrupt it, and concurrent ``set_experiment`` calls can drop runs into the Default experiment.
-It hands the parent to the jobs through environment variables: set in this process (the basic
-launcher's jobs run here) and added to every job's ``hydra.job.env_set``, which Hydra applies
-around the job in whatever process runs it. When the sweep ends it attaches the summary to the
-parent, sets the parent's final status, and makes the command exit non-zero if any job failed.
+It hands the parent to the jobs through environment variables, set in this process: the basic
+launcher's jobs run here, and worker processes started later inherit them. When the sweep ends it
+attaches the summary to the parent, sets the parent's final status, and makes the command exit
+non-zero if any job failed.
 
 For the joblib launcher it also starts, before the parent run, a fork server that imports what a
 job needs (``runner.worker_preload``); the workers are forked from it ready to run, where each
-would otherwise start a new interpreter and import it all. (Like any ``forkserver`` or ``spawn``
-worker, they import the main script of the command again as ``__mp_main__``; ``bprun`` and
+would otherwise start a new interpreter and import it all. The server's environment predates the
+parent run, so the variables also go into every job's ``hydra.job.env_set``, which Hydra applies
+around the job in whatever process runs it. (Like any ``forkserver`` or ``spawn`` worker, the
+workers import the command's main script again as ``__mp_main__``; ``bprun`` and
 ``python -m runner`` guard theirs.)
 """
 
@@ -36,9 +38,9 @@ ENV_PARENT_RUN_ID = "BPRUN_SWEEP_PARENT_RUN_ID"
 ENV_EXPERIMENT_ID = "BPRUN_SWEEP_EXPERIMENT_ID"
 ENV_TRACKING_URI = "BPRUN_SWEEP_TRACKING_URI"
 SWEEP_TAG = "bprun.sweep"
-T = TypeVar("T")
 IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -131,9 +133,9 @@ class SweepCallback(Callback):
             print(f"bprun: cannot start the sweep's MLflow parent run: {type(error).__name__}: {error}",
                   file=sys.stderr)
             sys.exit(1)
-        # Workers forked from the server started before the parent existed: they learn it from
+        # Workers forked from the server, which started before the parent existed, learn it from
         # their job's config. Without that channel they start as new processes, which inherit it.
-        if hand_context_to_jobs(config, context) and worker_server:
+        if worker_server and hand_context_to_jobs(config, context):
             fork_workers_from_server()
 
     def _start_parent(self, config: DictConfig) -> SweepContext:
@@ -195,8 +197,9 @@ def hand_context_to_jobs(config: DictConfig, context: SweepContext) -> bool:
               ENV_TRACKING_URI: context.tracking_uri}
     if any(character in value for value in values.values() for character in "'\\$"):
         return False
+    overrides = [f"++hydra.job.env_set.{name}='{value}'" for name, value in values.items()]
     with read_write(config.hydra.overrides):
-        config.hydra.overrides.hydra.extend([f"++hydra.job.env_set.{name}='{value}'" for name, value in values.items()])
+        config.hydra.overrides.hydra.extend(overrides)
     return True
 
 

@@ -27,7 +27,9 @@ bursts, which shows up as a wide [min, max] spread.
 The FLOP line compares the engine on case 4 with a 2048 x 2048 float64 matrix product in NumPy,
 timed between the rounds of runs. The engine's count per sample is ``2 * fan_in * fan_out`` for
 each forward, weight-gradient and input-gradient product of every layer (the first layer needs
-no input gradient); element-wise work is not counted.
+no input gradient); element-wise work is not counted. Beside it, the same run times the matrix
+products of one case-4 batch alone (``ProductsClock``): the share an engine would reach if all its
+other work were free, the ceiling for any engine built on NumPy's matmul.
 
 The OpenBLAS core type is whatever the environment selects; the output prints
 ``OPENBLAS_CORETYPE``. To benchmark without an inherited override, unset it for this command
@@ -266,6 +268,46 @@ class MatmulClock:
         return 2.0 * MATMUL_SIZE**3 / statistics.median(self.seconds)
 
 
+class ProductsClock:
+    """Times the matrix products of one mini-batch alone, nothing else (no activations, loss,
+    update or data): forward ``a @ W``, weight gradient ``a.T @ delta`` and input gradient
+    ``delta @ W.T`` of every layer (none for layer 0), with the engine's layouts, into
+    preallocated outputs. Their FLOP rate is what the engine would reach if everything else
+    were free: the ceiling of the FLOP share for any engine whose products are NumPy's matmul.
+    Sampled between the rounds of timed runs, like ``MatmulClock``.
+    """
+
+    BATCHES = 8  # per sample, so that each sample lasts about as long as one 2048^2 product
+
+    def __init__(self, sizes: list[int], batch: int) -> None:
+        rng = np.random.default_rng(0)
+        self.weights = [rng.standard_normal((fan_in, fan_out)) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
+        self.inputs = [rng.standard_normal((batch, width)) for width in sizes[:-1]]  # X, a_1, ...
+        self.deltas = [rng.standard_normal((batch, width)) for width in sizes[1:]]
+        self.outputs = [np.empty((batch, width)) for width in sizes[1:]]
+        self.input_gradients = [np.empty((batch, width)) for width in sizes[:-1]]
+        self.weight_gradients = [np.empty_like(weight) for weight in self.weights]
+        self.flops = flops_per_sample(sizes) * batch
+        self.seconds: list[float] = []
+
+    def products(self) -> None:
+        for layer, weight in enumerate(self.weights):
+            np.matmul(self.inputs[layer], weight, out=self.outputs[layer])
+        for layer in reversed(range(len(self.weights))):
+            np.matmul(self.inputs[layer].T, self.deltas[layer], out=self.weight_gradients[layer])
+            if layer > 0:
+                np.matmul(self.deltas[layer], self.weights[layer].T, out=self.input_gradients[layer])
+
+    def measure(self) -> None:
+        start = time.perf_counter()
+        for _ in range(self.BATCHES):
+            self.products()
+        self.seconds.append((time.perf_counter() - start) / self.BATCHES)
+
+    def rate(self) -> float:
+        return self.flops / statistics.median(self.seconds)
+
+
 def describe_environment() -> list[str]:
     import sklearn
     import torch
@@ -299,6 +341,11 @@ def main(argv: list[str] | None = None) -> None:
         matmul = MatmulClock()
         matmul.measure()  # warm-up, not kept
         matmul.seconds.clear()
+        flop_case = next((case for case in cases if case.number == FLOP_CASE), None)
+        products = ProductsClock(flop_case.sizes, flop_case.batch_size) if flop_case else None
+        if products:
+            products.measure()  # warm-up, not kept
+            products.seconds.clear()
         for case in cases:
             for name, run in FRAMEWORKS.items():
                 run(case, seed=1)  # warm-up: imports, allocator, BLAS thread start
@@ -309,9 +356,13 @@ def main(argv: list[str] | None = None) -> None:
                     seconds.setdefault((name, case.number), []).append(elapsed)
                     final_loss[name, case.number] = loss
                 matmul.measure()
+                if products and case is flop_case:
+                    products.measure()
             print(f"case {case.number} done", file=sys.stderr, flush=True)
         while len(matmul.seconds) < 5:
             matmul.measure()
+        while products and len(products.seconds) < 5:
+            products.measure()
         matmul_rate = matmul.rate()
     load_after = os.getloadavg()[0]
 
@@ -359,7 +410,6 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"numpy {MATMUL_SIZE}x{MATMUL_SIZE} float64 matmul: {matmul_rate / 1e9:.1f} GFLOP/s "
           f"(median of {len(matmul.seconds)}, taken between the rounds of timed runs)")
-    flop_case = next((case for case in cases if case.number == FLOP_CASE), None)
     if flop_case is not None:
         engine_rate = flops_per_sample(flop_case.sizes) * throughput("engine", flop_case)
         share = engine_rate / matmul_rate
@@ -368,6 +418,11 @@ def main(argv: list[str] | None = None) -> None:
         fastest_share = (flops_per_sample(flop_case.sizes) * flop_case.n_samples * flop_case.epochs
                          / min(seconds["engine", FLOP_CASE])) / (2.0 * MATMUL_SIZE**3 / min(matmul.seconds))
         print(f"  (fastest engine run against the fastest matmul: {100 * fastest_share:.0f}%)")
+        ceiling = products.rate() / matmul_rate
+        print(f"the case's {flop_case.batch_size}-row batch, its matrix products alone (nothing else): "
+              f"{products.rate() / 1e9:.1f} GFLOP/s = {100 * ceiling:.0f}% of the matmul rate (median of "
+              f"{len(products.seconds)}): the ceiling of the share for an engine on NumPy's matmul; "
+              f"the engine reaches {100 * share / ceiling:.0f}% of it")
         verdicts.append(f"case {FLOP_CASE} FLOP share {100 * share:.0f}%, target >= {100 * FLOP_TARGET:.0f}%: "
                         + ("met" if share >= FLOP_TARGET else "NOT met"))
 
