@@ -622,6 +622,10 @@ def _learning_curves_figure(ranked: "pd.DataFrame", histories: Histories, metric
         history, fallback = _curve(histories, ranked["run_id"].iloc[position], metric)
         if history is not None:
             curves.append((position, history, fallback, ranked["status"].iloc[position] in UNSUCCESSFUL))
+    # When no run has a validation split, every line is the train metric: the chart is named
+    # after it and drawn solid (dashes mark a run's fallback only among runs that have one).
+    all_fallback = bool(curves) and all(fallback for _, _, fallback, _ in curves)
+    shown = fallback_metric(metric) if all_fallback else metric
     # Accuracies stay linear: they live in [0, 1] and their interesting part is near 1.
     limits = _curve_limits([(history, failed) for _, history, _, failed in curves],
                            log=not higher_is_better(metric))
@@ -634,7 +638,7 @@ def _learning_curves_figure(ranked: "pd.DataFrame", histories: Histories, metric
             # 300 decades (which also overflows the log transform).
             values = np.minimum(values, limits.clip)
         style = dict(marker="o", markersize=3) if values.size <= MARKERS_UP_TO else {}
-        ax.plot(history.steps, values, color=colouring.colours[position], linestyle="--" if fallback else "-",
+        ax.plot(history.steps, values, color=colouring.colours[position], linestyle="--" if fallback and not all_fallback else "-",
                 linewidth=2.6 if position == 0 else 1.4, alpha=0.9, zorder=3 if position == 0 else 2, **style)
         if failed:
             last = np.flatnonzero(np.isfinite(values))[-1]
@@ -649,11 +653,13 @@ def _learning_curves_figure(ranked: "pd.DataFrame", histories: Histories, metric
             ax.set_yscale("log")
         ax.set_ylim(limits.low, limits.high)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(shown)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, which="major", alpha=0.4)
     ax.grid(True, which="minor", alpha=0.15)
-    title = f"Learning curves: {metric}, {len(ranked)} runs"
+    title = f"Learning curves: {shown}, {len(ranked)} run{'' if len(ranked) == 1 else 's'}"
+    if all_fallback:
+        title += " (no validation split)"
     if color_key:
         title += f", coloured by {color_key}"
     ax.set_title(title)
@@ -663,7 +669,7 @@ def _learning_curves_figure(ranked: "pd.DataFrame", histories: Histories, metric
     if len(ranked):
         style_handles.append(Line2D([], [], color="0.3", linewidth=2.6,
                                     label=f"best: {_shorten(str(ranked['run_name'].iloc[0]), 28)}"))
-    if any(fallback for _, _, fallback, _ in curves):
+    if any(fallback for _, _, fallback, _ in curves) and not all_fallback:
         style_handles.append(Line2D([], [], color="0.3", linestyle="--",
                                     label=f"{fallback_metric(metric)} (no validation split)"))
     if any(failed for _, _, _, failed in curves):

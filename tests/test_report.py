@@ -305,6 +305,25 @@ def test_a_diverged_run_does_not_flatten_the_learning_curves(sweep_store: SweepS
     _assert_real_png(tmp_path / "learning_curves.png")
 
 
+def test_learning_curves_name_the_metric_they_draw(sweep_store: SweepStore, sweep_table) -> None:
+    """val_mse is the default; a run without a validation split is drawn with its train_mse,
+    dashed among runs that have val_mse, and a chart where no run has one is named train_mse."""
+    table, histories = sweep_table
+    mixed = report._learning_curves_figure(table, histories, "val_mse", None)
+    axes = mixed.axes[0]
+    assert axes.get_ylabel() == "val_mse"
+    assert sorted(line.get_linestyle() for line in axes.get_lines() if len(line.get_xdata()) > 1) == [
+        "-", "-", "-", "--"]
+    assert "train_mse (no validation split)" in [text.get_text() for text in axes.get_legend().get_texts()]
+
+    xor_only = table[table["run_id"] == sweep_store.child_ids["lr1-h8x8-xor"]]
+    train_only = report._learning_curves_figure(xor_only, histories, "val_mse", None)
+    axes = train_only.axes[0]
+    assert axes.get_ylabel() == "train_mse"
+    assert axes.get_title() == "Learning curves: train_mse, 1 run (no validation split)"
+    assert {line.get_linestyle() for line in axes.get_lines() if len(line.get_xdata()) > 1} == {"-"}
+
+
 # --- command line ----------------------------------------------------------------------------
 
 def test_main_reports_a_sweep_by_parent_id(sweep_store: SweepStore, tmp_path: Path, capsys) -> None:
