@@ -8,7 +8,9 @@ file; the runs are read back with ``MlflowClient``. Covered (issue 5):
   the sweep recorded on the parent (command, swept values, summary artifacts);
 - the same grid with ``hydra/launcher=joblib`` (2 workers) on a fresh SQLite file, three times:
   no crash, no lost run, no run in the Default experiment, complete histories, BLAS pinned to one
-  thread and results bit-identical to the basic launcher's;
+  thread and results bit-identical to the basic launcher's; the workers (forked from bprun's
+  preloaded fork server) learn the parent from ``hydra.job.env_set`` and compose nothing, and a
+  store path that cannot travel in an override falls back to workers that inherit it;
 - failed jobs (divergence, an invalid value, and an error raised before the job's run exists) recorded FAILED with their reason while the other jobs
   finish, the sweep exiting non-zero and its summary listing them;
 - clean values from Hydra's float ``range``;
