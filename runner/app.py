@@ -58,7 +58,6 @@ def _refuse_foreign_callbacks() -> None:
 # again as Hydra would.
 COMPOSED_UP_FRONT_LIMIT = 256
 _composed_up_front: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
-JOBLIB_LAUNCHER_MODULE = "hydra_plugins.hydra_joblib_launcher"
 
 
 class _ComposedOverrides(list):
@@ -83,6 +82,8 @@ def _compose_each_job_once() -> None:
     from hydra._internal.core_plugins.basic_launcher import BasicLauncher
     from hydra.plugins.sweeper import Sweeper
 
+    from runner.sweep import JOBLIB_LAUNCHER
+
     original_load = ConfigLoaderImpl.load_sweep_config
     if getattr(original_load, "bprun_once", False):
         return
@@ -91,7 +92,7 @@ def _compose_each_job_once() -> None:
         loader = self.hydra_context.config_loader
         launcher = getattr(self, "launcher", None)
         in_process = isinstance(launcher, BasicLauncher)
-        in_workers = type(launcher).__module__.startswith(JOBLIB_LAUNCHER_MODULE) and _patch_joblib_launcher()
+        in_workers = _class_path(launcher) == JOBLIB_LAUNCHER and _patch_joblib_launcher()
         for index, overrides in enumerate(batch):
             config = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(overrides))
             if in_process and len(_composed_up_front) < COMPOSED_UP_FRONT_LIMIT:
@@ -106,6 +107,11 @@ def _compose_each_job_once() -> None:
     load_sweep_config.bprun_once = True
     Sweeper.validate_batch_is_legal = validate_batch_is_legal
     ConfigLoaderImpl.load_sweep_config = load_sweep_config
+
+
+def _class_path(instance: object) -> str:
+    """``module.Class`` of ``instance``, as a launcher's ``_target_`` names it."""
+    return f"{type(instance).__module__}.{type(instance).__qualname__}"
 
 
 # The joblib launcher's own execute_job, as imported before _patch_joblib_launcher replaced it.

@@ -170,14 +170,13 @@ class SweepCallback(Callback):
         return SweepContext(self.parent_run_id, experiment_id, uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.parent_run_id is None:
-            _stop_idle_workers()
-            return
-        context = SweepContext.from_environment()
-        for name in (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_TRACKING_URI):
-            os.environ.pop(name, None)
+        failed = 0
         try:
-            failed = summarize_sweep(context.tracking_uri, self.parent_run_id)
+            if self.parent_run_id is not None:
+                context = SweepContext.from_environment()
+                for name in (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_TRACKING_URI):
+                    os.environ.pop(name, None)
+                failed = summarize_sweep(context.tracking_uri, self.parent_run_id)
         finally:
             _stop_idle_workers()  # after the summary, which they may have drawn
         if failed:
