@@ -82,7 +82,7 @@ def _compose_each_job_once() -> None:
     from hydra._internal.core_plugins.basic_launcher import BasicLauncher
     from hydra.plugins.sweeper import Sweeper
 
-    from runner.sweep import JOBLIB_LAUNCHER
+    from runner.sweep import JOBLIB_LAUNCHER, start_parent_before_launch
 
     original_load = ConfigLoaderImpl.load_sweep_config
     if getattr(original_load, "bprun_once", False):
@@ -93,12 +93,16 @@ def _compose_each_job_once() -> None:
         launcher = getattr(self, "launcher", None)
         in_process = isinstance(launcher, BasicLauncher)
         in_workers = _class_path(launcher) == JOBLIB_LAUNCHER and _patch_joblib_launcher()
+        for_workers = []
         for index, overrides in enumerate(batch):
             config = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(overrides))
             if in_process and len(_composed_up_front) < COMPOSED_UP_FRONT_LIMIT:
                 _composed_up_front[(id(self.config), tuple(overrides))] = config
             elif in_workers and index < COMPOSED_UP_FRONT_LIMIT:
                 batch[index] = _ComposedOverrides(list(overrides), config)
+                for_workers.append(config)
+        # Every job of the batch composed: the sweep is valid, and its parent run can be created.
+        start_parent_before_launch(for_workers)
 
     def load_sweep_config(self: ConfigLoaderImpl, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         composed = _composed_up_front.pop((id(master_config), tuple(sweep_overrides)), None)
@@ -280,13 +284,19 @@ def main() -> None:
         # collections walk it all (about a second after a tracked run, seen in the benchmarks).
         gc.freeze()
     except KeyboardInterrupt as interrupt:
-        from runner.sweep import end_interrupted_sweep
+        from runner.sweep import end_unfinished_sweep
 
-        end_interrupted_sweep()
+        end_unfinished_sweep("KILLED", "interrupted")
         terminated = isinstance(interrupt, Terminated)
         print(f"\nbprun: {'terminated' if terminated else 'interrupted'}; the run was ended KILLED with every "
               "completed epoch logged", file=sys.stderr)
         # 128 + the signal number: the shell's convention for a process ended by a signal.
         sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+    except SystemExit as exit_:
+        if exit_.code not in (None, 0):  # how Hydra stops on an error, a sweep's included
+            from runner.sweep import end_unfinished_sweep
+
+            end_unfinished_sweep("FAILED", "stopped by an error (see bprun's error output)")
+        raise
     finally:
         background_plots.shutdown()  # every completed run's plots are on disk when bprun exits

@@ -1,21 +1,23 @@
 """Sweeps as one MLflow object: a parent run per multirun, every job's run nested under it.
 
 ``SweepCallback`` (registered in ``conf/config.yaml`` under ``hydra.callbacks``) runs in the
-process that launches the jobs. Before any job starts it creates the store, the experiment and
-the parent run, all at once and in one process: parallel first use of a fresh SQLite file can
-corrupt it, and concurrent ``set_experiment`` calls can drop runs into the Default experiment.
-It hands the parent to the jobs through environment variables, set in this process: the basic
-launcher's jobs run here, and worker processes started later inherit them. When the sweep ends it
-attaches the summary to the parent, sets the parent's final status, and makes the command exit
-non-zero if any job failed.
+process that launches the jobs. Once the sweeper has composed the first batch of jobs (so a sweep
+whose overrides do not compose leaves nothing in the store), and before any job starts, it creates
+the store, the experiment and the parent run, all at once and in one process: parallel first use
+of a fresh SQLite file can corrupt it, and concurrent ``set_experiment`` calls can drop runs into
+the Default experiment. It hands the parent to the jobs through environment variables, set in this
+process: the basic launcher's jobs run here, and worker processes started later inherit them.
+When the sweep ends it attaches the summary to the parent, sets the parent's final status, and
+makes the command exit non-zero if any job failed.
 
-For the joblib launcher it also starts, before the parent run, a fork server that imports what a
+For the joblib launcher it also starts, as the multirun starts, a fork server that imports what a
 job needs (``runner.worker_preload``); the workers are forked from it ready to run, where each
-would otherwise start a new interpreter and import it all. The server's environment predates the
-parent run, so the variables also go into every job's ``hydra.job.env_set``, which Hydra applies
-around the job in whatever process runs it. (Like any ``forkserver`` or ``spawn`` worker, the
-workers import the command's main script again as ``__mp_main__``; ``bprun`` and
-``python -m runner`` guard theirs.)
+would otherwise start a new interpreter and import it all. The parent run is created in a process
+forked from that server too, and the summary is made in an idle worker, so that bprun itself
+never imports MLflow. The server's environment predates the parent run, so the variables also go
+into every job's ``hydra.job.env_set``, which Hydra applies around the job in whatever process
+runs it. (Like any ``forkserver`` or ``spawn`` worker, these processes import the command's main
+script again as ``__mp_main__``; ``bprun`` and ``python -m runner`` guard theirs.)
 """
 
 from __future__ import annotations
@@ -104,16 +106,134 @@ def job_params_from_hydra() -> dict[str, str]:
             if not group.startswith("hydra/") and option is not None}
 
 
+# The sweepers and launchers that call ``start_parent_before_launch`` (through the hooks in
+# ``runner.app``); with any other, the parent run is created as soon as the multirun starts.
+DEFERRING_SWEEPERS = {"hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                      "hydra_plugins.bprun_optuna_sweeper.OptunaSweeper"}
+DEFERRING_LAUNCHERS = {IN_PROCESS_LAUNCHER, JOBLIB_LAUNCHER}
+
+# The multirun of this process whose parent run is not created yet.
+_awaiting_parent: "SweepCallback | None" = None
+
+
+@dataclass(frozen=True)
+class ParentRunRequest:
+    """Everything the parent run is made of, worked out in the bprun process: the run may be
+    created in another process (see ``create_parent_run_in_server_child``)."""
+
+    configured_uri: str | None
+    offline: bool
+    start_dir: str
+    http_timeout: float
+    http_retries: int
+    experiment: str
+    run_name: str
+    tags: dict[str, str]
+    params: dict[str, Any]
+
+    @classmethod
+    def from_config(cls, config: DictConfig) -> "ParentRunRequest":
+        from runner.doctor import process_tags
+
+        tracking = config.tracking
+        swept = swept_values(list(config.hydra.overrides.task))
+        return cls(
+            configured_uri=tracking.uri, offline=tracking.offline, start_dir=config.hydra.runtime.cwd,
+            http_timeout=tracking.http_timeout, http_retries=tracking.http_retries,
+            experiment=tracking.experiment,
+            run_name="sweep " + " x ".join(swept) if swept else "sweep",
+            tags={
+                **process_tags(),  # this process's: bprun-doctor checks whether the sweep still runs
+                SWEEP_TAG: "true",
+                "sweep.command": " ".join(["bprun", *sys.argv[1:]]),
+                "sweep.swept_keys": json.dumps(list(swept)),
+                "sweep.dir": str(config.hydra.sweep.dir),
+            },
+            params={f"sweep.{key}": values for key, values in swept.items()},
+        )
+
+
+def create_parent_run(request: ParentRunRequest) -> SweepContext:
+    """Create the store (if new), the experiment (if new) and the parent run."""
+    from mlflow.tracking import MlflowClient
+
+    from runner.tracking import SYNC_TARGET_TAG, check_store, ensure_experiment, log_params, run_destination
+
+    uri, sync_target = run_destination(request.configured_uri, request.offline, request.start_dir)
+    check_store(uri, request.http_timeout, request.http_retries)
+    experiment_id = ensure_experiment(uri, request.experiment)
+    client = MlflowClient(uri)
+    tags = {**request.tags, **({SYNC_TARGET_TAG: sync_target} if sync_target else {})}
+    parent = client.create_run(experiment_id, run_name=request.run_name, tags=tags)
+    log_params(client, parent.info.run_id, request.params)
+    return SweepContext(parent.info.run_id, experiment_id, uri)
+
+
+class ParentRunFailed(RuntimeError):
+    """The parent run could not be created; the message says why."""
+
+
+def create_parent_run_in_server_child(request: ParentRunRequest) -> SweepContext | None:
+    """``create_parent_run`` in a process forked from the workers' fork server, whose MLflow is
+    imported already: this process then never imports MLflow in a joblib sweep (about 2.4 s of
+    a core, while the server imports the same). None if no such process could do it."""
+    import multiprocessing
+
+    forkserver = multiprocessing.get_context("forkserver")
+    receiver, sender = forkserver.Pipe(duplex=False)
+    child = forkserver.Process(target=_create_parent_run_and_send, args=(request, sender),
+                               name="bprun-sweep-parent", daemon=True)
+    try:
+        child.start()  # served once the server has imported everything
+    except Exception as error:
+        log.debug("no process forked from the fork server: %s", error)
+        return None
+    finally:
+        sender.close()
+    try:
+        outcome, value = receiver.recv()
+    except EOFError:  # the child died before answering (killed, out of memory)
+        return None
+    finally:
+        receiver.close()
+        child.join()
+    if outcome == "error":
+        raise ParentRunFailed(value)
+    return value
+
+
+def _create_parent_run_and_send(request: ParentRunRequest, sender: Any) -> None:
+    try:
+        sender.send(("ok", create_parent_run(request)))
+    except Exception as error:
+        sender.send(("error", f"{type(error).__name__}: {error}"))
+
+
+def start_parent_before_launch(composed_job_configs: list[DictConfig]) -> None:
+    """Create the parent run of this process's multirun if it is not created yet. The sweepers
+    call this (``runner.app``'s hook) once a batch of jobs has composed, right before it is
+    launched: a sweep whose overrides do not compose leaves nothing in the store.
+    ``composed_job_configs`` are the configs the joblib workers will run, composed already;
+    they get the sweep's context too."""
+    global _awaiting_parent
+    callback, _awaiting_parent = _awaiting_parent, None
+    if callback is not None:
+        callback.start_parent(composed_job_configs)
+
+
 class SweepCallback(Callback):
     """Creates the parent run of a multirun and closes it with the sweep summary."""
 
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
+        self._config: DictConfig | None = None
+        self._worker_server = False
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_output_folder(config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _awaiting_parent
         check_output_folder(config.hydra.sweep.dir)
         if not config.tracking.enabled:
             return
@@ -122,83 +242,75 @@ class SweepCallback(Callback):
             from runner import background_plots
 
             background_plots.enable()  # the jobs run here, one after the other
-        # The server imports what a job needs while this process creates the store and the parent.
+        # The server imports what a job needs while this process composes the jobs' configs.
         # (With n_jobs=1 joblib runs the jobs here: no workers.)
-        worker_server = (launcher == JOBLIB_LAUNCHER and config.hydra.launcher.get("n_jobs") != 1
-                         and start_worker_server())
+        self._worker_server = (launcher == JOBLIB_LAUNCHER and config.hydra.launcher.get("n_jobs") != 1
+                               and start_worker_server())
+        self._config = config
+        if launcher in DEFERRING_LAUNCHERS and config.hydra.sweeper.get("_target_") in DEFERRING_SWEEPERS:
+            _awaiting_parent = self  # created right before the first batch of jobs is launched
+        else:
+            self.start_parent([])
+
+    def start_parent(self, composed_job_configs: list[DictConfig]) -> None:
+        """Create the parent run and hand it to the jobs; exit if it cannot be created (Hydra
+        would only warn about a failing callback and run every job untracked)."""
+        config = self._config
+        request = ParentRunRequest.from_config(config)
         try:
-            context = self._start_parent(config)
+            context = (self._worker_server and create_parent_run_in_server_child(request)) \
+                or create_parent_run(request)
         except Exception as error:
-            # Hydra would only warn about a failing callback and run every job untracked.
-            print(f"bprun: cannot start the sweep's MLflow parent run: {type(error).__name__}: {error}",
-                  file=sys.stderr)
+            reason = str(error) if isinstance(error, ParentRunFailed) else f"{type(error).__name__}: {error}"
+            print(f"bprun: cannot start the sweep's MLflow parent run: {reason}", file=sys.stderr)
             sys.exit(1)
+        self.parent_run_id = context.parent_run_id
+        # The basic launcher's jobs run here, and workers started as new processes inherit these.
+        os.environ.update({ENV_PARENT_RUN_ID: context.parent_run_id, ENV_EXPERIMENT_ID: context.experiment_id,
+                           ENV_TRACKING_URI: context.tracking_uri})
+        log.info("sweep parent run %s in %s", context.parent_run_id, context.tracking_uri)
         # Workers forked from the server, which started before the parent existed, learn it from
-        # their job's config. Without that channel they start as new processes, which inherit it.
-        if worker_server and hand_context_to_jobs(config, context):
+        # their job's config. Without that channel they start as new processes.
+        if self._worker_server and hand_context_to_jobs(config, context, composed_job_configs):
             fork_workers_from_server()
 
-    def _start_parent(self, config: DictConfig) -> SweepContext:
-        from mlflow.tracking import MlflowClient
-
-        from runner.tracking import SYNC_TARGET_TAG, check_store, ensure_experiment, log_params, run_destination
-
-        tracking = config.tracking
-        uri, sync_target = run_destination(tracking.uri, tracking.offline, config.hydra.runtime.cwd)
-        check_store(uri, tracking.http_timeout, tracking.http_retries)
-        experiment_id = ensure_experiment(uri, tracking.experiment)
-        overrides = list(config.hydra.overrides.task)
-        swept = swept_values(overrides)
-        client = MlflowClient(uri)
-        name = "sweep " + " x ".join(swept) if swept else "sweep"
-        from runner.doctor import process_tags
-
-        parent = client.create_run(experiment_id, run_name=name, tags={
-            **process_tags(),
-            SWEEP_TAG: "true",
-            "sweep.command": " ".join(["bprun", *sys.argv[1:]]),
-            "sweep.swept_keys": json.dumps(list(swept)),
-            "sweep.dir": str(config.hydra.sweep.dir),
-            **({SYNC_TARGET_TAG: sync_target} if sync_target else {}),
-        })
-        self.parent_run_id = parent.info.run_id
-        log_params(client, self.parent_run_id, {f"sweep.{key}": values for key, values in swept.items()})
-        os.environ.update({
-            ENV_PARENT_RUN_ID: self.parent_run_id, ENV_EXPERIMENT_ID: experiment_id, ENV_TRACKING_URI: uri,
-        })
-        log.info("sweep parent run %s in %s", self.parent_run_id, uri)
-        return SweepContext(self.parent_run_id, experiment_id, uri)
-
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global _awaiting_parent
+        _awaiting_parent = None
         failed = 0
         try:
             if self.parent_run_id is not None:
                 context = SweepContext.from_environment()
                 for name in (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_TRACKING_URI):
                     os.environ.pop(name, None)
-                failed = summarize_sweep(context.tracking_uri, self.parent_run_id)
+                failed, table = _run_where_warm(summarize_sweep, context.tracking_uri, self.parent_run_id)
+                print(table)  # ranked by val_mse, train_mse where there is none
         finally:
-            _stop_idle_workers()  # after the summary, which they may have drawn
+            _stop_idle_workers()  # after the summary, which they may have made
         if failed:
             print(f"bprun: {failed} job(s) of the sweep failed; see the summary above", file=sys.stderr)
             sys.exit(1)
 
 
-def hand_context_to_jobs(config: DictConfig, context: SweepContext) -> bool:
-    """Add the sweep's environment variables to every job's ``hydra.job.env_set`` (through the
-    sweep's Hydra overrides, from which each job's config is composed, in whatever process), so
-    that Hydra sets them around each job wherever it runs. Returns False, changing nothing, for
-    a value that a quoted override would not carry verbatim (a quote, a backslash or a ``$``,
-    which Hydra and OmegaConf interpret)."""
-    from omegaconf import read_write
+def hand_context_to_jobs(config: DictConfig, context: SweepContext,
+                         composed_job_configs: list[DictConfig] = ()) -> bool:
+    """Add the sweep's environment variables to every job's ``hydra.job.env_set``, so that Hydra
+    sets them around each job wherever it runs: as ``++hydra.job.env_set.*`` overrides of the
+    sweep (``config``), from which any later job config is composed, and into the job configs
+    composed already. Returns False, changing nothing, for a value that a quoted override would
+    not carry verbatim (a quote, a backslash or a ``$``, which Hydra and OmegaConf interpret)."""
+    from omegaconf import open_dict, read_write
 
     values = {ENV_PARENT_RUN_ID: context.parent_run_id, ENV_EXPERIMENT_ID: context.experiment_id,
               ENV_TRACKING_URI: context.tracking_uri}
     if any(character in value for value in values.values() for character in "'\\$"):
         return False
     overrides = [f"++hydra.job.env_set.{name}='{value}'" for name, value in values.items()]
-    with read_write(config.hydra.overrides):
-        config.hydra.overrides.hydra.extend(overrides)
+    for target in (config, *composed_job_configs):
+        with read_write(target.hydra), open_dict(target.hydra):
+            target.hydra.overrides.hydra.extend(overrides)
+            if target is not config:  # as composing with the overrides would have set it
+                target.hydra.job.env_set.update(values)
     return True
 
 
@@ -232,20 +344,18 @@ def _joblib_workers():
     return getattr(executors, "_executor", None)
 
 
-def _draw_where_warm(function: Callable[..., T], *arguments: Any) -> T:
-    """``function(*arguments)`` where matplotlib is already imported and warm: in an idle joblib
-    worker (about 0.4 s sooner than drawing cold here), else as ``background_plots.call``."""
-    from runner import background_plots
-
+def _run_where_warm(function: Callable[..., T], *arguments: Any) -> T:
+    """``function(*arguments)`` where MLflow and matplotlib are already imported and warm: in an
+    idle joblib worker (this process may not have imported MLflow at all), else here."""
     workers = _joblib_workers()
     if workers is not None:
         from joblib.externals.loky.process_executor import BrokenProcessPool
 
         try:
             return workers.submit(function, *arguments).result()
-        except BrokenProcessPool as error:  # a worker died: draw elsewhere
-            log.debug("the joblib workers are gone (%s); drawing elsewhere", error)
-    return background_plots.call(function, *arguments)
+        except BrokenProcessPool as error:  # a worker died: do it here
+            log.debug("the joblib workers are gone (%s); %s runs here", error, function.__name__)
+    return function(*arguments)
 
 
 def _stop_idle_workers() -> None:
@@ -261,9 +371,10 @@ def _stop_idle_workers() -> None:
         log.debug("could not stop the joblib workers early: %s", error)
 
 
-def summarize_sweep(uri: str, parent_run_id: str) -> int:
-    """Attach the comparison table and plots to the parent run, print the table, end the parent
-    FINISHED (or FAILED when a job failed); return the number of jobs that did not finish."""
+def summarize_sweep(uri: str, parent_run_id: str) -> tuple[int, str]:
+    """Attach the comparison table and plots to the parent run, end the parent FINISHED (or
+    FAILED when a job failed); return the number of jobs that did not finish and the table as
+    text, for the terminal."""
     import tempfile
 
     from mlflow.tracking import MlflowClient
@@ -278,17 +389,16 @@ def summarize_sweep(uri: str, parent_run_id: str) -> int:
     failed = sum(run.info.status != "FINISHED" for run in children) if children else 1
     try:
         table, histories = report.runs_table(client, children, swept_keys or None)
-        print(report.format_table(table))  # ranked by val_mse, train_mse where there is none
         # The last jobs' plots were drawn meanwhile; the summary's are drawn where they were.
         background_plots.wait()
         with tempfile.TemporaryDirectory() as directory:
-            _draw_where_warm(report.write_report, table, histories, directory)
+            background_plots.call(report.write_report, table, histories, directory)
             client.log_artifacts(parent_run_id, directory, "summary")
         client.set_tag(parent_run_id, "sweep.jobs", str(len(children)))
         client.set_tag(parent_run_id, "sweep.failed_jobs", str(failed))
     finally:
         client.set_terminated(parent_run_id, "FAILED" if failed else "FINISHED")
-    return failed
+    return failed, report.format_table(table)
 
 
 def record_failed_job(overrides: list[str], reason: str) -> None:
@@ -307,20 +417,24 @@ def record_failed_job(overrides: list[str], reason: str) -> None:
     client.set_terminated(run.info.run_id, "FAILED")
 
 
-def end_interrupted_sweep() -> None:
-    """After Ctrl-C or SIGTERM in a multirun, end the parent run KILLED (Hydra skips the sweep's
-    end callback when a job raises). Does nothing outside a sweep."""
+def end_unfinished_sweep(status: str, reason: str) -> None:
+    """End the parent run of a multirun that stopped before its end ``status``, with any child
+    still RUNNING (its worker was stopped with the sweep): after Ctrl-C or SIGTERM (KILLED), or an
+    error Hydra reported (FAILED). Hydra skips the sweep's end callback then. Does nothing outside
+    a sweep, or once the sweep's end has run."""
     context = SweepContext.from_environment()
     if context is None:
         return
+    for name in (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_TRACKING_URI):
+        os.environ.pop(name, None)
     from mlflow.tracking import MlflowClient
 
     from runner import report
 
     client = MlflowClient(context.tracking_uri)
-    # Parallel workers are killed with the sweep before they can end their own runs.
     for child in report.sweep_children(client, context.parent_run_id):
         if child.info.status == "RUNNING":
-            client.set_tag(child.info.run_id, "failure_reason", "interrupted with its sweep")
-            client.set_terminated(child.info.run_id, "KILLED")
-    client.set_terminated(context.parent_run_id, "KILLED")
+            client.set_tag(child.info.run_id, "failure_reason", f"its sweep was {reason}")
+            client.set_terminated(child.info.run_id, status)
+    client.set_tag(context.parent_run_id, "failure_reason", reason)
+    client.set_terminated(context.parent_run_id, status)

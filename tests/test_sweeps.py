@@ -316,6 +316,33 @@ def test_a_job_failing_before_its_run_exists_is_still_recorded(tmp_path: Path, r
     assert sweep.result.returncode != 0, sweep.output
 
 
+@pytest.mark.parametrize("launcher", [(), JOBLIB], ids=["basic", "joblib"])
+def test_a_sweep_whose_overrides_do_not_compose_leaves_nothing_in_the_store(
+        launcher: tuple[str, ...], tmp_path: Path, run_cli, store_at) -> None:
+    store = store_at(tmp_path)
+    result = run_cli("-m", "dataset=xor", "optimizer=gd,bogus", "trainer.epochs=5", *launcher,
+                     cwd=tmp_path, env={"MLFLOW_TRACKING_URI": store.uri})
+    assert result.returncode == 1, result.stderr
+    assert "Could not find 'optimizer/bogus'" in result.stderr, result.stderr
+    assert not store.db.exists(), "no parent run, not even a store, for a sweep that cannot start"
+
+
+def test_a_sweep_stopped_by_an_error_between_batches_ends_its_parent_failed(
+        tmp_path: Path, run_cli, store_at) -> None:
+    # One job per batch: the first runs, then the second fails to compose and Hydra stops.
+    store = store_at(tmp_path)
+    result = run_cli("-m", "dataset=xor", "optimizer=gd,bogus", "trainer.epochs=5", "hydra.sweeper.max_batch_size=1",
+                     cwd=tmp_path, env={"MLFLOW_TRACKING_URI": store.uri})
+    assert result.returncode == 1, result.stderr
+    assert "Could not find 'optimizer/bogus'" in result.stderr, result.stderr
+    by_kind = {run.data.tags.get(SWEEP_TAG, "child"): run for run in store.runs()}
+    assert sorted(by_kind) == ["child", "true"], by_kind
+    assert by_kind["child"].info.status == "FINISHED"
+    assert by_kind["child"].data.tags[PARENT_TAG] == by_kind["true"].info.run_id
+    assert by_kind["true"].info.status == "FAILED", "no sweep left RUNNING"
+    assert by_kind["true"].data.tags["failure_reason"] == "stopped by an error (see bprun's error output)"
+
+
 # --- 4. clean values -------------------------------------------------------------------------
 
 def test_hydra_float_range_is_logged_as_typed(tmp_path: Path, run_sweep: RunSweep) -> None:
@@ -405,8 +432,9 @@ from hydra._internal.config_loader_impl import ConfigLoaderImpl
 LOG = os.environ["COMPOSE_LOG"]
 role = "parent" if __name__ == "__main__" else "worker"  # workers import this file as __mp_main__
 def record(line):
+    import multiprocessing
     with open(LOG, "a") as log:
-        log.write(f"{role} {os.getpid()} {line}\\n")
+        log.write(f"{role} {os.getpid()} {multiprocessing.current_process().name} {line}\\n")
 record("started")
 original = ConfigLoaderImpl.load_configuration
 def counting(self, config_name, overrides, *args, **kwargs):
@@ -422,7 +450,8 @@ if __name__ == "__main__":
 
 def test_joblib_workers_get_the_config_the_sweeper_composed_up_front(tmp_path: Path, store_at) -> None:
     """The workers (forked from the preloaded server, so they import this script as __mp_main__)
-    run their jobs without composing: each job is composed once, in the parent."""
+    run their jobs without composing: each job is composed once, in the parent. The parent run
+    is created in a process forked from the server too."""
     script = tmp_path / "count_composes.py"
     script.write_text(COUNT_COMPOSES_IN_WORKERS)
     log = tmp_path / "composes.log"
@@ -434,9 +463,10 @@ def test_joblib_workers_get_the_config_the_sweeper_composed_up_front(tmp_path: P
         env={**os.environ, "COMPOSE_LOG": str(log), "MLFLOW_TRACKING_URI": store.uri})
     assert result.returncode == 0, result.stderr
     lines = [line.split() for line in log.read_text().splitlines()]
-    workers = {pid for role, pid, event in lines if role == "worker"}
-    assert len(workers) == 2, lines
-    composes = [role for role, _, event in lines if event == "compose"]
+    forked = {(pid, name) for role, pid, name, event in lines if role == "worker"}
+    # The 2 workers, and the process that created the parent run.
+    assert sorted(name == "bprun-sweep-parent" for _, name in forked) == [False, False, True], lines
+    composes = [role for role, _, _, event in lines if event == "compose"]
     assert composes.count("parent") == 2 + 6 and composes.count("worker") == 0, lines
 
     children = [run for run in store.runs() if PARENT_TAG in run.data.tags]
