@@ -206,6 +206,12 @@ def test_joblib_grid_on_a_fresh_store(attempt: int, tmp_path: Path, basic_grid: 
     # Results do not depend on the launcher: the same floats, bit for bit.
     assert final_train_mse(sweep) == final_train_mse(basic_grid)
 
+    # The summary, made in an idle worker: attached to the parent and printed by bprun.
+    summary = {artifact.path for artifact in client.list_artifacts(sweep.parent.info.run_id, "summary")}
+    assert {"summary/runs.csv", "summary/runs.md", "summary/learning_curves.png"} <= summary, summary
+    assert "4 runs, ranked by final train_mse" in sweep.result.stdout, sweep.output
+    assert sweep.parent.data.tags["sweep.jobs"] == "4"
+
     # The workers learned their parent from their job's config (hydra.job.env_set), which each
     # job folder records.
     job_folders = sorted((sweep.cwd / sweep.parent.data.tags["sweep.dir"]).glob("*/.hydra"))
@@ -445,6 +451,7 @@ if __name__ == "__main__":
     from runner.app import main
     sys.argv = ["bprun", *sys.argv[1:]]
     main()
+    record("imported-mlflow" if "mlflow" in sys.modules else "never-imported-mlflow")
 """
 
 
@@ -468,6 +475,8 @@ def test_joblib_workers_get_the_config_the_sweeper_composed_up_front(tmp_path: P
     assert sorted(name == "bprun-sweep-parent" for _, name in forked) == [False, False, True], lines
     composes = [role for role, _, _, event in lines if event == "compose"]
     assert composes.count("parent") == 2 + 6 and composes.count("worker") == 0, lines
+    # The parent run was created in a forked process and the summary made in a worker.
+    assert ["parent", "never-imported-mlflow"] in [[role, event] for role, _, _, event in lines], lines
 
     children = [run for run in store.runs() if PARENT_TAG in run.data.tags]
     assert sorted((float(run.data.params["optimizer.lr"]), int(run.data.params["seed"])) for run in children) == [
