@@ -209,7 +209,7 @@ def test_joblib_grid_on_a_fresh_store(attempt: int, tmp_path: Path, basic_grid: 
     # The summary, made in an idle worker: attached to the parent and printed by bprun.
     summary = {artifact.path for artifact in client.list_artifacts(sweep.parent.info.run_id, "summary")}
     assert {"summary/runs.csv", "summary/runs.md", "summary/learning_curves.png"} <= summary, summary
-    assert "4 runs, ranked by final train_mse" in sweep.result.stdout, sweep.output
+    assert "4 runs, ranked by final val_mse" in sweep.result.stdout, sweep.output
     assert sweep.parent.data.tags["sweep.jobs"] == "4"
 
     # The workers learned their parent from their job's config (hydra.job.env_set), which each
