@@ -176,37 +176,67 @@ class ParentRunFailed(RuntimeError):
 def create_parent_run_in_server_child(request: ParentRunRequest) -> SweepContext | None:
     """``create_parent_run`` in a process forked from the workers' fork server, whose MLflow is
     imported already: this process then never imports MLflow in a joblib sweep (about 2.4 s of
-    a core, while the server imports the same). None if no such process could do it."""
+    a core, while the server imports the same). None if no such process could do it.
+
+    The child ignores Ctrl-C and SIGTERM and hands the run over explicitly: if bprun stops before
+    it has announced the run (``announce``, from which an interrupted sweep is ended), the child
+    ends the run KILLED itself, so that no parent run is left RUNNING."""
+    import contextlib
     import multiprocessing
 
     forkserver = multiprocessing.get_context("forkserver")
-    receiver, sender = forkserver.Pipe(duplex=False)
-    child = forkserver.Process(target=_create_parent_run_and_send, args=(request, sender),
+    ours, theirs = forkserver.Pipe()
+    child = forkserver.Process(target=_create_parent_run_for, args=(request, theirs),
                                name="bprun-sweep-parent", daemon=True)
     try:
-        child.start()  # served once the server has imported everything
-    except Exception as error:
-        log.debug("no process forked from the fork server: %s", error)
-        return None
-    finally:
-        sender.close()
-    try:
-        outcome, value = receiver.recv()
-    except EOFError:  # the child died before answering (killed, out of memory)
-        return None
-    finally:
-        receiver.close()
+        try:
+            child.start()  # served once the server has imported everything
+        except Exception as error:
+            log.debug("no process forked from the fork server: %s", error)
+            return None
+        finally:
+            theirs.close()
+        try:
+            outcome, value = ours.recv()
+        except EOFError:  # the child died before answering (killed, out of memory)
+            return None
+        if outcome == "error":
+            raise ParentRunFailed(value)
+        announce(value)
+        with contextlib.suppress(OSError):
+            ours.send("announced")
         child.join()
-    if outcome == "error":
-        raise ParentRunFailed(value)
-    return value
+        return value
+    finally:
+        ours.close()
 
 
-def _create_parent_run_and_send(request: ParentRunRequest, sender: Any) -> None:
+def _create_parent_run_for(request: ParentRunRequest, connection: Any) -> None:
+    """In the child of ``create_parent_run_in_server_child``."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        sender.send(("ok", create_parent_run(request)))
+        context = create_parent_run(request)
     except Exception as error:
-        sender.send(("error", f"{type(error).__name__}: {error}"))
+        connection.send(("error", f"{type(error).__name__}: {error}"))
+        return
+    try:
+        connection.send(("ok", context))
+        if connection.recv() == "announced":
+            return
+    except (EOFError, OSError):
+        pass
+    end_sweep(context, "KILLED", "interrupted")  # bprun stopped before it took the run over
+
+
+def announce(context: SweepContext) -> None:
+    """Set the sweep's environment variables in this process: the basic launcher's jobs run
+    here, workers started as new processes inherit them, and an interrupted sweep is ended
+    from them (``end_unfinished_sweep``)."""
+    os.environ.update({ENV_PARENT_RUN_ID: context.parent_run_id, ENV_EXPERIMENT_ID: context.experiment_id,
+                       ENV_TRACKING_URI: context.tracking_uri})
 
 
 def start_parent_before_launch(composed_job_configs: list[DictConfig]) -> None:
@@ -265,9 +295,7 @@ class SweepCallback(Callback):
             print(f"bprun: cannot start the sweep's MLflow parent run: {reason}", file=sys.stderr)
             sys.exit(1)
         self.parent_run_id = context.parent_run_id
-        # The basic launcher's jobs run here, and workers started as new processes inherit these.
-        os.environ.update({ENV_PARENT_RUN_ID: context.parent_run_id, ENV_EXPERIMENT_ID: context.experiment_id,
-                           ENV_TRACKING_URI: context.tracking_uri})
+        announce(context)
         log.info("sweep parent run %s in %s", context.parent_run_id, context.tracking_uri)
         # Workers forked from the server, which started before the parent existed, learn it from
         # their job's config. Without that channel they start as new processes.
@@ -281,9 +309,9 @@ class SweepCallback(Callback):
         try:
             if self.parent_run_id is not None:
                 context = SweepContext.from_environment()
-                for name in (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_TRACKING_URI):
-                    os.environ.pop(name, None)
                 failed, table = _run_where_warm(summarize_sweep, context.tracking_uri, self.parent_run_id)
+                # The parent has ended. (Stopped before, in a worker or here, bprun ends it KILLED.)
+                forget_context()
                 print(table)  # ranked by val_mse, train_mse where there is none
         finally:
             _stop_idle_workers()  # after the summary, which they may have made
@@ -321,13 +349,22 @@ def start_worker_server() -> bool:
     default, each importing it all again (about 2 s of a core, both workers at once)."""
     import multiprocessing
     import multiprocessing.forkserver
+    import signal
 
+    # Ctrl-C reaches the whole process group, the server too: it inherits "ignore" (Python's
+    # start-up would otherwise die on it with a traceback) until its preload ends. Meanwhile a
+    # Ctrl-C for bprun itself is held back, not lost: Linux queues blocked signals even if ignored.
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         multiprocessing.set_forkserver_preload(["runner.worker_preload"])
         multiprocessing.forkserver.ensure_running()
     except Exception as error:
         log.debug("no fork server for the joblib workers: %s", error)
         return False
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return True
 
 
@@ -417,16 +454,26 @@ def record_failed_job(overrides: list[str], reason: str) -> None:
     client.set_terminated(run.info.run_id, "FAILED")
 
 
+def forget_context() -> None:
+    """Undo ``announce``: the sweep has ended."""
+    for name in (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_TRACKING_URI):
+        os.environ.pop(name, None)
+
+
 def end_unfinished_sweep(status: str, reason: str) -> None:
-    """End the parent run of a multirun that stopped before its end ``status``, with any child
-    still RUNNING (its worker was stopped with the sweep): after Ctrl-C or SIGTERM (KILLED), or an
-    error Hydra reported (FAILED). Hydra skips the sweep's end callback then. Does nothing outside
-    a sweep, or once the sweep's end has run."""
+    """End the multirun of this process that stopped before its end (``end_sweep``): after
+    Ctrl-C or SIGTERM (KILLED), or an error Hydra reported (FAILED); Hydra skips the sweep's end
+    callback then. Does nothing outside a sweep, or once the sweep's end has run."""
     context = SweepContext.from_environment()
     if context is None:
         return
-    for name in (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_TRACKING_URI):
-        os.environ.pop(name, None)
+    forget_context()
+    end_sweep(context, status, reason)
+
+
+def end_sweep(context: SweepContext, status: str, reason: str) -> None:
+    """End the parent run ``status`` with ``reason``, and any child still RUNNING (its worker was
+    stopped with the sweep) too."""
     from mlflow.tracking import MlflowClient
 
     from runner import report

@@ -20,6 +20,13 @@ Besides the imports:
 import gc
 import importlib
 import io
+import signal
+
+# Ctrl-C reaches the whole process group; bprun handles it. Until multiprocessing's server loop
+# ignores it itself, the server would print a KeyboardInterrupt traceback from these imports
+# (bprun starts the server ignoring it already, so that not even Python's start-up sees it). The
+# workers get back the handler that is current when this module ends: Python's default.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 JOB_MODULES = (
     "git",  # GitPython, for the provenance tags
@@ -50,4 +57,5 @@ _axes.legend()
 _figure.savefig(io.BytesIO(), format="png", dpi=importlib.import_module("runner.plots").DPI)
 del _figure, _axes
 
+signal.signal(signal.SIGINT, signal.default_int_handler)
 gc.freeze()

@@ -496,6 +496,59 @@ def test_an_interrupted_parallel_sweep_leaves_no_run_running(interrupted_sweep: 
     assert set(children) == {"KILLED"}, sweep.statuses
 
 
+def test_ctrl_c_while_a_parallel_sweep_starts_leaves_nothing_running(tmp_path: Path, make_store) -> None:
+    """Ctrl-C while the fork server imports and bprun composes the jobs (or waits for the process
+    that creates the parent run): no traceback from any process, no run left RUNNING, no process
+    left behind."""
+    store = make_store("sweep-start-interrupt")
+    process = Background(*PARALLEL_SWEEP, cwd=tmp_path, uri=store.uri, new_session=True)
+    try:
+        # The sweeper writes multirun.yaml just before it composes the jobs.
+        wait_until(lambda: list(tmp_path.glob("outputs/multirun/*/*/multirun.yaml")), START_TIMEOUT,
+                   "the sweep starting", process, interval=0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        result = process.wait(time.monotonic(), PROMPT_EXIT_SECONDS)
+        deadline = time.monotonic() + 10
+        while (leftover := session_processes(process.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        process.kill()
+    assert result.returncode == 128 + signal.SIGINT, result.output
+    assert "Traceback" not in result.output, result.output
+    assert leftover == []
+    statuses = [status for (status,) in query(store.db, "SELECT status FROM runs")] if store.db.exists() else []
+    assert "RUNNING" not in statuses, statuses
+
+
+def test_a_parent_run_bprun_did_not_take_over_is_ended_killed(tmp_path: Path, make_store) -> None:
+    """The process that creates a joblib sweep's parent run hands it over to bprun; if bprun is
+    gone before it took the run over (Ctrl-C, SIGTERM), that process ends the run KILLED."""
+    import multiprocessing
+
+    from runner.sweep import ParentRunRequest, _create_parent_run_for
+
+    store = make_store("handover")
+    request = ParentRunRequest(configured_uri=store.uri, offline=False, start_dir=str(tmp_path), http_timeout=5.0,
+                               http_retries=0, experiment="handover", run_name="sweep", tags={}, params={})
+    spawn = multiprocessing.get_context("spawn")
+    statuses = {}
+    for bprun_takes_it_over in (True, False):
+        ours, theirs = spawn.Pipe()
+        child = spawn.Process(target=_create_parent_run_for, args=(request, theirs))
+        child.start()
+        theirs.close()
+        outcome, context = ours.recv()
+        assert outcome == "ok", context
+        if bprun_takes_it_over:
+            ours.send("announced")
+        ours.close()
+        child.join(60)
+        assert child.exitcode == 0
+        run = store.client().get_run(context.parent_run_id)
+        statuses[bprun_takes_it_over] = (run.info.status, run.data.tags.get("failure_reason"))
+    assert statuses == {True: ("RUNNING", None), False: ("KILLED", "interrupted")}
+
+
 # =============================================================================================
 # 3. Divergence and saturation
 # =============================================================================================
