@@ -288,8 +288,10 @@ class SweepCallback(Callback):
         config = self._config
         request = ParentRunRequest.from_config(config)
         try:
-            context = (self._worker_server and create_parent_run_in_server_child(request)) \
-                or create_parent_run(request)
+            context = self._worker_server and create_parent_run_in_server_child(request)
+            if not context:
+                self._worker_server = False  # it could not fork: workers start as new processes
+                context = create_parent_run(request)
         except Exception as error:
             reason = str(error) if isinstance(error, ParentRunFailed) else f"{type(error).__name__}: {error}"
             print(f"bprun: cannot start the sweep's MLflow parent run: {reason}", file=sys.stderr)
