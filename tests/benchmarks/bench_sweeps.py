@@ -31,9 +31,9 @@ xor. ``bprun -m 'model.hidden=[4]' trainer.epochs=500 optimizer.lr=0.5,1,2,4 see
    and the runner's tracking functions in thin timers (microseconds each; nothing per epoch is
    wrapped) and then calls ``runner.app.main`` exactly as the ``bprun`` console script does.
    Its timeline accounts for the whole wall time from launch to exit: interpreter start-up,
-   imports, Hydra start-up, mlflow import, store + parent run, each job (compose, Hydra's
-   ``run_job``, the runner's work before the first and after the last epoch, the epochs), the
-   sweep summary, and exit. Real and instrumented runs take turns; the instrumented wall time
+   imports, Hydra start-up, the up-front compose of every job, then mlflow import and store +
+   parent run, each job (Hydra's ``run_job``, the runner's work before the first and after the
+   last epoch, the epochs), the sweep summary, and exit. Real and instrumented runs take turns; the instrumented wall time
    is shown next to the real one. The in-process loop of (b) is also profiled (cProfile,
    ranking only: profiling inflates Python-heavy code).
 
@@ -423,22 +423,30 @@ class Spans:
         self._replace(module, "run_job", run_job, original)
 
     def wrap_multirun_start(self) -> None:
-        """The sweep's start: the mlflow import timed on its own, then the callback (store,
-        experiment, parent run); mlflow's client is wrapped once it is imported."""
+        """The sweep's start (the callback's ``on_multirun_start``), then, once the sweeper has
+        composed the jobs, the parent run: the mlflow import timed on its own, then the store,
+        experiment and parent run (``start_parent``); mlflow's client is wrapped once it is
+        imported."""
         from runner.sweep import SweepCallback
 
-        original = SweepCallback.__dict__["on_multirun_start"]
+        original_start = SweepCallback.__dict__["on_multirun_start"]
+        original_parent = SweepCallback.__dict__["start_parent"]
 
         def on_multirun_start(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            with self.span("sweep.SweepCallback.on_multirun_start"):
+                return original_start(callback, *args, **kwargs)
+
+        def start_parent(callback: Any, *args: Any, **kwargs: Any) -> Any:
             with self.span("import mlflow"):
                 importlib.import_module("mlflow.tracking")
             try:
-                with self.span("sweep.SweepCallback.on_multirun_start"):
-                    return original(callback, *args, **kwargs)
+                with self.span("sweep.SweepCallback.start_parent"):
+                    return original_parent(callback, *args, **kwargs)
             finally:
                 self.wrap_all(MLFLOW_SPANS)
 
-        self._replace(SweepCallback, "on_multirun_start", on_multirun_start, original)
+        self._replace(SweepCallback, "on_multirun_start", on_multirun_start, original_start)
+        self._replace(SweepCallback, "start_parent", start_parent, original_parent)
 
     def restore(self) -> None:
         for owner, leaf, original in reversed(self._restore):
@@ -635,11 +643,12 @@ TIMELINE_ROWS = [
     ("startup", "interpreter start-up (launch to the script's first line)", "one-off"),
     ("imports", "`import runner.app` (hydra, omegaconf, numpy, engine)", "one-off"),
     ("moved", "`import runner.experiment` & co (the first job would do it; moved for the timers)", "one-off"),
-    ("hydra_start", "Hydra start-up: arguments, primary config, sweeper, launcher, callbacks", "one-off"),
-    ("mlflow_import", "`import mlflow` (first use, in the sweep callback)", "one-off"),
-    ("parent", "sweep start: store creation, experiment, parent run (`on_multirun_start`)", "one-off"),
+    ("hydra_start", "Hydra start-up: arguments, primary config, sweeper, launcher, callbacks (`on_multirun_start`: "
+                    "the plot helper)", "one-off"),
     ("validate", "per job: the sweeper composes every job's config once up front (`validate_batch_is_legal`)",
      "per job"),
+    ("mlflow_import", "`import mlflow` (first use: the parent run, once the jobs composed)", "one-off"),
+    ("parent", "sweep start: store creation, experiment, parent run (`SweepCallback.start_parent`)", "one-off"),
     ("launcher_setup", "sweeper and launcher set-up before the first job (besides that)", "one-off"),
     ("compose", "per job: the launcher composes the job's config again (`load_sweep_config`; not with bprun's patch)",
      "per job"),
@@ -699,12 +708,13 @@ def analyse_child(run: SweepRun) -> ChildAnalysis | None:
         return found[0] if found else None
 
     moved, mlflow_import = first("moved imports"), first("import mlflow")
-    parent, summary = first("sweep.SweepCallback.on_multirun_start"), first("sweep.SweepCallback.on_multirun_end")
+    multirun_start, parent = first("sweep.SweepCallback.on_multirun_start"), first("sweep.SweepCallback.start_parent")
+    summary = first("sweep.SweepCallback.on_multirun_end")
     composes = every("config_loader_impl.ConfigLoaderImpl.load_sweep_config")
     run_jobs, tasks = every("basic_launcher.run_job"), every("task function")
     experiments = every("run_experiment")
     problems = []
-    if None in (moved, mlflow_import, parent, summary):
+    if None in (moved, mlflow_import, multirun_start, parent, summary):
         return ChildAnalysis({}, run.meter.wall, [], ["the instrumented sweep did not reach every stage"])
     # Hydra's basic sweeper composes each job's config once to validate the batch, then its
     # launcher composes it again right before the job; bprun hands the launcher the config
@@ -724,11 +734,12 @@ def analyse_child(run: SweepRun) -> ChildAnalysis | None:
     rows["startup"] = data["module_start"] - launch
     rows["imports"] = data["imported"] - data["module_start"]
     rows["moved"] = moved[2] - data["imported"]
-    rows["hydra_start"] = mlflow_import[1] - moved[2]
-    rows["mlflow_import"] = mlflow_import[2] - mlflow_import[1]
-    rows["parent"] = parent[2] - mlflow_import[2]
+    rows["hydra_start"] = multirun_start[2] - moved[2]
     rows["validate"] = sum(record[2] - record[1] for record in validations)
-    rows["launcher_setup"] = (run_jobs[0][1] if up_front_only else composes[0][1]) - parent[2] - rows["validate"]
+    rows["mlflow_import"] = mlflow_import[2] - mlflow_import[1]
+    rows["parent"] = parent[2] - parent[1]
+    rows["launcher_setup"] = ((run_jobs[0][1] if up_front_only else composes[0][1]) - multirun_start[2]
+                              - rows["validate"] - rows["mlflow_import"] - rows["parent"])
     per_job = []
     for number, (compose_, run_job, task, job, experiment) in enumerate(zip(composes, run_jobs, tasks, jobs,
                                                                              experiments)):
