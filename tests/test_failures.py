@@ -520,6 +520,43 @@ def test_ctrl_c_while_a_parallel_sweep_starts_leaves_nothing_running(tmp_path: P
     assert "RUNNING" not in statuses, statuses
 
 
+def test_a_parallel_sweep_whose_worker_is_killed_ends_failed(tmp_path: Path, make_store) -> None:
+    """A joblib worker killed by the system (the OOM killer, say): Hydra stops the sweep on the
+    error; the parent and the children still RUNNING end FAILED with a reason; nothing is left."""
+    store = make_store("worker-killed")
+    process = Background(*PARALLEL_SWEEP, cwd=tmp_path, uri=store.uri, new_session=True)
+    try:
+        wait_until(lambda: (query(store.db, "SELECT count(DISTINCT run_uuid) FROM metrics") or [(0,)])[0][0] >= 2,
+                   START_TIMEOUT, "two jobs logging", process, interval=0.2)
+
+        def parent_of(pid: str) -> int:
+            return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+        pids = [entry.split(":")[0] for entry in session_processes(process.pid)]
+        servers = [pid for pid in pids if parent_of(pid) == process.pid and "forkserver" in
+                   Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+        workers = [pid for pid in pids if servers and parent_of(pid) == int(servers[0])]
+        assert len(workers) == 2, session_processes(process.pid)
+        os.kill(int(workers[0]), signal.SIGKILL)
+        result = process.wait(time.monotonic(), PROMPT_EXIT_SECONDS)
+        deadline = time.monotonic() + 10
+        while (leftover := session_processes(process.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        process.kill()
+    assert result.returncode == 1, result.output
+    assert "TerminatedWorkerError" in result.stderr, result.output
+    assert leftover == []
+    runs = query(store.db, "SELECT r.status, t.value, p.value FROM runs r LEFT JOIN tags t ON t.run_uuid = r.run_uuid "
+                           "AND t.key = 'failure_reason' LEFT JOIN tags p ON p.run_uuid = r.run_uuid AND p.key = ?",
+                 (PARENT_TAG,))
+    parents = [(status, reason) for status, reason, parent in runs if parent is None]
+    assert parents == [("FAILED", "stopped by an error (see bprun's error output)")], runs
+    children = [(status, reason) for status, reason, parent in runs if parent is not None]
+    assert len(children) >= 2 and {status for status, _ in children} == {"FAILED"}, runs
+    assert all(reason.startswith("its sweep was stopped by an error") for _, reason in children), runs
+
+
 def test_a_parent_run_bprun_did_not_take_over_is_ended_killed(tmp_path: Path, make_store) -> None:
     """The process that creates a joblib sweep's parent run hands it over to bprun; if bprun is
     gone before it took the run over (Ctrl-C, SIGTERM), that process ends the run KILLED."""
