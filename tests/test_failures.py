@@ -7,7 +7,9 @@ file, and asserts on what that store holds when the command is over:
 1. SIGINT / SIGTERM during a run (real signals): prompt exit 130 / 143, run KILLED, every
    completed epoch's metrics, tensor files finished, plots drawn. Also the signal landing while
    a metric flush waits for the database (another process reading or writing it).
-2. SIGINT to the whole process group of a parallel (joblib) sweep.
+2. SIGINT to the whole process group of a parallel (joblib) sweep, while it runs and while it
+   starts (fork server importing, parent run being created); a joblib worker killed by the
+   system; the hand-over of the parent run from the process that creates it.
 3. Divergence (inf) and saturation (sigmoid + mse, no NaN ever): FAILED with a reason, no
    non-finite metric in the store.
 4. A crash inside a job (``BPRUN_TEST_CRASH_AT_EPOCH``), in a sweep and in a single run.

@@ -9,10 +9,14 @@ file; the runs are read back with ``MlflowClient``. Covered (issue 5):
 - the same grid with ``hydra/launcher=joblib`` (2 workers) on a fresh SQLite file, three times:
   no crash, no lost run, no run in the Default experiment, complete histories, BLAS pinned to one
   thread and results bit-identical to the basic launcher's; the workers (forked from bprun's
-  preloaded fork server) learn the parent from ``hydra.job.env_set`` and compose nothing, and a
+  preloaded fork server) learn the parent from ``hydra.job.env_set`` and compose nothing, bprun
+  itself never imports MLflow (the parent run is made by a process forked from the server, the
+  summary by a worker), and a
   store path that cannot travel in an override falls back to workers that inherit it;
 - failed jobs (divergence, an invalid value, and an error raised before the job's run exists) recorded FAILED with their reason while the other jobs
-  finish, the sweep exiting non-zero and its summary listing them;
+  finish, the sweep exiting non-zero and its summary listing them; a sweep whose overrides do
+  not compose leaves nothing in the store, and one stopped by such an error between two batches
+  ends its parent FAILED;
 - clean values from Hydra's float ``range``;
 - an Optuna sweep whose reported best trial is the best child run, reproducible from its seed;
 - ``bprun-report`` on a real sweep.
