@@ -11,8 +11,8 @@ file; the runs are read back with ``MlflowClient``. Covered (issue 5):
   thread and results bit-identical to the basic launcher's; the workers (forked from bprun's
   preloaded fork server) learn the parent from ``hydra.job.env_set`` and compose nothing, bprun
   itself never imports MLflow (the parent run is made by a process forked from the server, the
-  summary by a worker), and a
-  store path that cannot travel in an override falls back to workers that inherit it;
+  summary by a worker), and a store path that cannot travel in an override falls back to
+  workers that inherit it;
 - failed jobs (divergence, an invalid value, and an error raised before the job's run exists) recorded FAILED with their reason while the other jobs
   finish, the sweep exiting non-zero and its summary listing them; a sweep whose overrides do
   not compose leaves nothing in the store, and one stopped by such an error between two batches
