@@ -143,14 +143,16 @@ class Background:
         self.popen.send_signal(number)
         return time.monotonic()
 
-    def wait(self, since: float, timeout: float) -> Finished:
-        """Wait for the exit at most ``timeout`` s; kill it (and its group) if still running."""
+    def wait(self, since: float, timeout: float, keep_group: bool = False) -> Finished:
+        """Wait for the exit at most ``timeout`` s; kill it (and its group, unless ``keep_group``:
+        to see what outlives it) if still running."""
         try:
             returncode: int | None = self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             returncode = None
         seconds = time.monotonic() - since
-        self.kill()
+        if returncode is None or not keep_group:
+            self.kill()
         return Finished(self.args, returncode, seconds, self._out.read_text(), self._err.read_text())
 
     def kill(self) -> None:
@@ -197,6 +199,31 @@ def session_processes(session: int) -> list[str]:
         if int(fields[3]) == session and fields[0] != "Z":
             found.append(f"{entry.name}: {command}")
     return found
+
+
+def leftover_processes(process: Background, seconds: float = 10.0) -> list[str]:
+    """The processes of ``process``'s session still alive ``seconds`` after it exited (its
+    workers and helpers get that long to wind down)."""
+    deadline = time.monotonic() + seconds
+    while (left := session_processes(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def ctrl_c_once(process: Background, ready: Callable[[], Any], what: str, interval: float) -> Finished:
+    """Ctrl-C to ``process``'s whole group (as a terminal sends it) once ``ready()`` holds; it
+    must exit 130 at once, without a traceback, and nothing of it may outlive it."""
+    try:
+        wait_until(ready, START_TIMEOUT, what, process, interval=interval)
+        os.killpg(process.pid, signal.SIGINT)
+        result = process.wait(time.monotonic(), PROMPT_EXIT_SECONDS, keep_group=True)
+        leftover = leftover_processes(process)
+    finally:
+        process.kill()
+    assert result.returncode == 128 + signal.SIGINT, result.output
+    assert "Traceback" not in result.output, result.output
+    assert leftover == []
+    return result
 
 
 def run_parallel(jobs: dict[str, Callable[[], Any]], workers: int = 2) -> dict[str, Any]:
@@ -419,7 +446,7 @@ def interrupted_sweep(tmp_path_factory: pytest.TempPathFactory, make_store) -> I
         time.sleep(0.5)
         os.killpg(process.pid, signal.SIGINT)
         sent = time.monotonic()
-        result = process.wait(sent, PROMPT_EXIT_SECONDS)
+        result = process.wait(sent, PROMPT_EXIT_SECONDS, keep_group=True)
 
         def statuses() -> dict[str, tuple[str, str | None]]:
             rows = query(store.db, "SELECT r.run_uuid, r.status, t.value FROM runs r LEFT JOIN tags t "
@@ -435,11 +462,7 @@ def interrupted_sweep(tmp_path_factory: pytest.TempPathFactory, make_store) -> I
         final = statuses()
         time.sleep(max(0.0, deadline - time.monotonic()))
         later = query(store.db, metric_rows)[0]
-        leftover = session_processes(process.pid)
-        deadline = time.monotonic() + 5
-        while leftover and time.monotonic() < deadline:
-            time.sleep(0.2)
-            leftover = session_processes(process.pid)
+        leftover = leftover_processes(process, 5.0)
     finally:
         process.kill()
     parents = [run_id for run_id, (_, parent) in final.items() if parent is None]
@@ -469,17 +492,8 @@ def test_ctrl_c_in_a_basic_sweep_keeps_the_completed_runs_plots(tmp_path: Path, 
     # Job 0 trains 50 epochs, job 1 a million (the sweep runs them in this order).
     process = Background("-m", "trainer.epochs=50,1000000", "tracking.tensors_every=0", cwd=tmp_path, uri=store.uri,
                          new_session=True)
-    try:
-        wait_until(lambda: (query(store.db, "SELECT count(DISTINCT run_uuid) FROM metrics") or [(0,)])[0][0] >= 2,
-                   START_TIMEOUT, "the second job logging", process, interval=0.2)
-        os.killpg(process.pid, signal.SIGINT)
-        result = process.wait(time.monotonic(), PROMPT_EXIT_SECONDS)
-        leftover = session_processes(process.pid)
-    finally:
-        process.kill()
-    assert result.returncode == 128 + signal.SIGINT, result.output
-    assert "Traceback" not in result.output, result.output
-    assert leftover == []
+    result = ctrl_c_once(process, lambda: (query(store.db, "SELECT count(DISTINCT run_uuid) FROM metrics")
+                                           or [(0,)])[0][0] >= 2, "the second job logging", interval=0.2)
     children = sorted(store.client().search_runs([store.client().get_experiment_by_name("backprop-runner").experiment_id],
                                                   filter_string="tags.mlflow.parentRunId != ''"),
                       key=lambda run: run.info.start_time)
@@ -504,20 +518,9 @@ def test_ctrl_c_while_a_parallel_sweep_starts_leaves_nothing_running(tmp_path: P
     left behind."""
     store = make_store("sweep-start-interrupt")
     process = Background(*PARALLEL_SWEEP, cwd=tmp_path, uri=store.uri, new_session=True)
-    try:
-        # The sweeper writes multirun.yaml just before it composes the jobs.
-        wait_until(lambda: list(tmp_path.glob("outputs/multirun/*/*/multirun.yaml")), START_TIMEOUT,
-                   "the sweep starting", process, interval=0.05)
-        os.killpg(process.pid, signal.SIGINT)
-        result = process.wait(time.monotonic(), PROMPT_EXIT_SECONDS)
-        deadline = time.monotonic() + 10
-        while (leftover := session_processes(process.pid)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    finally:
-        process.kill()
-    assert result.returncode == 128 + signal.SIGINT, result.output
-    assert "Traceback" not in result.output, result.output
-    assert leftover == []
+    # The sweeper writes multirun.yaml just before it composes the jobs.
+    ctrl_c_once(process, lambda: list(tmp_path.glob("outputs/multirun/*/*/multirun.yaml")), "the sweep starting",
+                interval=0.05)
     statuses = [status for (status,) in query(store.db, "SELECT status FROM runs")] if store.db.exists() else []
     assert "RUNNING" not in statuses, statuses
 
@@ -540,10 +543,8 @@ def test_a_parallel_sweep_whose_worker_is_killed_ends_failed(tmp_path: Path, mak
         workers = [pid for pid in pids if servers and parent_of(pid) == int(servers[0])]
         assert len(workers) == 2, session_processes(process.pid)
         os.kill(int(workers[0]), signal.SIGKILL)
-        result = process.wait(time.monotonic(), PROMPT_EXIT_SECONDS)
-        deadline = time.monotonic() + 10
-        while (leftover := session_processes(process.pid)) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        result = process.wait(time.monotonic(), PROMPT_EXIT_SECONDS, keep_group=True)
+        leftover = leftover_processes(process)
     finally:
         process.kill()
     assert result.returncode == 1, result.output
