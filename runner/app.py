@@ -284,12 +284,19 @@ def main() -> None:
         # collections walk it all (about a second after a tracked run, seen in the benchmarks).
         gc.freeze()
     except KeyboardInterrupt as interrupt:
+        # A second Ctrl-C (people press it twice) or SIGTERM must not cut the clean-up short: it
+        # ends the runs KILLED, and cut short it would leave them RUNNING, with a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         from runner.sweep import end_unfinished_sweep
 
-        end_unfinished_sweep("KILLED", "interrupted")
+        sweep_ended = end_unfinished_sweep("KILLED", "interrupted")
         terminated = isinstance(interrupt, Terminated)
-        print(f"\nbprun: {'terminated' if terminated else 'interrupted'}; the run was ended KILLED with every "
-              "completed epoch logged", file=sys.stderr)
+        ended = ("the sweep and its running jobs were ended KILLED" if sweep_ended
+                 else "the run was ended KILLED" if getattr(interrupt, "tracked_run_id", None) else None)
+        print(f"\nbprun: {'terminated' if terminated else 'interrupted'}; "
+              + (f"{ended} with every completed epoch logged" if ended else "no MLflow run had started"),
+              file=sys.stderr)
         # 128 + the signal number: the shell's convention for a process ended by a signal.
         sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
     except SystemExit as exit_:

@@ -462,15 +462,17 @@ def forget_context() -> None:
         os.environ.pop(name, None)
 
 
-def end_unfinished_sweep(status: str, reason: str) -> None:
+def end_unfinished_sweep(status: str, reason: str) -> bool:
     """End the multirun of this process that stopped before its end (``end_sweep``): after
     Ctrl-C or SIGTERM (KILLED), or an error Hydra reported (FAILED); Hydra skips the sweep's end
-    callback then. Does nothing outside a sweep, or once the sweep's end has run."""
+    callback then. Does nothing outside a sweep, before its parent run exists, or once the
+    sweep's end has run; returns whether it ended one."""
     context = SweepContext.from_environment()
     if context is None:
-        return
+        return False
     forget_context()
     end_sweep(context, status, reason)
+    return True
 
 
 def end_sweep(context: SweepContext, status: str, reason: str) -> None:

@@ -210,12 +210,16 @@ def leftover_processes(process: Background, seconds: float = 10.0) -> list[str]:
     return left
 
 
-def ctrl_c_once(process: Background, ready: Callable[[], Any], what: str, interval: float) -> Finished:
-    """Ctrl-C to ``process``'s whole group (as a terminal sends it) once ``ready()`` holds; it
-    must exit 130 at once, without a traceback, and nothing of it may outlive it."""
+def ctrl_c_once(process: Background, ready: Callable[[], Any], what: str, interval: float,
+                presses: int = 1) -> Finished:
+    """Ctrl-C to ``process``'s whole group (as a terminal sends it) once ``ready()`` holds,
+    ``presses`` times in quick succession; it must exit 130 at once, without a traceback, and
+    nothing of it may outlive it."""
     try:
         wait_until(ready, START_TIMEOUT, what, process, interval=interval)
-        os.killpg(process.pid, signal.SIGINT)
+        for press in range(presses):
+            time.sleep(0.03 if press else 0.0)
+            os.killpg(process.pid, signal.SIGINT)
         result = process.wait(time.monotonic(), PROMPT_EXIT_SECONDS, keep_group=True)
         leftover = leftover_processes(process)
     finally:
@@ -477,6 +481,7 @@ def test_an_interrupted_parallel_sweep_stops_at_once_and_everywhere(interrupted_
     assert sweep.result.returncode == 128 + signal.SIGINT, sweep.result.output
     assert sweep.result.seconds < PROMPT_EXIT_SECONDS
     assert sweep.statuses[sweep.parent_id][0] == "KILLED", sweep.statuses
+    assert "interrupted; the sweep and its running jobs were ended KILLED" in sweep.result.stderr
     children = {run_id: status for run_id, (status, parent) in sweep.statuses.items() if parent == sweep.parent_id}
     assert len(children) >= 2, sweep.statuses  # the jobs that had started logging
     # Nobody logs after the command is over, and no worker keeps running.
@@ -499,6 +504,7 @@ def test_ctrl_c_in_a_basic_sweep_keeps_the_completed_runs_plots(tmp_path: Path, 
                       key=lambda run: run.info.start_time)
     assert [(run.info.status, run.data.params["trainer.epochs"]) for run in children] == [
         ("FINISHED", "50"), ("KILLED", "1000000")], result.output
+    assert "interrupted; the sweep and its running jobs were ended KILLED" in result.stderr, result.output
     for run in children:
         plots = sorted(path.name for path in (artifact_dir(run) / "plots").iterdir())
         assert plots == ["gradient_norms.png", "learning_curves.png", "weight_norms.png"], (run.info.status, plots)
@@ -513,14 +519,14 @@ def test_an_interrupted_parallel_sweep_leaves_no_run_running(interrupted_sweep: 
 
 
 def test_ctrl_c_while_a_parallel_sweep_starts_leaves_nothing_running(tmp_path: Path, make_store) -> None:
-    """Ctrl-C while the fork server imports and bprun composes the jobs (or waits for the process
-    that creates the parent run): no traceback from any process, no run left RUNNING, no process
-    left behind."""
+    """Ctrl-C, pressed twice, while the fork server imports and bprun composes the jobs (or waits
+    for the process that creates the parent run): no traceback from any process, no run left
+    RUNNING, no process left behind."""
     store = make_store("sweep-start-interrupt")
     process = Background(*PARALLEL_SWEEP, cwd=tmp_path, uri=store.uri, new_session=True)
     # The sweeper writes multirun.yaml just before it composes the jobs.
     ctrl_c_once(process, lambda: list(tmp_path.glob("outputs/multirun/*/*/multirun.yaml")), "the sweep starting",
-                interval=0.05)
+                interval=0.05, presses=2)
     statuses = [status for (status,) in query(store.db, "SELECT status FROM runs")] if store.db.exists() else []
     assert "RUNNING" not in statuses, statuses
 
