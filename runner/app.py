@@ -252,8 +252,39 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the run ends KILLED with everything logged so far."""
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated()
+# The signal that interrupted bprun, if one did: Hydra and OmegaConf can turn the exception it
+# raises into an error of their own (a Ctrl-C in the middle of composing a config), which must
+# still end bprun as an interruption.
+_interrupted_by: int | None = None
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    import signal
+
+    global _interrupted_by
+    _interrupted_by = signum
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _exit_interrupted(terminated: bool, run_ended: bool) -> None:
+    """End the sweep in progress KILLED, say what was ended (``run_ended``: a single run's own
+    clean-up ended it), and exit 130 (Ctrl-C) or 143 (SIGTERM)."""
+    import signal
+
+    # A second Ctrl-C (people press it twice) or SIGTERM must not cut the clean-up short: it
+    # ends the runs KILLED, and cut short it would leave them RUNNING, with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from runner.sweep import end_unfinished_sweep
+
+    sweep_ended = end_unfinished_sweep("KILLED", "interrupted")
+    ended = ("the sweep and its running jobs were ended KILLED" if sweep_ended
+             else "the run was ended KILLED" if run_ended else None)
+    print(f"\nbprun: {'terminated' if terminated else 'interrupted'}; "
+          + (f"{ended} with every completed epoch logged" if ended else "no MLflow run had started"),
+          file=sys.stderr)
+    # 128 + the signal number: the shell's convention for a process ended by a signal.
+    sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
 
 
 def main() -> None:
@@ -277,29 +308,19 @@ def main() -> None:
     _refuse_foreign_callbacks()
     _compose_each_job_once()
     # By default SIGTERM kills the process on the spot and MLflow leaves the run RUNNING forever.
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started ignoring it
+        signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         _hydra_main()
         # Everything imported so far lives until exit; without this the interpreter's last
         # collections walk it all (about a second after a tracked run, seen in the benchmarks).
         gc.freeze()
     except KeyboardInterrupt as interrupt:
-        # A second Ctrl-C (people press it twice) or SIGTERM must not cut the clean-up short: it
-        # ends the runs KILLED, and cut short it would leave them RUNNING, with a traceback.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        from runner.sweep import end_unfinished_sweep
-
-        sweep_ended = end_unfinished_sweep("KILLED", "interrupted")
-        terminated = isinstance(interrupt, Terminated)
-        ended = ("the sweep and its running jobs were ended KILLED" if sweep_ended
-                 else "the run was ended KILLED" if getattr(interrupt, "tracked_run_id", None) else None)
-        print(f"\nbprun: {'terminated' if terminated else 'interrupted'}; "
-              + (f"{ended} with every completed epoch logged" if ended else "no MLflow run had started"),
-              file=sys.stderr)
-        # 128 + the signal number: the shell's convention for a process ended by a signal.
-        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+        _exit_interrupted(isinstance(interrupt, Terminated), getattr(interrupt, "tracked_run_id", None) is not None)
     except SystemExit as exit_:
+        if _interrupted_by is not None:  # the interruption came back as Hydra's error report
+            _exit_interrupted(_interrupted_by == signal.SIGTERM, run_ended=False)
         if exit_.code not in (None, 0):  # how Hydra stops on an error, a sweep's included
             from runner.sweep import end_unfinished_sweep
 

@@ -112,7 +112,7 @@ def _start() -> ProcessPoolExecutor:
         # spawn, not fork: a clean interpreter that shares no state (SQLite handles, threads,
         # locks) with this one.
         _executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_ignore_interrupts)
+                                        initializer=ignore_interrupts)
     return _executor
 
 
@@ -131,7 +131,9 @@ def _collect(work: Future, run_id: str) -> None:
         log.warning("could not draw the plots of run %s: %s: %s", run_id, type(error).__name__, error)
 
 
-def _ignore_interrupts() -> None:
+def ignore_interrupts() -> None:
+    """For a helper process that must finish its work: Ctrl-C (sent to the whole process group)
+    and SIGTERM are bprun's to handle."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)

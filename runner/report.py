@@ -638,7 +638,8 @@ def _learning_curves_figure(ranked: "pd.DataFrame", histories: Histories, metric
             # 300 decades (which also overflows the log transform).
             values = np.minimum(values, limits.clip)
         style = dict(marker="o", markersize=3) if values.size <= MARKERS_UP_TO else {}
-        ax.plot(history.steps, values, color=colouring.colours[position], linestyle="--" if fallback and not all_fallback else "-",
+        dashed = fallback and not all_fallback
+        ax.plot(history.steps, values, color=colouring.colours[position], linestyle="--" if dashed else "-",
                 linewidth=2.6 if position == 0 else 1.4, alpha=0.9, zorder=3 if position == 0 else 2, **style)
         if failed:
             last = np.flatnonzero(np.isfinite(values))[-1]

@@ -60,6 +60,11 @@ class SweepContext:
             return None
         return cls(parent, os.environ[ENV_EXPERIMENT_ID], os.environ[ENV_TRACKING_URI])
 
+    def environment(self) -> dict[str, str]:
+        """The environment variables that announce this context (``from_environment`` reads them)."""
+        return {ENV_PARENT_RUN_ID: self.parent_run_id, ENV_EXPERIMENT_ID: self.experiment_id,
+                ENV_TRACKING_URI: self.tracking_uri}
+
 
 def check_output_folder(folder: str) -> None:
     """Exit with one clear message when Hydra's output folder cannot be written (a read-only
@@ -213,10 +218,9 @@ def create_parent_run_in_server_child(request: ParentRunRequest) -> SweepContext
 
 def _create_parent_run_for(request: ParentRunRequest, connection: Any) -> None:
     """In the child of ``create_parent_run_in_server_child``."""
-    import signal
+    from runner.background_plots import ignore_interrupts
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignore_interrupts()
     try:
         context = create_parent_run(request)
     except Exception as error:
@@ -235,8 +239,7 @@ def announce(context: SweepContext) -> None:
     """Set the sweep's environment variables in this process: the basic launcher's jobs run
     here, workers started as new processes inherit them, and an interrupted sweep is ended
     from them (``end_unfinished_sweep``)."""
-    os.environ.update({ENV_PARENT_RUN_ID: context.parent_run_id, ENV_EXPERIMENT_ID: context.experiment_id,
-                       ENV_TRACKING_URI: context.tracking_uri})
+    os.environ.update(context.environment())
 
 
 def start_parent_before_launch(composed_job_configs: list[DictConfig]) -> None:
@@ -331,8 +334,7 @@ def hand_context_to_jobs(config: DictConfig, context: SweepContext,
     not carry verbatim (a quote, a backslash or a ``$``, which Hydra and OmegaConf interpret)."""
     from omegaconf import open_dict, read_write
 
-    values = {ENV_PARENT_RUN_ID: context.parent_run_id, ENV_EXPERIMENT_ID: context.experiment_id,
-              ENV_TRACKING_URI: context.tracking_uri}
+    values = context.environment()
     if any(character in value for value in values.values() for character in "'\\$"):
         return False
     overrides = [f"++hydra.job.env_set.{name}='{value}'" for name, value in values.items()]

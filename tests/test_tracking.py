@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from runner.tracking import MlflowRun, SqliteMetricWriter, ensure_experiment, sqlite_path
 
 
