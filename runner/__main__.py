@@ -1,4 +1,4 @@
-from runner.app import main
+from runner.cli import main
 
 # Guarded: the plot helper (spawn) and the joblib workers (forkserver) import this module again
 # as __mp_main__.

@@ -288,7 +288,7 @@ def _exit_interrupted(terminated: bool, run_ended: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """bprun itself, behind ``runner.cli.main``."""
     import gc
     import logging
     import signal

@@ -154,6 +154,14 @@ def _version(distribution: str) -> str:
         return UNKNOWN
 
 
+def read_once_per_process() -> None:
+    """Read now what ``provenance_tags`` reads once per process (the runner's git state, the
+    installed versions): the joblib workers' fork server does, once for all its workers."""
+    project_git_state()
+    for distribution in VERSION_TAGS.values():
+        _version(distribution)
+
+
 def _numpy_blas() -> dict | None:
     """threadpoolctl's entry for the BLAS that NumPy itself links, if it can tell."""
     try:

@@ -10,8 +10,9 @@ process: the basic launcher's jobs run here, and worker processes started later 
 When the sweep ends it attaches the summary to the parent, sets the parent's final status, and
 makes the command exit non-zero if any job failed.
 
-For the joblib launcher it also starts, as the multirun starts, a fork server that imports what a
-job needs (``runner.worker_preload``); the workers are forked from it ready to run, where each
+For the joblib launcher it also starts, as the multirun starts (or sooner, ``runner.cli``), a fork
+server that imports what a job needs (``runner.worker_server``, ``runner.worker_preload``); the
+workers are forked from it ready to run, where each
 would otherwise start a new interpreter and import it all. The parent run is created in a process
 forked from that server too, and the summary is made in an idle worker, so that bprun itself
 never imports MLflow. The server's environment predates the parent run, so the variables also go
@@ -33,6 +34,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from runner.config import clean_value
+from runner.worker_server import fork_workers_from_server, start_worker_server
 
 log = logging.getLogger(__name__)
 
@@ -344,39 +346,6 @@ def hand_context_to_jobs(config: DictConfig, context: SweepContext,
             if target is not config:  # as composing with the overrides would have set it
                 target.hydra.job.env_set.update(values)
     return True
-
-
-def start_worker_server() -> bool:
-    """Start a fork server that imports what a job needs (``runner.worker_preload``) for the
-    joblib launcher's workers; returns False if it could not start. Until
-    ``fork_workers_from_server`` the workers would still start as new interpreters, joblib's
-    default, each importing it all again (about 2 s of a core, both workers at once)."""
-    import multiprocessing
-    import multiprocessing.forkserver
-    import signal
-
-    # Ctrl-C reaches the whole process group, the server too: it inherits "ignore" (Python's
-    # start-up would otherwise die on it with a traceback) until its preload ends. Meanwhile a
-    # Ctrl-C for bprun itself is held back, not lost: Linux queues blocked signals even if ignored.
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        multiprocessing.set_forkserver_preload(["runner.worker_preload"])
-        multiprocessing.forkserver.ensure_running()
-    except Exception as error:
-        log.debug("no fork server for the joblib workers: %s", error)
-        return False
-    finally:
-        signal.signal(signal.SIGINT, handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    return True
-
-
-def fork_workers_from_server() -> None:
-    """Make joblib's process pool (loky) start its workers from the fork server."""
-    from joblib.externals.loky.backend.context import set_start_method
-
-    set_start_method("forkserver", force=True)
 
 
 def _joblib_workers():

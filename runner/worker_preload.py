@@ -1,6 +1,6 @@
 """What a sweep job needs, made ready once by the fork server of the joblib launcher's workers.
 
-``runner.sweep.start_worker_server`` names this module as the server's preload: the server
+``runner.worker_server.start_worker_server`` names this module as the server's preload: the server
 imports it before it forks the first worker, so every worker starts with these modules in place
 instead of importing them itself (about 2 s of a core each, MLflow the largest part). bprun
 itself never imports it.
@@ -10,6 +10,8 @@ Besides the imports:
 - MLflow's map of installed packages is filled here. MLflow builds it on a process's first model
   save, to check the model's requirements against the environment: a scan of site-packages that
   cost each worker's first job 0.5-0.6 s.
+- The provenance tags' git state and installed versions are read (about 0.05 s of each
+  worker's first job).
 - matplotlib draws one small chart, so that its fonts and text rendering are ready too.
 - ``gc.freeze()`` comes last: the modules' objects (about 200,000) move out of the collector's
   reach, in the server and so in every worker forked from it. loky runs a full collection in a
@@ -46,6 +48,11 @@ _fill_installed_packages_map = getattr(importlib.import_module("mlflow.utils.req
                                       "_init_packages_to_modules_map", None)
 if _fill_installed_packages_map is not None:
     _fill_installed_packages_map()
+
+# The runner's git state (several git calls) and the installed versions: read once per process
+# for the provenance tags, and here for every worker at once. The code whose git state it is was
+# imported just above, so it is still the code that runs.
+importlib.import_module("runner.provenance").read_once_per_process()
 
 # One small chart drawn to memory: matplotlib loads its fonts and sets up text rendering once
 # here, not in each worker's first plots (0.2 s of them).

@@ -36,7 +36,7 @@ def test_the_wheel_ships_configs_data_and_console_scripts(wheel: Path) -> None:
         assert expected in names, expected
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for script in ("bprun =", "bprun-report =", "bprun-rerun =", "bprun-doctor =", "bprun-sync ="):
+    for script in ("bprun = runner.cli:main", "bprun-report =", "bprun-rerun =", "bprun-doctor =", "bprun-sync ="):
         assert script in text
 
 
@@ -49,7 +49,7 @@ def test_bprun_runs_from_the_unpacked_wheel(wheel: Path, tmp_path: Path) -> None
     environment["PYTHONPATH"] = str(unpacked)  # ahead of the editable install's finder
     result = subprocess.run(
         [sys.executable, "-c", "import runner, sys; assert runner.__file__.startswith(sys.argv[1]), runner.__file__;"
-         "from runner.app import main; sys.argv = ['bprun', 'dataset=iris', 'trainer.epochs=3', 'tracking=none']; main()",
+         "from runner.cli import main; sys.argv = ['bprun', 'dataset=iris', 'trainer.epochs=3', 'tracking=none']; main()",
          str(unpacked)],
         cwd=work, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -42,6 +42,8 @@ import numpy as np
 import pytest
 import yaml
 
+from runner.worker_server import joblib_workers_requested
+
 pytestmark = pytest.mark.slow
 
 EXPERIMENT = "backprop-runner"
@@ -431,8 +433,37 @@ def test_the_worker_preload_imports_and_prepares_what_a_job_needs() -> None:
              "from mlflow.utils import requirements_utils\n"
              "assert all(name in sys.modules for name in preload.JOB_MODULES)\n"
              "assert requirements_utils._PACKAGES_TO_MODULES, 'installed-packages map not filled'\n"
-             "assert gc.get_freeze_count() > 100_000, gc.get_freeze_count()\n")
+             "assert gc.get_freeze_count() > 100_000, gc.get_freeze_count()\n"
+             "from runner import provenance\n"
+             "assert provenance.project_git_state.cache_info().currsize == 1\n"
+             "assert provenance._version.cache_info().currsize == len(provenance.VERSION_TAGS)\n")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("arguments", "requested"), [
+    (["-m", "hydra/launcher=joblib", "optimizer.lr=0.1,1"], True),
+    (["--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], True),
+    (["hydra/launcher=joblib", "optimizer.lr=0.1"], False),  # a single run
+    (["-m", "optimizer.lr=0.1,1"], False),  # the basic launcher
+    (["-m", "hydra/launcher=joblib", "hydra/launcher=basic"], False),  # the last one counts
+    (["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1"], False),  # joblib runs it in-process
+    (["-m", "hydra/launcher=joblib", "tracking=none"], False),  # no parent run, no preloaded MLflow needed
+    (["-m", "hydra/launcher=joblib", "tracking.enabled=False"], False),
+    (["-m", "hydra/launcher=joblib", "--cfg", "job"], False),  # prints, runs nothing
+    (["-m", "hydra/launcher=joblib", "--help"], False),
+])
+def test_the_worker_server_starts_first_thing_only_for_a_tracked_parallel_sweep(arguments, requested) -> None:
+    assert joblib_workers_requested(arguments) is requested
+
+
+def test_bprun_can_start_the_worker_server_before_importing_anything_but_the_standard_library() -> None:
+    """The point of starting it from ``runner.cli``: Hydra and the app import meanwhile."""
+    check = ("import sys, runner.cli\n"
+             "third_party = sorted({name.partition('.')[0] for name in sys.modules} - set(sys.stdlib_module_names)"
+             " - {'runner', '__main__', '_distutils_hack'})\n"
+             "assert not [name for name in third_party if not name.startswith('__editable__')], third_party\n")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
 
@@ -452,7 +483,7 @@ def counting(self, config_name, overrides, *args, **kwargs):
     return original(self, config_name, overrides, *args, **kwargs)
 ConfigLoaderImpl.load_configuration = counting
 if __name__ == "__main__":
-    from runner.app import main
+    from runner.cli import main
     sys.argv = ["bprun", *sys.argv[1:]]
     main()
     record("imported-mlflow" if "mlflow" in sys.modules else "never-imported-mlflow")

@@ -29,7 +29,7 @@ xor. ``bprun -m 'model.hidden=[4]' trainer.epochs=500 optimizer.lr=0.5,1,2,4 see
    --instrumented-child ...``, which wraps Hydra's per-job steps (``load_sweep_config``,
    ``run_job``, ``_save_config``, ``configure_log``), the sweep callback, ``run_experiment``
    and the runner's tracking functions in thin timers (microseconds each; nothing per epoch is
-   wrapped) and then calls ``runner.app.main`` exactly as the ``bprun`` console script does.
+   wrapped) and then calls ``runner.cli.main`` exactly as the ``bprun`` console script does.
    Its timeline accounts for the whole wall time from launch to exit: interpreter start-up,
    imports, Hydra start-up, the up-front compose of every job, then mlflow import and store +
    parent run, each job (Hydra's ``run_job``, the runner's work before the first and after the
@@ -459,6 +459,7 @@ def child_main(output: str, bprun_arguments: list[str]) -> None:
     """``bprun -m ...`` in this process with timers around Hydra's and the runner's steps;
     writes the timeline to ``output`` (JSON) before the interpreter exits."""
     import runner.app
+    import runner.cli
 
     imported = time.monotonic()
     spans = Spans()
@@ -475,7 +476,7 @@ def child_main(output: str, bprun_arguments: list[str]) -> None:
     code: Any = 0
     main_start = time.monotonic()
     try:
-        runner.app.main()
+        runner.cli.main()
     except SystemExit as exit_:
         code = exit_.code
     finally:
