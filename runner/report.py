@@ -71,6 +71,10 @@ FINAL_VS_KEY_SIZE = (7.5, 4.8)
 MARKERS_UP_TO = 25
 # More values than this get a plain colour bar (and no per-value legend or ticks).
 LABELLED_VALUES_UP_TO = 10
+# A swept value gets its own tick label only this far (a fraction of the axis, on its scale) from
+# the last one labelled: an Optuna search puts trials close together (0.224, 0.229).
+X_LABEL_GAP = 0.1  # the x axis of a final-vs-key chart: room for a label like 0.0891
+COLOUR_BAR_LABEL_GAP = 0.05  # the vertical colour bar: room for a line of text
 FAILED_STYLE = dict(marker="x", color="#d62728", markersize=9, markeredgewidth=2.2, linestyle="none")
 FAILURE_REASON_WIDTH = 60  # characters of failure_reason shown in the terminal and in Markdown
 
@@ -543,6 +547,22 @@ def _value_label(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _labelled_values(distinct: list[float], log: bool, gap: float) -> list[float]:
+    """Which of the sorted ``distinct`` swept values get a tick label: the smallest and the
+    largest, and between them each one at least ``gap`` of the span (in log10 if ``log``) from
+    the last one kept, so that no two labels overlap."""
+    positions = np.log10(distinct) if log else np.asarray(distinct, dtype=float)
+    span = positions[-1] - positions[0]
+    kept = [0]
+    for index in range(1, len(distinct)):
+        if positions[index] - positions[kept[-1]] >= gap * span:
+            kept.append(index)
+    # The largest, if too close to the last one kept, takes its place (that one is never the
+    # smallest: the largest is a whole span away from it).
+    kept[-1] = len(distinct) - 1
+    return [distinct[index] for index in kept]
+
+
 @dataclass
 class _Colouring:
     """A colour per row, and how to explain it: a colour bar (numeric key) or legend handles."""
@@ -577,8 +597,9 @@ def _colouring(ranked: "pd.DataFrame", key: str | None) -> _Colouring:
         norm = LogNorm(low, high) if _wants_log(key, finite) else Normalize(low, high)
         colours = [sequential(norm(value)) if np.isfinite(value) else "0.6" for value in values]
         distinct = sorted(set(finite.tolist()))
-        return _Colouring(colours, mappable=ScalarMappable(norm, sequential),
-                          ticks=distinct if len(distinct) <= LABELLED_VALUES_UP_TO else None, title=key)
+        ticks = (_labelled_values(distinct, isinstance(norm, LogNorm), COLOUR_BAR_LABEL_GAP)
+                 if len(distinct) <= LABELLED_VALUES_UP_TO else None)
+        return _Colouring(colours, mappable=ScalarMappable(norm, sequential), ticks=ticks, title=key)
     labels = ["(none)" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
               for value in column]
     categories = sorted(set(labels))
@@ -762,14 +783,16 @@ def _final_vs_key_figure(ranked: "pd.DataFrame", metric: str, key: str) -> "Figu
         if members.sum() > xs.size:
             ax.plot(x[members], y[members], color=colour, marker="o", markersize=4, alpha=0.5, linestyle="none")
 
-    if _wants_log(key, x):
+    log_x = _wants_log(key, x)
+    if log_x:
         ax.set_xscale("log")
     shown = y[usable]
     if shown.size and (shown > 0).all() and shown.max() / shown.min() >= 10:
         ax.set_yscale("log")
     distinct = sorted(set(x[np.isfinite(x)].tolist()))
     if len(distinct) <= LABELLED_VALUES_UP_TO:
-        ax.set_xticks(distinct, labels=[_value_label(value) for value in distinct])
+        labelled = _labelled_values(distinct, log_x, X_LABEL_GAP)
+        ax.set_xticks(labelled, labels=[_value_label(value) for value in labelled])
         ax.xaxis.set_minor_locator(NullLocator())
     marks = failed & np.isfinite(x)  # a run without a value of the key has no place on this axis
     if marks.any():

@@ -324,6 +324,38 @@ def test_learning_curves_name_the_metric_they_draw(sweep_store: SweepStore, swee
     assert {line.get_linestyle() for line in axes.get_lines() if len(line.get_xdata()) > 1} == {"-"}
 
 
+def _tick_labels(figure, axis) -> list[tuple[str, object]]:
+    """The visible tick labels of ``axis`` as drawn: (text, window extent)."""
+    renderer = figure.canvas.get_renderer()
+    figure.draw(renderer)
+    return [(label.get_text(), label.get_window_extent(renderer)) for label in axis.get_ticklabels()
+            if label.get_visible() and label.get_text()]
+
+
+@pytest.mark.parametrize(("values", "labelled"), [
+    # A grid: every swept value is labelled.
+    ([1.0, 0.1, 0.01, 10.0], ["0.01", "0.1", "1", "10"]),
+    # An Optuna search put two trials 2% apart and a third close by: the labels must not overlap.
+    ([0.224, 0.229, 0.0164, 0.255], ["0.0164", "0.255"]),
+])
+def test_swept_values_label_their_axis_without_overlapping(sweep_table, values, labelled) -> None:
+    table, histories = sweep_table
+    table = table.assign(**{"optimizer.lr": values})
+    final_vs_lr = report._final_vs_key_figure(table, "val_mse", "optimizer.lr")
+    curves = report._learning_curves_figure(table, histories, "val_mse", "optimizer.lr")
+    colour_bar = curves.axes[1]
+    for figure, axis in ((final_vs_lr, final_vs_lr.axes[0].xaxis), (curves, colour_bar.yaxis)):
+        drawn = _tick_labels(figure, axis)
+        texts = [text for text, _ in drawn]
+        assert [labelled[0], labelled[-1]] == [texts[0], texts[-1]], texts
+        if len(labelled) == 4:
+            assert texts == labelled
+        boxes = [box for _, box in drawn]
+        overlapping = [(texts[i], texts[j]) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
+                       if boxes[i].overlaps(boxes[j])]
+        assert not overlapping, texts
+
+
 # --- command line ----------------------------------------------------------------------------
 
 def test_main_reports_a_sweep_by_parent_id(sweep_store: SweepStore, tmp_path: Path, capsys) -> None:
