@@ -12,12 +12,11 @@ makes the command exit non-zero if any job failed.
 
 For the joblib launcher it also starts, as the multirun starts (or sooner, ``runner.cli``), a fork
 server that imports what a job needs (``runner.worker_server``, ``runner.worker_preload``); the
-workers are forked from it ready to run, where each
-would otherwise start a new interpreter and import it all. The parent run is created in a process
-forked from that server too, and the summary is made in an idle worker, so that bprun itself
-never imports MLflow. The server's environment predates the parent run, so the variables also go
-into every job's ``hydra.job.env_set``, which Hydra applies around the job in whatever process
-runs it. (Like any ``forkserver`` or ``spawn`` worker, these processes import the command's main
+workers are forked from it ready to run, where each would otherwise start a new interpreter and
+import it all. The parent run is created in a process forked from that server too, and the
+summary is made in an idle worker, so that bprun itself never imports MLflow. The server's
+environment predates the parent run, so the variables also go into every job's
+``hydra.job.env_set``, which Hydra applies around the job in whatever process runs it. (Like any ``forkserver`` or ``spawn`` worker, these processes import the command's main
 script again as ``__mp_main__``; ``bprun`` and ``python -m runner`` guard theirs.)
 """
 
