@@ -16,8 +16,9 @@ workers are forked from it ready to run, where each would otherwise start a new 
 import it all. The parent run is created in a process forked from that server too, and the
 summary is made in an idle worker, so that bprun itself never imports MLflow. The server's
 environment predates the parent run, so the variables also go into every job's
-``hydra.job.env_set``, which Hydra applies around the job in whatever process runs it. (Like any ``forkserver`` or ``spawn`` worker, these processes import the command's main
-script again as ``__mp_main__``; ``bprun`` and ``python -m runner`` guard theirs.)
+``hydra.job.env_set``, which Hydra applies around the job in whatever process runs it. (Like
+any ``forkserver`` or ``spawn`` worker, these processes import the command's main script again
+as ``__mp_main__``; ``bprun`` and ``python -m runner`` guard theirs.)
 """
 
 from __future__ import annotations
