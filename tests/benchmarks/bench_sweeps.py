@@ -33,8 +33,8 @@ xor. ``bprun -m 'model.hidden=[4]' trainer.epochs=500 optimizer.lr=0.5,1,2,4 see
    Its timeline accounts for the whole wall time from launch to exit: interpreter start-up,
    imports, Hydra start-up, the up-front compose of every job, then mlflow import and store +
    parent run, each job (Hydra's ``run_job``, the runner's work before the first and after the
-   last epoch, the epochs), the sweep summary, and exit. Real and instrumented runs take turns; the instrumented wall time
-   is shown next to the real one. The in-process loop of (b) is also profiled (cProfile,
+   last epoch, the epochs), the sweep summary, and exit. Real and instrumented runs take turns;
+   the instrumented wall time is shown next to the real one. The in-process loop of (b) is also profiled (cProfile,
    ranking only: profiling inflates Python-heavy code).
 
 digits. ``bprun -m dataset=digits 'model.hidden=[128,64]' trainer.epochs=200 trainer.batch_size=32
