@@ -3,8 +3,6 @@ argument, the bad value and what is allowed."""
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 
@@ -13,23 +11,6 @@ def check_choice(argument: str, value: object, table: dict) -> None:
     if not isinstance(value, str) or value not in table:
         allowed = ", ".join(sorted(table))
         raise ValueError(f"{argument}={value!r} is not one of: {allowed}")
-
-
-def check_positive(argument: str, value: object, *, integer: bool = False) -> None:
-    """Raise unless ``value`` is a finite number > 0 (an int when ``integer``)."""
-    kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind) or not np.isfinite(value) or value <= 0:
-        what = "an integer >= 1" if integer else "a finite number > 0"
-        raise ValueError(f"{argument}={value!r} is not allowed: it must be {what}")
-
-
-def check_range(argument: str, value: object, low: float, high: float, *, closed_high: bool = False) -> None:
-    """Raise unless ``low <= value < high`` (``<= high`` when ``closed_high``)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
-    ok = ok and low <= value and (value <= high if closed_high else value < high)
-    if not ok:
-        bracket = "]" if closed_high else ")"
-        raise ValueError(f"{argument}={value!r} is not allowed: it must lie in [{low}, {high}{bracket}")
 
 
 def as_finite_2d(argument: str, values: object, dtype: np.dtype) -> np.ndarray:

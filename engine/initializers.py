@@ -10,7 +10,8 @@ from typing import Callable
 
 import numpy as np
 
-from engine._checks import check_choice, check_positive
+from engine._checks import check_choice
+from engine.limits import check_limit
 
 Initializer = Callable[[np.random.Generator, int, int, float], np.ndarray]
 
@@ -54,5 +55,5 @@ INITIALIZERS: dict[str, Initializer] = {
 def get_initializer(name: str, std: float = 0.01, argument: str = "init") -> Initializer:
     """Return the initializer for ``name``; raise ValueError listing the valid names."""
     check_choice(argument, name, INITIALIZERS)
-    check_positive("init_std", std)
+    check_limit("init_std", std)
     return INITIALIZERS[name]

@@ -17,7 +17,8 @@ import math
 
 import numpy as np
 
-from engine._checks import check_choice, check_positive, check_range
+from engine._checks import check_choice
+from engine.limits import check_limit
 from engine.schedules import Schedule
 
 
@@ -25,7 +26,7 @@ class Optimizer:
     """Base class: holds the base learning rate, its schedule and the rate of the current epoch."""
 
     def __init__(self, lr: float, schedule: Schedule | None = None) -> None:
-        check_positive("lr", lr)
+        check_limit("lr", lr)
         self.base_lr = float(lr)
         self.schedule = schedule or Schedule()
         self.lr = self.base_lr
@@ -57,7 +58,7 @@ class Momentum(Optimizer):
 
     def __init__(self, lr: float, momentum: float = 0.9, schedule: Schedule | None = None) -> None:
         super().__init__(lr, schedule)
-        check_range("momentum", momentum, 0.0, 1.0)
+        check_limit("momentum", momentum)
         self.momentum = float(momentum)
 
     def reset(self, n_params: int, dtype: np.dtype) -> None:
@@ -95,9 +96,9 @@ class Adam(Optimizer):
         schedule: Schedule | None = None,
     ) -> None:
         super().__init__(lr, schedule)
-        check_range("beta1", beta1, 0.0, 1.0)
-        check_range("beta2", beta2, 0.0, 1.0)
-        check_positive("eps", eps)
+        check_limit("beta1", beta1)
+        check_limit("beta2", beta2)
+        check_limit("eps", eps)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
     def reset(self, n_params: int, dtype: np.dtype) -> None:

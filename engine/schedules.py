@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from engine._checks import check_choice, check_positive, check_range
+from engine._checks import check_choice
+from engine.limits import check_limit
 
 SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine")
 
@@ -30,9 +31,9 @@ class Schedule:
 
     def __post_init__(self) -> None:
         check_choice("schedule.name", self.name, dict.fromkeys(SCHEDULE_NAMES))
-        check_positive("schedule.step_size", self.step_size, integer=True)
-        check_range("schedule.gamma", self.gamma, 0.0, 1.0, closed_high=True)
-        check_range("schedule.min_lr", self.min_lr, 0.0, math.inf)
+        check_limit("schedule.step_size", self.step_size)
+        check_limit("schedule.gamma", self.gamma)
+        check_limit("schedule.min_lr", self.min_lr)
 
     def lr_at(self, lr: float, epoch: int, total: int) -> float:
         """Learning rate of 0-based ``epoch`` out of ``total`` for base rate ``lr``."""

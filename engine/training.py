@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from engine._checks import as_finite_2d, check_choice, check_positive, check_range
+from engine._checks import as_finite_2d, check_choice
+from engine.limits import check_limit
 from engine.network import MLP, Workspace
 from engine.optimizers import Optimizer
 
@@ -41,8 +42,8 @@ class EarlyStopping:
     restore_best_weights: bool = False
 
     def __post_init__(self) -> None:
-        check_positive("early_stopping.patience", self.patience, integer=True)
-        check_range("early_stopping.min_delta", self.min_delta, 0.0, math.inf)
+        check_limit("early_stopping.patience", self.patience)
+        check_limit("early_stopping.min_delta", self.min_delta)
 
 
 @dataclass
@@ -63,8 +64,9 @@ class EpochReport:
 class History:
     """Per-epoch metrics (``metrics['train_loss'][e]`` etc.) and how training ended.
 
-    ``stop_reason`` is ``'completed'``, ``'early_stopping'`` or ``'diverged'``; ``message``
-    says what happened in words (for divergence: the epoch and the non-finite quantity).
+    ``stop_reason`` is ``'completed'``, ``'early_stopping'``, ``'diverged'`` or ``'interrupted'``;
+    ``message`` says what happened in words (for divergence: the epoch and the non-finite
+    quantity).
     """
 
     metrics: dict[str, list[float]] = field(default_factory=dict)
@@ -167,7 +169,7 @@ class _SaturationWatch:
     """Counts epochs in which the loss is stuck and (then, only) whether the units are pinned."""
 
     def __init__(self, network: MLP, patience: int) -> None:
-        check_range("saturation_patience", patience, 0, math.inf)
+        check_limit("saturation_patience", patience)
         activations = [network.activation] * (network.n_layers - 1) + [network.output_activation]
         self.layers = [(index, _SATURATION_BOUNDS[name]) for index, name in enumerate(activations)
                        if name in _SATURATION_BOUNDS]
@@ -231,6 +233,7 @@ def train(
     early_stopping: EarlyStopping | None = None,
     saturation_patience: int = 20,
     observers: Sequence[Observer] = (),
+    stop_requested: Callable[[], object] | None = None,
 ) -> History:
     """Train ``network`` in place and return its per-epoch history.
 
@@ -261,6 +264,10 @@ def train(
         at their bounds (no gradient flows back through it): a learning rate so large that the
         network saturated learns nothing more, yet never produces a NaN. 0 turns the check off.
     observers : sequence of Observer
+    stop_requested : callable, optional
+        Asked after every update (every mini-batch); when it returns something true, training
+        stops there with ``stop_reason='interrupted'``. The epoch in progress is neither
+        reported nor recorded, but the updates it made stay in the weights.
 
     Returns
     -------
@@ -268,8 +275,9 @@ def train(
         ``metrics`` holds ``train_<name>`` (and ``val_<name>``) lists, one value per epoch run.
         Training stops early, with ``stop_reason='diverged'``, at the first epoch whose loss,
         metrics or weights are not finite; that epoch is not reported or recorded.
+        ``history.epochs_run`` always counts the epochs recorded.
     """
-    check_positive("epochs", epochs, integer=True)
+    check_limit("epochs", epochs)
     for metric in metrics:
         check_choice("metrics", metric, dict.fromkeys(METRICS))
     if not isinstance(optimizer, Optimizer):
@@ -285,7 +293,7 @@ def train(
     if early_stopping is not None and not has_validation:
         raise ValueError("early_stopping needs a validation set (X_val, Y_val); none was given")
     if batch_size is not None:
-        check_positive("batch_size", batch_size, integer=True)
+        check_limit("batch_size", batch_size)
     full_batch = batch_size is None or batch_size >= n
     if not full_batch and not isinstance(rng, np.random.Generator):
         raise ValueError(
@@ -337,9 +345,11 @@ def train(
                 value = network.gradient(X, Y, output_delta, workspace, grad_weights, grad_biases)
                 train_metrics.add(value, workspace.activations[-1], Y, workspace.scratch[-1])
                 optimizer.step(params, grads)
+                stopped = stop_requested is not None and stop_requested()
             else:
                 order = rng.permutation(n)
                 n_batches = 0
+                stopped = False
                 for start in range(0, n, batch_size):
                     rows = order[start : start + batch_size]
                     workspace = workspaces[rows.shape[0]]
@@ -356,8 +366,15 @@ def train(
                     if grad_sum is not None:
                         grad_sum += grads
                     n_batches += 1
+                    if stop_requested is not None and stop_requested():
+                        stopped = True
+                        break
                 if grad_sum is not None:
                     grad_sum *= 1.0 / n_batches
+            if stopped:
+                history.stop_reason = "interrupted"
+                history.message = f"interrupted in epoch {epoch}, after {epoch} complete epoch(s)"
+                break
 
             train_values = train_metrics.means()
             problem = _first_non_finite(train_values, "train", loss, params)

@@ -294,7 +294,7 @@ def test_optimizer_hyperparameters_are_range_checked() -> None:
 def test_schedule_parameters_are_range_checked() -> None:
     with pytest.raises(ValueError, match=r"^schedule\.step_size=0 is not allowed: it must be an integer >= 1$"):
         engine.Schedule("step", step_size=0)
-    with pytest.raises(ValueError, match=r"^schedule\.gamma=1\.5 is not allowed: it must lie in \[0\.0, 1\.0\]$"):
+    with pytest.raises(ValueError, match=r"^schedule\.gamma=1\.5 is not allowed: it must lie in \(0\.0, 1\.0\]$"):
         engine.Schedule("exponential", gamma=1.5)
     with pytest.raises(ValueError, match=r"^schedule\.min_lr=-1 is not allowed: it must lie in \[0\.0, inf\)$"):
         engine.Schedule("cosine", min_lr=-1)

@@ -516,3 +516,59 @@ def test_saturation_with_a_huge_learning_rate_stops_as_diverged() -> None:
         history = engine.train(engine.MLP([2, 4, 1], np.random.default_rng(0)), engine.make_optimizer("gd", lr),
                                X, Y, epochs=500, saturation_patience=patience)
         assert history.stop_reason == "completed", history.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping on request (how the runner's cooperative interruption reaches the loop)
+# ---------------------------------------------------------------------------------------------
+
+
+class _EpochLog(engine.Observer):
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+        self.ended: engine.History | None = None
+
+    def on_epoch_end(self, report: engine.EpochReport) -> None:
+        self.epochs.append(report.epoch)
+
+    def on_train_end(self, history: engine.History) -> None:
+        self.ended = history
+
+
+def test_a_stop_request_ends_training_after_the_current_mini_batch() -> None:
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(40, 2)), rng.uniform(size=(40, 1))
+    network = engine.MLP([2, 3, 1], np.random.default_rng(1))
+    asked = []
+
+    def stop_requested() -> bool:
+        asked.append(True)
+        return len(asked) == 2 * 4 + 3  # four batches per epoch: the third batch of epoch 2
+
+    log = _EpochLog()
+    history = engine.train(network, engine.make_optimizer("gd", 0.5), X, Y, epochs=10, batch_size=10,
+                           rng=np.random.default_rng(2), observers=[log], stop_requested=stop_requested)
+    assert history.stop_reason == "interrupted"
+    assert history.epochs_run == 2 and len(history.metrics["train_loss"]) == 2
+    assert log.epochs == [0, 1] and log.ended is history
+    assert history.message == "interrupted in epoch 2, after 2 complete epoch(s)"
+    assert len(asked) == 11  # nothing was asked, or trained, after the stop
+
+
+def test_a_stop_request_in_full_batch_training_records_no_further_epoch() -> None:
+    network = engine.MLP([2, 2, 1], np.random.default_rng(0))
+    calls = iter([False, False, False, True])
+    history = engine.train(network, engine.make_optimizer("gd", 1.0), XOR_X, XOR_Y, epochs=100,
+                           stop_requested=lambda: next(calls))
+    assert (history.stop_reason, history.epochs_run) == ("interrupted", 3)
+
+
+def test_the_engine_and_its_callers_share_one_table_of_ranges() -> None:
+    from engine.limits import LIMITS
+
+    assert not LIMITS["momentum"].allows(1.0) and LIMITS["momentum"].allows(0.0)
+    assert LIMITS["schedule.gamma"].describe() == "it must lie in (0.0, 1.0]"
+    assert LIMITS["epochs"].describe() == "it must be an integer >= 1"
+    assert LIMITS["lr"].describe() == "it must be a finite number > 0"
+    with pytest.raises(ValueError, match=r"^schedule\.gamma=0\.0 is not allowed: it must lie in \(0\.0, 1\.0\]$"):
+        engine.Schedule("step", gamma=0.0)
