@@ -1,6 +1,5 @@
-from runner.cli import main
+from runner.commands.bprun import main
 
-# Guarded: the plot helper (spawn) and the joblib workers (forkserver) import this module again
-# as __mp_main__.
+# Guarded: worker processes import the main module again (as __mp_main__).
 if __name__ == "__main__":
     main()

@@ -1,0 +1,1 @@
+"""The console scripts: ``bprun``, ``bprun-report``, ``bprun-rerun``, ``bprun-doctor``, ``bprun-sync``."""

@@ -1,0 +1,79 @@
+"""``bprun`` (also ``python -m runner``): the Hydra app, with bprun's signals, errors and exit codes.
+
+Signal handlers come first, before anything slow is imported: from then on SIGINT and SIGTERM
+are recorded and the work stops at its next safe point (``runner.process.interruption``), so a
+Ctrl-C at any moment ends the command with one line and exit 130 (143 for SIGTERM). A command
+line that asks for parallel workers starts their fork server next, so that its imports overlap
+Hydra's start-up; both happen before Hydra itself is imported.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from runner.process import interruption
+from runner.process.errors import EXIT_INVALID, CommandExit
+
+# Hydra's flags that print something instead of running jobs.
+NO_JOB_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc",
+                "--shell-completion"}
+
+
+def main() -> None:
+    interruption.install(report=True)
+    arguments = sys.argv[1:]
+    # Configs are data: refuse anything that would have Hydra instantiate an object, even in
+    # Hydra's own tree (hydra.callbacks...), which Hydra instantiates before any job sees it.
+    targets = [argument for argument in arguments if "_target_" in argument]
+    if targets:
+        print(f"bprun: refusing {', '.join(targets)}: configs are plain data and are never instantiated; "
+              "remove '_target_'", file=sys.stderr)
+        sys.exit(EXIT_INVALID)
+    if parallel_workers_requested(arguments):
+        from runner.process.children import start_forkserver
+        from runner.sweeps import WORKER_PRELOAD
+
+        start_forkserver(WORKER_PRELOAD)
+    sys.exit(run(arguments))
+
+
+def run(arguments: list[str]) -> int:
+    """Run the Hydra app on ``sys.argv``; return the exit code."""
+    import gc
+    import logging
+    import os
+
+    # MLflow logs store migrations and model-signature checks at INFO on every run, and "View
+    # run" links for each run; the summary says what matters. Warnings and errors still show.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        from runner.hydra_app.app import main as hydra_main  # (lazy: after the handlers, see above)
+
+        interruption.check()
+        hydra_main()
+        interruption.check()  # recorded where nothing checked it (bprun --cfg job, say)
+    except interruption.Interrupted as stop:
+        print(f"bprun: {stop.verb}; {stop.ended or 'no MLflow run had started'}", file=sys.stderr)
+        return stop.exit_code
+    except CommandExit as exit_:
+        print(f"bprun: {exit_.error}", file=sys.stderr)
+        return exit_.error.exit_code
+    # Everything imported lives until exit; without this the interpreter's last collections walk
+    # it all (about a second after a tracked run).
+    gc.freeze()
+    return 0
+
+
+def parallel_workers_requested(arguments: list[str]) -> bool:
+    """Whether a command line asks for a multirun on the local launcher with more than one
+    worker, as far as its own overrides tell (a wrong guess only starts an idle server)."""
+    if not {"-m", "--multirun"} & set(arguments) or NO_JOB_FLAGS & set(arguments):
+        return False
+    overrides = {}
+    for argument in arguments:
+        key, equals, value = argument.lstrip("+").partition("=")
+        if equals:
+            overrides[key] = value.strip().lower()  # the last one counts, as with Hydra
+    jobs = overrides.get("hydra.launcher.n_jobs", "1")
+    return overrides.get("hydra/launcher", "local") == "local" and jobs.isdigit() and int(jobs) > 1

@@ -1,0 +1,78 @@
+"""One training run: validated settings in, a trained network and its metrics out, tracked in
+MLflow when asked.
+
+``run_training`` knows nothing of Hydra or of sweeps. Everything comes as an argument: the
+settings, where to track the run (a ``Destination``; None trains untracked), the parent run a
+sweep's job nests under, and how the run was started (``Launch``: overrides, the option chosen
+in each config group, a folder to leave a pointer to the run in). The Hydra app and
+``bprun-rerun`` both call it.
+
+Everything that can be wrong with the settings or the data raises (``DataError``) before any
+MLflow run exists. The run then always ends with a status: FINISHED; FAILED when training
+diverged (``TrainingFailed`` is raised after) or crashed (the error is re-raised after); KILLED
+when SIGINT or SIGTERM arrived (``Interrupted`` is raised after), training having stopped after
+its current mini-batch with every completed epoch logged.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from threadpoolctl import threadpool_limits
+
+from engine import MLP, EarlyStopping, Observer
+from runner.core.datasets import Dataset
+from runner.core.schema import ExperimentConfig
+from runner.core.training import (Launch, ParentRun, RunResult, Training, TrainingFailed, build_optimizer,
+                                  final_metrics, load_data, make_generators)
+from runner.process import interruption
+from runner.tracking.destination import Destination
+
+__all__ = ["Launch", "ParentRun", "RunResult", "TrainingFailed", "run_training"]
+
+
+def run_training(settings: ExperimentConfig, destination: Destination | None, *, parent: ParentRun | None = None,
+                 launch: Launch = Launch(), dataset: Dataset | None = None,
+                 observers: Sequence[Observer] = ()) -> RunResult:
+    """Train the network ``settings`` describe; track it at ``destination`` (a child of
+    ``parent`` when given); return the result. See the module docstring for how it ends.
+
+    ``dataset`` replaces the one the settings name (reruns load it first to check it);
+    ``observers`` see every epoch (a progress bar, tests)."""
+    interruption.check()  # nothing has started: stopping here leaves nothing behind
+    if dataset is None:
+        dataset = load_data(settings)
+    generators = make_generators(settings)
+    model, trainer = settings.model, settings.trainer
+    network = MLP([dataset.n_inputs, *model.hidden, dataset.n_outputs], generators["init"],
+                  activation=model.activation, output_activation=model.output_activation,
+                  init=model.init, init_std=model.init_std, dtype=trainer.dtype)
+    early_stopping = None
+    if trainer.early_stopping.enabled:
+        stopping = trainer.early_stopping
+        early_stopping = EarlyStopping(stopping.patience, stopping.min_delta, stopping.restore_best_weights)
+    training = Training(network, build_optimizer(settings), dataset, dict(
+        epochs=trainer.epochs, loss=trainer.loss, batch_size=trainer.batch_size, rng=generators["shuffle"],
+        X_val=dataset.X_val, Y_val=dataset.Y_val,
+        metrics=["mse"] + (["accuracy"] if dataset.task == "classification" else []),
+        early_stopping=early_stopping, saturation_patience=trainer.saturation_patience,
+        stop_requested=interruption.requested,
+    ))
+    # A fixed thread count: OpenBLAS sums in another order at another count (results drift by 1e-13).
+    with threadpool_limits(limits=trainer.blas_threads, user_api="blas"):
+        if destination is None:
+            history = training.run(observers)
+            result = RunResult(final_metrics(history, trainer.loss), history, network, dataset)
+        else:
+            from runner.core.tracked import tracked_training  # (lazy: an untracked run never imports MLflow)
+
+            result = tracked_training(settings, destination, parent, launch, training, observers)
+    if result.history.stop_reason == "interrupted":
+        epochs = f"after {result.history.epochs_run} complete epoch(s)"
+        interruption.check(f"run {result.run_id} ended KILLED {epochs}, each one logged" if result.run_id
+                           else f"training stopped {epochs} (untracked)")
+    if result.history.stop_reason == "diverged":
+        raise TrainingFailed(result.history.message, result.run_id)
+    return result
+
+

@@ -1,0 +1,208 @@
+"""Checking a composed config and turning it into typed settings.
+
+``validate`` checks what composition cannot: keys added with ``+`` (Hydra adds them even to a
+typed node), allowed values and ranges, and that the chosen loss suits the output layer. It
+reports every problem at once, each naming the full key, the bad value and what is allowed.
+Ranges of the numbers the engine takes come from the engine's own table (``engine.limits``).
+
+Configs are plain data: nothing here is ever turned into an object through ``_target_``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from engine.activations import ACTIVATIONS
+from engine.initializers import INITIALIZERS
+from engine.limits import FRACTION, LIMITS, Limit
+from engine.losses import LOSSES, REQUIRED_OUTPUT_ACTIVATION
+from engine.network import DTYPES
+from engine.schedules import SCHEDULE_NAMES
+from runner.core.schema import (CSV_TASKS, DATASET_SCHEMAS, OPTIMIZER_SCHEMAS, CsvDatasetConfig, ExperimentConfig)
+from runner.process.errors import InvalidInput
+
+
+class ConfigError(InvalidInput):
+    """The composed config is invalid; the message lists every problem."""
+
+
+# Every numeric key and what it may be: the engine's limits for what the engine takes, the
+# runner's own for the rest. A key missing from the chosen option (momentum for gd) is skipped.
+KEY_LIMITS: dict[str, Limit] = {
+    "model.init_std": LIMITS["init_std"],
+    "optimizer.lr": LIMITS["lr"],
+    "optimizer.momentum": LIMITS["momentum"],
+    "optimizer.beta1": LIMITS["beta1"],
+    "optimizer.beta2": LIMITS["beta2"],
+    "optimizer.eps": LIMITS["eps"],
+    "optimizer.schedule.step_size": LIMITS["schedule.step_size"],
+    "optimizer.schedule.gamma": LIMITS["schedule.gamma"],
+    "optimizer.schedule.min_lr": LIMITS["schedule.min_lr"],
+    "trainer.epochs": LIMITS["epochs"],
+    "trainer.batch_size": LIMITS["batch_size"],
+    "trainer.saturation_patience": LIMITS["saturation_patience"],
+    "trainer.early_stopping.patience": LIMITS["early_stopping.patience"],
+    "trainer.early_stopping.min_delta": LIMITS["early_stopping.min_delta"],
+    "trainer.blas_threads": Limit(1, integer=True),
+    "dataset.val_fraction": FRACTION,
+    "dataset.n_samples": Limit(4, integer=True),
+    "dataset.noise": Limit(0.0),
+    "dataset.classes": Limit(2, integer=True),
+    "dataset.seed": Limit(0, integer=True),
+    "tracking.http_timeout": Limit(0.0, low_open=True),
+    "tracking.http_retries": Limit(0, integer=True),
+    "tracking.tensors_every": Limit(0, integer=True),
+    "seed": Limit(0, integer=True),
+}
+# None is allowed for these (full batch; a data seed derived from the top-level seed).
+NULLABLE = {"trainer.batch_size", "dataset.seed"}
+
+
+def clean_value(value: Any) -> Any:
+    """Floats rounded to the 15 significant digits a person types: Hydra's
+    ``range(0.1,0.4,0.1)`` yields 0.30000000000000004, which should read (and be) 0.3."""
+    if isinstance(value, float):
+        return float(format(value, ".15g"))
+    if isinstance(value, list):
+        return [clean_value(item) for item in value]
+    if isinstance(value, dict):
+        return {key: clean_value(item) for key, item in value.items()}
+    return value
+
+
+def _allowed(names: Any) -> str:
+    return ", ".join(sorted(names))
+
+
+def _lookup(settings: Any, key: str) -> tuple[bool, Any]:
+    node = settings
+    for part in key.split("."):
+        if not hasattr(node, part):
+            return False, None
+        node = getattr(node, part)
+    return True, node
+
+
+def _problems(settings: ExperimentConfig) -> list[str]:
+    problems: list[str] = []
+
+    def need(ok: bool, key: str, value: Any, allowed: str) -> None:
+        if not ok:
+            problems.append(f"{key}={value!r} is not allowed: {allowed}")
+
+    def choice(key: str, value: Any, names: Any) -> None:
+        need(value in names, key, value, f"choose one of {_allowed(names)}")
+
+    for key, limit in KEY_LIMITS.items():
+        present, value = _lookup(settings, key)
+        if present and not (value is None and key in NULLABLE):
+            need(limit.allows(value), key, value, limit.describe())
+
+    model, optimizer, dataset, trainer = settings.model, settings.optimizer, settings.dataset, settings.trainer
+    need(all(size >= 1 for size in model.hidden), "model.hidden", model.hidden,
+         "every hidden layer size must be an integer >= 1 ([] for no hidden layer)")
+    choice("model.activation", model.activation, [a for a in ACTIVATIONS if a != "softmax"])
+    choice("model.output_activation", model.output_activation, ACTIVATIONS)
+    choice("model.init", model.init, INITIALIZERS)
+    choice("optimizer.schedule.name", optimizer.schedule.name, SCHEDULE_NAMES)
+    if LIMITS["lr"].allows(optimizer.lr):
+        need(optimizer.schedule.min_lr <= optimizer.lr, "optimizer.schedule.min_lr", optimizer.schedule.min_lr,
+             f"it must lie in [0, optimizer.lr={optimizer.lr}]")
+    if isinstance(dataset, CsvDatasetConfig):
+        need(os.path.isfile(dataset.path), "dataset.path", dataset.path,
+             f"no such file (relative paths start from {os.getcwd()})")
+        need(len(dataset.targets) >= 1, "dataset.targets", dataset.targets, "name at least one target column")
+        choice("dataset.task", dataset.task, CSV_TASKS)
+        if dataset.task == "classification":
+            need(len(dataset.targets) == 1, "dataset.targets", dataset.targets,
+                 "classification takes exactly one column of class labels")
+    choice("trainer.dtype", trainer.dtype, DTYPES)
+    choice("trainer.loss", trainer.loss, LOSSES)
+    required = REQUIRED_OUTPUT_ACTIVATION.get(trainer.loss)
+    if required is not None and model.output_activation != required:
+        problems.append(f"trainer.loss={trainer.loss!r} needs model.output_activation='{required}', "
+                        f"got {model.output_activation!r}")
+    if trainer.early_stopping.enabled and dataset.val_fraction == 0:
+        problems.append("trainer.early_stopping.enabled=True needs a validation split: set dataset.val_fraction > 0")
+    need(bool(settings.tracking.experiment.strip()), "tracking.experiment", settings.tracking.experiment,
+         "name an MLflow experiment (a non-empty string)")
+    return problems
+
+
+def _find_target_keys(node: Any, path: str = "") -> list[str]:
+    """Full keys of every ``_target_`` in a plain container."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            full = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                found.append(full)
+            found.extend(_find_target_keys(value, full))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found.extend(_find_target_keys(value, f"{path}[{index}]"))
+    return found
+
+
+def validate(cfg: DictConfig | dict) -> ExperimentConfig:
+    """Check a composed config (a ``hydra`` node is ignored) and return it as typed settings,
+    every interpolation resolved and every float as typed (``clean_value``).
+
+    Raises
+    ------
+    ConfigError
+        Naming every bad key (``optimizer.lr``), its value and what is allowed.
+    """
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    try:
+        raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True)
+    except OmegaConfBaseException as error:  # a bad ${interpolation}
+        raise ConfigError(f"{getattr(error, 'full_key', None) or '?'}: {str(error).splitlines()[0]}") from None
+    raw = clean_value(raw)
+    targets = _find_target_keys(raw)
+    if targets:
+        raise ConfigError(f"{', '.join(targets)}: configs are plain data and are never instantiated; remove '_target_'")
+    optimizer_name = raw.get("optimizer", {}).get("name") if isinstance(raw.get("optimizer"), dict) else None
+    dataset_name = raw.get("dataset", {}).get("name") if isinstance(raw.get("dataset"), dict) else None
+    if optimizer_name not in OPTIMIZER_SCHEMAS:
+        raise ConfigError(f"optimizer.name={optimizer_name!r} is not allowed: choose one of {_allowed(OPTIMIZER_SCHEMAS)}")
+    if dataset_name not in DATASET_SCHEMAS:
+        raise ConfigError(f"dataset.name={dataset_name!r} is not allowed: choose one of {_allowed(DATASET_SCHEMAS)}")
+
+    # Merging into a fresh schema for the chosen options catches what '+key=value' slipped past
+    # composition: unknown keys, wrong types, missing values.
+    schema = OmegaConf.structured(ExperimentConfig(
+        optimizer=OPTIMIZER_SCHEMAS[optimizer_name](), dataset=DATASET_SCHEMAS[dataset_name]()))
+    try:
+        # Merge the plain container: a typed DictConfig merges its extra keys in silently.
+        merged = OmegaConf.merge(schema, OmegaConf.create(raw))
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise ConfigError(f"{', '.join(missing)}: required but not set (???); set it on the command line, "
+                              f"for example {missing[0]}=...")
+        settings: ExperimentConfig = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "?"
+        message = str(error).split("\n")[0]
+        parent = OmegaConf.select(schema, key.rpartition(".")[0]) if "." in key else schema
+        if isinstance(error, ConfigKeyError) and isinstance(parent, DictConfig):
+            message += f"; allowed keys: {_allowed(parent.keys())}"
+        raise ConfigError(f"{key}: {message}") from None
+    problems = _problems(settings)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return settings
+
+
+def settings_yaml(settings: ExperimentConfig) -> str:
+    """The settings as YAML: the ``config.yaml`` a run records and a rerun executes."""
+    return OmegaConf.to_yaml(OmegaConf.structured(settings))
+
+
+def settings_dict(settings: ExperimentConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(settings))

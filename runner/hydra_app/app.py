@@ -1,0 +1,115 @@
+"""The Hydra app: ``@hydra.main`` around ``runner.core.run.run_training``.
+
+``run_job`` is one Hydra job. It translates Hydra's state into the core's explicit arguments:
+the validated settings, where to track (the job's sweep, from its ``hydra.job.env_set``, or
+``tracking.*``), how the job was launched (its overrides, config-group choices and output
+folder). Composition is Hydra's, the work is the core's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from engine import EpochReport, Observer
+from runner.core.run import Launch, ParentRun, RunResult, run_training
+from runner.core.validation import validate
+from runner.hydra_app.compat import refuse_foreign_callbacks
+from runner.hydra_app.plugins import register_plugins
+from runner.hydra_app.progress import ProgressBar
+from runner.hydra_app.schemas import register_schemas
+from runner.process.errors import CommandError, CommandExit
+from runner.sweeps.context import SweepRun
+from runner.tracking import names
+from runner.tracking.destination import Destination, destination, where_to_look
+
+register_schemas()
+register_plugins()
+refuse_foreign_callbacks()
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """One job; returns the objective an optimizing sweeper minimizes (``sweep_objective``).
+
+    A single run that fails ends the command with one message (``CommandExit``); in a sweep the
+    error is raised for the sweeper to record, and the other jobs go on."""
+    state = HydraConfig.get()
+    in_sweep = state.mode == RunMode.MULTIRUN
+    try:
+        result = _run(cfg, state, in_sweep)
+    except CommandError as error:
+        if not in_sweep:
+            raise CommandExit(error) from None
+        print(f"bprun: job #{state.job.num} failed: {error}", file=sys.stderr)
+        raise
+    except Exception as error:
+        if in_sweep:
+            print(f"bprun: job #{state.job.num} failed: {type(error).__name__}: {error}", file=sys.stderr)
+        raise
+    print(summary(result, in_sweep))
+    return sweep_objective(result.metrics, state.sweeper.get("objective", "val_mse"))
+
+
+def _run(cfg: DictConfig, state: DictConfig, in_sweep: bool) -> RunResult:
+    settings = validate(cfg)
+    sweep = SweepRun.from_job_environment(state.job.env_set)
+    tracking = settings.tracking
+    target: Destination | None = None
+    parent = None
+    if tracking.enabled and sweep is not None:
+        target = Destination(sweep.tracking_uri, sweep.sync_target, tracking.http_timeout, tracking.http_retries)
+        parent = ParentRun(sweep.run_id, sweep.experiment_id)
+    elif tracking.enabled:
+        target = destination(tracking.uri, tracking.offline, state.runtime.cwd, tracking.http_timeout,
+                             tracking.http_retries)
+    launch = Launch(
+        overrides=tuple(state.overrides.task),
+        choices={group: str(option) for group, option in state.runtime.choices.items()
+                 if not group.startswith(("hydra/", "schema/")) and option is not None},
+        output_dir=Path(state.runtime.output_dir), start_dir=state.runtime.cwd)
+    observers: list[Observer] = []
+    if os.environ.get(names.ENV_CRASH_AT_EPOCH):
+        observers.append(_CrashAt(int(os.environ[names.ENV_CRASH_AT_EPOCH])))
+    if sys.stderr.isatty() and not in_sweep:  # a person watching one run, not a log or a sweep
+        observers.append(ProgressBar(settings.trainer.epochs, settings.trainer.loss))
+    return run_training(settings, target, parent=parent, launch=launch, observers=observers)
+
+
+def summary(result: RunResult, in_sweep: bool) -> str:
+    """A few lines for the terminal: final metrics, the run, and (single runs; a sweep says it
+    once) where to see it."""
+    shown = ", ".join(f"{name}={value:.6g}" for name, value in sorted(result.metrics.items()))
+    lines = [f"bprun: {result.history.message}: {shown}"]
+    if result.run_id:
+        lines.append(f"  MLflow run {result.run_id} in {result.tracking_uri}")
+        if not in_sweep:
+            lines.append(f"  see it: {where_to_look(result.tracking_uri, result.experiment_id, result.run_id)}")
+    return "\n".join(lines)
+
+
+def sweep_objective(metrics: dict[str, float], name: str = "val_mse") -> float | None:
+    """What a sweep optimizes: the final value of metric ``name``; a val_ metric falls back to
+    its train_ twin when the data set has no validation split (xor)."""
+    if name in metrics:
+        return metrics[name]
+    return metrics.get(name.replace("val_", "train_", 1)) if name.startswith("val_") else None
+
+
+class _CrashAt(Observer):
+    """The crash test hook (``BPRUN_TEST_CRASH_AT_EPOCH``): raise at that epoch."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        if report.epoch == self.epoch:
+            raise RuntimeError(f"injected failure at epoch {self.epoch} ({names.ENV_CRASH_AT_EPOCH})")
+
+
+main = hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")(run_job)

@@ -1,0 +1,50 @@
+"""bprun's Hydra callback: checks that only Hydra's own state can tell, before anything runs."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from runner.process.errors import CommandExit, InvalidInput
+
+# Sweepers that create and end a sweep's MLflow parent run (runner.sweeps.sweeper).
+TRACKING_SWEEPERS = {"hydra_plugins.bprun.GridSweeper", "hydra_plugins.bprun.OptunaSweeper"}
+
+
+class OutputFolderUnwritable(InvalidInput):
+    pass
+
+
+class UntrackedSweeper(InvalidInput):
+    pass
+
+
+class BprunCallback(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_output_folder(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_output_folder(config.hydra.sweep.dir)
+        sweeper = config.hydra.sweeper.get("_target_")
+        if config.tracking.enabled and sweeper not in TRACKING_SWEEPERS:
+            raise CommandExit(UntrackedSweeper(
+                f"hydra.sweeper._target_={sweeper} does not track a sweep as one MLflow parent run with its "
+                "jobs nested under it; use hydra/sweeper=grid (the default) or hydra/sweeper=optuna, or "
+                "tracking=none"))
+
+
+def check_output_folder(folder: str) -> None:
+    """Refuse, with one message, a Hydra output folder that cannot be written (a read-only
+    mount, a full disk), instead of Hydra's traceback after it failed to create it."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".bprun-write-check-"):
+            pass
+    except OSError as error:
+        raise CommandExit(OutputFolderUnwritable(
+            f"cannot write the output folder {folder}: {error.strerror}; nothing was trained "
+            "(set hydra.run.dir / hydra.sweep.dir elsewhere)")) from None

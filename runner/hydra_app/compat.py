@@ -1,0 +1,56 @@
+"""The one place the Hydra app relies on something Hydra does not publish: the class that
+instantiates ``hydra.callbacks`` (``hydra._internal.callbacks.Callbacks``).
+
+Why: Hydra instantiates every ``hydra.callbacks`` entry of the composed config, from any config
+file (a preset in a user's ``--config-dir`` included), before a job or any check of bprun's
+runs; ``_target_`` is arbitrary code execution. Configs are plain data, so bprun refuses any
+callback but its own at that point. No public hook runs earlier.
+
+Checked against the hydra-core versions in ``CHECKED_HYDRA_VERSIONS``;
+``tests/test_hydra_compat.py`` fails as soon as the installed Hydra is another version or the
+refusal no longer happens. With a Hydra whose internals differ, bprun refuses to start rather
+than run unchecked callbacks.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.process.errors import CommandExit, InvalidInput
+
+CHECKED_HYDRA_VERSIONS = ("1.3.8",)
+# The only callbacks bprun lets Hydra instantiate (conf/config.yaml).
+ALLOWED_CALLBACKS = {"runner.hydra_app.callbacks.BprunCallback"}
+
+
+class ForeignCallback(InvalidInput):
+    """A config asks Hydra to instantiate a callback bprun does not know."""
+
+
+def refuse_foreign_callbacks() -> None:
+    """Make Hydra refuse, before instantiating any, a ``hydra.callbacks`` entry whose
+    ``_target_`` is not in ``ALLOWED_CALLBACKS`` (idempotent)."""
+    try:
+        from hydra._internal import callbacks as hydra_callbacks  # the private name, see the module docstring
+
+        original_init = hydra_callbacks.Callbacks.__init__
+    except (ImportError, AttributeError) as error:
+        raise RuntimeError(f"bprun cannot check hydra.callbacks with hydra-core {version('hydra-core')} "
+                           f"({error}); install hydra-core {CHECKED_HYDRA_VERSIONS[-1]}") from None
+    if getattr(original_init, "bprun_checked", False):
+        return
+
+    def checked_init(self: Any, config: DictConfig | None = None, *args: Any, **kwargs: Any) -> None:
+        entries = OmegaConf.select(config, "hydra.callbacks") if config is not None else None
+        foreign = [f"hydra.callbacks.{name}._target_={entry.get('_target_')}"
+                   for name, entry in (entries or {}).items() if entry.get("_target_") not in ALLOWED_CALLBACKS]
+        if foreign:
+            raise CommandExit(ForeignCallback(f"refusing {', '.join(foreign)}: configs are plain data and are "
+                                              "never instantiated; remove '_target_'"))
+        original_init(self, config, *args, **kwargs)
+
+    checked_init.bprun_checked = True  # type: ignore[attr-defined]
+    hydra_callbacks.Callbacks.__init__ = checked_init

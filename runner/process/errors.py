@@ -1,0 +1,37 @@
+"""Errors that end a command with one message and a documented exit code, never a traceback.
+
+==== ===========================================================================================
+code meaning
+==== ===========================================================================================
+0    done (``bprun-rerun``: identical)
+1    training failed, or a job of a sweep failed (``bprun-rerun``: different)
+2    invalid input (config, data, store): refused before anything was trained or logged
+130  interrupted by Ctrl-C (SIGINT), 143 terminated (SIGTERM): 128 + the signal's number
+==== ===========================================================================================
+"""
+
+from __future__ import annotations
+
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+
+class CommandError(Exception):
+    """Something the user is told in one message; ``exit_code`` ends the command."""
+
+    exit_code = EXIT_FAILED
+
+
+class InvalidInput(CommandError):
+    """The input (config, data, store) cannot be used; nothing was trained or logged."""
+
+    exit_code = EXIT_INVALID
+
+
+class CommandExit(BaseException):
+    """Carries a ``CommandError`` out through code that catches ``Exception`` (Hydra reports
+    those with its own traceback and exit 1) to the command, which prints it and exits."""
+
+    def __init__(self, error: CommandError) -> None:
+        super().__init__(error)
+        self.error = error

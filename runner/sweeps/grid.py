@@ -1,0 +1,55 @@
+"""The grid sweeper (bprun's default): every combination of the swept values, like Hydra's basic
+sweeper, with the sweep tracked as one parent MLflow run (``runner.sweeps.sweeper``).
+
+``a=1,2 b=x,y`` runs four jobs; ``range(...)``, ``choice(...)`` and lists of values in
+``hydra.sweeper.params`` sweep too. ``max_batch_size`` launches the grid in batches of at most
+that many jobs (all at once by default).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+from runner.sweeps.sweeper import TrackedSweeper
+
+
+class GridSweeper(TrackedSweeper):
+    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None) -> None:
+        if max_batch_size is not None and max_batch_size < 1:
+            raise HydraException(f"hydra.sweeper.max_batch_size={max_batch_size}: it must be >= 1 (or null)")
+        self.max_batch_size = max_batch_size
+        self.params = dict(params or {})
+
+    def jobs(self, arguments: list[str]) -> list[list[str]]:
+        """Every job's overrides, in the order Hydra's basic sweeper runs them."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*(f"{key}={value}" for key, value in self.params.items()), *arguments])
+        choices: dict[str, list[str]] = {}
+        for override in overrides:
+            key = override.get_key_element()
+            if override.is_sweep_override():
+                if not override.is_discrete_sweep():
+                    raise HydraException(f"{override.input_line}: the grid sweeper takes lists of values; "
+                                         "search intervals with hydra/sweeper=optuna")
+                choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+            else:
+                choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+        return [list(job) for job in itertools.product(*choices.values())]
+
+    def sweep(self, arguments: list[str]) -> Any:
+        jobs = self.jobs(arguments)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        size = self.max_batch_size or len(jobs) or 1
+        results = []
+        with self.sweep_lifetime():
+            for start in range(0, len(jobs), size):
+                results.append(self.launch_batch(jobs[start : start + size]))
+        return results

@@ -1,0 +1,130 @@
+"""An Optuna sweeper for Hydra: ``bprun -m hydra/sweeper=optuna 'optimizer.lr=tag(log,interval(1e-3,3))'``.
+
+Why not the released ``hydra-optuna-sweeper`` 1.3.0: it pins ``optuna<3`` (2.10.1, unmaintained)
+and its SQLite storage fails under SQLAlchemy 2, which MLflow 3 requires. This sweeper is the
+small part of it that matters here, on Optuna 4's ask-and-tell API: TPE (seeded) over
+
+- ``interval(a,b)`` (float), ``int(interval(a,b))`` (integer), either with ``tag(log, ...)``;
+- ``choice(a,b,c)``, ``a,b,c`` and ``range(a,b[,step])`` (categorical),
+
+given on the command line or in ``hydra.sweeper.params``. Trials run through Hydra's launcher in
+batches of ``n_jobs`` (in parallel with ``hydra.launcher.n_jobs``). Each job returns its
+objective (the final ``hydra.sweeper.objective`` metric, ``val_mse`` by default, ``train_mse``
+without a validation split); a job that fails returns none and its trial is told FAIL. The best
+trial goes to the console, to ``optimization_results.yaml`` in the sweep folder, and to the tags
+of the sweep's MLflow parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep, Override, Transformer
+from hydra.core.utils import JobStatus
+from omegaconf import OmegaConf
+
+from runner.core.validation import clean_value
+from runner.sweeps.sweeper import TrackedSweeper
+
+log = logging.getLogger(__name__)
+
+
+def distribution(override: Override) -> Any:
+    """The Optuna distribution a sweep override describes."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # (lazy: 3 s)
+
+    if override.is_interval_sweep():
+        interval = override.value()
+        assert isinstance(interval, IntervalSweep)
+        log_scale = "log" in interval.tags
+        if isinstance(interval.start, int) and isinstance(interval.end, int):
+            return IntDistribution(interval.start, interval.end, log=log_scale)
+        return FloatDistribution(float(interval.start), float(interval.end), log=log_scale)
+    if override.is_sweep_override():
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    raise ValueError(f"{override.input_line!r} is not a search space")
+
+
+class OptunaSweeper(TrackedSweeper):
+    """Minimizes (or maximizes) the jobs' objective with Optuna's TPE sampler."""
+
+    def __init__(self, n_trials: int = 20, n_jobs: int = 1, seed: int = 0, direction: str = "minimize",
+                 objective: str = "val_mse", params: dict[str, str] | None = None) -> None:
+        if n_trials < 1 or n_jobs < 1:
+            raise ValueError(f"hydra.sweeper.n_trials={n_trials} and n_jobs={n_jobs} must be >= 1")
+        if direction not in ("minimize", "maximize"):
+            raise ValueError(f"hydra.sweeper.direction={direction!r}: choose minimize or maximize")
+        self.n_trials, self.n_jobs, self.seed, self.direction = n_trials, n_jobs, seed, direction
+        self.objective = objective
+        self.params = dict(params or {})
+
+    def _search_space(self, arguments: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+        parser = OverridesParser.create()
+        from_config = [f"{key}={value}" for key, value in self.params.items()]
+        space: dict[str, Any] = {}
+        fixed: list[str] = []
+        for override in parser.parse_overrides([*from_config, *arguments]):
+            if override.is_sweep_override():
+                space[override.get_key_element()] = distribution(override)
+            else:
+                fixed.append(override.input_line)
+        if not space:
+            raise ValueError("the Optuna sweeper needs a search space: for example "
+                             "'optimizer.lr=tag(log,interval(1e-3,3))' or 'model.activation=choice(tanh,relu)'")
+        return space, fixed
+
+    def sweep(self, arguments: list[str]) -> None:
+        import optuna  # (lazy: a 3 s import, for Optuna sweeps only)
+
+        space, fixed = self._search_space(arguments)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(direction=self.direction, sampler=optuna.samplers.TPESampler(seed=self.seed))
+        log.info("Optuna: %d trials, %d at a time, TPE seed %d, %s %s over %s", self.n_trials, self.n_jobs,
+                 self.seed, self.direction, self.objective, ", ".join(space))
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        launched = 0
+        with self.sweep_lifetime():
+            while launched < self.n_trials:
+                trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - launched))]
+                # Values as the jobs will train and log them (15 significant digits, see clean_value).
+                batch = [[*fixed, *(f"{key}={clean_value(value)}" for key, value in trial.params.items())]
+                         for trial in trials]
+                results = self.launch_batch(batch)
+                for trial, result in zip(trials, results):
+                    value = result.return_value if result.status == JobStatus.COMPLETED else None
+                    if isinstance(value, (int, float)) and value == value:  # a number, not NaN
+                        study.tell(trial, float(value))
+                    else:  # the job failed (it returned no objective, or raised)
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                launched += len(trials)
+            self._report(study, sweep_dir)
+
+    def _report(self, study: Any, sweep_dir: Path) -> None:
+        import optuna  # (lazy: see sweep)
+
+        completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not completed:
+            log.error("Optuna: no trial completed")
+            return
+        best = study.best_trial
+        results = {"objective": self.objective, "direction": self.direction, "best_value": best.value,
+                   "best_params": clean_value(best.params), "best_trial": best.number,
+                   "completed_trials": len(completed), "trials": len(study.trials)}
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        print(f"Optuna: best {self.objective} = {best.value:.6g} at trial {best.number}: "
+              + " ".join(f"{key}={value}" for key, value in results["best_params"].items()))
+        if self.sweep_run is not None:
+            from runner.sweeps.parent import tag_parent  # (lazy: MLflow)
+
+            self.call(tag_parent, self.sweep_run, {
+                "optuna.best_value": repr(results["best_value"]),
+                "optuna.best_params": json.dumps(results["best_params"]),
+                "optuna.best_trial": str(results["best_trial"]),
+            })

@@ -1,0 +1,129 @@
+"""A sweep's parent run: created once before any job starts, ended with the sweep's summary.
+
+The store, the experiment and the parent run are created together, in one process, before any
+job runs: parallel first use of a fresh SQLite file can corrupt it, and concurrent
+``set_experiment`` calls can drop runs into the Default experiment. The functions here take and
+return plain data (``ParentRequest``, ``SweepRun``), so that they can run in a worker process
+whose MLflow is already imported.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from runner import reports
+from runner.reports.table import format_table, runs_table
+from runner.sweeps.context import SweepRun
+from runner.tracking import names
+from runner.tracking.liveness import process_tags
+from runner.tracking.mlflow_run import log_params
+from runner.tracking.search import sweep_children
+from runner.tracking.destination import Destination, check_store, http_settings
+from runner.tracking.store import ensure_experiment
+
+
+@dataclass(frozen=True)
+class ParentRequest:
+    """Everything the parent run is made of, worked out in the process that runs the sweeper."""
+
+    destination: Destination
+    experiment: str
+    run_name: str
+    tags: dict[str, str]
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """A job that failed before its run existed (bad data, say): the summary lists it anyway."""
+
+    overrides: tuple[str, ...]
+    reason: str
+
+
+@dataclass
+class SweepSummary:
+    """What the end of a sweep reports: how many jobs failed, and the ranked table as text."""
+
+    failed: int
+    table: str
+    jobs: int = 0
+    unrecorded: list[JobOutcome] = field(default_factory=list)
+
+
+def parent_request(destination: Destination, experiment: str, swept: dict[str, Any], sweep_dir: str,
+                   command: list[str] | None = None) -> ParentRequest:
+    """The parent run of a sweep over ``swept`` (``{key: values}``) tracked at ``destination``."""
+    command = command if command is not None else ["bprun", *sys.argv[1:]]
+    return ParentRequest(
+        destination=destination, experiment=experiment,
+        run_name="sweep " + " x ".join(swept) if swept else "sweep",
+        tags={
+            **process_tags(),  # bprun-doctor checks whether the sweep still runs
+            names.SWEEP: "true",
+            names.SWEEP_COMMAND: " ".join(command),
+            names.SWEPT_KEYS: json.dumps(list(swept)),
+            names.SWEEP_DIR: sweep_dir,
+            **({names.SYNC_TARGET: destination.sync_target} if destination.sync_target else {}),
+        },
+        params={f"{names.SWEEP_PARAM_PREFIX}{key}": values for key, values in swept.items()},
+    )
+
+
+def create_parent(request: ParentRequest) -> SweepRun:
+    """Check the store, create it (if new), the experiment (if new) and the parent run."""
+    destination = request.destination
+    check_store(destination)
+    experiment_id = ensure_experiment(destination.uri, request.experiment)
+    client = MlflowClient(destination.uri)
+    parent = client.create_run(experiment_id, run_name=request.run_name, tags=request.tags)
+    log_params(client, parent.info.run_id, request.params)
+    http = tuple(http_settings(destination.http_timeout, destination.http_retries).items()) if destination.is_server else ()
+    return SweepRun(parent.info.run_id, experiment_id, destination.uri, destination.sync_target, http)
+
+
+def finish_sweep(sweep: SweepRun, unrecorded: list[JobOutcome]) -> SweepSummary:
+    """Attach the comparison table and its charts to the parent run (``summary/``), record the
+    job counts, and end the parent FINISHED, or FAILED when a job did not finish."""
+    client = MlflowClient(sweep.tracking_uri)
+    parent = client.get_run(sweep.run_id)
+    swept_keys = json.loads(parent.data.tags.get(names.SWEPT_KEYS, "[]")) or None
+    children = sweep_children(client, sweep.run_id)
+    jobs = len(children) + len(unrecorded)
+    failed = sum(run.info.status != "FINISHED" for run in children) + len(unrecorded)
+    try:
+        table, histories = runs_table(client, children, swept_keys, unrecorded=[
+            (outcome.overrides, outcome.reason) for outcome in unrecorded])
+        with tempfile.TemporaryDirectory() as directory:
+            reports.write_report(table, histories, directory)
+            client.log_artifacts(sweep.run_id, directory, names.SUMMARY_ARTIFACT)
+        client.set_tag(sweep.run_id, names.SWEEP_JOBS, str(jobs))
+        client.set_tag(sweep.run_id, names.SWEEP_FAILED_JOBS, str(failed))
+    finally:
+        # A sweep none of whose jobs ran failed as a whole.
+        client.set_terminated(sweep.run_id, "FAILED" if failed or not jobs else "FINISHED")
+    return SweepSummary(failed, format_table(table), jobs, unrecorded)
+
+
+def end_stopped_sweep(sweep: SweepRun, status: str, reason: str) -> None:
+    """End a sweep that stopped before its end: the parent, and any job run still RUNNING (its
+    process was stopped with the sweep), ``status`` with ``reason``."""
+    client = MlflowClient(sweep.tracking_uri)
+    for child in sweep_children(client, sweep.run_id):
+        if child.info.status == "RUNNING":
+            client.set_tag(child.info.run_id, names.FAILURE_REASON, f"its sweep was {reason}")
+            client.set_terminated(child.info.run_id, status)
+    client.set_tag(sweep.run_id, names.FAILURE_REASON, reason)
+    client.set_terminated(sweep.run_id, status)
+
+
+def tag_parent(sweep: SweepRun, tags: dict[str, str]) -> None:
+    client = MlflowClient(sweep.tracking_uri)
+    for key, value in tags.items():
+        client.set_tag(sweep.run_id, key, value)

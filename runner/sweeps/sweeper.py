@@ -1,0 +1,172 @@
+"""What bprun's sweepers share: a tracked sweep's life, batch by batch.
+
+A sweeper hands ``launch_batch`` one batch of jobs (each a list of overrides) at a time. The
+first batch composes and validates every job before anything runs, so a sweep with a value that
+does not compose or validate fails with nothing in the store; then the parent run is created
+(``runner.sweeps.parent``) and every job is launched with the parent's ``job_overrides``. When
+the sweep ends, ``sweep_lifetime`` ends the parent: FINISHED or FAILED with the summary, KILLED
+after Ctrl-C or SIGTERM, FAILED when an error stopped the sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict, read_write
+
+from runner.core.validation import ConfigError, validate
+from runner.process import interruption
+from runner.process.errors import CommandError, CommandExit
+from runner.sweeps.context import SweepRun
+from runner.sweeps.overrides import swept_values
+from runner.tracking.destination import destination, where_to_look
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class SweepFailed(CommandError):
+    """Some jobs of the sweep failed (each is in the summary); the others ran to the end."""
+
+
+class TrackedSweeper(Sweeper):
+    """Base class of bprun's sweepers (see the module docstring)."""
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher: Launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+        self.sweep_run: SweepRun | None = None
+        self._next_job = 0
+        self._unrecorded: list[Any] = []  # JobOutcome of jobs that failed before their run existed
+
+    # --- the life of the sweep -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def sweep_lifetime(self) -> Iterator[None]:
+        """Around the whole sweep: end the parent run however the sweep ends, and stop the
+        launcher's workers."""
+        try:
+            try:
+                yield
+            except interruption.Interrupted as stop:
+                if self._end_stopped("KILLED", stop.verb):
+                    stop.ended = (f"the sweep's parent run {self.sweep_run.run_id} and its running jobs were "
+                                  "ended KILLED, every completed epoch logged")
+                raise
+            except BaseException as error:
+                if self._end_stopped("FAILED", f"stopped by an error: {type(error).__name__}: {error}"[:500]):
+                    print(f"bprun: the sweep's parent run {self.sweep_run.run_id} and its running jobs were "
+                          "ended FAILED", file=sys.stderr)
+                raise
+            self._finish()
+        finally:
+            close = getattr(self.launcher, "close", None)
+            if close is not None:
+                close()
+
+    def _end_stopped(self, status: str, reason: str) -> bool:
+        """End the parent run and its running jobs ``status``; False if there is no parent yet."""
+        if self.sweep_run is None:
+            return False
+        from runner.sweeps.parent import end_stopped_sweep  # (lazy: MLflow, where the parent exists)
+
+        self.call(end_stopped_sweep, self.sweep_run, status, reason)
+        return True
+
+    def _finish(self) -> None:
+        if self.sweep_run is None:
+            return
+        from runner.sweeps.parent import finish_sweep
+
+        summary = self.call(finish_sweep, self.sweep_run, self._unrecorded)
+        print(summary.table)
+        if summary.failed:
+            raise CommandExit(SweepFailed(f"{summary.failed} of {summary.jobs} job(s) of the sweep failed; "
+                                          "see the summary above"))
+
+    # --- one batch -----------------------------------------------------------------------------
+    def launch_batch(self, batch: Sequence[Sequence[str]]) -> Sequence[JobReturn]:
+        """Compose and validate every job of ``batch``, create the parent run before the first
+        batch, launch the jobs, and return their results (in order)."""
+        configs = [self._compose(list(overrides)) for overrides in batch]
+        tracked = bool(self.config.tracking.enabled)
+        if tracked and self.sweep_run is None:
+            self.sweep_run = self._start_parent()
+        jobs = [list(overrides) for overrides in batch]
+        if self.sweep_run is not None:
+            extra = self.sweep_run.job_overrides()
+            jobs = [overrides + extra for overrides in jobs]
+            for config in configs:
+                add_job_environment(config, self.sweep_run.job_environment(), extra)
+        interruption.check()
+        launch_composed = getattr(self.launcher, "launch_composed", None)
+        if launch_composed is not None:
+            results = launch_composed(list(zip(jobs, configs)), initial_job_idx=self._next_job)
+        else:
+            results = self.launcher.launch(jobs, initial_job_idx=self._next_job)
+        self._next_job += len(batch)
+        self._record(batch, results)
+        return results
+
+    def _compose(self, overrides: list[str]) -> DictConfig:
+        interruption.check()
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        try:
+            validate(config)
+        except ConfigError as error:
+            raise CommandExit(ConfigError(f"job {' '.join(overrides)}: {error}")) from None
+        return config
+
+    def _start_parent(self) -> SweepRun:
+        from runner.sweeps.parent import create_parent, parent_request  # (lazy: MLflow)
+
+        tracking = self.config.tracking
+        where = destination(tracking.uri, tracking.offline, self.config.hydra.runtime.cwd,
+                            tracking.http_timeout, tracking.http_retries)
+        request = parent_request(where, tracking.experiment, swept_values(list(self.config.hydra.overrides.task)),
+                                 str(self.config.hydra.sweep.dir))
+        try:
+            sweep_run = self.call(create_parent, request)
+        except CommandError as error:
+            raise CommandExit(error) from None
+        print(f"bprun: sweep parent run {sweep_run.run_id} in {sweep_run.tracking_uri}\n"
+              f"  see it: {where_to_look(sweep_run.tracking_uri, sweep_run.experiment_id, sweep_run.run_id)}")
+        return sweep_run
+
+    def _record(self, batch: Sequence[Sequence[str]], results: Sequence[JobReturn]) -> None:
+        from runner.sweeps.parent import JobOutcome
+
+        for overrides, result in zip(batch, results):
+            if result.status != JobStatus.FAILED:
+                continue
+            try:
+                result.return_value  # raises the job's error
+            except Exception as error:
+                has_run = getattr(error, "tracked_run_id", None) or getattr(error, "run_id", None)
+                if not has_run:
+                    self._unrecorded.append(JobOutcome(tuple(overrides), f"{type(error).__name__}: {error}"))
+
+    def call(self, function: Callable[..., T], *arguments: Any) -> T:
+        """``function(*arguments)`` where MLflow is imported already: in one of the launcher's
+        workers when it has them, else here."""
+        call = getattr(self.launcher, "call", None)
+        return call(function, *arguments) if call is not None else function(*arguments)
+
+
+def add_job_environment(config: DictConfig, environment: dict[str, str], overrides: list[str]) -> None:
+    """Give a job config composed before the sweep's parent run existed what composing it with
+    ``overrides`` (the parent's ``job_overrides``) gives: ``hydra.job.env_set`` holds
+    ``environment``, and ``hydra.overrides.hydra`` records the overrides."""
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.job.env_set.update(environment)
+        config.hydra.overrides.hydra.extend(overrides)

@@ -1,0 +1,149 @@
+"""Where runs go: the tracking URI, the store it names, and how to look at it.
+
+A tracking URI is ``MLFLOW_TRACKING_URI`` when set, else ``tracking.uri``, else
+``sqlite:///<the directory bprun started in>/mlflow.db``; a SQLite store keeps its artifacts in
+``mlartifacts/`` beside the database file. Standard library only: a sweeper works this out
+before anything imports MLflow.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.process.errors import InvalidInput
+from runner.tracking import names
+
+DEFAULT_DATABASE = "mlflow.db"
+OFFLINE_DATABASE = "mlflow-offline.db"
+ARTIFACTS_FOLDER = "mlartifacts"
+# Below this much free disk space a run could fill the disk half way through writing the store.
+MIN_FREE_BYTES = 50 * 1024 * 1024
+
+
+class StoreUnavailable(InvalidInput):
+    """Runs cannot go to the store (unreachable, read-only, full); nothing was trained or logged."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where one run or sweep is tracked: the store ``uri``, and for an offline store the
+    server its runs are meant for (``sync_target``), which ``bprun-sync`` uploads them to."""
+
+    uri: str
+    sync_target: str | None = None
+    http_timeout: float = 5.0
+    http_retries: int = 2
+
+    @property
+    def is_server(self) -> bool:
+        return is_server(self.uri)
+
+
+def resolve_tracking_uri(configured: str | None, start_dir: str) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``configured``, else a SQLite file in ``start_dir``."""
+    from_environment = os.environ.get(names.ENV_TRACKING_URI)
+    if from_environment:
+        return from_environment
+    if configured:
+        return configured
+    return f"sqlite:///{Path(start_dir, DEFAULT_DATABASE).resolve()}"
+
+
+def destination(configured: str | None, offline: bool, start_dir: str, http_timeout: float = 5.0,
+                http_retries: int = 2) -> Destination:
+    """Where a run configured with ``tracking.uri=configured`` goes. Offline runs go to
+    ``mlflow-offline.db`` in ``start_dir`` and remember the store they were meant for."""
+    target = resolve_tracking_uri(configured, start_dir)
+    if offline:
+        return Destination(f"sqlite:///{Path(start_dir, OFFLINE_DATABASE).resolve()}", target,
+                           http_timeout, http_retries)
+    return Destination(target, None, http_timeout, http_retries)
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+
+
+def check_store(target: Destination) -> None:
+    """Raise ``StoreUnavailable``, with a message that says what to do, when runs cannot go to
+    ``target``: a server must answer within its timeout, a SQLite file's folder must be
+    writable and have room. For a server, MLflow's requests in this process get the same
+    timeout and retries (unless the environment sets its own)."""
+    if target.is_server:
+        _check_server(target.uri, target.http_timeout)
+        apply_http_settings(target.http_timeout, target.http_retries)
+        return
+    database = sqlite_path(target.uri)
+    if database is not None:
+        _check_writable(database)
+
+
+def http_settings(timeout: float, retries: int) -> dict[str, str]:
+    """MLflow's environment variables for an http client that gives up after ``timeout`` seconds
+    per request and ``retries`` retries (its defaults retry for minutes)."""
+    return {names.ENV_HTTP_TIMEOUT: str(max(1, round(timeout))), names.ENV_HTTP_RETRIES: str(retries)}
+
+
+def apply_http_settings(timeout: float, retries: int) -> None:
+    for variable, value in http_settings(timeout, retries).items():
+        os.environ.setdefault(variable, value)
+
+
+def _check_server(uri: str, timeout_seconds: float) -> None:
+    advice = ("start the server, point tracking.uri or MLFLOW_TRACKING_URI elsewhere, or train with "
+              "tracking.offline=true and upload later with bprun-sync")
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_seconds).close()
+    except urllib.error.HTTPError:
+        return  # it answered: reachable, whatever it thinks of /health
+    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as error:
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            reason = f"no answer within {timeout_seconds:g} s"
+        raise StoreUnavailable(f"cannot reach the MLflow tracking server at {uri}: {reason}; {advice}") from None
+
+
+def _check_writable(database: Path) -> None:
+    folder = database.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # A real write, not os.access: root passes access checks on read-only mounts.
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".bprun-write-check-"):
+            pass
+        if database.exists():
+            with open(database, "r+b"):
+                pass
+        free = shutil.disk_usage(folder).free
+    except OSError as error:
+        what = "the disk is full" if error.errno == errno.ENOSPC else error.strerror
+        raise StoreUnavailable(f"cannot write the MLflow store {database}: {what}") from None
+    if free < MIN_FREE_BYTES:
+        raise StoreUnavailable(f"cannot write the MLflow store {database}: only {free // 1024**2} MB free "
+                               f"on its disk (at least {MIN_FREE_BYTES // 1024**2} MB needed)")
+
+
+def where_to_look(uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """How to see runs of ``uri`` in the MLflow UI: a server's page for the run (or experiment),
+    or the ``mlflow ui`` command for a file store."""
+    if is_server(uri):
+        page = uri.rstrip("/") + "/#/experiments"
+        if experiment_id is not None:
+            page += f"/{experiment_id}"
+            if run_id is not None:
+                page += f"/runs/{run_id}"
+        return page
+    return f"mlflow ui --backend-store-uri {uri}"

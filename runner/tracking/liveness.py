@@ -1,0 +1,42 @@
+"""Which process runs a run, so that a run left RUNNING by a process that died can be found.
+
+MLflow never sets KILLED by itself: a run whose process got SIGKILL (or lost power) stays
+RUNNING forever and looks alive in every dashboard. Each bprun run records the host, the pid and
+the pid's start time (``bprun.host``, ``bprun.pid``, ``bprun.process_start``); the run is stale
+when it is RUNNING, was started on this host, and no process with that pid and start time
+exists any more (``bprun-doctor``). Runs from other hosts cannot be checked from here.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from runner.tracking import names
+
+
+def process_start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), None if it is gone.
+    With the pid it identifies a process even after the pid has been reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses; the fields after it are plain.
+    return stat.rpartition(")")[2].split()[19]
+
+
+def process_tags() -> dict[str, str]:
+    """Tags that tell later whether this process still runs."""
+    pid = os.getpid()
+    return {names.HOST: socket.gethostname(), names.PID: str(pid), names.PROCESS_START: process_start_time(pid) or ""}
+
+
+def is_stale(tags: dict[str, str]) -> bool | None:
+    """True when the run's process is gone, False when it still runs, None when that cannot be
+    told from this host."""
+    if tags.get(names.HOST) != socket.gethostname() or not tags.get(names.PID, "").isdigit():
+        return None
+    started = process_start_time(int(tags[names.PID]))
+    return started is None or started != tags.get(names.PROCESS_START)

@@ -1,0 +1,213 @@
+"""One MLflow run's life: created with its params and tags, metrics buffered and written in
+batches, artifacts written in place, and an end that always completes.
+
+Driven through ``MlflowClient`` (no global active run to leak from one job into the next).
+On SQLite every call costs milliseconds whatever its size, so metrics are buffered and written
+in batches, at least every ``FLUSH_INTERVAL_SECONDS`` so that a dashboard follows a long run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import mlflow.data
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from runner.process.interruption import Interrupted
+from runner.tracking import names
+from runner.tracking.compat import SqliteMetricWriter
+from runner.tracking.liveness import process_tags
+from runner.tracking.destination import sqlite_path
+
+log = logging.getLogger(__name__)
+
+MAX_METRICS_PER_CALL = 1000  # MLflow's own per-call limit
+MAX_PARAMS_PER_CALL = 100
+FLUSH_INTERVAL_SECONDS = 5.0
+SQLITE_FLUSH_SIZE = 5000  # the direct SQLite writer costs little per call: flush more often
+MAX_TAG_LENGTH = 5000
+
+
+def format_param(value: Any) -> str:
+    """A config value as an MLflow param: lists, dicts and None as JSON, floats to 15 digits."""
+    import json
+
+    if isinstance(value, float):
+        return format(value, ".15g")
+    if isinstance(value, (list, dict)) or value is None:
+        return json.dumps(value)
+    return str(value)
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log ``params`` (formatted with ``format_param``) in as few calls as MLflow allows."""
+    entries = [Param(key, format_param(value)) for key, value in params.items()]
+    for start in range(0, len(entries), MAX_PARAMS_PER_CALL):
+        client.log_batch(run_id, params=entries[start : start + MAX_PARAMS_PER_CALL])
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for a nested dict: ``{'optimizer': {'lr': 1}}`` -> ``{'optimizer.lr': 1}``;
+    lists stay values."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+class TrackedRun:
+    """One MLflow run in ``experiment_id`` of the store at ``uri``.
+
+    As a context manager: leaving normally ends the run FINISHED (or as ``fail`` or ``kill``
+    said), an interruption KILLED, any other exception FAILED with the error as its ``failure_reason`` and
+    the traceback as ``traceback.txt``.
+    """
+
+    def __init__(self, uri: str, experiment_id: str, run_name: str, params: dict[str, Any],
+                 tags: dict[str, str]) -> None:
+        self.uri = uri
+        self.experiment_id = experiment_id
+        self.client = MlflowClient(uri)
+        self.run_name = run_name
+        self._params = params
+        self._tags = tags
+        self._pending: list[tuple[str, float, int, int]] = []  # (key, value, timestamp ms, step)
+        self._last_flush = time.monotonic()
+        self._outcome: tuple[str, str] | None = None  # (status, failure reason) set by fail/kill
+        self._ended = False
+        self._staging: tempfile.TemporaryDirectory | None = None
+        self._sqlite_writer: SqliteMetricWriter | None = None
+        self.run_id = ""
+
+    def __enter__(self) -> "TrackedRun":
+        run = self.client.create_run(self.experiment_id, run_name=self.run_name,
+                                     tags={**self._tags, **process_tags()})
+        self.run_id = run.info.run_id
+        local = urlparse(run.info.artifact_uri)
+        if local.scheme == "file":
+            self._artifact_dir = Path(unquote(local.path))
+        else:  # a remote artifact store: staged here, uploaded when the run ends
+            self._staging = tempfile.TemporaryDirectory(prefix="bprun-artifacts-")
+            self._artifact_dir = Path(self._staging.name)
+        self._artifact_dir.mkdir(parents=True, exist_ok=True)
+        database = sqlite_path(self.uri)
+        self._sqlite_writer = SqliteMetricWriter.open(database) if database is not None else None
+        self._flush_size = SQLITE_FLUSH_SIZE if self._sqlite_writer else MAX_METRICS_PER_CALL
+        log_params(self.client, self.run_id, self._params)
+        return self
+
+    # --- during the run ------------------------------------------------------------------------
+    def log_metrics(self, values: dict[str, float], step: int) -> None:
+        """Buffer one step's metrics. Non-finite values are never sent: MLflow stores inf as
+        1.8e308, and NaN breaks its run page."""
+        timestamp = int(time.time() * 1000)
+        self._pending.extend((key, value, timestamp, step) for key, value in values.items() if math.isfinite(value))
+        if len(self._pending) >= self._flush_size or time.monotonic() - self._last_flush > FLUSH_INTERVAL_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every buffered metric. The buffer is emptied only once they are stored."""
+        pending = self._pending
+        if pending:
+            if self._sqlite_writer is not None:
+                self._sqlite_writer.write(self.run_id, pending)
+            else:
+                metrics = [Metric(*values) for values in pending]
+                for start in range(0, len(metrics), MAX_METRICS_PER_CALL):
+                    self.client.log_batch(self.run_id, metrics=metrics[start : start + MAX_METRICS_PER_CALL])
+            self._pending = []
+        self._last_flush = time.monotonic()
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+    @property
+    def artifact_dir(self) -> Path:
+        """A local folder whose files become the run's artifacts: the run's own artifact folder
+        for a local store (large files are written once, in place), else a staging folder
+        uploaded when the run ends."""
+        return self._artifact_dir
+
+    @property
+    def writes_artifacts_in_place(self) -> bool:
+        return self._staging is None
+
+    def write_text_artifacts(self, files: dict[str, str]) -> None:
+        """Write small text artifacts given as ``{relative path: content}``."""
+        for name, content in files.items():
+            path = self._artifact_dir / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+
+    def log_dataset(self, name: str, features: Any, targets: Any, digest: str) -> None:
+        """Record the training data as the run's MLflow input (name, digest, schema)."""
+        # No source argument: MLflow cannot tell a path string from other kinds of source and
+        # warns; where the data came from is the run's data_source tag.
+        data = mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest[:32])
+        context = InputTag(key="mlflow.data.context", value="training")
+        inputs = [DatasetInput(data._to_mlflow_entity(), tags=[context])]
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except Exception:
+            # MLflow checks for the data set's row and then inserts it without a lock: parallel
+            # jobs logging the same data set at once can collide (UNIQUE constraint). The row
+            # exists by then, so once more links this run to it.
+            time.sleep(0.2)
+            self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def fail(self, reason: str) -> None:
+        """End the run FAILED with ``reason`` as its ``failure_reason`` when the block ends."""
+        self._outcome = ("FAILED", reason)
+
+    def kill(self, reason: str) -> None:
+        """End the run KILLED (stopped on request) with ``reason`` when the block ends."""
+        self._outcome = ("KILLED", reason)
+
+    # --- the end -------------------------------------------------------------------------------
+    def __exit__(self, exc_type: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        if error is None:
+            self.end(*(self._outcome or ("FINISHED", None)))
+        elif isinstance(error, (Interrupted, KeyboardInterrupt)):
+            self.end("KILLED", "interrupted")
+        else:
+            # Whoever handles the error can tell that a run holds it already.
+            error.tracked_run_id = self.run_id  # type: ignore[attr-defined]
+            self.end("FAILED", f"{exc_type.__name__}: {error}",
+                     "".join(traceback.format_exception(exc_type, error, tb)))
+
+    def end(self, status: str, failure_reason: str | None = None, traceback_text: str | None = None) -> None:
+        """Write the last metrics, the failure reason (and traceback), upload staged artifacts,
+        and set ``status``. Every step is tried even if one before it failed (a full disk, a
+        server gone): the status is written last, and always tried."""
+        if self._ended:
+            return
+        self._ended = True
+        steps = [self.flush]
+        if failure_reason:
+            steps.append(lambda: self.set_tags({names.FAILURE_REASON: failure_reason[:MAX_TAG_LENGTH]}))
+        if traceback_text:
+            steps.append(lambda: self.write_text_artifacts({names.TRACEBACK_ARTIFACT: traceback_text}))
+        if self._staging is not None:
+            steps.append(lambda: self.client.log_artifacts(self.run_id, self._staging.name))
+        for step in steps:
+            try:
+                step()
+            except Exception as error:  # keep going: the status matters most
+                log.warning("while ending run %s: %s: %s", self.run_id, type(error).__name__, error)
+        try:
+            self.client.set_terminated(self.run_id, status)
+        finally:
+            if self._sqlite_writer is not None:
+                self._sqlite_writer.close()
+            if self._staging is not None:
+                self._staging.cleanup()

@@ -1,0 +1,82 @@
+"""The names bprun writes into MLflow and reads back, and the environment variables that carry a
+sweep to its jobs: defined here once, used everywhere.
+
+The full schema (what each tag, metric and artifact means) is in ``docs/tracking.md``.
+"""
+
+from __future__ import annotations
+
+# --- tags MLflow itself defines --------------------------------------------------------------
+PARENT_RUN = "mlflow.parentRunId"  # nests a sweep's job runs under its parent in the UI
+RUN_NAME = "mlflow.runName"
+EXPERIMENT_KIND = "mlflow.experimentKind"
+
+# --- a run ------------------------------------------------------------------------------------
+DATASET = "dataset"
+TASK = "task"
+DATA_SOURCE = "data_source"
+DATA_SHA256 = "data.sha256"
+STOP_REASON = "stop_reason"
+EPOCHS_RUN = "epochs_run"
+FAILURE_REASON = "failure_reason"
+CONFIG_SHA256 = "config.sha256"
+# Which process runs the run, so that bprun-doctor can tell whether it is still alive.
+HOST = "bprun.host"
+PID = "bprun.pid"
+PROCESS_START = "bprun.process_start"
+
+# --- a sweep's parent run ---------------------------------------------------------------------
+SWEEP = "bprun.sweep"  # "true" on a sweep's parent run
+SWEEP_COMMAND = "sweep.command"
+SWEPT_KEYS = "sweep.swept_keys"  # JSON list of the keys the sweep varies
+SWEEP_DIR = "sweep.dir"
+SWEEP_JOBS = "sweep.jobs"
+SWEEP_FAILED_JOBS = "sweep.failed_jobs"
+JOB_OVERRIDES = "job.overrides"  # JSON list of a job's overrides
+SWEEP_PARAM_PREFIX = "sweep."  # params sweep.<key>: the values a sweep gives <key>
+CHOICE_PARAM_PREFIX = "choice."  # params choice.<group>: the option of each config group
+
+# --- reruns and offline runs ------------------------------------------------------------------
+RERUN_OF = "rerun_of"
+RERUN_RESULT = "rerun.result"
+RERUN_OVERRIDES = "rerun.overrides"
+SYNC_TARGET = "bprun.sync_target"  # an offline run: the server it is meant for
+SYNCED_AS = "bprun.synced_as"  # an offline run already uploaded: <server>#<run id>
+SYNCED_FROM = "bprun.synced_from"  # an uploaded copy: the offline run's id
+
+# --- metrics --------------------------------------------------------------------------------
+# What sweeps and reports rank runs by; a run without a validation split stands in its train_ twin.
+DEFAULT_RANKING_METRIC = "val_mse"
+
+# --- artifacts --------------------------------------------------------------------------------
+CONFIG_ARTIFACT = "config.yaml"  # the validated config the run executed; what a rerun runs
+OVERRIDES_ARTIFACT = "overrides.yaml"
+GIT_DIFF_ARTIFACT = "git_diff.patch"
+TRACEBACK_ARTIFACT = "traceback.txt"
+WEIGHTS_ARTIFACT = "weights.npz"
+MODEL_ARTIFACT = "model"
+TENSORS_ARTIFACT = "tensors"
+PLOTS_ARTIFACT = "plots"
+SUMMARY_ARTIFACT = "summary"
+RUN_POINTER_FILE = "mlflow_run.json"  # written into a Hydra output folder: which run it made
+
+# --- environment variables --------------------------------------------------------------------
+# A sweep's job learns its parent run from these, set in its hydra.job.env_set by the sweeper,
+# so that they travel with the job's config to whatever process or machine runs it.
+ENV_PARENT_RUN_ID = "BPRUN_PARENT_RUN_ID"
+ENV_EXPERIMENT_ID = "BPRUN_EXPERIMENT_ID"
+ENV_SWEEP_TRACKING_URI = "BPRUN_TRACKING_URI"
+ENV_SWEEP_SYNC_TARGET = "BPRUN_SYNC_TARGET"
+# MLflow's own: the store, and its http client's timeout and retries (read at every request).
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_HTTP_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+ENV_HTTP_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+# Test hook: a job raises at this epoch, so that tests can check through the real CLI that a
+# crash is recorded (FAILED, traceback) and that the next job starts clean.
+ENV_CRASH_AT_EPOCH = "BPRUN_TEST_CRASH_AT_EPOCH"
+
+
+def tracked_metric_name(split: str, engine_name: str, loss: str) -> str:
+    """The metric name a run logs for the engine's ``engine_name`` of ``split`` (train, val): the
+    loss is logged as ``<split>_mse`` when it is mse, else as ``<split>_loss``."""
+    return f"{split}_{'mse' if engine_name == 'loss' and loss == 'mse' else engine_name}"

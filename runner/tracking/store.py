@@ -1,0 +1,70 @@
+"""The MLflow store itself: creating the experiment runs go to, and opening a store to read
+runs back (refusing one that is not there)."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mlflow.tracking import MlflowClient
+
+from runner.process.errors import InvalidInput
+from runner.tracking import names
+from runner.tracking.destination import ARTIFACTS_FOLDER, is_server, sqlite_path
+
+# The MLflow UI opens an experiment on its training-runs table (not its GenAI traces view) when
+# the experiment carries this kind.
+TRAINING_EXPERIMENT_KIND = "custom_model_development"
+
+
+class StoreMissing(InvalidInput):
+    """There is no store to read runs from at the given URI."""
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """Create the store (MLflow's schema migration, for a new SQLite file) and the experiment if
+    needed, and return the experiment's id. A new experiment of a SQLite store keeps its
+    artifacts in ``mlartifacts/`` beside the database, not in whatever directory the process
+    runs in; every experiment bprun logs to opens on the training-runs table in the UI."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        database = sqlite_path(uri)
+        location = (database.parent / ARTIFACTS_FOLDER).resolve().as_uri() if database else None
+        try:
+            experiment_id = client.create_experiment(
+                name, artifact_location=location, tags={names.EXPERIMENT_KIND: TRAINING_EXPERIMENT_KIND})
+        except Exception:
+            # Another process created it between the lookup and the create: use theirs.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            experiment_id = experiment.experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+        if experiment.tags.get(names.EXPERIMENT_KIND) is None:
+            client.set_experiment_tag(experiment_id, names.EXPERIMENT_KIND, TRAINING_EXPERIMENT_KIND)
+    return experiment_id
+
+
+def open_store(uri: str) -> MlflowClient:
+    """A client on an existing store, for reading runs back. MLflow would create a store that is
+    not there (a new SQLite file, or its tables in any SQLite file): refuse instead."""
+    database = sqlite_path(uri)
+    if database is not None:
+        if not database.is_file():
+            raise StoreMissing(f"no MLflow store at {database} (pass --tracking-uri or set MLFLOW_TRACKING_URI)")
+        try:
+            with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+                tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as error:
+            raise StoreMissing(f"{database} is not an MLflow store ({error})") from None
+        if not {"experiments", "runs"} <= tables:
+            raise StoreMissing(f"{database} is not an MLflow store (it has no runs table)")
+    elif not is_server(uri):
+        parsed = urlparse(uri)
+        if parsed.scheme in ("", "file") and not Path(parsed.path if parsed.scheme else uri).exists():
+            raise StoreMissing(f"no MLflow store at {uri}")
+    return MlflowClient(uri)

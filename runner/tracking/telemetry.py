@@ -1,0 +1,75 @@
+"""What a run logs every epoch: its loss metrics and each layer's statistics.
+
+Metric names (``step = epoch``, 0-based; layers are numbered from 1, input side first):
+
+- ``train_mse``, ``val_mse``; ``train_loss``/``val_loss`` when the loss is not mse;
+  ``train_accuracy``/``val_accuracy`` for classification.
+- ``layer<l>/weight_norm``, ``layer<l>/bias_norm``: L2 norms of W and b after the epoch;
+- ``layer<l>/grad_weight_norm``, ``layer<l>/grad_bias_norm``: L2 norms of the epoch's gradient
+  (the mean of the mini-batch gradients applied during it);
+- ``layer<l>/update_ratio``: ||W_after - W_before|| / ||W_after|| over the epoch.
+
+The ``/`` groups a layer's charts together in the MLflow UI. The full tensors go to disk
+(``runner.tracking.tensors``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import numpy as np
+
+from engine import EpochReport, MLP, Observer
+from runner.tracking.names import tracked_metric_name
+
+
+class MetricSink(Protocol):
+    def log_metrics(self, values: dict[str, float], step: int) -> None: ...
+
+
+def tracked_metrics(engine_metrics: dict[str, float], split: str, loss: str) -> dict[str, float]:
+    """The engine's metrics of one split under their tracked names (``loss`` -> ``train_mse``)."""
+    return {tracked_metric_name(split, name, loss): value for name, value in engine_metrics.items()}
+
+
+def _norm(array: np.ndarray) -> float:
+    # vdot of a contiguous view with itself: one BLAS call, no temporary.
+    return math.sqrt(float(np.vdot(array, array)))
+
+
+class EpochMetrics(Observer):
+    """Sends each epoch's loss metrics and layer statistics to ``sink`` in one batch, and keeps
+    them (``series``, ``epochs``) for the plots drawn at the end."""
+
+    wants_gradients = True
+
+    def __init__(self, sink: MetricSink, loss: str) -> None:
+        self.sink = sink
+        self.loss = loss
+        self.series: dict[str, list[float]] = {}
+        self.epochs: list[int] = []
+
+    def on_train_begin(self, network: MLP) -> None:
+        self._previous_weights = [w.copy() for w in network.weights]
+        self._difference = [np.empty_like(w) for w in network.weights]
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        values = tracked_metrics(report.train, "train", self.loss)
+        if report.validation is not None:
+            values.update(tracked_metrics(report.validation, "val", self.loss))
+        layers = zip(report.weights, report.biases, report.grad_weights, report.grad_biases,
+                     self._previous_weights, self._difference)
+        for number, (W, b, grad_W, grad_b, previous, difference) in enumerate(layers, start=1):
+            weight_norm = _norm(W)
+            np.subtract(W, previous, out=difference)
+            values[f"layer{number}/weight_norm"] = weight_norm
+            values[f"layer{number}/bias_norm"] = _norm(b)
+            values[f"layer{number}/grad_weight_norm"] = _norm(grad_W)
+            values[f"layer{number}/grad_bias_norm"] = _norm(grad_b)
+            values[f"layer{number}/update_ratio"] = _norm(difference) / weight_norm if weight_norm else 0.0
+            np.copyto(previous, W)
+        self.sink.log_metrics(values, report.epoch)
+        self.epochs.append(report.epoch)
+        for name, value in values.items():
+            self.series.setdefault(name, []).append(value)
