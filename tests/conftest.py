@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig
 
-import runner.app  # noqa: F401  (importing the app registers the schemas that conf/ builds on)
+import runner.hydra_app.app  # noqa: F401  (importing the app registers the schemas that conf/ builds on)
 
 # A CLI run costs 3-5 s (imports); the limit only keeps a hung run from hanging the suite.
 CLI_TIMEOUT_SECONDS = 300

@@ -231,12 +231,12 @@ def test_tracking_none_writes_no_store(runs: dict[str, Scenario]) -> None:
 def test_tracking_none_does_not_import_mlflow(tmp_path: Path) -> None:
     script = (
         "import sys, json\n"
-        "import runner.app\n"
+        "import runner.hydra_app.app\n"
         "from hydra import compose, initialize_config_module\n"
-        "from runner.experiment import run\n"
+        "from runner.core.run import run\n"
         "with initialize_config_module(config_module='runner.conf', version_base='1.3'):\n"
         "    cfg = compose(config_name='config', overrides=['tracking=none', 'trainer.epochs=3'])\n"
-        "metrics = run(cfg)\n"
+        "metrics = run(cfg).metrics\n"
         "print(json.dumps({'mlflow': 'mlflow' in sys.modules, 'metrics': sorted(metrics)}))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
@@ -313,7 +313,7 @@ def test_a_bad_override_fails_before_any_run_naming_the_key(bad_runs: dict[str, 
 
 # --- precedence, without a run -----------------------------------------------------------------------
 def test_tracking_uri_precedence(store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from runner.tracking import resolve_tracking_uri
+    from runner.tracking.destination import resolve_tracking_uri
 
     configured = f"sqlite:///{tmp_path / 'configured.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)

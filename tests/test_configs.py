@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from runner.config import ConfigError, validate
-from runner.experiment import run, run_experiment
+from runner.core.validation import ConfigError, validate
+from runner.core.run import run
 
 CONF_DIR = Path(str(resources.files("runner.conf")))
 GROUPS = ("model", "optimizer", "dataset", "trainer", "tracking")
@@ -152,7 +152,7 @@ def test_every_preset_runs_on_a_tiny_budget(compose, preset: str) -> None:
             assert settings_value(settings, key) == value, key
     assert settings.trainer.epochs == 3
 
-    result = run_experiment(cfg)
+    result = run(cfg)
     assert result.run_id is None and result.tracking_uri is None
     assert result.history.epochs_run == 3
     assert "train_mse" in result.metrics
@@ -166,8 +166,8 @@ def test_every_preset_runs_on_a_tiny_budget(compose, preset: str) -> None:
 
 def test_run_returns_the_final_metrics_as_a_plain_dict(compose) -> None:
     cfg = compose(["experiment=xor_sigmoid", "trainer.epochs=5", "tracking=none"])
-    metrics = run(cfg)
-    again = run_experiment(cfg)
+    metrics = run(cfg).metrics
+    again = run(cfg)
     assert isinstance(metrics, dict)
     assert metrics == again.metrics  # one seed: the same run twice gives the same numbers
     assert metrics["train_mse"] == again.history.metrics["train_loss"][-1]
@@ -176,7 +176,7 @@ def test_run_returns_the_final_metrics_as_a_plain_dict(compose) -> None:
 # --- presets at their own budgets ------------------------------------------------------------
 @pytest.mark.slow
 def test_xor_sigmoid_converges(compose) -> None:
-    result = run_experiment(compose(["experiment=xor_sigmoid", "tracking=none"]))
+    result = run(compose(["experiment=xor_sigmoid", "tracking=none"]))
     assert result.history.epochs_run == 3000
     assert result.metrics["train_mse"] < 0.01
     assert result.metrics["train_accuracy"] == 1.0
@@ -184,19 +184,19 @@ def test_xor_sigmoid_converges(compose) -> None:
 
 @pytest.mark.slow
 def test_iris_classifier_converges(compose) -> None:
-    result = run_experiment(compose(["experiment=iris_classifier", "tracking=none"]))
+    result = run(compose(["experiment=iris_classifier", "tracking=none"]))
     assert result.metrics["val_accuracy"] >= 0.9
     assert result.metrics["val_loss"] < result.history.metrics["val_loss"][0]
 
 
 @pytest.mark.slow
 def test_digits_classifier_converges(compose) -> None:
-    result = run_experiment(compose(["experiment=digits_classifier", "tracking=none"]))
+    result = run(compose(["experiment=digits_classifier", "tracking=none"]))
     assert result.metrics["val_accuracy"] >= 0.9
 
 
 def diabetes_preset_result(compose):
-    result = run_experiment(compose(["experiment=diabetes_regression", "tracking=none"]))
+    result = run(compose(["experiment=diabetes_regression", "tracking=none"]))
     dataset = result.dataset
     # Linear least squares on the same split: what any sensible regressor should roughly match.
     design_train = np.column_stack([dataset.X_train, np.ones(len(dataset.X_train))])
@@ -227,6 +227,6 @@ def test_diabetes_regression_generalizes_about_as_well_as_a_linear_model(compose
 
 def test_every_engine_optimizer_has_a_config_schema() -> None:
     import engine
-    from runner.config import OPTIMIZER_SCHEMAS
+    from runner.core.schema import OPTIMIZER_SCHEMAS
 
     assert set(OPTIMIZER_SCHEMAS) == set(engine.OPTIMIZERS)

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runner.config import CsvDatasetConfig, validate
-from runner.datasets import DataError, Dataset, load_dataset
-from runner.experiment import make_generators
+from runner.core.schema import CsvDatasetConfig
+from runner.core.validation import validate
+from runner.core.datasets import DataError, Dataset, load_dataset
+from runner.core.training import make_generators
 
 SYNTHETIC_WITH_NOISE = ("sine", "moons", "circles", "spirals")
 

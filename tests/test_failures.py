@@ -907,8 +907,8 @@ def test_a_full_disk_is_refused_before_the_database_is_created(how: str, tmp_pat
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    from runner.experiment import run_experiment
-    from runner.tracking import StoreUnavailable
+    from runner.core.run import run
+    from runner.tracking.destination import StoreUnavailable
 
     if how == "1 MB free":
         usage = collections.namedtuple("usage", "total used free")
@@ -920,12 +920,10 @@ def test_a_full_disk_is_refused_before_the_database_is_created(how: str, tmp_pat
 
         monkeypatch.setattr(tempfile, "NamedTemporaryFile", no_space)
         expected = r"the disk is full"
-    for name in ("MLFLOW_TRACKING_URI", "BPRUN_SWEEP_PARENT_RUN_ID"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     database = tmp_path / "store" / "mlflow.db"
     with pytest.raises(StoreUnavailable, match=expected) as raised:
-        run_experiment(compose(["trainer.epochs=3"]), start_dir=str(tmp_path),
-                       tracking_uri=f"sqlite:///{database}")
+        run(compose(["trainer.epochs=3"]), start_dir=str(tmp_path), tracking_uri=f"sqlite:///{database}")
     assert "cannot write the MLflow store" in str(raised.value)
     assert not database.exists()
     assert not (tmp_path / "mlflow.db").exists()

@@ -31,12 +31,13 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_ships_configs_data_and_console_scripts(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("runner/conf/config.yaml", "runner/conf/model/mlp.yaml", "runner/conf/hydra/sweeper/optuna.yaml",
-                     "runner/conf/experiment/iris_classifier.yaml", "runner/data/iris.csv",
+                     "runner/conf/experiment/iris_classifier.yaml", "runner/conf/hydra/launcher/local.yaml",
+                     "hydra_plugins/bprun/__init__.py", "runner/data/iris.csv",
                      "runner/data/diabetes.csv", "runner/data/digits.csv.gz", "engine/network.py"):
         assert expected in names, expected
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for script in ("bprun = runner.cli:main", "bprun-report =", "bprun-rerun =", "bprun-doctor =", "bprun-sync ="):
+    for script in ("bprun = runner.commands.bprun:main", "bprun-report =", "bprun-rerun =", "bprun-doctor =", "bprun-sync ="):
         assert script in text
 
 
@@ -49,7 +50,7 @@ def test_bprun_runs_from_the_unpacked_wheel(wheel: Path, tmp_path: Path) -> None
     environment["PYTHONPATH"] = str(unpacked)  # ahead of the editable install's finder
     result = subprocess.run(
         [sys.executable, "-c", "import runner, sys; assert runner.__file__.startswith(sys.argv[1]), runner.__file__;"
-         "from runner.cli import main; sys.argv = ['bprun', 'dataset=iris', 'trainer.epochs=3', 'tracking=none']; main()",
+         "from runner.commands.bprun import main; sys.argv = ['bprun', 'dataset=iris', 'trainer.epochs=3', 'tracking=none']; main()",
          str(unpacked)],
         cwd=work, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner import plots
-from runner.plots import GRADIENT_NORMS, LEARNING_CURVES, WEIGHT_NORMS, save_training_plots
+from runner.plots import training as plots
+from runner.plots.training import GRADIENT_NORMS, LEARNING_CURVES, WEIGHT_NORMS, save_training_plots
 
 LAYERS = 3
 
@@ -318,43 +318,6 @@ def test_no_text_leaves_the_figure_or_overlaps(history):
 
 # --- the helper process bprun draws completed runs' plots in ---------------------------------
 
-@pytest.fixture
-def helper():
-    from runner import background_plots
-
-    background_plots.enable()
-    yield background_plots
-    background_plots.shutdown()
-    background_plots._enabled = False
-
-
-def test_the_helper_draws_queued_plots_and_keeps_at_most_two_waiting(helper, tmp_path: Path) -> None:
-    directories = [tmp_path / f"run{number}" for number in range(4)]
-    for number, directory in enumerate(directories):
-        helper.submit(_history(epochs=50 + number), directory, None, f"run{number}")
-        assert helper.pending() <= helper.MAX_QUEUED
-    helper.wait()
-    assert helper.pending() == 0
-    for directory in directories:
-        assert sorted(path.name for path in directory.iterdir()) == sorted([GRADIENT_NORMS, LEARNING_CURVES, WEIGHT_NORMS])
-    # The helper draws exactly what drawing in-process gives.
-    save_training_plots(_history(epochs=50), tmp_path / "here")
-    assert (tmp_path / "here" / LEARNING_CURVES).read_bytes() == (directories[0] / LEARNING_CURVES).read_bytes()
-
-
-def test_a_plot_the_helper_cannot_write_is_a_warning(helper, tmp_path: Path, caplog) -> None:
-    not_a_folder = tmp_path / "file"
-    not_a_folder.write_text("in the way")
-    helper.submit(_history(epochs=20), not_a_folder / "plots", None, "run-x")
-    with caplog.at_level("WARNING", logger="runner.background_plots"):
-        helper.wait()
-    assert "could not draw the plots of run run-x" in caplog.text
-    # The helper keeps working after a failed plot.
-    helper.submit(_history(epochs=20), tmp_path / "after", None, "run-y")
-    helper.wait()
-    assert (tmp_path / "after" / LEARNING_CURVES).is_file()
-
-
 def _other_history(epochs: int) -> dict[str, list[float]]:
     """Same layout as _history() but data that wants other scales: flat losses (linear), zero
     bias gradients (symlog), norms over many decades."""
@@ -370,10 +333,10 @@ def _other_history(epochs: int) -> dict[str, list[float]]:
 @pytest.mark.parametrize("first, second", [(_history(200), _other_history(60)), (_other_history(60), _history(200)),
                                            (_history(200), _history(1))])
 def test_a_reused_figure_draws_what_a_new_one_draws(tmp_path: Path, first, second) -> None:
-    plots._built.clear()
+    plots.forget_figures()
     save_training_plots(first, tmp_path / "first")
     reused = save_training_plots(second, tmp_path / "reused")
-    plots._built.clear()
+    plots.forget_figures()
     fresh = save_training_plots(second, tmp_path / "fresh")
     assert [path.name for path in reused] == [path.name for path in fresh]
     for reused_path, fresh_path in zip(reused, fresh):
@@ -381,7 +344,7 @@ def test_a_reused_figure_draws_what_a_new_one_draws(tmp_path: Path, first, secon
 
 
 def test_figures_are_kept_for_reuse_within_a_bound() -> None:
-    plots._built.clear()
+    plots.forget_figures()
     for layers in range(1, plots.FIGURE_CACHE_SIZE + 3):
         series = plots._load_series(_history(30, layers=layers), None)
         numbers = plots._layer_numbers(series)

@@ -14,7 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runner import report
+from runner import reports
+from runner.commands import report as report_command
+from runner.reports import charts
+from runner.reports import table as report_table
+from runner.tracking import search
+from runner.tracking.history import MetricHistory
 
 EXPERIMENT = "backprop-runner"
 EPOCHS = 6
@@ -62,7 +67,6 @@ class SweepStore:
     child_ids: dict[str, str]  # run name -> run id
     old_parent_id: str
     old_child_name: str
-    unstarted_name: str
     standalone_name: str
 
 
@@ -118,12 +122,6 @@ def sweep_store(make_store) -> SweepStore:
     old_parent_id = _create_parent(client, experiment_id, old_start, JOBS[:1])
     old_job = Job("old-sweep-job", 0.5, [4], "moons", "FINISHED", _decay(0.3, 0.1), _decay(0.3, 0.1))
     _log_job(client, experiment_id, old_job, old_start + 1000, old_parent_id, 0)
-    # A job that failed before its run had params, as runner.sweep.record_failed_job records it.
-    unstarted_overrides = ["optimizer.lr=0.5", "model.hidden=[8,8]", "dataset=moons"]
-    unstarted = client.create_run(experiment_id, start_time=old_start + 2000, run_name=" ".join(unstarted_overrides),
-                                  tags={"mlflow.parentRunId": old_parent_id, "failure_reason": "invalid input",
-                                        "job.overrides": json.dumps(unstarted_overrides)})
-    client.set_terminated(unstarted.info.run_id, "FAILED", end_time=old_start + 2100)
     client.set_terminated(old_parent_id, "FINISHED", end_time=old_start + 10_000)
     standalone = Job("standalone-run", 0.1, [4], "moons", "FINISHED", _decay(0.3, 0.1), _decay(0.3, 0.1))
     _log_job(client, experiment_id, standalone, old_start + 20_000, None, 0)
@@ -134,7 +132,7 @@ def sweep_store(make_store) -> SweepStore:
                  for number, job in enumerate(JOBS)}
     client.set_terminated(parent_id, "FAILED", end_time=START_MS + 60_000)
     return SweepStore(store.uri, store.db, experiment_id, parent_id, child_ids, old_parent_id, old_job.name,
-                      unstarted.info.run_name, standalone.name)
+                      standalone.name)
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +140,8 @@ def sweep_table(sweep_store: SweepStore):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(sweep_store.uri)
-    children = report.sweep_children(client, sweep_store.parent_id)
-    return report.runs_table(client, children, SWEPT_KEYS)
+    children = search.sweep_children(client, sweep_store.parent_id)
+    return report_table.runs_table(client, children, SWEPT_KEYS)
 
 
 # --- finding runs ----------------------------------------------------------------------------
@@ -152,18 +150,17 @@ def test_finds_the_latest_sweep_and_its_children(sweep_store: SweepStore) -> Non
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(sweep_store.uri)
-    latest = report.find_latest_sweep(client, [sweep_store.experiment_id])
+    latest = search.find_latest_sweep(client, [sweep_store.experiment_id])
     assert latest is not None and latest.info.run_id == sweep_store.parent_id
 
-    children = report.sweep_children(client, sweep_store.parent_id)
+    children = search.sweep_children(client, sweep_store.parent_id)
     assert {run.info.run_id for run in children} == set(sweep_store.child_ids.values())
     assert [run.info.run_name for run in children] == [job.name for job in JOBS]  # oldest first
-    assert [run.info.run_name for run in report.sweep_children(client, sweep_store.old_parent_id)] == [
-        sweep_store.old_child_name, sweep_store.unstarted_name]
+    assert [run.info.run_name for run in search.sweep_children(client, sweep_store.old_parent_id)] == [
+        sweep_store.old_child_name]
 
-    every_run = {run.info.run_name for run in report.experiment_runs(client, sweep_store.experiment_id)}
-    assert every_run == {*sweep_store.child_ids, sweep_store.old_child_name, sweep_store.unstarted_name,
-                         sweep_store.standalone_name}
+    every_run = {run.info.run_name for run in search.experiment_runs(client, sweep_store.experiment_id)}
+    assert every_run == {*sweep_store.child_ids, sweep_store.old_child_name, sweep_store.standalone_name}
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -173,7 +170,7 @@ def test_runs_table_has_one_row_per_job_with_values_read_back(sweep_store: Sweep
     assert list(table["run_name"]) == [job.name for job in JOBS]
     assert list(table["run_id"]) == [sweep_store.child_ids[job.name] for job in JOBS]
     assert list(table["status"]) == [job.status for job in JOBS]
-    assert report.swept_columns(table) == SWEPT_KEYS
+    assert report_table.swept_columns(table) == SWEPT_KEYS
 
     # Swept values parsed: numbers as floats, lists and group options as text.
     assert table["optimizer.lr"].dtype == np.float64
@@ -205,13 +202,16 @@ def test_runs_table_has_one_row_per_job_with_values_read_back(sweep_store: Sweep
     assert set(histories[sweep_store.child_ids["lr1-h8x8-xor"]]) == {"train_mse"}
 
 
-def test_a_job_that_failed_before_logging_params_reads_its_overrides(sweep_store: SweepStore) -> None:
+def test_a_job_that_failed_before_its_run_existed_is_a_row_read_from_its_overrides(sweep_store: SweepStore) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(sweep_store.uri)
-    table, _ = report.runs_table(client, report.sweep_children(client, sweep_store.old_parent_id), SWEPT_KEYS)
-    row = report.rank_runs(table).iloc[-1]
-    assert row["run_name"] == sweep_store.unstarted_name and row["status"] == "FAILED"
+    overrides = ["optimizer.lr=0.5", "model.hidden=[8,8]", "dataset=moons"]
+    table, _ = report_table.runs_table(client, search.sweep_children(client, sweep_store.old_parent_id), SWEPT_KEYS,
+                                       unrecorded=[(overrides, "invalid input")])
+    assert len(table) == 2
+    row = report_table.rank_runs(table).iloc[-1]
+    assert row["run_name"] == " ".join(overrides) and row["status"] == "FAILED" and row["run_id"] == ""
     # The same values a logged param would give: 0.5 a number, [8,8] written as [8, 8].
     assert (row["optimizer.lr"], row["model.hidden"], row["dataset"]) == (0.5, "[8, 8]", "moons")
     assert math.isnan(row["final_train_mse"]) and pd.isna(row["epochs_run"])
@@ -222,28 +222,28 @@ def test_without_swept_keys_the_columns_are_the_params_that_differ(sweep_store: 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(sweep_store.uri)
-    table, _ = report.runs_table(client, report.sweep_children(client, sweep_store.parent_id))
+    table, _ = report_table.runs_table(client, search.sweep_children(client, sweep_store.parent_id))
     # tracking.run_name differs but is ignored; dataset.name and dataset.val_fraction come with
     # the dataset option, so the option stands for them.
-    assert report.swept_columns(table) == ["dataset", "model.hidden", "optimizer.lr"]
+    assert report_table.swept_columns(table) == ["dataset", "model.hidden", "optimizer.lr"]
     assert list(table["optimizer.lr"]) == [job.lr for job in JOBS]
 
 
 def test_ranking_puts_missing_validation_on_train_and_failed_runs_last(sweep_table) -> None:
     table, _ = sweep_table
-    assert list(report.rank_runs(table, "val_mse")["run_name"]) == EXPECTED_ORDER
-    assert list(report.rank_runs(table, "train_mse", top_k=2)["run_name"]) == ["lr1-h8x8-xor", "lr0.1-h4-moons"]
+    assert list(report_table.rank_runs(table, "val_mse")["run_name"]) == EXPECTED_ORDER
+    assert list(report_table.rank_runs(table, "train_mse", top_k=2)["run_name"]) == ["lr1-h8x8-xor", "lr0.1-h4-moons"]
 
 
 def test_format_table_lists_the_ranked_runs(sweep_table) -> None:
     table, _ = sweep_table
-    text = report.format_table(table, "val_mse", None)
+    text = report_table.format_table(table, "val_mse", None)
     lines = text.splitlines()
     positions = [next(i for i, line in enumerate(lines) if name in line) for name in EXPECTED_ORDER]
     assert positions == sorted(positions)
     assert FAILURE_REASON[:30] in text
     assert "0.15" in text  # the dip run's best val_mse, 5 significant digits at most
-    top = report.format_table(table, "val_mse", 2)
+    top = report_table.format_table(table, "val_mse", 2)
     assert "top 2 of 4" in top and EXPECTED_ORDER[1] in top and EXPECTED_ORDER[2] not in top
 
 
@@ -261,7 +261,7 @@ def _assert_real_png(path: Path, min_width: int = 500, min_height: int = 350) ->
 
 def test_write_report_writes_ranked_csv_markdown_and_plots(sweep_table, tmp_path: Path) -> None:
     table, histories = sweep_table
-    written = report.write_report(table, histories, tmp_path / "out", metric="val_mse", color_by="optimizer.lr")
+    written = reports.write_report(table, histories, tmp_path / "out", metric="val_mse", color_by="optimizer.lr")
     names = [path.name for path in written]
     assert names == ["runs.csv", "runs.md", "learning_curves.png", "final_val_mse_vs_optimizer.lr.png"]
     assert all(path.is_file() for path in written)
@@ -283,13 +283,13 @@ def test_write_report_writes_ranked_csv_markdown_and_plots(sweep_table, tmp_path
 
 def test_write_report_keeps_top_k_and_colours_by_a_category(sweep_table, tmp_path: Path) -> None:
     table, histories = sweep_table
-    written = report.write_report(table, histories, tmp_path, color_by="dataset", top_k=2)
+    written = reports.write_report(table, histories, tmp_path, color_by="dataset", top_k=2)
     assert list(pd.read_csv(tmp_path / "runs.csv")["run_name"]) == EXPECTED_ORDER[:2]
     _assert_real_png(tmp_path / "learning_curves.png")
     assert tmp_path / "final_val_mse_vs_optimizer.lr.png" in written
 
     with pytest.raises(ValueError, match="not a swept key"):
-        report.write_report(table, histories, tmp_path, color_by="optimizer.momentum")
+        reports.write_report(table, histories, tmp_path, color_by="optimizer.momentum")
 
 
 def test_a_diverged_run_does_not_flatten_the_learning_curves(sweep_store: SweepStore, sweep_table,
@@ -299,9 +299,9 @@ def test_a_diverged_run_does_not_flatten_the_learning_curves(sweep_store: SweepS
     table, histories = sweep_table
     failed_id = sweep_store.child_ids["lr10-h8x8-moons"]
     diverged = {**histories, failed_id: {
-        name: report.MetricHistory(np.arange(4.0), np.array([0.3, 5.0, 1e150, 1e306]))
+        name: MetricHistory(np.arange(4.0), np.array([0.3, 5.0, 1e150, 1e306]))
         for name in ("train_mse", "val_mse")}}
-    report.write_report(table, diverged, tmp_path)
+    reports.write_report(table, diverged, tmp_path)
     _assert_real_png(tmp_path / "learning_curves.png")
 
 
@@ -309,7 +309,7 @@ def test_learning_curves_name_the_metric_they_draw(sweep_store: SweepStore, swee
     """val_mse is the default; a run without a validation split is drawn with its train_mse,
     dashed among runs that have val_mse, and a chart where no run has one is named train_mse."""
     table, histories = sweep_table
-    mixed = report._learning_curves_figure(table, histories, "val_mse", None)
+    mixed = charts.learning_curves_figure(table, histories, "val_mse", None)
     axes = mixed.axes[0]
     assert axes.get_ylabel() == "val_mse"
     assert sorted(line.get_linestyle() for line in axes.get_lines() if len(line.get_xdata()) > 1) == [
@@ -317,7 +317,7 @@ def test_learning_curves_name_the_metric_they_draw(sweep_store: SweepStore, swee
     assert "train_mse (no validation split)" in [text.get_text() for text in axes.get_legend().get_texts()]
 
     xor_only = table[table["run_id"] == sweep_store.child_ids["lr1-h8x8-xor"]]
-    train_only = report._learning_curves_figure(xor_only, histories, "val_mse", None)
+    train_only = charts.learning_curves_figure(xor_only, histories, "val_mse", None)
     axes = train_only.axes[0]
     assert axes.get_ylabel() == "train_mse"
     assert axes.get_title() == "Learning curves: train_mse, 1 run (no validation split)"
@@ -341,8 +341,8 @@ def _tick_labels(figure, axis) -> list[tuple[str, object]]:
 def test_swept_values_label_their_axis_without_overlapping(sweep_table, values, labelled) -> None:
     table, histories = sweep_table
     table = table.assign(**{"optimizer.lr": values})
-    final_vs_lr = report._final_vs_key_figure(table, "val_mse", "optimizer.lr")
-    curves = report._learning_curves_figure(table, histories, "val_mse", "optimizer.lr")
+    final_vs_lr = charts.final_vs_key_figure(table, "val_mse", "optimizer.lr")
+    curves = charts.learning_curves_figure(table, histories, "val_mse", "optimizer.lr")
     colour_bar = curves.axes[1]
     for figure, axis in ((final_vs_lr, final_vs_lr.axes[0].xaxis), (curves, colour_bar.yaxis)):
         drawn = _tick_labels(figure, axis)
@@ -360,7 +360,7 @@ def test_swept_values_label_their_axis_without_overlapping(sweep_table, values, 
 
 def test_main_reports_a_sweep_by_parent_id(sweep_store: SweepStore, tmp_path: Path, capsys) -> None:
     output = tmp_path / "by-parent"
-    code = report.main(["--parent", sweep_store.parent_id, "--tracking-uri", sweep_store.uri,
+    code = report_command.main(["--parent", sweep_store.parent_id, "--tracking-uri", sweep_store.uri,
                         "--output", str(output), "--top-k", "3"])
     out = capsys.readouterr().out
     assert code == 0
@@ -374,7 +374,7 @@ def test_main_defaults_to_the_latest_sweep(sweep_store: SweepStore, tmp_path: Pa
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sweep_store.uri)
-    assert report.main([]) == 0
+    assert report_command.main([]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in EXPECTED_ORDER)
     assert sweep_store.old_child_name not in out and sweep_store.standalone_name not in out
@@ -383,13 +383,13 @@ def test_main_defaults_to_the_latest_sweep(sweep_store: SweepStore, tmp_path: Pa
 
 
 def test_main_reports_a_whole_experiment(sweep_store: SweepStore, tmp_path: Path, capsys) -> None:
-    code = report.main(["--experiment", EXPERIMENT, "--all-runs", "--tracking-uri", sweep_store.uri,
+    code = report_command.main(["--experiment", EXPERIMENT, "--all-runs", "--tracking-uri", sweep_store.uri,
                         "--output", str(tmp_path), "--metric", "train_mse"])
     out = capsys.readouterr().out
     assert code == 0
     assert sweep_store.standalone_name in out and sweep_store.old_child_name in out
     csv = pd.read_csv(tmp_path / "runs.csv")
-    assert len(csv) == len(JOBS) + 3
+    assert len(csv) == len(JOBS) + 2  # and the old sweep's job and the run outside any sweep
     assert csv["run_name"].iloc[0] == "lr1-h8x8-xor"  # lowest final train_mse
 
 
@@ -397,7 +397,7 @@ def test_main_refuses_a_missing_store_without_creating_it(tmp_path: Path, capsys
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert report.main([]) == 2
+    assert report_command.main([]) == 2
     error = capsys.readouterr().err
     assert "no MLflow store" in error and str(tmp_path / "mlflow.db") in error
     assert not (tmp_path / "mlflow.db").exists()
@@ -417,7 +417,7 @@ def test_main_leaves_a_file_that_is_not_a_store_untouched(tmp_path: Path, capsys
     text_file = tmp_path / "notes.db"
     text_file.write_text("not a database")
     for path in (database, text_file):
-        assert report.main(["--tracking-uri", f"sqlite:///{path}", "--output", str(tmp_path / "out")]) == 2
+        assert report_command.main(["--tracking-uri", f"sqlite:///{path}", "--output", str(tmp_path / "out")]) == 2
         assert "is not an MLflow store" in capsys.readouterr().err
     assert database.read_bytes() == before
     assert not (tmp_path / "out").exists()
@@ -431,7 +431,7 @@ def test_main_leaves_a_file_that_is_not_a_store_untouched(tmp_path: Path, capsys
 ])
 def test_main_explains_what_is_missing(sweep_store: SweepStore, tmp_path: Path, capsys, arguments: list[str],
                                        message: str) -> None:
-    code = report.main([*arguments, "--tracking-uri", sweep_store.uri, "--output", str(tmp_path / "out")])
+    code = report_command.main([*arguments, "--tracking-uri", sweep_store.uri, "--output", str(tmp_path / "out")])
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -1,4 +1,4 @@
-"""``bprun-rerun``: originals made by the real ``bprun`` CLI, rerun by ``python -m runner.rerun``
+"""``bprun-rerun``: originals made by the real ``bprun`` CLI, rerun by ``python -m runner.commands.rerun``
 (and the Python API), read back from a real MLflow store in a temporary directory.
 
 A tracked CLI run costs about 10 s on two busy cores (imports, the pyfunc model, plots), so the
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from runner.rerun import Comparison, RerunError, compare_histories, compare_weights, provenance_warnings
+from runner.reports.rerun import Comparison, RerunError, compare_histories, compare_weights, provenance_warnings
 
 EPOCHS = 30
 SUBPROCESS_TIMEOUT_SECONDS = 300
@@ -42,7 +42,7 @@ ORIGINALS = {
     "csv_nesterov_mini_batch": ("dataset=csv", f"dataset.path={CSV_NAME}", "dataset.targets=[y]",
                                 "optimizer=nesterov", "optimizer.lr=0.2", "trainer.batch_size=8"),
 }
-SWEEP = ("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dataset=circles", "optimizer=adam",
+SWEEP = ("-m", "hydra.launcher.n_jobs=2", "dataset=circles", "optimizer=adam",
          "trainer.batch_size=32", "optimizer.lr=0.1,0.5", "trainer.epochs=20")
 UNTRACKED = ("tracking=none", "dataset=xor", "trainer.epochs=200", "optimizer.lr=2")
 
@@ -200,7 +200,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     The store is created first, in this process: parallel first use of a fresh SQLite file can
     break its schema migration (PITFALLS).
     """
-    from runner.tracking import ensure_experiment
+    from runner.tracking.store import ensure_experiment
 
     base = tmp_path_factory.mktemp("rerun")
     uri = f"sqlite:///{base / 'mlflow.db'}"
@@ -237,12 +237,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         [*ORIGINALS, "sweep"],
         _in_parallel([
             # The default store: ./mlflow.db in the directory the command starts in.
-            lambda: _python("-m", "runner.rerun", moons.run_id, cwd=base),
-            lambda: _python("-m", "runner.rerun", iris.run_id, "--tracking-uri", uri, cwd=elsewhere),
+            lambda: _python("-m", "runner.commands.rerun", moons.run_id, cwd=base),
+            lambda: _python("-m", "runner.commands.rerun", iris.run_id, "--tracking-uri", uri, cwd=elsewhere),
             # Started elsewhere: the CSV's relative path must still find the original's file.
-            lambda: _python("-m", "runner.rerun", csv.run_id, cwd=elsewhere, MLFLOW_TRACKING_URI=uri),
+            lambda: _python("-m", "runner.commands.rerun", csv.run_id, cwd=elsewhere, MLFLOW_TRACKING_URI=uri),
             # The job folder's .hydra: mlflow_run.json beside it names the run and the store.
-            lambda: _python("-m", "runner.rerun", str(job_folder / ".hydra"), cwd=elsewhere),
+            lambda: _python("-m", "runner.commands.rerun", str(job_folder / ".hydra"), cwd=elsewhere),
         ])))
     return World(base, uri, originals, sweep, sweep_child, job_folder, untracked, reruns)
 
@@ -295,7 +295,7 @@ def test_rerun_is_identical_and_recorded_beside_the_original(world: World, case:
 
 @pytest.mark.slow
 def test_perturbed_rerun_from_a_hydra_folder_differs_from_epoch_0(world: World, monkeypatch) -> None:
-    from runner.rerun import rerun
+    from runner.reports.rerun import rerun
 
     for name in ("MLFLOW_TRACKING_URI", *SWEEP_ENVIRONMENT):
         monkeypatch.delenv(name, raising=False)
@@ -321,7 +321,7 @@ def test_perturbed_rerun_from_a_hydra_folder_differs_from_epoch_0(world: World, 
 def test_changed_weights_are_different_unless_within_tolerance(world: World, monkeypatch, capsys) -> None:
     """The iris original's weights.npz nudged by 1e-9 in one entry: bit for bit that is a
     difference (exit 1) in the weights alone; with --tolerance 1e-6 it is identical (exit 0)."""
-    from runner.rerun import main
+    from runner.commands.rerun import main
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", world.uri)
     iris = world.originals["iris_momentum_mini_batch"]
@@ -357,7 +357,7 @@ def test_changed_csv_is_refused_with_both_fingerprints_and_provenance_warned(wor
     rows[5] = ",".join(cells)
     table.write_text("\n".join(rows) + "\n")
 
-    result = _python("-m", "runner.rerun", csv.run_id, "--tracking-uri", world.uri, cwd=world.base / "elsewhere")
+    result = _python("-m", "runner.commands.rerun", csv.run_id, "--tracking-uri", world.uri, cwd=world.base / "elsewhere")
     assert result.returncode == 2, _output(result)
     assert result.stdout == ""
     assert "refusing to rerun" in result.stderr and str(table) in result.stderr
@@ -374,7 +374,7 @@ def test_changed_csv_is_refused_with_both_fingerprints_and_provenance_warned(wor
 def test_folder_of_an_untracked_run_is_rerun_with_nothing_to_compare(world: World) -> None:
     (folder,) = world.untracked.cwd.glob("outputs/*/*")
     assert not (folder / "mlflow_run.json").exists()
-    result = _python("-m", "runner.rerun", str(folder), cwd=world.untracked.cwd)
+    result = _python("-m", "runner.commands.rerun", str(folder), cwd=world.untracked.cwd)
     assert result.returncode == 3, _output(result)
     assert result.stdout.startswith(f"nothing to compare: {folder} has no mlflow_run.json")
     # The same final metrics as the original printed (bprun: completed 200 epochs: ...).
@@ -385,7 +385,7 @@ def test_folder_of_an_untracked_run_is_rerun_with_nothing_to_compare(world: Worl
 
 @pytest.mark.slow
 def test_missing_store_is_an_error_and_is_not_created(tmp_path: Path) -> None:
-    result = _python("-m", "runner.rerun", "0" * 32, cwd=tmp_path)
+    result = _python("-m", "runner.commands.rerun", "0" * 32, cwd=tmp_path)
     assert result.returncode == 2, _output(result)
     assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()
@@ -393,7 +393,7 @@ def test_missing_store_is_an_error_and_is_not_created(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bad_sources_are_errors(world: World) -> None:
-    from runner.rerun import rerun
+    from runner.reports.rerun import rerun
 
     with pytest.raises(RerunError, match=f"no run {'f' * 32} in {re.escape(world.uri)}"):
         rerun("f" * 32, tracking_uri=world.uri)
@@ -410,9 +410,9 @@ DETERMINISM_SCRIPT = """
 import hashlib, json, sys
 import numpy as np
 from omegaconf import OmegaConf
-from runner.experiment import run_experiment
+from runner.core.run import run
 
-result = run_experiment(OmegaConf.load(sys.argv[1]))
+result = run(OmegaConf.load(sys.argv[1]))
 history = hashlib.sha256()
 for name in sorted(result.history.metrics):
     history.update(name.encode() + np.asarray(result.history.metrics[name], dtype=np.float64).tobytes())
@@ -429,7 +429,7 @@ def test_same_config_in_fresh_processes_gives_identical_histories_and_weights(tm
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    import runner.app  # noqa: F401  (registers the schemas conf/ builds on)
+    import runner.hydra_app.app  # noqa: F401  (registers the schemas conf/ builds on)
 
     with initialize_config_module(config_module="runner.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[

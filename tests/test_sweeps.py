@@ -434,7 +434,7 @@ def test_the_worker_preload_imports_and_prepares_what_a_job_needs() -> None:
              "assert all(name in sys.modules for name in preload.JOB_MODULES)\n"
              "assert requirements_utils._PACKAGES_TO_MODULES, 'installed-packages map not filled'\n"
              "assert gc.get_freeze_count() > 100_000, gc.get_freeze_count()\n"
-             "from runner import provenance\n"
+             "from runner.tracking import provenance\n"
              "assert provenance.project_git_state.cache_info().currsize == 1\n"
              "assert provenance._version.cache_info().currsize == len(provenance.VERSION_TAGS)\n")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)

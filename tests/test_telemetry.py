@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from engine import Observer
-from runner.experiment import TrainingFailed, run_experiment
-from runner.telemetry import LAYER_STATISTICS, load_tensors
+from runner.core.run import TrainingFailed, run
+from runner.tracking.telemetry import LAYER_STATISTICS
+from runner.tracking.tensors import load_tensors
 
 EPOCHS = 12
 
@@ -36,7 +37,7 @@ class Recorder(Observer):
 def tracked(compose, store, *overrides, observer=None):
     cfg = compose(["dataset=iris", "model.hidden=[6,5]", f"trainer.epochs={EPOCHS}", "trainer.batch_size=32",
                    *overrides])
-    return run_experiment(cfg, tracking_uri=store.uri, extra_observers=[observer] if observer else [])
+    return run(cfg, tracking_uri=store.uri, observers=[observer] if observer else [])
 
 
 @pytest.fixture(scope="module")
@@ -158,12 +159,12 @@ def test_an_interrupted_run_keeps_what_it_logged(compose, store):
 def test_a_diverged_run_is_failed_with_its_reason_and_no_non_finite_metric(compose, store):
     cfg = compose(["model.output_activation=identity", "optimizer.lr=1e6", "trainer.epochs=60"])
     with pytest.raises(TrainingFailed, match="diverged at epoch"):
-        run_experiment(cfg, tracking_uri=store.uri)
+        run(cfg, tracking_uri=store.uri)
     client = store.client()
-    (run,) = client.search_runs([client.get_experiment_by_name("backprop-runner").experiment_id])
-    assert run.info.status == "FAILED"
-    assert run.data.tags["failure_reason"].startswith("diverged at epoch")
-    for key in run.data.metrics:
+    (failed,) = client.search_runs([client.get_experiment_by_name("backprop-runner").experiment_id])
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["failure_reason"].startswith("diverged at epoch")
+    for key in failed.data.metrics:
         # MLflow would store an inf as 1.797e308: nothing that large (or NaN) may have been sent.
         assert all(math.isfinite(m.value) and abs(m.value) < 1.7e308
-                   for m in client.get_metric_history(run.info.run_id, key)), key
+                   for m in client.get_metric_history(failed.info.run_id, key)), key

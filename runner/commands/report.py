@@ -101,8 +101,8 @@ def _report(args: argparse.Namespace, uri: str) -> None:
         name = args.experiment or DEFAULT_EXPERIMENT
         experiment = client.get_experiment_by_name(name)
         if experiment is None or experiment.lifecycle_stage != "active":
-            names = ", ".join(repr(e.name) for e in client.search_experiments()) or "none"
-            raise NothingToReport(f"no experiment {name!r} in {uri} (experiments: {names})")
+            known = ", ".join(repr(e.name) for e in client.search_experiments()) or "none"
+            raise NothingToReport(f"no experiment {name!r} in {uri} (experiments: {known})")
         if args.all_runs:
             runs = experiment_runs(client, experiment.experiment_id)
             heading = f"All {len(runs)} runs of experiment {name!r}"

@@ -16,8 +16,10 @@ its current mini-batch with every completed epoch logged.
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
+from omegaconf import DictConfig
 from threadpoolctl import threadpool_limits
 
 from engine import MLP, EarlyStopping, Observer
@@ -26,9 +28,10 @@ from runner.core.schema import ExperimentConfig
 from runner.core.training import (Launch, ParentRun, RunResult, Training, TrainingFailed, build_optimizer,
                                   final_metrics, load_data, make_generators)
 from runner.process import interruption
-from runner.tracking.destination import Destination
+from runner.core.validation import validate
+from runner.tracking.destination import Destination, destination
 
-__all__ = ["Launch", "ParentRun", "RunResult", "TrainingFailed", "run_training"]
+__all__ = ["Launch", "ParentRun", "RunResult", "TrainingFailed", "run", "run_training"]
 
 
 def run_training(settings: ExperimentConfig, destination: Destination | None, *, parent: ParentRun | None = None,
@@ -76,3 +79,21 @@ def run_training(settings: ExperimentConfig, destination: Destination | None, *,
     return result
 
 
+
+
+def run(cfg: DictConfig | dict, *, tracking_uri: str | None = None, start_dir: str | None = None,
+        dataset: Dataset | None = None, observers: Sequence[Observer] = ()) -> RunResult:
+    """Validate a composed config and run it: the Python way to ``bprun``'s single run.
+
+    The run is tracked as the config's ``tracking`` settings say (``tracking_uri`` overrides the
+    store; the default store is ``mlflow.db`` in ``start_dir``, default the current directory),
+    or not at all with ``tracking.enabled=false``."""
+    settings = validate(cfg)
+    start_dir = start_dir or os.getcwd()
+    target = None
+    if tracking_uri is not None:
+        target = Destination(tracking_uri, None, settings.tracking.http_timeout, settings.tracking.http_retries)
+    elif settings.tracking.enabled:
+        tracking = settings.tracking
+        target = destination(tracking.uri, tracking.offline, start_dir, tracking.http_timeout, tracking.http_retries)
+    return run_training(settings, target, launch=Launch(start_dir=start_dir), dataset=dataset, observers=observers)

@@ -197,6 +197,11 @@ class _Built:
 _built: OrderedDict[_Layout, _Built] = OrderedDict()
 
 
+def forget_figures() -> None:
+    """Drop the figures kept for reuse: the next charts are drawn on new ones."""
+    _built.clear()
+
+
 def _line(series: str, **style: Any) -> _Line:
     return _Line(series, tuple(sorted((name, _hashable(value)) for name, value in style.items())))
 

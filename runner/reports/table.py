@@ -160,8 +160,8 @@ def differing_params(runs: Sequence[Run]) -> dict[str, list[str | None]]:
     params of that group when they are a function of it: different options of a group come with
     different defaults, which are not separate dimensions of the comparison.
     """
-    names = sorted({name for run in runs for name in run.data.params})
-    values = {name: [run.data.params.get(name) for run in runs] for name in names
+    param_names = sorted({name for run in runs for name in run.data.params})
+    values = {name: [run.data.params.get(name) for run in runs] for name in param_names
               if not name.startswith(IGNORED_PARAM_PREFIXES) and name not in DERIVED_PARAMS}
     differing = {name: column for name, column in values.items() if len(set(column)) > 1}
     selectors: dict[str, str] = {}

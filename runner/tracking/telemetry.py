@@ -24,6 +24,9 @@ from engine import EpochReport, MLP, Observer
 from runner.tracking.names import tracked_metric_name
 
 
+LAYER_STATISTICS = ("weight_norm", "bias_norm", "grad_weight_norm", "grad_bias_norm", "update_ratio")
+
+
 class MetricSink(Protocol):
     def log_metrics(self, values: dict[str, float], step: int) -> None: ...
 

@@ -1,0 +1,95 @@
+"""Contract tests of the one MLflow-private thing the tracking layer relies on: the direct SQLite
+metric writer must store exactly what MLflow's own ``log_batch`` stores, on the same inputs.
+
+They fail loudly when MLflow is upgraded (``CHECKED_MLFLOW_VERSIONS``): run them against the new
+version, and add it there only once they pass.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from importlib.metadata import version
+
+import pytest
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from runner.tracking.compat import CHECKED_MLFLOW_VERSIONS, SqliteMetricWriter
+from runner.tracking.destination import sqlite_path
+from runner.tracking.mlflow_run import TrackedRun
+from runner.tracking.store import ensure_experiment
+
+# (key, value, timestamp ms, step): what one flush writes.
+CASES = {
+    "steps in order": [("m", 1.0 / (step + 1), 1000 + step, step) for step in range(2500)],
+    "steps out of order": [("m", 0.5, 1000, 3), ("m", 0.7, 1001, 1), ("m", 0.2, 1002, 2), ("m", 0.9, 1003, 0)],
+    "a step repeated, later time": [("m", 0.5, 1000, 1), ("m", 0.4, 2000, 1), ("m", 0.6, 1500, 0)],
+    "a step repeated, equal time": [("m", 0.5, 1000, 1), ("m", 0.7, 1000, 1), ("m", 0.3, 1000, 1)],
+    "equal timestamps, many keys": [(key, float(step), 5000, step) for step in range(3) for key in ("a", "b/c", "d e")],
+    "latest step smaller value": [("m", 9.0, 1000, 5), ("m", 1.0, 1000, 6), ("m", 100.0, 999, 4)],
+}
+
+
+def test_the_installed_mlflow_is_one_the_writer_was_checked_against() -> None:
+    assert version("mlflow") in CHECKED_MLFLOW_VERSIONS, (
+        f"MLflow {version('mlflow')} is installed but the direct SQLite writer was checked against "
+        f"{CHECKED_MLFLOW_VERSIONS}: run these tests against it, then add it to CHECKED_MLFLOW_VERSIONS")
+
+
+def _new_run(uri: str, name: str) -> str:
+    client = MlflowClient(uri)
+    return client.create_run(ensure_experiment(uri, "contract"), run_name=name).info.run_id
+
+
+def _stored(database, run_id: str) -> tuple[list[tuple], list[tuple]]:
+    with sqlite3.connect(database) as connection:
+        metrics = sorted(connection.execute(
+            "SELECT key, value, timestamp, step, is_nan FROM metrics WHERE run_uuid = ?", (run_id,)))
+        latest = sorted(connection.execute(
+            "SELECT key, value, timestamp, step, is_nan FROM latest_metrics WHERE run_uuid = ?", (run_id,)))
+    return metrics, latest
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_direct_writes_store_the_rows_mlflows_log_batch_stores(case: str, store) -> None:
+    rows = CASES[case]
+    by_mlflow, direct = _new_run(store.uri, "log_batch"), _new_run(store.uri, "direct")
+    client = MlflowClient(store.uri)
+    for start in range(0, len(rows), 1000):
+        client.log_batch(by_mlflow, metrics=[Metric(*row) for row in rows[start : start + 1000]])
+    writer = SqliteMetricWriter.open(store.db)
+    assert writer is not None
+    writer.write(direct, rows)
+    writer.close()
+    assert _stored(store.db, direct) == _stored(store.db, by_mlflow)
+    # and MLflow reads both back alike
+    assert client.get_run(direct).data.metrics == client.get_run(by_mlflow).data.metrics
+
+
+def test_two_flushes_keep_the_latest_value_by_mlflows_rule(store) -> None:
+    by_mlflow, direct = _new_run(store.uri, "log_batch"), _new_run(store.uri, "direct")
+    first, second = [("m", 0.5, 1000, 7)], [("m", 0.1, 1000, 6), ("m", 0.6, 1000, 7)]
+    client = MlflowClient(store.uri)
+    writer = SqliteMetricWriter.open(store.db)
+    for rows in (first, second):
+        client.log_batch(by_mlflow, metrics=[Metric(*row) for row in rows])
+        writer.write(direct, rows)
+    writer.close()
+    assert _stored(store.db, direct) == _stored(store.db, by_mlflow)
+
+
+def test_a_run_never_sends_a_non_finite_value(store) -> None:
+    uri = store.uri
+    with TrackedRun(uri, ensure_experiment(uri, "contract"), "run", {}, {}) as run:
+        run.log_metrics({"ok": 1.0, "nan": math.nan, "inf": math.inf, "-inf": -math.inf}, 0)
+    metrics, _ = _stored(store.db, run.run_id)
+    assert [row[0] for row in metrics] == ["ok"]
+
+
+def test_the_writer_is_used_only_on_mlflows_schema(tmp_path) -> None:
+    database = tmp_path / "other.db"
+    sqlite3.connect(database).execute("CREATE TABLE metrics (key TEXT, value REAL)")
+    assert SqliteMetricWriter.open(database) is None
+    assert sqlite_path("sqlite:////x/y.db").as_posix() == "/x/y.db"
+    assert sqlite_path("http://localhost:5000") is None
