@@ -2,27 +2,25 @@
 
 Each sweep runs ``python -m runner -m ...`` in a subprocess, in a temporary working directory
 (Hydra's ``outputs/`` lands there) with ``MLFLOW_TRACKING_URI`` pointing at a temporary SQLite
-file; the runs are read back with ``MlflowClient``. Covered (issue 5):
+file; the runs are read back with ``MlflowClient``. Covered:
 
-- a 4-job grid with the basic launcher: one parent run, four FINISHED children nested under it,
-  the sweep recorded on the parent (command, swept values, summary artifacts);
-- the same grid with ``hydra/launcher=joblib`` (2 workers) on a fresh SQLite file, three times:
-  no crash, no lost run, no run in the Default experiment, complete histories, BLAS pinned to one
-  thread and results bit-identical to the basic launcher's; the workers (forked from bprun's
-  preloaded fork server) learn the parent from ``hydra.job.env_set`` and compose nothing, bprun
-  itself never imports MLflow (the parent run is made by a process forked from the server, the
-  summary by a worker), and a store path that cannot travel in an override falls back to
-  workers that inherit it;
-- failed jobs (divergence, an invalid value, and an error raised before the job's run exists) recorded FAILED with their reason while the other jobs
-  finish, the sweep exiting non-zero and its summary listing them; a sweep whose overrides do
-  not compose leaves nothing in the store, and one stopped by such an error between two batches
-  ends its parent FAILED;
+- a 4-job grid run in bprun's process: one parent run, four FINISHED children nested under it,
+  the sweep recorded on the parent (command, swept values, summary artifacts), each job with its
+  own values in its Hydra folder;
+- the same grid on 2 worker processes (``hydra.launcher.n_jobs=2``) on a fresh SQLite file,
+  three times: no lost run, no run in the Default experiment, complete histories, BLAS pinned to
+  one thread, results bit-identical to the in-process grid's; each job learns its parent run from
+  its ``hydra.job.env_set`` (a store path with quotes, ``$`` and backslashes included);
+- failed jobs: a diverging job and a job whose data cannot be read fail alone while the others
+  finish, the sweep exits 1 and its summary lists them; a value that does not validate or compose
+  stops the sweep before anything runs, with nothing in the store; an error between two batches
+  ends the parent FAILED;
 - clean values from Hydra's float ``range``;
 - an Optuna sweep whose reported best trial is the best child run, reproducible from its seed;
 - ``bprun-report`` on a real sweep.
 
 Sweeps are shared through module-scoped fixtures; every sweep uses few epochs and no tensor
-snapshots, so the module runs in about two minutes on two cores.
+snapshots.
 """
 
 from __future__ import annotations
@@ -42,7 +40,8 @@ import numpy as np
 import pytest
 import yaml
 
-from runner.worker_server import joblib_workers_requested
+from runner.commands.bprun import parallel_workers_requested
+from runner.sweeps.context import SweepRun
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +53,7 @@ GRID_EPOCHS = 50
 GRID = ("optimizer.lr=0.5,2.0", "model.hidden=[4],[8]", f"trainer.epochs={GRID_EPOCHS}",
         "tracking.tensors_every=0")
 GRID_COMBINATIONS = {(0.5, "[4]"), (0.5, "[8]"), (2.0, "[4]"), (2.0, "[8]")}
-JOBLIB = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+WORKERS = ("hydra.launcher.n_jobs=2",)
 
 OPTUNA_EPOCHS = 300
 OPTUNA = ("hydra/sweeper=optuna", "hydra.sweeper.n_trials=6", "hydra.sweeper.seed=0",
@@ -162,7 +161,7 @@ def test_basic_grid_is_one_parent_with_four_finished_children(basic_grid: Sweep)
     summary = {artifact.path for artifact in client.list_artifacts(parent.info.run_id, "summary")}
     assert {"summary/runs.csv", "summary/runs.md", "summary/learning_curves.png"} <= summary, summary
 
-    # Every child's plots were drawn by bprun's helper process, and all exist when bprun exits.
+    # Every child's plots exist when bprun exits.
     for child in sweep.children:
         plots = sorted(artifact.path for artifact in client.list_artifacts(child.info.run_id, "plots"))
         assert plots == ["plots/gradient_norms.png", "plots/learning_curves.png", "plots/weight_norms.png"], plots
@@ -181,14 +180,27 @@ def test_basic_grid_is_one_parent_with_four_finished_children(basic_grid: Sweep)
         hidden = json.loads(child.data.params["model.hidden"])
         assert f"-lr{lr:g}-" in child.info.run_name and child.info.run_name.endswith(f"-h{hidden[0]}")
 
+    # Each job's Hydra folder holds its own values and points at its own run.
+    folders = sorted((sweep.cwd / parent.data.tags["sweep.dir"]).glob("[0-9]*"), key=lambda path: int(path.name))
+    assert [path.name for path in folders] == ["0", "1", "2", "3"]
+    by_run = {child.info.run_id: child for child in sweep.children}
+    for folder in folders:
+        config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+        pointer = json.loads((folder / "mlflow_run.json").read_text())
+        child = by_run[pointer["run_id"]]
+        assert config["optimizer"]["lr"] == float(child.data.params["optimizer.lr"])
+        assert json.dumps(config["model"]["hidden"]) == child.data.params["model.hidden"]
+
 
 # --- 2. the same grid with parallel workers --------------------------------------------------
 
 @pytest.mark.parametrize("attempt", [1, 2, 3])
-def test_joblib_grid_on_a_fresh_store(attempt: int, tmp_path: Path, basic_grid: Sweep, run_sweep: RunSweep) -> None:
-    """Parallel first use of a fresh SQLite file once corrupted it and dropped runs into the
-    Default experiment (PITFALLS); three fresh stores in a row must all come out whole."""
-    sweep = run_sweep(tmp_path / f"joblib{attempt}", *GRID, *JOBLIB)
+def test_a_grid_on_two_workers_on_a_fresh_store(attempt: int, tmp_path: Path, basic_grid: Sweep,
+                                                run_sweep: RunSweep) -> None:
+    """Parallel first use of a fresh SQLite file can corrupt it and drop runs into the Default
+    experiment; three fresh stores in a row must all come out whole. The store's path carries
+    characters a Hydra override treats specially."""
+    sweep = run_sweep(tmp_path / f"it's $HOME, a\\b {attempt}", *GRID, *WORKERS)
     assert sweep.result.returncode == 0, sweep.output
     assert "Traceback" not in sweep.result.stderr, sweep.output
     assert sweep.parent.info.status == "FINISHED"
@@ -212,61 +224,35 @@ def test_joblib_grid_on_a_fresh_store(attempt: int, tmp_path: Path, basic_grid: 
     # Results do not depend on the launcher: the same floats, bit for bit.
     assert final_train_mse(sweep) == final_train_mse(basic_grid)
 
-    # The summary, made in an idle worker: attached to the parent and printed by bprun.
+    # The summary: attached to the parent and printed by bprun.
     summary = {artifact.path for artifact in client.list_artifacts(sweep.parent.info.run_id, "summary")}
     assert {"summary/runs.csv", "summary/runs.md", "summary/learning_curves.png"} <= summary, summary
     assert "4 runs, ranked by final val_mse" in sweep.result.stdout, sweep.output
     assert sweep.parent.data.tags["sweep.jobs"] == "4"
 
-    # The workers learned their parent from their job's config (hydra.job.env_set), which each
-    # job folder records.
+    # Each job learned its parent from its own config (hydra.job.env_set), which its folder records.
     job_folders = sorted((sweep.cwd / sweep.parent.data.tags["sweep.dir"]).glob("*/.hydra"))
     assert len(job_folders) == 4
     for folder in job_folders:
         env_set = yaml.safe_load((folder / "hydra.yaml").read_text())["hydra"]["job"]["env_set"]
-        assert env_set["BPRUN_SWEEP_PARENT_RUN_ID"] == sweep.parent.info.run_id
-        assert env_set["BPRUN_SWEEP_TRACKING_URI"] == sweep.store.uri
+        job_sweep = SweepRun.from_job_environment(env_set)
+        assert job_sweep.run_id == sweep.parent.info.run_id
+        assert job_sweep.tracking_uri == sweep.store.uri
 
 
-def test_joblib_sweep_on_a_store_path_hydra_cannot_quote(tmp_path: Path, run_sweep: RunSweep) -> None:
-    """A '$' in the store's path cannot travel in a Hydra override: the workers then start as new
-    processes that inherit the sweep's environment, and the children still nest."""
-    sweep = run_sweep(tmp_path / "store$1", "optimizer.lr=0.5,2.0", "trainer.epochs=5", "tracking.tensors_every=0",
-                      *JOBLIB)
-    assert sweep.result.returncode == 0, sweep.output
-    assert "$" in sweep.store.uri
-    assert statuses(sweep) == ["FINISHED"] * 2, sweep.output
-    assert len(sweep.all_runs) == 3, "no stray run anywhere in the store"
-    hydra_yaml = next((sweep.cwd / sweep.parent.data.tags["sweep.dir"]).glob("*/.hydra/hydra.yaml"))
-    assert yaml.safe_load(hydra_yaml.read_text())["hydra"]["job"]["env_set"] == {}
+@pytest.mark.parametrize("uri", ["sqlite:////tmp/a b/x=1,y:2/mlflow.db", "http://user:p%40ss@127.0.0.1:5000",
+                                 "file:///tmp/[x]", "sqlite:////tmp/it's/mlflow.db", "sqlite:////tmp/${x}/$y.db",
+                                 "file:///C:\\x\\", "sqlite:////tmp/%27%25/mlflow.db"])
+def test_a_job_composed_with_its_sweeps_overrides_reads_the_sweep_back(uri: str) -> None:
+    from hydra import compose, initialize_config_module
 
-
-@pytest.mark.parametrize("uri", ["sqlite:////tmp/a b/x=1,y:2/mlflow.db", "http://127.0.0.1:5000", "file:///tmp/[x]"])
-def test_the_sweep_context_travels_in_a_quoted_override(uri: str) -> None:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    from runner.sweep import SweepContext, hand_context_to_jobs
-
-    config = OmegaConf.create({"hydra": {"overrides": {"hydra": ["hydra.verbose=false"]}}})
-    assert hand_context_to_jobs(config, SweepContext("0123abcd", "7", uri))
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.hydra)[1:])
-    assert {override.key_or_group: override.value() for override in parsed} == {
-        "hydra.job.env_set.BPRUN_SWEEP_PARENT_RUN_ID": "0123abcd",
-        "hydra.job.env_set.BPRUN_SWEEP_EXPERIMENT_ID": "7",
-        "hydra.job.env_set.BPRUN_SWEEP_TRACKING_URI": uri,
-    }
-
-
-@pytest.mark.parametrize("uri", ["sqlite:////tmp/it's/mlflow.db", "sqlite:////tmp/${x}/mlflow.db", "file:///C:\\x"])
-def test_a_context_an_override_would_change_is_not_handed_over(uri: str) -> None:
-    from omegaconf import OmegaConf
-
-    from runner.sweep import SweepContext, hand_context_to_jobs
-
-    config = OmegaConf.create({"hydra": {"overrides": {"hydra": ["hydra.verbose=false"]}}})
-    assert not hand_context_to_jobs(config, SweepContext("0123abcd", "7", uri))
-    assert list(config.hydra.overrides.hydra) == ["hydra.verbose=false"]
+    sweep = SweepRun("0123abcd", "7", uri, sync_target=f"{uri}-target",
+                     http_settings=(("MLFLOW_HTTP_REQUEST_TIMEOUT", "5"),))
+    with initialize_config_module(config_module="runner.conf", version_base="1.3"):
+        job = compose(config_name="config", overrides=["optimizer.lr=0.5", *sweep.job_overrides()],
+                      return_hydra_config=True)
+    assert SweepRun.from_job_environment(job.hydra.job.env_set) == sweep
+    assert job.optimizer.lr == 0.5
 
 
 # --- 3. failed jobs --------------------------------------------------------------------------
@@ -296,39 +282,34 @@ def test_a_diverging_job_fails_alone_and_the_sweep_exits_non_zero(tmp_path: Path
     assert "diverged at epoch" in failed_lines[0]
 
 
-def test_an_invalid_job_in_a_sweep_is_recorded_failed(tmp_path: Path, run_sweep: RunSweep) -> None:
-    sweep = run_sweep(tmp_path, "optimizer.lr=0.5,-1", "trainer.epochs=20", "tracking.tensors_every=0")
-    assert sweep.result.returncode != 0, sweep.output
-    assert "Traceback" not in sweep.result.stderr, sweep.output
-    assert len(sweep.children) == 2, sweep.output
-    finished = [child for child in sweep.children if child.info.status == "FINISHED"]
-    failed = [child for child in sweep.children if child.info.status == "FAILED"]
-    assert len(finished) == 1 and len(failed) == 1, statuses(sweep)
-    assert float(finished[0].data.params["optimizer.lr"]) == 0.5
-    assert "optimizer.lr" in failed[0].data.tags["failure_reason"], failed[0].data.tags
-    assert "optimizer.lr=-1" in json.loads(failed[0].data.tags["job.overrides"])
-    assert sweep.parent.info.status == "FAILED"
-    assert sweep.parent.data.tags["sweep.failed_jobs"] == "1"
-    assert any("FAILED" in line and "optimizer.lr" in line for line in sweep.result.stdout.splitlines()), \
+@pytest.mark.parametrize("bad", ["optimizer.lr=0.5,-1", "optimizer.lr=0.5,${model.activation}"])
+def test_a_value_that_does_not_validate_stops_the_sweep_before_anything_runs(bad: str, tmp_path: Path,
+                                                                              run_cli, store_at) -> None:
+    store = store_at(tmp_path)
+    result = run_cli("-m", bad, "trainer.epochs=5", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": store.uri})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert re.search(r"^bprun: job optimizer.lr=\S+ .*optimizer.lr", result.stderr, re.MULTILINE), result.stderr
+    assert not store.db.exists(), "nothing in the store for a sweep that cannot run"
+
+
+def test_a_job_whose_data_cannot_be_read_fails_alone_and_is_listed(tmp_path: Path, run_sweep: RunSweep) -> None:
+    (tmp_path / "good.csv").write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(20)))
+    (tmp_path / "bad.csv").write_text("x,y\n1,0\n2,oops\n" + "".join(f"{i},{i % 2}\n" for i in range(20)))
+    sweep = run_sweep(tmp_path, "dataset=csv", "dataset.path=good.csv,bad.csv", "dataset.targets=[y]",
+                      "trainer.epochs=5", "tracking.tensors_every=0")
+    assert sweep.result.returncode == 1, sweep.output
+    assert "job #1 failed: bad.csv: data row 2, column 'y'" in sweep.result.stderr.replace(str(tmp_path) + "/", ""), \
         sweep.output
-
-
-def test_a_job_failing_before_its_run_exists_is_still_recorded(tmp_path: Path, run_sweep: RunSweep) -> None:
-    # ${model.activation} resolves to 'sigmoid', which the float schema of optimizer.lr rejects
-    # only when the job resolves its config, after composition.
-    sweep = run_sweep(tmp_path, "optimizer.lr=0.5,${model.activation}", "trainer.epochs=5",
-                      "tracking.tensors_every=0")
-    assert "job failed: invalid input: optimizer.lr" in sweep.result.stderr, sweep.output
-    assert any(child.info.status == "FINISHED" for child in sweep.children), sweep.output
-    assert len(sweep.children) == 2, f"the failed job has no run\n{sweep.output}"
-    failed = [child for child in sweep.children if child.info.status == "FAILED"]
-    assert len(failed) == 1 and "interpolation" in failed[0].data.tags["failure_reason"]
+    assert statuses(sweep) == ["FINISHED"], "the failed job has no run"
     assert sweep.parent.info.status == "FAILED"
-    assert sweep.parent.data.tags["sweep.failed_jobs"] == "1"
-    assert sweep.result.returncode != 0, sweep.output
+    assert (sweep.parent.data.tags["sweep.jobs"], sweep.parent.data.tags["sweep.failed_jobs"]) == ("2", "1")
+    failed_lines = [line for line in sweep.result.stdout.splitlines() if "bad.csv" in line and "FAILED" in line]
+    assert failed_lines and "DataError" in failed_lines[0], sweep.output
+    assert "1 of 2 job(s) of the sweep failed" in sweep.result.stderr, sweep.output
 
 
-@pytest.mark.parametrize("launcher", [(), JOBLIB], ids=["basic", "joblib"])
+@pytest.mark.parametrize("launcher", [(), WORKERS], ids=["in-process", "workers"])
 def test_a_sweep_whose_overrides_do_not_compose_leaves_nothing_in_the_store(
         launcher: tuple[str, ...], tmp_path: Path, run_cli, store_at) -> None:
     store = store_at(tmp_path)
@@ -352,7 +333,7 @@ def test_a_sweep_stopped_by_an_error_between_batches_ends_its_parent_failed(
     assert by_kind["child"].info.status == "FINISHED"
     assert by_kind["child"].data.tags[PARENT_TAG] == by_kind["true"].info.run_id
     assert by_kind["true"].info.status == "FAILED", "no sweep left RUNNING"
-    assert by_kind["true"].data.tags["failure_reason"] == "stopped by an error (see bprun's error output)"
+    assert "Could not find 'optimizer/bogus'" in by_kind["true"].data.tags["failure_reason"]
 
 
 # --- 4. clean values -------------------------------------------------------------------------
@@ -387,138 +368,41 @@ def test_hydra_float_range_is_logged_as_typed(tmp_path: Path, run_sweep: RunSwee
     assert yaml.safe_load(text)["optimizer"]["lr"] == 0.3
 
 
-# --- composing each job once ------------------------------------------------------------------
+# --- starting the workers -------------------------------------------------------------------
 
-COUNT_COMPOSES = """
-import sys
-from hydra._internal.config_loader_impl import ConfigLoaderImpl
-composed = []
-original = ConfigLoaderImpl.load_configuration
-def counting(self, config_name, overrides, *args, **kwargs):
-    composed.append(list(overrides))
-    return original(self, config_name, overrides, *args, **kwargs)
-ConfigLoaderImpl.load_configuration = counting
-from runner.app import main
-sys.argv = ["bprun", *sys.argv[1:]]
-try:
-    main()
-finally:
-    print("COMPOSED", len(composed), file=sys.stderr)
-"""
-
-
-def test_the_basic_launcher_gets_the_config_the_sweeper_composed_up_front(tmp_path: Path) -> None:
-    """Hydra composes the master config twice and, without bprun's patch, every job twice (the
-    sweeper's up-front check, then the launcher). Each job must still get its own values."""
-    script = tmp_path / "count_composes.py"
-    script.write_text(COUNT_COMPOSES)
-    result = subprocess.run(
-        [sys.executable, str(script), "-m", "optimizer.lr=0.5,2.0,4.0", "trainer.epochs=2", "tracking=none"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert re.search(r"^COMPOSED 5$", result.stderr, re.MULTILINE), result.stderr  # 2 + 3 jobs, not 2 + 6
-    job_configs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*/.hydra/config.yaml"))
-    assert len(job_configs) == 3, job_configs
-    by_job = {path.parent.parent.name: yaml.safe_load(path.read_text())["optimizer"]["lr"] for path in job_configs}
-    assert by_job == {"0": 0.5, "1": 2.0, "2": 4.0}
-    hydra_by_job = {path.parent.parent.name: yaml.safe_load((path.parent / "hydra.yaml").read_text())["hydra"]["job"]["num"]
-                    for path in job_configs}
-    assert hydra_by_job == {"0": 0, "1": 1, "2": 2}
-
-
-def test_the_worker_preload_imports_and_prepares_what_a_job_needs() -> None:
+def test_the_worker_preload_imports_what_a_job_needs() -> None:
     """The fork server ignores a preload that fails to import (the workers would silently start
     cold): import it for real, in a fresh interpreter."""
-    check = ("import gc, sys, runner.worker_preload as preload\n"
-             "from mlflow.utils import requirements_utils\n"
-             "assert all(name in sys.modules for name in preload.JOB_MODULES)\n"
-             "assert requirements_utils._PACKAGES_TO_MODULES, 'installed-packages map not filled'\n"
-             "assert gc.get_freeze_count() > 100_000, gc.get_freeze_count()\n"
-             "from runner.tracking import provenance\n"
-             "assert provenance.project_git_state.cache_info().currsize == 1\n"
-             "assert provenance._version.cache_info().currsize == len(provenance.VERSION_TAGS)\n")
+    check = ("import sys, runner.sweeps.worker_preload\n"
+             "needed = ('mlflow', 'matplotlib', 'runner.hydra_app.app', 'runner.core.tracked')\n"
+             "assert all(name in sys.modules for name in needed), [n for n in needed if n not in sys.modules]\n")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize(("arguments", "requested"), [
-    (["-m", "hydra/launcher=joblib", "optimizer.lr=0.1,1"], True),
-    (["--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], True),
-    (["hydra/launcher=joblib", "optimizer.lr=0.1"], False),  # a single run
-    (["-m", "optimizer.lr=0.1,1"], False),  # the basic launcher
-    (["-m", "hydra/launcher=joblib", "hydra/launcher=basic"], False),  # the last one counts
-    (["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1"], False),  # joblib runs it in-process
-    (["-m", "hydra/launcher=joblib", "tracking=none"], False),  # no parent run, no preloaded MLflow needed
-    (["-m", "hydra/launcher=joblib", "tracking.enabled=False"], False),
-    (["-m", "hydra/launcher=joblib", "--cfg", "job"], False),  # prints, runs nothing
-    (["-m", "hydra/launcher=joblib", "--help"], False),
+    (["-m", "hydra.launcher.n_jobs=2", "optimizer.lr=0.1,1"], True),
+    (["--multirun", "hydra/launcher=local", "hydra.launcher.n_jobs=4"], True),
+    (["hydra.launcher.n_jobs=2", "optimizer.lr=0.1"], False),  # a single run
+    (["-m", "optimizer.lr=0.1,1"], False),  # one job at a time, in bprun's process
+    (["-m", "hydra.launcher.n_jobs=2", "hydra.launcher.n_jobs=1"], False),  # the last one counts
+    (["-m", "hydra.launcher.n_jobs=2", "hydra/launcher=basic"], False),  # another launcher
+    (["-m", "hydra.launcher.n_jobs=2", "--cfg", "job"], False),  # prints, runs nothing
+    (["-m", "hydra.launcher.n_jobs=2", "--help"], False),
 ])
-def test_the_worker_server_starts_first_thing_only_for_a_tracked_parallel_sweep(arguments, requested) -> None:
-    assert joblib_workers_requested(arguments) is requested
+def test_the_fork_server_starts_first_thing_only_for_parallel_workers(arguments, requested) -> None:
+    assert parallel_workers_requested(arguments) is requested
 
 
-def test_bprun_can_start_the_worker_server_before_importing_anything_but_the_standard_library() -> None:
-    """The point of starting it from ``runner.cli``: Hydra and the app import meanwhile."""
-    check = ("import sys, runner.cli\n"
+def test_bprun_can_start_the_fork_server_before_importing_anything_but_the_standard_library() -> None:
+    """Its point: Hydra and the app import meanwhile. (So do the signal handlers: a Ctrl-C while
+    the rest imports is recorded, not a traceback.)"""
+    check = ("import sys, runner.commands.bprun\n"
              "third_party = sorted({name.partition('.')[0] for name in sys.modules} - set(sys.stdlib_module_names)"
              " - {'runner', '__main__', '_distutils_hack'})\n"
              "assert not [name for name in third_party if not name.startswith('__editable__')], third_party\n")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-
-
-COUNT_COMPOSES_IN_WORKERS = """
-import os, sys
-from hydra._internal.config_loader_impl import ConfigLoaderImpl
-LOG = os.environ["COMPOSE_LOG"]
-role = "parent" if __name__ == "__main__" else "worker"  # workers import this file as __mp_main__
-def record(line):
-    import multiprocessing
-    with open(LOG, "a") as log:
-        log.write(f"{role} {os.getpid()} {multiprocessing.current_process().name} {line}\\n")
-record("started")
-original = ConfigLoaderImpl.load_configuration
-def counting(self, config_name, overrides, *args, **kwargs):
-    record("compose")
-    return original(self, config_name, overrides, *args, **kwargs)
-ConfigLoaderImpl.load_configuration = counting
-if __name__ == "__main__":
-    from runner.cli import main
-    sys.argv = ["bprun", *sys.argv[1:]]
-    main()
-    record("imported-mlflow" if "mlflow" in sys.modules else "never-imported-mlflow")
-"""
-
-
-def test_joblib_workers_get_the_config_the_sweeper_composed_up_front(tmp_path: Path, store_at) -> None:
-    """The workers (forked from the preloaded server, so they import this script as __mp_main__)
-    run their jobs without composing: each job is composed once, in the parent. The parent run
-    is created in a process forked from the server too."""
-    script = tmp_path / "count_composes.py"
-    script.write_text(COUNT_COMPOSES_IN_WORKERS)
-    log = tmp_path / "composes.log"
-    store = store_at(tmp_path)
-    result = subprocess.run(
-        [sys.executable, str(script), "-m", "optimizer.lr=0.5,2.0,4.0", "seed=1,2", "trainer.epochs=2",
-         "tracking.tensors_every=0", *JOBLIB],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "COMPOSE_LOG": str(log), "MLFLOW_TRACKING_URI": store.uri})
-    assert result.returncode == 0, result.stderr
-    lines = [line.split() for line in log.read_text().splitlines()]
-    forked = {(pid, name) for role, pid, name, event in lines if role == "worker"}
-    # The 2 workers, and the process that created the parent run.
-    assert sorted(name == "bprun-sweep-parent" for _, name in forked) == [False, False, True], lines
-    composes = [role for role, _, _, event in lines if event == "compose"]
-    assert composes.count("parent") == 2 + 6 and composes.count("worker") == 0, lines
-    # The parent run was created in a forked process and the summary made in a worker.
-    assert ["parent", "never-imported-mlflow"] in [[role, event] for role, _, _, event in lines], lines
-
-    children = [run for run in store.runs() if PARENT_TAG in run.data.tags]
-    assert sorted((float(run.data.params["optimizer.lr"]), int(run.data.params["seed"])) for run in children) == [
-        (lr, seed) for lr in (0.5, 2.0, 4.0) for seed in (1, 2)]
-    job_configs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*/.hydra/config.yaml"))
-    by_job = {path.parent.parent.name: yaml.safe_load(path.read_text())["optimizer"]["lr"] for path in job_configs}
-    assert by_job == {"0": 0.5, "1": 0.5, "2": 2.0, "3": 2.0, "4": 4.0, "5": 4.0}
 
 
 # --- 5. Optuna -------------------------------------------------------------------------------
@@ -558,7 +442,7 @@ def test_optuna_sweep_reports_the_best_child(optuna_sweep: Sweep) -> None:
     assert results["best_trial"] == best_index  # children are in trial order (one at a time)
     best_params = results["best_params"]
     assert set(best_params) == {"optimizer.lr", "model.hidden"}
-    # Optuna's float, as the job ran it: run_experiment keeps 15 significant digits.
+    # Optuna's float, as the job ran it: a run keeps 15 significant digits.
     assert format(best_params["optimizer.lr"], ".15g") == best.data.params["optimizer.lr"]
     assert best_params["model.hidden"] == best.data.params["model.hidden"]
 
@@ -602,7 +486,7 @@ def test_report_on_the_latest_sweep(basic_grid: Sweep, tmp_path: Path) -> None:
     environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     environment["PYTHONDONTWRITEBYTECODE"] = "1"
     result = subprocess.run(
-        [sys.executable, "-m", "runner.report", "--tracking-uri", basic_grid.store.uri, "--output", str(output)],
+        [sys.executable, "-m", "runner.commands.report", "--tracking-uri", basic_grid.store.uri, "--output", str(output)],
         cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert basic_grid.parent.info.run_id in result.stdout  # the latest sweep by default

@@ -34,6 +34,7 @@ def main() -> None:
         from runner.sweeps import WORKER_PRELOAD
 
         start_forkserver(WORKER_PRELOAD)
+    interruption.test_point("startup")
     sys.exit(run(arguments))
 
 

@@ -24,7 +24,8 @@ from runner.hydra_app.compat import refuse_foreign_callbacks
 from runner.hydra_app.plugins import register_plugins
 from runner.hydra_app.progress import ProgressBar
 from runner.hydra_app.schemas import register_schemas
-from runner.process.errors import CommandError, CommandExit
+from runner.process import interruption
+from runner.process.errors import CommandError, CommandExit, DiskFull, out_of_space
 from runner.sweeps.context import SweepRun
 from runner.tracking import names
 from runner.tracking.destination import Destination, destination, where_to_look
@@ -41,6 +42,7 @@ def run_job(cfg: DictConfig) -> float | None:
     error is raised for the sweeper to record, and the other jobs go on."""
     state = HydraConfig.get()
     in_sweep = state.mode == RunMode.MULTIRUN
+    interruption.test_point("job-start")
     try:
         result = _run(cfg, state, in_sweep)
     except CommandError as error:
@@ -51,8 +53,15 @@ def run_job(cfg: DictConfig) -> float | None:
     except Exception as error:
         if in_sweep:
             print(f"bprun: job #{state.job.num} failed: {type(error).__name__}: {error}", file=sys.stderr)
+        elif out_of_space(error):
+            raise CommandExit(DiskFull(
+                "training stopped: No space left on device (or the store's disk is full); the database is intact "
+                "and keeps what was logged; bprun-doctor marks the run KILLED if its status could not be "
+                "written")) from None
         raise
     print(summary(result, in_sweep))
+    if not in_sweep:  # the run ended FINISHED; a signal that came meanwhile still ends bprun
+        interruption.check(f"run {result.run_id or '(untracked)'} had completed all its epochs")
     return sweep_objective(result.metrics, state.sweeper.get("objective", "val_mse"))
 
 

@@ -7,7 +7,8 @@ included. A worker that sees it close records an interruption (``runner.process.
 the call in progress stops at its next safe point, a job ending its MLflow run KILLED with what
 it logged, and later calls stop at once. If the pool was not stopped on purpose, this process is
 gone and nobody will collect the worker's results: the worker exits as soon as the call in
-progress has returned.
+progress has returned. So does a worker sent SIGTERM (by a user, or by the executor ending a
+pool one of whose workers died): terminating is what SIGTERM asks, once the call's run is ended.
 
 Signals are blocked while a worker process is created and unblocked by the worker once its own
 handlers are installed, so a Ctrl-C that reaches the whole process group never finds a worker
@@ -27,6 +28,7 @@ import multiprocessing.forkserver
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -122,16 +124,26 @@ def _start_worker(lifeline: Any, stopped_on_purpose: Any, quiet_signals: bool,
         initializer(*initargs)
 
 
+# How often a worker's watcher looks at its lifeline and for a recorded SIGTERM.
+WATCH_SECONDS = 0.1
+
+
 def _watch_lifeline(lifeline: Any, stopped_on_purpose: Any) -> None:
-    try:
-        lifeline.recv_bytes()  # nothing is ever sent: this returns only when the pipe closes
-    except (EOFError, OSError):
-        pass
-    interruption.request()
-    if stopped_on_purpose.value:
-        return  # the pool collects the call's result and then ends this process itself
-    with _calling:  # the parent is gone: let the call in progress end its run, then leave
-        os._exit(0)
+    watching = True
+    while True:
+        if watching and lifeline.poll(WATCH_SECONDS):  # readable only at EOF: nothing is ever sent
+            watching = False
+            if stopped_on_purpose.value:
+                interruption.request(signal.SIGINT)  # stop; the pool collects the result and ends us
+            else:
+                break  # the parent is gone
+        elif not watching:
+            time.sleep(WATCH_SECONDS)
+        if interruption.requested() == signal.SIGTERM:
+            break
+    interruption.request(signal.SIGTERM)
+    with _calling:  # let the call in progress end its run, then leave
+        os._exit(128 + signal.SIGTERM)
 
 
 def _call(function: Callable[..., T], *arguments: Any) -> T:

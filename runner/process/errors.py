@@ -35,3 +35,21 @@ class CommandExit(BaseException):
     def __init__(self, error: CommandError) -> None:
         super().__init__(error)
         self.error = error
+
+
+class DiskFull(CommandError):
+    """The disk filled up (or turned read-only) under a run."""
+
+
+def out_of_space(error: BaseException | None) -> bool:
+    """Whether ``error``, or one it arose from, is a full (or read-only) disk; SQLite reports that
+    as 'database or disk is full' inside its own exception types."""
+    import errno
+
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return True
+        if "database or disk is full" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

@@ -96,3 +96,24 @@ def reset() -> None:
     """Forget a recorded signal (for a process that runs several commands, such as a test)."""
     global _received
     _received = None
+
+
+# Test seam: with BPRUN_TEST_SIGNAL_POINT=<name>, the process stops at ``test_point(<name>)``,
+# creates the file BPRUN_TEST_SIGNAL_MARKER, and waits there for a signal (at most a minute),
+# so that a test can interrupt it at that exact point and read back what it leaves behind.
+TEST_POINT_VARIABLE = "BPRUN_TEST_SIGNAL_POINT"
+TEST_MARKER_VARIABLE = "BPRUN_TEST_SIGNAL_MARKER"
+TEST_POINT_WAIT_SECONDS = 60.0
+
+
+def test_point(name: str) -> None:
+    """A named point where tests interrupt the process (see ``TEST_POINT_VARIABLE``)."""
+    if os.environ.get(TEST_POINT_VARIABLE) != name:
+        return
+    import time
+
+    with open(os.environ[TEST_MARKER_VARIABLE], "w") as marker:
+        marker.write(f"{os.getpid()}\n")
+    deadline = time.monotonic() + TEST_POINT_WAIT_SECONDS
+    while _received is None and time.monotonic() < deadline:
+        time.sleep(0.01)

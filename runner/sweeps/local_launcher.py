@@ -32,6 +32,7 @@ from omegaconf import DictConfig, open_dict
 
 from runner.process import interruption
 from runner.process.children import ChildPool, start_forkserver
+from runner.process.errors import CommandError, CommandExit
 from runner.sweeps import WORKER_PRELOAD
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,17 @@ T = TypeVar("T")
 INTERRUPTION_POLL_SECONDS = 0.1
 
 
+class WorkerLost(CommandError):
+    """A worker process ended in the middle of a job (killed by the system, out of memory)."""
+
+
 class LocalLauncher(Launcher):
     def __init__(self, n_jobs: int = 1) -> None:
         if n_jobs < 1:
             raise ValueError(f"hydra.launcher.n_jobs={n_jobs}: it must be an integer >= 1")
         self.n_jobs = n_jobs
         self._pool: ChildPool | None = None
+        self._closed = False
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -106,12 +112,16 @@ class LocalLauncher(Launcher):
                 wait(pending)
                 break
         interruption.check()
-        return [future.result() for future in futures]  # a worker killed by the system raises here
+        try:
+            return [future.result() for future in futures]
+        except BrokenProcessPool as error:
+            raise CommandExit(WorkerLost(f"a worker process of the sweep ended abruptly ({error}); the sweep "
+                                         "stopped (was it killed by the system, out of memory?)")) from None
 
     def call(self, function: Callable[..., T], *arguments: Any) -> T:
         """``function(*arguments)`` in a worker if this launcher has them (their MLflow is
         imported and warm; this process may never import it), else here."""
-        if self.n_jobs > 1:
+        if self.n_jobs > 1 and not self._closed:
             try:
                 return self._workers().submit(function, *arguments).result()
             except BrokenProcessPool:  # a worker was killed: the sweep is ending, do it here
@@ -119,7 +129,8 @@ class LocalLauncher(Launcher):
         return function(*arguments)
 
     def close(self) -> None:
-        """Stop the workers now that the sweep has ended (each has ended its own runs)."""
+        """Stop the workers, once each has ended the runs of its jobs."""
+        self._closed = True
         if self._pool is not None:
             self._pool.shutdown(cancel_pending=True)
             self._pool = None

@@ -59,20 +59,26 @@ class TrackedSweeper(Sweeper):
             try:
                 yield
             except interruption.Interrupted as stop:
+                # Every job has ended its own run (KILLED) by now; the launcher's workers are warm.
                 if self._end_stopped("KILLED", stop.verb):
                     stop.ended = (f"the sweep's parent run {self.sweep_run.run_id} and its running jobs were "
                                   "ended KILLED, every completed epoch logged")
                 raise
             except BaseException as error:
-                if self._end_stopped("FAILED", f"stopped by an error: {type(error).__name__}: {error}"[:500]):
+                self._close_launcher()  # first: its workers end the runs of their jobs
+                reason = str(error) if isinstance(error, CommandExit) else f"{type(error).__name__}: {error}"
+                if self._end_stopped("FAILED", f"stopped by an error: {reason}"[:500]):
                     print(f"bprun: the sweep's parent run {self.sweep_run.run_id} and its running jobs were "
                           "ended FAILED", file=sys.stderr)
                 raise
             self._finish()
         finally:
-            close = getattr(self.launcher, "close", None)
-            if close is not None:
-                close()
+            self._close_launcher()
+
+    def _close_launcher(self) -> None:
+        close = getattr(self.launcher, "close", None)
+        if close is not None:
+            close()
 
     def _end_stopped(self, status: str, reason: str) -> bool:
         """End the parent run and its running jobs ``status``; False if there is no parent yet."""
@@ -86,10 +92,13 @@ class TrackedSweeper(Sweeper):
     def _finish(self) -> None:
         if self.sweep_run is None:
             return
+        interruption.test_point("sweep-summary")
         from runner.sweeps.parent import finish_sweep
 
         summary = self.call(finish_sweep, self.sweep_run, self._unrecorded)
         print(summary.table)
+        interruption.check(f"every job of the sweep had run; its parent run {self.sweep_run.run_id} was ended "
+                           f"{'FAILED' if summary.failed else 'FINISHED'} with the summary")
         if summary.failed:
             raise CommandExit(SweepFailed(f"{summary.failed} of {summary.jobs} job(s) of the sweep failed; "
                                           "see the summary above"))
@@ -102,6 +111,7 @@ class TrackedSweeper(Sweeper):
         tracked = bool(self.config.tracking.enabled)
         if tracked and self.sweep_run is None:
             self.sweep_run = self._start_parent()
+            interruption.test_point("sweep-start")
         jobs = [list(overrides) for overrides in batch]
         if self.sweep_run is not None:
             extra = self.sweep_run.job_overrides()

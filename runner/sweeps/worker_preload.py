@@ -22,6 +22,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+import runner.core.tracked  # noqa: E402,F401  (a tracked run; runner.core.run imports it lazily)
 import runner.hydra_app.app  # noqa: E402,F401  (the task function every job runs)
 from engine import MLP, train, make_optimizer  # noqa: E402
 from runner.core.datasets import Dataset  # noqa: E402
@@ -37,7 +38,7 @@ def _warm_up() -> None:
     history = train(network, make_optimizer("gd", 1.0), X, Y, epochs=2)
     dataset = Dataset("warm-up", "classification", X, Y, None, None, ["x0", "x1"], ["y"])
     with tempfile.TemporaryDirectory() as directory:
-        save_pyfunc_model(str(Path(directory, "model")), network, dataset, input_example=False)
+        save_pyfunc_model(str(Path(directory, "model")), network, dataset)
         save_training_plots(history.metrics, Path(directory, "plots"))
 
 

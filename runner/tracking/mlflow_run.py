@@ -21,7 +21,7 @@ import mlflow.data
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from runner.process.interruption import Interrupted
+from runner.process.interruption import Interrupted, test_point
 from runner.tracking import names
 from runner.tracking.compat import SqliteMetricWriter
 from runner.tracking.liveness import process_tags
@@ -192,6 +192,7 @@ class TrackedRun:
         if self._ended:
             return
         self._ended = True
+        test_point("run-end")
         steps = [self.flush]
         if failure_reason:
             steps.append(lambda: self.set_tags({names.FAILURE_REASON: failure_reason[:MAX_TAG_LENGTH]}))
