@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from runner.core.validation import ConfigError, validate
 from runner.core.run import run
+from runner.core.validation import ConfigError, validate
 
 CONF_DIR = Path(str(resources.files("runner.conf")))
 GROUPS = ("model", "optimizer", "dataset", "trainer", "tracking")

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runner.core.schema import CsvDatasetConfig
-from runner.core.validation import validate
 from runner.core.datasets import DataError, Dataset, load_dataset
+from runner.core.schema import CsvDatasetConfig
 from runner.core.training import make_generators
+from runner.core.validation import validate
 
 SYNTHETIC_WITH_NOISE = ("sine", "moons", "circles", "spirals")
 

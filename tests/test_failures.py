@@ -35,8 +35,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from support import (CLI_TIMEOUT, EXPERIMENT, PARENT_TAG, PROMPT_EXIT_SECONDS, START_TIMEOUT, Background, Finished, cli, client, history, only_run, query, read_artifact, run_parallel, wait_until)
+from support import (
+    CLI_TIMEOUT,
+    EXPERIMENT,
+    PARENT_TAG,
+    PROMPT_EXIT_SECONDS,
+    START_TIMEOUT,
+    Background,
+    Finished,
+    cli,
+    client,
+    history,
+    only_run,
+    query,
+    read_artifact,
+    run_parallel,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 

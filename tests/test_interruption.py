@@ -27,9 +27,20 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-
-from support import (PARENT_TAG, Background, Finished, ScenarioError, artifact_dir, cli, history, query,
-                     run_parallel, runs_logging, wait_until, START_TIMEOUT)
+from support import (
+    PARENT_TAG,
+    START_TIMEOUT,
+    Background,
+    Finished,
+    ScenarioError,
+    artifact_dir,
+    cli,
+    history,
+    query,
+    run_parallel,
+    runs_logging,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -18,12 +18,13 @@ import pytest
 
 import runner
 from engine import MLP, Schedule, make_optimizer, train
-from runner.tracking import provenance
-from runner.core.schema import DatasetConfig, SyntheticDatasetConfig
 from runner.core.datasets import Dataset, load_dataset
-from runner.tracking.provenance import git_diff, git_state, project_git_state, provenance_tags
+from runner.core.schema import DatasetConfig, SyntheticDatasetConfig
+from runner.tracking import provenance
+
 # Before any `import mlflow.pyfunc`: the module imports it with a warning filter (see there).
 from runner.tracking.model import model_from, save_pyfunc_model
+from runner.tracking.provenance import git_diff, git_state, project_git_state, provenance_tags
 
 TAG_NAME = re.compile(r"^[/\w.\- :]+$")
 DATA_DIR = Path(runner.__file__).parent / "data"

@@ -374,7 +374,7 @@ def test_the_worker_preload_imports_what_a_job_needs() -> None:
     """The fork server ignores a preload that fails to import (the workers would silently start
     cold): import it for real, in a fresh interpreter."""
     check = ("import sys, runner.sweeps.worker_preload\n"
-             "needed = ('mlflow', 'matplotlib', 'runner.hydra_app.app', 'runner.core.tracked')\n"
+             "needed = ('mlflow', 'matplotlib', 'hydra', 'runner.core.tracked', 'runner.sweeps.local_launcher')\n"
              "assert all(name in sys.modules for name in needed), [n for n in needed if n not in sys.modules]\n")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -9,10 +9,15 @@ Hydra's start-up; both happen before Hydra itself is imported.
 
 from __future__ import annotations
 
+import gc
+import logging
+import os
 import sys
 
 from runner.process import interruption
+from runner.process.children import start_forkserver
 from runner.process.errors import EXIT_INVALID, CommandExit
+from runner.sweeps import WORKER_PRELOAD
 
 # Hydra's flags that print something instead of running jobs.
 NO_JOB_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc",
@@ -30,9 +35,6 @@ def main() -> None:
               "remove '_target_'", file=sys.stderr)
         sys.exit(EXIT_INVALID)
     if parallel_workers_requested(arguments):
-        from runner.process.children import start_forkserver
-        from runner.sweeps import WORKER_PRELOAD
-
         start_forkserver(WORKER_PRELOAD)
     interruption.test_point("startup")
     sys.exit(run(arguments))
@@ -40,10 +42,6 @@ def main() -> None:
 
 def run(arguments: list[str]) -> int:
     """Run the Hydra app on ``sys.argv``; return the exit code."""
-    import gc
-    import logging
-    import os
-
     # MLflow logs store migrations and model-signature checks at INFO on every run, and "View
     # run" links for each run; the summary says what matters. Warnings and errors still show.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from runner.commands.common import quiet_mlflow
 from runner.process.errors import EXIT_INVALID, InvalidInput
 from runner.tracking import names
 from runner.tracking.destination import resolve_tracking_uri
@@ -21,10 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="only list stale runs, change nothing")
     arguments = parser.parse_args(argv)
     uri = arguments.tracking_uri or resolve_tracking_uri(None, os.getcwd())
-    from runner.commands.common import quiet_mlflow
-
     quiet_mlflow()
-    from mlflow.entities import ViewType  # (lazy: --help and argument errors answer at once)
+    # (lazy: --help and argument errors answer at once, without MLflow's second of imports)
+    from mlflow.entities import ViewType
 
     from runner.tracking.liveness import is_stale
     from runner.tracking.store import open_store

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from runner.commands.common import quiet_mlflow
 from runner.core.schema import TrackingConfig
 from runner.process.errors import EXIT_INVALID, InvalidInput
 from runner.tracking import names
@@ -63,8 +64,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_INVALID
     uri = args.tracking_uri or resolve_tracking_uri(None, os.getcwd())
-    from runner.commands.common import quiet_mlflow
-
     quiet_mlflow()
     from mlflow.exceptions import MlflowException  # (lazy: --help and argument errors answer at once)
 
@@ -80,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(args: argparse.Namespace, uri: str) -> None:
+    # (lazy: MLflow, pandas and matplotlib, seconds of imports, once there is something to report)
     from mlflow.exceptions import MlflowException
 
     from runner import reports

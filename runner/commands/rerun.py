@@ -12,6 +12,7 @@ import math
 import sys
 from collections.abc import Sequence
 
+from runner.commands.common import command_logging, quiet_mlflow
 from runner.process import interruption
 
 
@@ -43,7 +44,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command; returns its exit code."""
     arguments = parser().parse_args(argv)
     interruption.install(report=True)
-    from runner.commands.common import command_logging, quiet_mlflow
     from runner.reports import rerun as reruns  # (lazy: --help and argument errors answer at once)
 
     quiet_mlflow()

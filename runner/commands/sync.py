@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from runner.commands.common import quiet_mlflow
 from runner.process.errors import EXIT_FAILED, EXIT_INVALID, InvalidInput
 from runner.tracking.destination import OFFLINE_DATABASE, StoreUnavailable, sqlite_path
 
@@ -25,8 +26,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if database is not None and not database.is_file():
         print(f"bprun-sync: no offline store at {database}", file=sys.stderr)
         return EXIT_INVALID
-    from runner.commands.common import quiet_mlflow
-
     quiet_mlflow()
     from runner.tracking.sync import sync  # (lazy: --help and argument errors answer at once)
 

@@ -25,10 +25,19 @@ from threadpoolctl import threadpool_limits
 from engine import MLP, EarlyStopping, Observer
 from runner.core.datasets import Dataset
 from runner.core.schema import ExperimentConfig
-from runner.core.training import (Launch, ParentRun, RunResult, Training, TrainingFailed, build_optimizer,
-                                  final_metrics, load_data, make_generators)
-from runner.process import interruption
+from runner.core.training import (
+    Launch,
+    ParentRun,
+    RunResult,
+    Training,
+    TrainingFailed,
+    build_optimizer,
+    final_metrics,
+    load_data,
+    make_generators,
+)
 from runner.core.validation import validate
+from runner.process import interruption
 from runner.tracking.destination import Destination, destination
 
 __all__ = ["Launch", "ParentRun", "RunResult", "TrainingFailed", "run", "run_training"]

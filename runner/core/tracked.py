@@ -14,15 +14,14 @@ import yaml
 
 from engine import History, Observer
 from runner.core.schema import ExperimentConfig
-from runner.core.training import (Launch, ParentRun, RunResult, Training, default_run_name, final_metrics,
-                                  run_pointer)
+from runner.core.training import Launch, ParentRun, RunResult, Training, default_run_name, final_metrics, run_pointer
 from runner.core.validation import settings_dict, settings_yaml
 from runner.plots.training import save_training_plots
 from runner.tracking import names
+from runner.tracking.destination import Destination, check_store
 from runner.tracking.mlflow_run import TrackedRun, flatten
 from runner.tracking.model import save_pyfunc_model
 from runner.tracking.provenance import git_diff, project_git_state, provenance_tags
-from runner.tracking.destination import Destination, check_store
 from runner.tracking.store import ensure_experiment
 from runner.tracking.telemetry import EpochMetrics
 from runner.tracking.tensors import TensorWriter

@@ -22,7 +22,7 @@ from engine.limits import FRACTION, LIMITS, Limit
 from engine.losses import LOSSES, REQUIRED_OUTPUT_ACTIVATION
 from engine.network import DTYPES
 from engine.schedules import SCHEDULE_NAMES
-from runner.core.schema import (CSV_TASKS, DATASET_SCHEMAS, OPTIMIZER_SCHEMAS, CsvDatasetConfig, ExperimentConfig)
+from runner.core.schema import CSV_TASKS, DATASET_SCHEMAS, OPTIMIZER_SCHEMAS, CsvDatasetConfig, ExperimentConfig
 from runner.process.errors import InvalidInput
 
 

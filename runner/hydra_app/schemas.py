@@ -5,8 +5,14 @@ from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
 
-from runner.core.schema import (DATASET_SCHEMAS, OPTIMIZER_SCHEMAS, ExperimentConfig, ModelConfig, TrackingConfig,
-                                TrainerConfig)
+from runner.core.schema import (
+    DATASET_SCHEMAS,
+    OPTIMIZER_SCHEMAS,
+    ExperimentConfig,
+    ModelConfig,
+    TrackingConfig,
+    TrainerConfig,
+)
 
 
 def register_schemas() -> None:

@@ -12,6 +12,8 @@ code meaning
 
 from __future__ import annotations
 
+import errno
+
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 
@@ -44,8 +46,6 @@ class DiskFull(CommandError):
 def out_of_space(error: BaseException | None) -> bool:
     """Whether ``error``, or one it arose from, is a full (or read-only) disk; SQLite reports that
     as 'database or disk is full' inside its own exception types."""
-    import errno
-
     while error is not None:
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             return True

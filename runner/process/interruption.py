@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -110,8 +111,6 @@ def test_point(name: str) -> None:
     """A named point where tests interrupt the process (see ``TEST_POINT_VARIABLE``)."""
     if os.environ.get(TEST_POINT_VARIABLE) != name:
         return
-    import time
-
     with open(os.environ[TEST_MARKER_VARIABLE], "w") as marker:
         marker.write(f"{os.getpid()}\n")
     deadline = time.monotonic() + TEST_POINT_WAIT_SECONDS

@@ -12,8 +12,16 @@ import pandas as pd
 
 from runner.plots.style import save_png
 from runner.reports.charts import final_vs_key_figure, learning_curves_figure
-from runner.reports.table import (DEFAULT_METRIC, Histories, clean_key, is_numeric, markdown_table, rank_runs,
-                                  sort_description, swept_columns)
+from runner.reports.table import (
+    DEFAULT_METRIC,
+    Histories,
+    clean_key,
+    is_numeric,
+    markdown_table,
+    rank_runs,
+    sort_description,
+    swept_columns,
+)
 
 RUNS_CSV = "runs.csv"
 RUNS_MARKDOWN = "runs.md"

@@ -16,8 +16,16 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullLocator
 
 from runner.plots.style import MARKERS_UP_TO, SEQUENTIAL, categorical_colours, grid, new_figure
-from runner.reports.table import (UNSUCCESSFUL, Histories, fallback_metric, higher_is_better,
-                                  is_numeric, ranking_values, swept_columns, uses_fallback)
+from runner.reports.table import (
+    UNSUCCESSFUL,
+    Histories,
+    fallback_metric,
+    higher_is_better,
+    is_numeric,
+    ranking_values,
+    swept_columns,
+    uses_fallback,
+)
 from runner.tracking.history import MetricHistory
 
 LEARNING_CURVES_SIZE = (9.0, 5.4)  # inches: 900 x 540 pixels

@@ -17,9 +17,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import is_numeric_dtype
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from pandas.api.types import is_numeric_dtype
 
 from runner.tracking import names
 from runner.tracking.history import MetricHistory, metric_history

@@ -21,10 +21,10 @@ from runner import reports
 from runner.reports.table import format_table, runs_table
 from runner.sweeps.context import SweepRun
 from runner.tracking import names
+from runner.tracking.destination import Destination, check_store, http_settings
 from runner.tracking.liveness import process_tags
 from runner.tracking.mlflow_run import log_params
 from runner.tracking.search import sweep_children
-from runner.tracking.destination import Destination, check_store, http_settings
 from runner.tracking.store import ensure_experiment
 
 

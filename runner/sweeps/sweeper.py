@@ -6,6 +6,9 @@ does not compose or validate fails with nothing in the store; then the parent ru
 (``runner.sweeps.parent``) and every job is launched with the parent's ``job_overrides``. When
 the sweep ends, ``sweep_lifetime`` ends the parent: FINISHED or FAILED with the summary, KILLED
 after Ctrl-C or SIGTERM, FAILED when an error stopped the sweep.
+
+Hydra imports the sweepers as bprun starts (``bprun --help`` included), so the MLflow side of a
+sweep (``runner.sweeps.parent``) is imported only once a sweep needs it: the imports marked lazy.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ class TrackedSweeper(Sweeper):
         if self.sweep_run is None:
             return
         interruption.test_point("sweep-summary")
-        from runner.sweeps.parent import finish_sweep
+        from runner.sweeps.parent import finish_sweep  # (lazy: MLflow)
 
         summary = self.call(finish_sweep, self.sweep_run, self._unrecorded)
         print(summary.table)
@@ -154,7 +157,7 @@ class TrackedSweeper(Sweeper):
         return sweep_run
 
     def _record(self, batch: Sequence[Sequence[str]], results: Sequence[JobReturn]) -> None:
-        from runner.sweeps.parent import JobOutcome
+        from runner.sweeps.parent import JobOutcome  # (lazy: MLflow)
 
         for overrides, result in zip(batch, results):
             if result.status != JobStatus.FAILED:

@@ -2,7 +2,8 @@
 
 The server imports this module before it forks the first worker, so every worker starts with
 these modules in place instead of importing them itself (about 2 s of a core each, MLflow the
-largest part). Besides the imports:
+largest part); a worker's first job adds only the app itself (tens of milliseconds). Besides the
+imports:
 
 - one tiny model is saved: MLflow scans site-packages on a process's first model save (0.5 s),
   and matplotlib loads its fonts on the first chart (0.2 s); both happen here once, for every
@@ -23,8 +24,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 import runner.core.tracked  # noqa: E402,F401  (a tracked run; runner.core.run imports it lazily)
-import runner.hydra_app.app  # noqa: E402,F401  (the task function every job runs)
-from engine import MLP, train, make_optimizer  # noqa: E402
+import runner.sweeps.local_launcher  # noqa: E402,F401  (what runs a job in a worker: Hydra's job runner)
+from engine import MLP, make_optimizer, train  # noqa: E402
 from runner.core.datasets import Dataset  # noqa: E402
 from runner.plots.training import save_training_plots  # noqa: E402
 from runner.tracking.model import save_pyfunc_model  # noqa: E402

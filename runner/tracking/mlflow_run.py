@@ -8,6 +8,7 @@ in batches, at least every ``FLUSH_INTERVAL_SECONDS`` so that a dashboard follow
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -24,8 +25,8 @@ from mlflow.tracking import MlflowClient
 from runner.process.interruption import Interrupted, test_point
 from runner.tracking import names
 from runner.tracking.compat import SqliteMetricWriter
-from runner.tracking.liveness import process_tags
 from runner.tracking.destination import sqlite_path
+from runner.tracking.liveness import process_tags
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ MAX_TAG_LENGTH = 5000
 
 def format_param(value: Any) -> str:
     """A config value as an MLflow param: lists, dicts and None as JSON, floats to 15 digits."""
-    import json
-
     if isinstance(value, float):
         return format(value, ".15g")
     if isinstance(value, (list, dict)) or value is None:

@@ -15,8 +15,8 @@ from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
 from runner.tracking import names
-from runner.tracking.mlflow_run import MAX_METRICS_PER_CALL, MAX_PARAMS_PER_CALL
 from runner.tracking.destination import Destination, check_store
+from runner.tracking.mlflow_run import MAX_METRICS_PER_CALL, MAX_PARAMS_PER_CALL
 from runner.tracking.store import ensure_experiment
 
 # Tags MLflow maintains itself on the copy; copying them would contradict the new run.

@@ -20,9 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
-from engine import EpochReport, MLP, Observer
+from engine import MLP, EpochReport, Observer
 from runner.tracking.names import tracked_metric_name
-
 
 LAYER_STATISTICS = ("weight_norm", "bias_norm", "grad_weight_norm", "grad_bias_norm", "update_ratio")
 

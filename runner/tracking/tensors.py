@@ -16,7 +16,7 @@ from typing import BinaryIO
 import mlflow.artifacts
 import numpy as np
 
-from engine import EpochReport, MLP, Observer
+from engine import MLP, EpochReport, Observer
 from runner.tracking import names
 
 TENSOR_KINDS = ("weights", "biases", "grad_weights", "grad_biases")

@@ -82,7 +82,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-
 from benchmark_common import REPOSITORY, bprun_executable, compose, describe_environment, log, median, print_report
 
 if str(REPOSITORY) not in sys.path:  # running the file directly, without an installed package

@@ -81,7 +81,14 @@ from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 from benchmark_common import (  # noqa: E402  (standard library only)
-    REPOSITORY, bprun_executable, compose, describe_environment, load_average, log, median, print_report,
+    REPOSITORY,
+    bprun_executable,
+    compose,
+    describe_environment,
+    load_average,
+    log,
+    median,
+    print_report,
 )
 
 SCRIPT = Path(__file__).resolve()

@@ -71,7 +71,8 @@ def bprun_executable() -> str:
 
 def compose(overrides: list[str]) -> Any:
     """The config ``bprun <overrides>`` would run, composed with Hydra's compose API."""
-    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
 
     with initialize_config_module("runner.conf", version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
