@@ -1,4 +1,4 @@
-"""Runner benchmarks (issues 3 and 4): start-up time, tracking overhead, telemetry cost, memory.
+"""Runner benchmarks: start-up time, tracking overhead, telemetry cost, memory.
 
 Run from the repository with the project's virtual environment:
 
@@ -10,28 +10,28 @@ progress and MLflow's own log lines go to stderr. With the default 5 repeats it 
 
 Parts
 -----
-A. (issue 3) ``bprun --help`` and ``bprun --cfg job`` against ``python -c "import mlflow"``:
+A. ``bprun --help`` and ``bprun --cfg job`` against ``python -c "import mlflow"``:
    wall time of whole subprocesses, after one untimed warm-up each (page cache), taking turns
    (the order rotates every round) so that a slow phase of the machine hits all three alike.
    Target: each bprun command at most 0.8x the mlflow import (medians of the same run). The
    breakdown comes from ``python -X importtime`` of each command and the heavy packages each
    one leaves in ``sys.modules``.
-B. (issue 3) A 1000-epoch xor run in this process, config composed with Hydra's compose API,
-   ``run_experiment(cfg, start_dir=<temp dir>)`` with ``tracking=local`` (a fresh SQLite store
+B. A 1000-epoch xor run in this process, config composed with Hydra's compose API,
+   ``runner.core.run.run(cfg, start_dir=<temp dir>)`` with ``tracking=local`` (a fresh SQLite store
    in the temp dir, ``MLFLOW_TRACKING_URI`` unset) against ``tracking=none``, after one
    warm-up call of each. Target: local takes at most 0.5 s longer (run creation and artifacts
    included). The first call's cost (store creation, imports) is reported separately.
-C. (issue 4) 64-128-64-10 on digits, 200 epochs, batch 64, ``tracking.tensors_every=1``, after
+C. 64-128-64-10 on digits, 200 epochs, batch 64, ``tracking.tensors_every=1``, after
    a warm-up run of each variant. Targets: epoch time local/none <= 1.25; the work after the
    last epoch <= 1.5 s; peak RSS local/none <= 1.3.
-D. (issue 4) 784-512-256-10 on 8192 generated samples (a ``Dataset`` built here and passed as
+D. 784-512-256-10 on 8192 generated samples (a ``Dataset`` built here and passed as
    ``dataset=``), 20 epochs, batch 256, tensors every epoch (about 170 MB of float64 snapshots
    streamed to disk). Target: peak RSS local/none <= 1.3; epoch time ratio reported. Each run
    takes tens of seconds, so D has its own, smaller repeat count (``--large-repeats``).
 
 How things are measured
 -----------------------
-- Phases of one ``run_experiment`` call come from an extra observer: *before* = the call to
+- Phases of one ``run`` call come from an extra observer: *before* = the call to
   ``on_train_begin`` (validation, data, store lookup, run creation, params, provenance),
   *epochs* = ``on_train_begin`` to ``on_train_end``, *after* = ``on_train_end`` to the return
   (flush, plots, model, end of run). Wall time is what the targets are about; the main
@@ -112,30 +112,28 @@ MB = 1024 * 1024
 # Functions timed in the breakdown runs: (module, attribute path). Missing ones are skipped, so
 # the script keeps working while runner/ changes.
 SPANS = [
-    ("runner.datasets", "Dataset.fingerprint"),
-    ("runner.provenance", "provenance_tags"),
-    ("runner.provenance", "project_git_state"),
-    ("runner.provenance", "git_state"),
-    ("runner.provenance", "git_diff"),
-    ("runner.tracking", "ensure_experiment"),
-    ("runner.tracking", "MlflowRun.__init__"),
-    ("runner.tracking", "MlflowRun.__enter__"),
-    ("runner.tracking", "log_params"),
-    ("runner.tracking", "MlflowRun.write_text_artifacts"),
-    ("runner.tracking", "MlflowRun.log_dataset"),
-    ("runner.telemetry", "EpochMetrics.on_epoch_end"),
-    ("runner.tracking", "MlflowRun.log_metrics"),
-    ("runner.tracking", "MlflowRun.flush"),
-    ("runner.telemetry", "TensorWriter.on_train_begin"),
-    ("runner.telemetry", "TensorWriter.on_epoch_end"),
-    ("runner.telemetry", "TensorWriter.close"),
-    ("runner.plots", "save_training_plots"),
-    ("runner.tracking", "MlflowRun.set_tags"),
-    ("runner.experiment", "_save_model"),
-    ("runner.pyfunc_model", "save_pyfunc_model"),
-    ("runner.tracking", "MlflowRun.__exit__"),
-    ("mlflow.tracking.client", "MlflowClient.log_batch"),
-    ("mlflow.tracking.client", "MlflowClient.set_terminated"),
+    ("runner.core.datasets", "Dataset.fingerprint"),
+    ("runner.tracking.provenance", "provenance_tags"),
+    ("runner.tracking.provenance", "project_git_state"),
+    ("runner.tracking.provenance", "git_state"),
+    ("runner.tracking.provenance", "git_diff"),
+    ("runner.core.tracked", "ensure_experiment"),
+    ("runner.tracking.mlflow_run", "TrackedRun.__init__"),
+    ("runner.tracking.mlflow_run", "TrackedRun.__enter__"),
+    ("runner.tracking.mlflow_run", "log_params"),
+    ("runner.tracking.mlflow_run", "TrackedRun.write_text_artifacts"),
+    ("runner.tracking.mlflow_run", "TrackedRun.log_dataset"),
+    ("runner.tracking.telemetry", "EpochMetrics.on_epoch_end"),
+    ("runner.tracking.mlflow_run", "TrackedRun.log_metrics"),
+    ("runner.tracking.mlflow_run", "TrackedRun.flush"),
+    ("runner.tracking.tensors", "TensorWriter.on_train_begin"),
+    ("runner.tracking.tensors", "TensorWriter.on_epoch_end"),
+    ("runner.tracking.tensors", "TensorWriter.close"),
+    ("runner.core.tracked", "save_training_plots"),
+    ("runner.tracking.mlflow_run", "TrackedRun.set_tags"),
+    ("runner.core.tracked", "_save_model"),
+    ("runner.core.tracked", "save_pyfunc_model"),
+    ("runner.tracking.mlflow_run", "TrackedRun.end"),
 ]
 
 
@@ -292,8 +290,8 @@ class Series:
 def run_once(cfg: Any, start_dir: str, dataset: Any = None, extra: tuple[Observer, ...] = (),
              sample_rss: bool = False, profiles: dict[str, cProfile.Profile] | None = None,
              sampler: RssSampler | None = None) -> Measurement:
-    """One ``run_experiment`` call, timed phase by phase (and its RSS sampled if asked)."""
-    from runner.experiment import run_experiment
+    """One ``run`` call, timed phase by phase (and its RSS sampled if asked)."""
+    from runner.core.run import run
 
     clock = Clock(profiles)
     settle_memory()
@@ -307,7 +305,7 @@ def run_once(cfg: Any, start_dir: str, dataset: Any = None, extra: tuple[Observe
             if profiles:
                 profiles["before"].enable()
             start, cpu_start = time.perf_counter(), time.thread_time()
-            run_experiment(cfg, start_dir=start_dir, extra_observers=[*extra, clock], dataset=dataset)
+            run(cfg, start_dir=start_dir, observers=[*extra, clock], dataset=dataset)
             stop, cpu_stop = time.perf_counter(), time.thread_time()
             if profiles:
                 profiles["after"].disable()
@@ -490,7 +488,7 @@ def part_a(repeats: int, work: Path) -> tuple[list[str], list[str]]:
         for name in names[shift:] + names[:shift]:
             seconds[name].append(once(commands[name]))
     reference = median(seconds['python -c "import mlflow"'])
-    lines = [f"### A. Start-up (issue 3): subprocess wall time, median of {repeats} after 1 warm-up each",
+    lines = [f"### A. Start-up: subprocess wall time, median of {repeats} after 1 warm-up each",
              "", "| command | median s | min s | max s | ratio to import mlflow |",
              "| --- | ---: | ---: | ---: | ---: |"]
     verdicts = []
@@ -514,20 +512,20 @@ def help_profile(cwd: Path, environment: dict[str, str], count: int = 10) -> lis
     code = ("import cProfile, pstats, sys, time\n"
             "sys.argv = ['bprun', '--help']\n"
             "start = time.perf_counter()\n"
-            "from runner.app import main\n"
+            "from runner.commands.bprun import main\n"
             "imported = time.perf_counter()\n"
             "profile = cProfile.Profile()\n"
             "profile.enable()\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "profile.disable()\n"
             "done = time.perf_counter()\n"
-            "sys.stderr.write(f'import runner.app {imported - start:.3f} s, main() {done - imported:.3f} s\\n')\n"
+            "sys.stderr.write(f'import runner.commands.bprun {imported - start:.3f} s, main() {done - imported:.3f} s\\n')\n"
             "pstats.Stats(profile, stream=sys.stderr).sort_stats('cumulative').print_stats(%d)\n" % (count + 4))
     completed = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=environment, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     lines = []
     for line in completed.stderr.splitlines():
-        if line.startswith("import runner.app"):
+        if line.startswith("import runner.commands.bprun"):
             lines.append(line)
         elif "(" in line and line.strip()[:1].isdigit():
             fields = line.split(None, 5)
@@ -552,7 +550,7 @@ def import_profile(name: str, argv: list[str], cwd: Path, environment: dict[str,
     else:
         code = ("import sys, json\n"
                 f"sys.argv = ['bprun', *{argv[1:]!r}]\n"
-                "from runner.app import main\n"
+                "from runner.commands.bprun import main\n"
                 "try:\n    main()\nexcept SystemExit:\n    pass\n"
                 f"json.dump(sorted(sys.modules), open({str(report)!r}, 'w'))\n")
     completed = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=cwd, env=environment,
@@ -596,7 +594,7 @@ def part_b(repeats: int, work: Path, first_imports: dict[str, float], profile: b
     local, none = series["local"], series["none"]
 
     # Store creation again, now with everything imported: a fresh SQLite file and experiment.
-    from runner.tracking import ensure_experiment
+    from runner.tracking.store import ensure_experiment
 
     store_seconds = []
     for number in range(3):
@@ -609,7 +607,7 @@ def part_b(repeats: int, work: Path, first_imports: dict[str, float], profile: b
     import_seconds = time_imports_in_subprocess(new_modules)
 
     extra = local.med("total") - none.med("total")
-    lines = [f"### B. 1000-epoch xor in one process (issue 3): median of {repeats} after 1 warm-up each", "",
+    lines = [f"### B. 1000-epoch xor in one process: median of {repeats} after 1 warm-up each", "",
              "| tracking | total s | before training s | epochs s | after training s | total CPU s | "
              "epochs CPU s | GC pauses in epochs s |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -626,17 +624,17 @@ def part_b(repeats: int, work: Path, first_imports: dict[str, float], profile: b
               f"{difference['epochs']:.3f} s ({difference['epochs'] / XOR_EPOCHS * 1e3:.2f} ms/epoch); "
               f"end-of-run work (last flush, plots, model, end of run) {difference['after']:.3f} s.",
               "", "First calls (excluded above):", "", "| what | s |", "| --- | ---: |",
-              f"| `import runner.app, runner.experiment` before any call | {first_imports['runner']:.3f} |",
+              f"| `import runner.hydra_app.app, runner.core.tracked` before any call | {first_imports['runner']:.3f} |",
               f"| first Hydra compose | {first_imports['compose']:.3f} |",
-              f"| first `run_experiment`, tracking=local, fresh store | {first_local.total:.3f} |",
+              f"| first `run`, tracking=local, fresh store | {first_local.total:.3f} |",
               f"| &nbsp; of which inside `ensure_experiment` (store creation, with the imports it triggers) | "
               f"{first_store:.3f} |",
               f"| &nbsp; first-call overhead = first local - median local | {first_local.total - local.med('total'):.3f} |",
               f"| store creation on another fresh SQLite file, everything already imported (median of 3) | "
               f"{warm_store_seconds:.3f} |",
               f"| the {len(new_modules)} modules the first tracked call imported, timed in a fresh subprocess "
-              f"after `import runner.app` | {import_seconds:.3f} |",
-              f"| first `run_experiment`, tracking=none | {first_none.total:.3f} |"]
+              f"after `import runner.commands.bprun` | {import_seconds:.3f} |",
+              f"| first `run`, tracking=none | {first_none.total:.3f} |"]
     heavy = sorted({name.split(".")[0] for name in new_modules} & set(HEAVY_PACKAGES))
     lines.append(f"\nHeavy packages the first tracked call imported: {', '.join(heavy) or '(none)'}.")
     lines += ["", "Breakdown of one more tracked xor run (timing wrappers):", "", *breakdown_run(local_cfg, str(store))[1]]
@@ -648,9 +646,9 @@ def part_b(repeats: int, work: Path, first_imports: dict[str, float], profile: b
 
 def time_imports_in_subprocess(modules: list[str]) -> float:
     """Seconds to import ``modules`` (in the order first seen) in a fresh interpreter that has
-    already imported runner.app and runner.experiment, like this process before its first call."""
+    already imported the app and the tracked run, like this process before its first call."""
     code = ("import importlib, sys, time, warnings\nwarnings.simplefilter('ignore')\n"
-            "import runner.app, runner.experiment\n"
+            "import runner.hydra_app.app, runner.core.tracked\n"
             f"names = {modules!r}\n"
             "start = time.perf_counter()\n"
             "for name in names:\n"
@@ -702,7 +700,7 @@ def part_c(repeats: int, work: Path, profile: bool) -> tuple[list[str], list[str
     local, none, gradients = series["local"], series["none"], series["none + gradients"]
     epoch_ratio = local.med("epochs") / none.med("epochs")
     rss_ratio = local.med("rss_peak") / none.med("rss_peak")
-    lines = [f"### C. 64-128-64-10 on digits, 200 epochs, batch 64, tensors every epoch (issue 4): "
+    lines = [f"### C. 64-128-64-10 on digits, 200 epochs, batch 64, tensors every epoch: "
              f"median of {repeats} after 1 warm-up each", "", *memory_and_time_table(series), "",
              "`none + gradients` is tracking=none plus an observer that only asks for the epoch gradients, "
              "which the engine then accumulates: the engine's share of the telemetry cost.", "",
@@ -743,7 +741,7 @@ def fresh_process_rss(work: Path) -> list[str]:
                 f"            open({str(report)!r}, 'w').write(line.split()[1])\n"
                 "atexit.register(report)\n"
                 f"sys.argv = ['bprun', *{[*DIGITS_OVERRIDES, f'tracking={tracking}']!r}]\n"
-                "from runner.app import main\n"
+                "from runner.commands.bprun import main\n"
                 "main()\n")
         report.unlink(missing_ok=True)
         subprocess.run([sys.executable, "-c", code], cwd=cwd, env=clean_environment(),
@@ -756,7 +754,7 @@ def fresh_process_rss(work: Path) -> list[str]:
 
 
 def large_dataset():
-    from runner.datasets import Dataset
+    from runner.core.datasets import Dataset
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((LARGE_SAMPLES, LARGE_FEATURES))
@@ -794,7 +792,7 @@ def part_d(repeats: int, work: Path) -> tuple[list[str], list[str]]:
     runs = {path.parent for path in store.rglob("tensors/layer1.weights.npy")}
     biggest = max((sum(file.stat().st_size for file in run.glob("*.npy")) for run in runs), default=0)
     lines = [f"### D. 784-512-256-10 on {LARGE_SAMPLES} generated samples, 20 epochs, batch 256, tensors every "
-             f"epoch (issue 4): median of {repeats} after a 1-epoch warm-up each", "",
+             f"epoch: median of {repeats} after a 1-epoch warm-up each", "",
              *memory_and_time_table(series), "",
              f"Tensor files of one 20-epoch tracked run: {biggest / MB:.0f} MB. The training data X alone is "
              f"{dataset.X_train.nbytes / MB:.0f} MB."]
@@ -846,8 +844,8 @@ def main(argv: list[str] | None = None) -> None:
             first_imports = {}
             if set(parts) & {"B", "C", "D"}:
                 start = time.perf_counter()
-                import runner.app  # noqa: F401  (registers the schemas)
-                import runner.experiment  # noqa: F401
+                import runner.hydra_app.app  # noqa: F401  (registers the schemas)
+                import runner.core.tracked  # noqa: F401
                 first_imports["runner"] = time.perf_counter() - start
                 start = time.perf_counter()
                 compose(XOR_OVERRIDES)
@@ -872,7 +870,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             os.chdir(home)
 
-    print_report("Runner benchmarks (issues 3 and 4)", environment_lines, sections, verdicts, home, started)
+    print_report("Runner benchmarks", environment_lines, sections, verdicts, home, started)
 
 
 if __name__ == "__main__":
