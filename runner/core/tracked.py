@@ -16,6 +16,7 @@ from engine import History, Observer
 from runner.core.schema import ExperimentConfig
 from runner.core.training import Launch, ParentRun, RunResult, Training, default_run_name, final_metrics, run_pointer
 from runner.core.validation import settings_dict, settings_yaml
+from runner.plots.background import active_helper
 from runner.plots.training import save_training_plots
 from runner.tracking import names
 from runner.tracking.destination import Destination, check_store
@@ -79,7 +80,7 @@ def tracked_training(settings: ExperimentConfig, destination: Destination, paren
                     tensor_writer.close()
                 except OSError as error:  # a full disk: say so once, keep the run's own error
                     log.warning("could not finish the tensor files: %s", error)
-            _save_plots(epoch_metrics, run)
+            _save_plots(epoch_metrics, run, completed=history is not None and history.stop_reason != "interrupted")
         run.set_tags({names.STOP_REASON: history.stop_reason, names.EPOCHS_RUN: str(history.epochs_run)})
         if history.stop_reason == "diverged":
             run.fail(history.message)
@@ -91,10 +92,20 @@ def tracked_training(settings: ExperimentConfig, destination: Destination, paren
                      run.run_id, destination.uri, experiment_id)
 
 
-def _save_plots(epoch_metrics: EpochMetrics, run: TrackedRun) -> None:
-    """Draw the run's plots; a plot that cannot be drawn never costs the run its status."""
+def _save_plots(epoch_metrics: EpochMetrics, run: TrackedRun, completed: bool) -> None:
+    """Draw the run's plots, by the plot helper of a sweep run in this process when it has one
+    (``runner.plots.background``) and the run completed; a plot that cannot be drawn never costs
+    the run its status."""
+    directory = run.artifact_dir / names.PLOTS_ARTIFACT
+    helper = active_helper()
     try:
-        save_training_plots(epoch_metrics.series, run.artifact_dir / names.PLOTS_ARTIFACT, epoch_metrics.epochs)
+        if helper is not None and completed and run.writes_artifacts_in_place:
+            try:
+                helper.draw(epoch_metrics.series, directory, epoch_metrics.epochs, run.run_id)
+                return
+            except Exception as error:  # the helper is gone: draw here
+                log.debug("drawing the plots in-process: %s", error)
+        save_training_plots(epoch_metrics.series, directory, epoch_metrics.epochs)
     except Exception as error:  # the metrics are logged; a missing picture is only a warning
         log.warning("could not draw the plots: %s: %s", type(error).__name__, error)
 

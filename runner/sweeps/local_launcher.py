@@ -15,6 +15,7 @@ composed once; ``launch`` composes them itself, as every Hydra launcher does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -30,6 +31,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from runner.plots.background import running_helper
 from runner.process import interruption
 from runner.process.children import ChildPool, start_forkserver
 from runner.process.errors import CommandError, CommandExit
@@ -53,6 +55,8 @@ class LocalLauncher(Launcher):
         self.n_jobs = n_jobs
         self._pool: ChildPool | None = None
         self._closed = False
+        self._plot_helper = contextlib.ExitStack()  # for jobs run in this process
+        self._plot_helper_started = False
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -89,6 +93,9 @@ class LocalLauncher(Launcher):
         return self._run_in_workers(configs)
 
     def _run_here(self, configs: list[DictConfig]) -> list[JobReturn]:
+        if not self._plot_helper_started:  # completed runs' plots drawn on the other core
+            self._plot_helper_started = True
+            self._plot_helper.enter_context(running_helper())
         results = []
         for config in configs:
             interruption.check()
@@ -129,8 +136,10 @@ class LocalLauncher(Launcher):
         return function(*arguments)
 
     def close(self) -> None:
-        """Stop the workers, once each has ended the runs of its jobs."""
+        """Stop the workers, once each has ended the runs of its jobs, and the plot helper, once
+        it has drawn every plot."""
         self._closed = True
+        self._plot_helper.close()
         if self._pool is not None:
             self._pool.shutdown(cancel_pending=True)
             self._pool = None

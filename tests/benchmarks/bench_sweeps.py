@@ -96,6 +96,7 @@ def weights_by_job(database: Path) -> dict[tuple[str, str], str]:
 # --- xor -----------------------------------------------------------------------------------------
 def training_seconds(tracked: bool, scratch: Path) -> float:
     """Summed on_train_begin..on_train_end of the 24 xor configs run in this process."""
+    import runner.hydra_app.app  # noqa: F401  (registers the schemas the configs build on)
     from engine import Observer
     from runner.core.run import run
 
@@ -195,6 +196,7 @@ def main() -> None:
                 lines, part_verdicts = function(arguments.repeats, scratch)
                 sections.append(lines)
                 verdicts += part_verdicts
+        os.chdir(REPOSITORY)  # out of the folder about to be removed
     environment_lines.append(f"- load average at the end {load_average()}")
     print_report("Sweep benchmarks", environment_lines, sections, verdicts, str(REPOSITORY), started)
 
