@@ -63,7 +63,7 @@ ALL_OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 
 
 def test_the_public_options_exist() -> None:
-    # The group and option names are the project's public interface (issue 3).
+    # The group and option names are the project's public interface.
     assert set(options("model")) >= {"mlp", "xor_2_2_1", "wide", "deep"}
     assert set(options("optimizer")) >= {"gd", "momentum", "nesterov", "adam"}
     assert set(options("dataset")) >= {"xor", "sine", "moons", "circles", "spirals", "iris", "diabetes",

@@ -173,7 +173,7 @@ def test_a_crash_in_a_single_run_is_failed_with_its_traceback_and_metrics(crashe
 # =============================================================================================
 def test_doctor_marks_runs_of_dead_processes_killed_and_nothing_else(tmp_path: Path, make_store) -> None:
     store = make_store("stale")
-    # Create the store first: parallel first use of a fresh SQLite file is unsafe (PITFALLS).
+    # Create the store first: parallel first use of a fresh SQLite file can corrupt it.
     client(store).search_experiments()
     cwd = tmp_path / "cwd"
     dead = Background(*LONG_RUN, "tracking.tensors_every=0", cwd=cwd, uri=store.uri, label="dead")

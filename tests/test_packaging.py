@@ -1,7 +1,7 @@
 """The built wheel carries the config tree and the data sets, and bprun runs from it alone.
 
 An editable install finds conf/ in the checkout; a wheel only has what pyproject.toml ships
-(PITFALLS: a wheel of packages = ["runner", "engine"] has no conf/ at all).
+(a wheel of packages = ["runner", "engine"] alone would have no conf/ at all).
 """
 
 from __future__ import annotations

@@ -198,7 +198,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     """Originals through the real CLI, then one CLI rerun of each, two processes at a time.
 
     The store is created first, in this process: parallel first use of a fresh SQLite file can
-    break its schema migration (PITFALLS).
+    break its schema migration.
     """
     from runner.tracking.store import ensure_experiment
 

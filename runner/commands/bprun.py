@@ -10,10 +10,9 @@ Hydra's start-up; both happen before Hydra itself is imported.
 from __future__ import annotations
 
 import gc
-import logging
-import os
 import sys
 
+from runner.commands.common import quiet_mlflow
 from runner.process import interruption
 from runner.process.children import start_forkserver
 from runner.process.errors import EXIT_INVALID, CommandExit
@@ -42,10 +41,7 @@ def main() -> None:
 
 def run(arguments: list[str]) -> int:
     """Run the Hydra app on ``sys.argv``; return the exit code."""
-    # MLflow logs store migrations and model-signature checks at INFO on every run, and "View
-    # run" links for each run; the summary says what matters. Warnings and errors still show.
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    quiet_mlflow()  # the summary lines say what matters
     try:
         from runner.hydra_app.app import main as hydra_main  # (lazy: after the handlers, see above)
 

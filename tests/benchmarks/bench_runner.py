@@ -824,7 +824,7 @@ def main(argv: list[str] | None = None) -> None:
     parts = sorted(set(args.parts))
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    warnings.simplefilter("ignore", DeprecationWarning)  # SQLAlchemy 2.1 + MLflow's store (PITFALLS)
+    warnings.simplefilter("ignore", DeprecationWarning)  # SQLAlchemy 2.1 + MLflow's store: harmless, not ours
     environment_lines = describe_environment(
         ("mlflow", "hydra-core", "numpy", "SQLAlchemy", "matplotlib"),
         " (other work on the machine inflates wall times; CPU columns are the steadier cross-check)")

@@ -5,7 +5,7 @@
 Times each step of one mini-batch in isolation (median of 60 after a warm-up): the row gather,
 the whole backpropagation, the eight matrix products alone and each of them, the sigmoid, the
 bias add and reduce, the gd update and the epoch-gradient sum an observer asks for; then the
-2048x2048 matmul rate the FLOP-share target of issue 2 is measured against.
+2048x2048 matmul rate the engine's FLOP-share target is measured against.
 """
 
 from __future__ import annotations
