@@ -80,7 +80,7 @@ def test_each_layer_has_its_own_colour_in_both_layer_figures(tmp_path):
 
 
 def test_learning_curve_panels_scales_and_labels():
-    figure = plots._learning_curves(plots._load_series(_history(), None))
+    figure = plots.learning_curves_figure(plots.load_series(_history(), None))
     mse, loss, accuracy = figure.axes
     assert [ax.get_title() for ax in figure.axes] == ["Mean squared error", "Loss", "Accuracy"]
     assert mse.get_ylabel() == "mean squared error" and mse.get_xlabel() == "epoch"
@@ -92,42 +92,42 @@ def test_learning_curve_panels_scales_and_labels():
 
 
 def test_layer_figures_plot_every_layer_solid_and_dashed():
-    series = plots._load_series(_history(), None)
-    layers = plots._layer_numbers(series)
-    colours = dict(zip(layers, plots._layer_colours(len(layers))))
+    series = plots.load_series(_history(), None)
+    layers = plots.layer_numbers(series)
+    colours = dict(zip(layers, plots.layer_colours(len(layers))))
 
-    gradients, ratios = plots._gradient_norms(series, layers, colours).axes
+    gradients, ratios = plots.gradient_norms_figure(series, layers, colours).axes
     assert [line.get_linestyle() for line in gradients.get_lines()] == ["-", "--"] * LAYERS
     assert len(ratios.get_lines()) == LAYERS
     assert gradients.get_yscale() == ratios.get_yscale() == "log"
 
-    (norms,) = plots._weight_norms(series, layers, colours).axes
+    (norms,) = plots.weight_norms_figure(series, layers, colours).axes
     assert [line.get_linestyle() for line in norms.get_lines()] == ["-", "--"] * LAYERS
-    legend = plots._weight_norms(series, layers, colours).legends[0]
+    legend = plots.weight_norms_figure(series, layers, colours).legends[0]
     assert [text.get_text() for text in legend.get_texts()] == ["layer 1", "layer 2", "layer 3", "weights", "biases"]
 
 
 def test_layers_sort_by_number_not_by_name():
     metrics = {f"layer{layer}/weight_norm": [1.0, 2.0] for layer in (10, 2, 1, 9)}
     metrics |= {"layerx/weight_norm": [1.0], "layer3": [1.0], "train_mse": [1.0]}
-    assert plots._layer_numbers(plots._load_series(metrics, None)) == [1, 2, 9, 10]
+    assert plots.layer_numbers(plots.load_series(metrics, None)) == [1, 2, 9, 10]
 
 
 def test_regression_run_has_only_the_mse_panel(tmp_path):
-    figure = plots._learning_curves(plots._load_series(_history(classification=False), None))
+    figure = plots.learning_curves_figure(plots.load_series(_history(classification=False), None))
     assert [ax.get_title() for ax in figure.axes] == ["Mean squared error"]
 
 
 def test_plain_text_tick_labels():
-    assert plots._power_of_ten_label(1e-3) == "10⁻³"
-    assert plots._power_of_ten_label(10.0) == "10¹"
-    assert plots._power_of_ten_label(0.0) == "0"
-    assert plots._power_of_ten_label(0.2) == "0.2"
-    assert plots._plain_label(0.03) == "0.03"
-    assert plots._plain_label(0.03, None, (2, 5)) == ""
-    assert plots._plain_label(0.05, None, (2, 5)) == "0.05"
-    assert plots._plain_label(3e-7) == "3×10⁻⁷"
-    assert plots._plain_label(-1e-5) == "−10⁻⁵"
+    assert plots.power_of_ten_label(1e-3) == "10⁻³"
+    assert plots.power_of_ten_label(10.0) == "10¹"
+    assert plots.power_of_ten_label(0.0) == "0"
+    assert plots.power_of_ten_label(0.2) == "0.2"
+    assert plots.plain_label(0.03) == "0.03"
+    assert plots.plain_label(0.03, None, (2, 5)) == ""
+    assert plots.plain_label(0.05, None, (2, 5)) == "0.05"
+    assert plots.plain_label(3e-7) == "3×10⁻⁷"
+    assert plots.plain_label(-1e-5) == "−10⁻⁵"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,9 +155,9 @@ def test_a_figure_without_series_is_not_written(tmp_path, keep, expected):
 
 def test_gradient_figure_without_update_ratios_has_one_panel():
     metrics = {name: values for name, values in _history().items() if not name.endswith("update_ratio")}
-    series = plots._load_series(metrics, None)
-    layers = plots._layer_numbers(series)
-    figure = plots._gradient_norms(series, layers, dict(zip(layers, plots._layer_colours(len(layers)))))
+    series = plots.load_series(metrics, None)
+    layers = plots.layer_numbers(series)
+    figure = plots.gradient_norms_figure(series, layers, dict(zip(layers, plots.layer_colours(len(layers)))))
     assert [ax.get_title() for ax in figure.axes] == ["Gradient L2 norm"]
 
 
@@ -177,7 +177,7 @@ def test_single_epoch_shows_points_at_epoch_zero(tmp_path):
     written = save_training_plots(history, tmp_path)
     assert len(written) == 3
 
-    figure = plots._learning_curves(plots._load_series(history, None))
+    figure = plots.learning_curves_figure(plots.load_series(history, None))
     for ax in figure.axes:
         (train, validation) = ax.get_lines()
         assert train.get_marker() == "o" and list(train.get_xdata()) == [0.0]
@@ -199,13 +199,13 @@ def test_zero_values_fall_back_from_log(tmp_path):
     written = save_training_plots(history, tmp_path)
     assert {path.name for path in written} == {LEARNING_CURVES, GRADIENT_NORMS, WEIGHT_NORMS}
 
-    series = plots._load_series(history, None)
-    layers = plots._layer_numbers(series)
-    gradients, ratios = plots._gradient_norms(series, layers, dict(zip(layers, plots._layer_colours(3)))).axes
+    series = plots.load_series(history, None)
+    layers = plots.layer_numbers(series)
+    gradients, ratios = plots.gradient_norms_figure(series, layers, dict(zip(layers, plots.layer_colours(3)))).axes
     assert gradients.get_yscale() == "symlog"  # zeros beside values spanning decades
     assert ratios.get_yscale() == "linear"  # nothing positive
     # val_mse spans 1.9 decades but train_mse is all zero: no log axis can show both.
-    assert plots._learning_curves(series).axes[0].get_yscale() == "symlog"
+    assert plots.learning_curves_figure(series).axes[0].get_yscale() == "symlog"
 
 
 def test_partial_history_with_steps(tmp_path):
@@ -220,7 +220,7 @@ def test_partial_history_with_steps(tmp_path):
     written = save_training_plots(history, tmp_path, steps=steps)
     assert len(written) == 3
 
-    mse = plots._learning_curves(plots._load_series(history, steps)).axes[0]
+    mse = plots.learning_curves_figure(plots.load_series(history, steps)).axes[0]
     train, validation = mse.get_lines()
     assert train.get_xdata()[-1] == 72 and validation.get_xdata()[-1] == 70
     assert np.isnan(train.get_ydata()[-1])  # the inf is a gap, not an axis stretched to infinity
@@ -234,12 +234,12 @@ def test_series_longer_than_steps_is_an_error(tmp_path):
 
 def test_many_layers_get_distinct_colours_and_a_legend_that_fits(tmp_path):
     history = _history(epochs=30, layers=12)
-    series = plots._load_series(history, None)
-    layers = plots._layer_numbers(series)
-    colours = plots._layer_colours(len(layers))
+    series = plots.load_series(history, None)
+    layers = plots.layer_numbers(series)
+    colours = plots.layer_colours(len(layers))
     assert len({tuple(np.round(colour, 3)) for colour in colours}) == 12
 
-    figure = plots._weight_norms(series, layers, dict(zip(layers, colours)))
+    figure = plots.weight_norms_figure(series, layers, dict(zip(layers, colours)))
     figure.canvas.draw()
     legend_box = figure.legends[0].get_window_extent()
     figure_box = figure.bbox
@@ -285,11 +285,11 @@ def _drawn_tick_labels(axis, renderer) -> list:
 @pytest.mark.parametrize("history", [_history(), _history(epochs=1), _awkward_history()],
                          ids=["decaying", "single-epoch", "awkward"])
 def test_no_text_leaves_the_figure_or_overlaps(history):
-    series = plots._load_series(history, None)
-    layers = plots._layer_numbers(series)
-    colours = dict(zip(layers, plots._layer_colours(len(layers))))
-    figures = [plots._learning_curves(series), plots._gradient_norms(series, layers, colours),
-               plots._weight_norms(series, layers, colours)]
+    series = plots.load_series(history, None)
+    layers = plots.layer_numbers(series)
+    colours = dict(zip(layers, plots.layer_colours(len(layers))))
+    figures = [plots.learning_curves_figure(series), plots.gradient_norms_figure(series, layers, colours),
+               plots.weight_norms_figure(series, layers, colours)]
     for figure in figures:
         figure.canvas.draw()
         renderer = figure.canvas.get_renderer()
@@ -346,9 +346,9 @@ def test_a_reused_figure_draws_what_a_new_one_draws(tmp_path: Path, first, secon
 def test_figures_are_kept_for_reuse_within_a_bound() -> None:
     plots.forget_figures()
     for layers in range(1, plots.FIGURE_CACHE_SIZE + 3):
-        series = plots._load_series(_history(30, layers=layers), None)
-        numbers = plots._layer_numbers(series)
-        colours = dict(zip(numbers, plots._layer_colours(len(numbers))))
-        first = plots._weight_norms(series, numbers, colours)
-        assert plots._weight_norms(series, numbers, colours) is first  # same layout: same figure
-    assert len(plots._built) == plots.FIGURE_CACHE_SIZE
+        series = plots.load_series(_history(30, layers=layers), None)
+        numbers = plots.layer_numbers(series)
+        colours = dict(zip(numbers, plots.layer_colours(len(numbers))))
+        first = plots.weight_norms_figure(series, numbers, colours)
+        assert plots.weight_norms_figure(series, numbers, colours) is first  # same layout: same figure
+    assert plots.kept_figures() == plots.FIGURE_CACHE_SIZE

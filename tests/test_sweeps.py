@@ -399,7 +399,7 @@ def test_bprun_can_start_the_fork_server_before_importing_anything_but_the_stand
     the rest imports is recorded, not a traceback.)"""
     check = ("import sys, runner.commands.bprun\n"
              "third_party = sorted({name.partition('.')[0] for name in sys.modules} - set(sys.stdlib_module_names)"
-             " - {'runner', '__main__', '_distutils_hack'})\n"
+             " - {'runner', '__main__', '__mp_main__', '_distutils_hack'})\n"
              "assert not [name for name in third_party if not name.startswith('__editable__')], third_party\n")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -87,13 +87,13 @@ def save_training_plots(metrics: dict[str, Sequence[float]], directory: Path,
     be shorter than ``steps`` (a run that failed part way), not longer. NaN and inf are left out
     of the lines; names this module does not know are ignored.
     """
-    series = _load_series(metrics, steps)
-    layers = _layer_numbers(series)
-    layer_colour = dict(zip(layers, _layer_colours(len(layers))))
+    series = load_series(metrics, steps)
+    layers = layer_numbers(series)
+    layer_colour = dict(zip(layers, layer_colours(len(layers))))
     figures = (
-        (LEARNING_CURVES, _learning_curves(series)),
-        (GRADIENT_NORMS, _gradient_norms(series, layers, layer_colour)),
-        (WEIGHT_NORMS, _weight_norms(series, layers, layer_colour)),
+        (LEARNING_CURVES, learning_curves_figure(series)),
+        (GRADIENT_NORMS, gradient_norms_figure(series, layers, layer_colour)),
+        (WEIGHT_NORMS, weight_norms_figure(series, layers, layer_colour)),
     )
     directory = Path(directory)
     written = []
@@ -109,7 +109,7 @@ def save_training_plots(metrics: dict[str, Sequence[float]], directory: Path,
 
 # --- data ------------------------------------------------------------------------------------
 
-def _load_series(metrics: dict[str, Sequence[float]], steps: Sequence[int] | None) -> dict[str, _Series]:
+def load_series(metrics: dict[str, Sequence[float]], steps: Sequence[int] | None) -> dict[str, _Series]:
     """Every series with at least one finite value, as float arrays with their epochs."""
     all_epochs = None if steps is None else np.asarray(steps, dtype=float).ravel()
     loaded = {}
@@ -130,7 +130,7 @@ def _load_series(metrics: dict[str, Sequence[float]], steps: Sequence[int] | Non
     return loaded
 
 
-def _layer_numbers(series: dict[str, _Series]) -> list[int]:
+def layer_numbers(series: dict[str, _Series]) -> list[int]:
     """The layer numbers of the ``layer<l>/<statistic>`` keys, ascending (so 10 follows 9)."""
     numbers = set()
     for name in series:
@@ -141,7 +141,7 @@ def _layer_numbers(series: dict[str, _Series]) -> list[int]:
     return sorted(numbers)
 
 
-def _layer_colours(count: int) -> list[Any]:
+def layer_colours(count: int) -> list[Any]:
     """A distinct colour per layer, so that a layer has the same colour in every figure."""
     return categorical_colours(count) if count else []
 
@@ -202,6 +202,11 @@ def forget_figures() -> None:
     _built.clear()
 
 
+def kept_figures() -> int:
+    """How many figures are kept for reuse (at most ``FIGURE_CACHE_SIZE``)."""
+    return len(_built)
+
+
 def _line(series: str, **style: Any) -> _Line:
     return _Line(series, tuple(sorted((name, _hashable(value)) for name, value in style.items())))
 
@@ -210,7 +215,7 @@ def _hashable(value: Any) -> Any:
     return tuple(float(v) for v in value) if isinstance(value, (list, np.ndarray)) else value
 
 
-def _learning_curves(series: dict[str, _Series]) -> Figure | None:
+def learning_curves_figure(series: dict[str, _Series]) -> Figure | None:
     panels = []
     for metric, title, label in LEARNING_PANELS:
         lines = tuple(_line(f"{prefix}_{metric}", label=split_label, linestyle=style)
@@ -222,7 +227,7 @@ def _learning_curves(series: dict[str, _Series]) -> Figure | None:
     return _figure(_Layout("Learning curves", tuple(panels), markers=_short(series)), series) if panels else None
 
 
-def _gradient_norms(series: dict[str, _Series], layers: list[int], layer_colour: dict[int, Any]) -> Figure | None:
+def gradient_norms_figure(series: dict[str, _Series], layers: list[int], layer_colour: dict[int, Any]) -> Figure | None:
     candidates = (
         (("grad_weight_norm", "grad_bias_norm"), "Gradient L2 norm", "L2 norm of the epoch's gradient"),
         (("update_ratio",), "Update ratio ‖Δw‖ / ‖w‖", "‖Δw‖ / ‖w‖ over the epoch"),
@@ -238,7 +243,7 @@ def _gradient_norms(series: dict[str, _Series], layers: list[int], layer_colour:
     return _figure(layout, series)
 
 
-def _weight_norms(series: dict[str, _Series], layers: list[int], layer_colour: dict[int, Any]) -> Figure | None:
+def weight_norms_figure(series: dict[str, _Series], layers: list[int], layer_colour: dict[int, Any]) -> Figure | None:
     panel = _layer_panel(series, layers, ("weight_norm", "bias_norm"))
     if not panel:
         return None
@@ -364,25 +369,25 @@ def _set_y_scale(ax: Axes, lines: list[_Series], log_from_decades: float) -> Non
         return
     if all_positive and decades < MINOR_TICKS_BELOW_DECADES:
         mantissas = MINOR_LABELS_OVER_A_DECADE if decades >= 1.0 else MINOR_LABELS_WITHIN_A_DECADE
-        ax.yaxis.set_major_formatter(FuncFormatter(_plain_label))
-        ax.yaxis.set_minor_formatter(FuncFormatter(functools.partial(_plain_label, mantissas=mantissas)))
+        ax.yaxis.set_major_formatter(FuncFormatter(plain_label))
+        ax.yaxis.set_minor_formatter(FuncFormatter(functools.partial(plain_label, mantissas=mantissas)))
         return
-    ax.yaxis.set_major_formatter(FuncFormatter(_power_of_ten_label))
+    ax.yaxis.set_major_formatter(FuncFormatter(power_of_ten_label))
     if decades >= MINOR_TICKS_BELOW_DECADES:
         ax.yaxis.set_minor_locator(NullLocator())
 
 
-def _power_of_ten_label(value: float, _position: int | None = None) -> str:
+def power_of_ten_label(value: float, _position: int | None = None) -> str:
     """``0.001`` -> ``"10⁻³"``; zero and other values as plain numbers."""
     if value == 0:
         return "0"
     exponent = round(math.log10(abs(value)))
     if not math.isclose(abs(value), 10.0 ** exponent, rel_tol=1e-9):
-        return _plain_label(value)
+        return plain_label(value)
     return ("−" if value < 0 else "") + "10" + str(exponent).translate(SUPERSCRIPTS)
 
 
-def _plain_label(value: float, _position: int | None = None, mantissas: tuple[int, ...] | None = None) -> str:
+def plain_label(value: float, _position: int | None = None, mantissas: tuple[int, ...] | None = None) -> str:
     """``value`` as ``0.03`` or, below 10⁻⁴, ``3×10⁻⁷``; "" unless its leading digit is one of
     ``mantissas`` (if given)."""
     if mantissas is not None and value != 0:

@@ -34,7 +34,6 @@ import argparse
 import hashlib
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
