@@ -38,7 +38,7 @@ from runner.core.training import (
 )
 from runner.core.validation import validate
 from runner.process import interruption
-from runner.tracking.destination import Destination, destination
+from runner.tracking.destination import Destination
 
 __all__ = ["Launch", "ParentRun", "RunResult", "TrainingFailed", "run", "run_training"]
 
@@ -88,8 +88,6 @@ def run_training(settings: ExperimentConfig, destination: Destination | None, *,
     return result
 
 
-
-
 def run(cfg: DictConfig | dict, *, tracking_uri: str | None = None, start_dir: str | None = None,
         dataset: Dataset | None = None, observers: Sequence[Observer] = ()) -> RunResult:
     """Validate a composed config and run it: the Python way to ``bprun``'s single run.
@@ -103,6 +101,5 @@ def run(cfg: DictConfig | dict, *, tracking_uri: str | None = None, start_dir: s
     if tracking_uri is not None:
         target = Destination(tracking_uri, None, settings.tracking.http_timeout, settings.tracking.http_retries)
     elif settings.tracking.enabled:
-        tracking = settings.tracking
-        target = destination(tracking.uri, tracking.offline, start_dir, tracking.http_timeout, tracking.http_retries)
+        target = Destination.configured(settings.tracking, start_dir)
     return run_training(settings, target, launch=Launch(start_dir=start_dir), dataset=dataset, observers=observers)

@@ -28,7 +28,7 @@ from runner.process import interruption
 from runner.process.errors import CommandError, CommandExit, DiskFull, out_of_space
 from runner.sweeps.context import SweepRun
 from runner.tracking import names
-from runner.tracking.destination import Destination, destination, where_to_look
+from runner.tracking.destination import Destination, where_to_look
 
 register_schemas()
 register_plugins()
@@ -75,8 +75,7 @@ def _run(cfg: DictConfig, state: DictConfig, in_sweep: bool) -> RunResult:
         target = Destination(sweep.tracking_uri, sweep.sync_target, tracking.http_timeout, tracking.http_retries)
         parent = ParentRun(sweep.run_id, sweep.experiment_id)
     elif tracking.enabled:
-        target = destination(tracking.uri, tracking.offline, state.runtime.cwd, tracking.http_timeout,
-                             tracking.http_retries)
+        target = Destination.configured(tracking, state.runtime.cwd)
     launch = Launch(
         overrides=tuple(state.overrides.task),
         choices={group: str(option) for group, option in state.runtime.choices.items()

@@ -31,7 +31,7 @@ from runner.process import interruption
 from runner.process.errors import CommandError, CommandExit
 from runner.sweeps.context import SweepRun
 from runner.sweeps.overrides import swept_values
-from runner.tracking.destination import destination, where_to_look
+from runner.tracking.destination import Destination, where_to_look
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -144,8 +144,7 @@ class TrackedSweeper(Sweeper):
         from runner.sweeps.parent import create_parent, parent_request  # (lazy: MLflow)
 
         tracking = self.config.tracking
-        where = destination(tracking.uri, tracking.offline, self.config.hydra.runtime.cwd,
-                            tracking.http_timeout, tracking.http_retries)
+        where = Destination.configured(tracking, self.config.hydra.runtime.cwd)
         request = parent_request(where, tracking.experiment, swept_values(list(self.config.hydra.overrides.task)),
                                  str(self.config.hydra.sweep.dir))
         try:

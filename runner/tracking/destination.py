@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runner.process.errors import InvalidInput
 from runner.tracking import names
@@ -46,6 +47,17 @@ class Destination:
     def is_server(self) -> bool:
         return is_server(self.uri)
 
+    @classmethod
+    def configured(cls, tracking: Any, start_dir: str) -> "Destination":
+        """Where a run with the settings ``tracking`` (``uri``, ``offline``, ``http_timeout``,
+        ``http_retries``) goes. Offline runs go to ``mlflow-offline.db`` in ``start_dir`` and
+        remember the store they were meant for."""
+        target = resolve_tracking_uri(tracking.uri, start_dir)
+        if tracking.offline:
+            return cls(f"sqlite:///{Path(start_dir, OFFLINE_DATABASE).resolve()}", target,
+                       tracking.http_timeout, tracking.http_retries)
+        return cls(target, None, tracking.http_timeout, tracking.http_retries)
+
 
 def resolve_tracking_uri(configured: str | None, start_dir: str) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``configured``, else a SQLite file in ``start_dir``."""
@@ -55,17 +67,6 @@ def resolve_tracking_uri(configured: str | None, start_dir: str) -> str:
     if configured:
         return configured
     return f"sqlite:///{Path(start_dir, DEFAULT_DATABASE).resolve()}"
-
-
-def destination(configured: str | None, offline: bool, start_dir: str, http_timeout: float = 5.0,
-                http_retries: int = 2) -> Destination:
-    """Where a run configured with ``tracking.uri=configured`` goes. Offline runs go to
-    ``mlflow-offline.db`` in ``start_dir`` and remember the store they were meant for."""
-    target = resolve_tracking_uri(configured, start_dir)
-    if offline:
-        return Destination(f"sqlite:///{Path(start_dir, OFFLINE_DATABASE).resolve()}", target,
-                           http_timeout, http_retries)
-    return Destination(target, None, http_timeout, http_retries)
 
 
 def is_server(uri: str) -> bool:
