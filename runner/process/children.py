@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
 import signal
 import threading
@@ -54,6 +55,11 @@ def start_forkserver(preload: Sequence[str]) -> None:
     for every worker later forked from it (a no-op if it runs already). Its first module should
     call ``settle_forkserver_signals``. The server ends when this process ends."""
     multiprocessing.set_forkserver_preload(list(preload))
+    # The resource tracker first: starting it unblocks the signals at its end (multiprocessing
+    # blocks and then unblocks them around its own start), which inside the next block would let
+    # a Ctrl-C reach the fork server's interpreter start-up.
+    with signals_blocked():
+        multiprocessing.resource_tracker.ensure_running()
     with signals_blocked():  # inherited by the server until settle_forkserver_signals
         multiprocessing.forkserver.ensure_running()
 
