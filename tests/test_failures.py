@@ -34,6 +34,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from support import (
     CLI_TIMEOUT,
@@ -43,6 +44,7 @@ from support import (
     START_TIMEOUT,
     Background,
     Finished,
+    artifact_dir,
     cli,
     client,
     history,
@@ -217,6 +219,38 @@ def test_doctor_marks_runs_of_dead_processes_killed_and_nothing_else(tmp_path: P
         dead.kill_everything()
         if alive.running():
             alive.wait(alive.signal(signal.SIGINT), PROMPT_EXIT_SECONDS)
+
+
+def test_sigkill_leaves_tensors_that_load_and_the_doctor_ends_them_with_the_metrics(tmp_path: Path,
+                                                                                   make_store) -> None:
+    """SIGKILL mid-training: every tensor file loads as it is (its header counts only records
+    written), holds at least the epochs whose metrics were flushed, and after bprun-doctor ends
+    exactly where the metrics end."""
+    store = make_store("sigkill-tensors")
+    process = Background("dataset=digits", "trainer.epochs=1000000", "tracking.tensors_every=1",
+                         cwd=tmp_path / "cwd", uri=store.uri)
+    try:
+        wait_until(lambda: (query(store.db, "SELECT count(*) FROM metrics WHERE key = 'train_mse'") or [(0,)])[0][0] >= 2,
+                   START_TIMEOUT, "metrics flushed", process, interval=0.1)
+        process.popen.send_signal(signal.SIGKILL)
+        process.popen.wait(timeout=30)
+    finally:
+        process.kill_everything()
+    run = only_run(store)
+    assert run.info.status == "RUNNING"
+    tensors = artifact_dir(run) / "tensors"
+    loaded = {path.name: np.load(path) for path in sorted(tensors.glob("*.npy"))}  # no repair needed
+    assert len({array.shape[0] for array in loaded.values()}) == 1, {name: a.shape for name, a in loaded.items()}
+    steps = [metric.step for metric in history(store, run)]
+    assert steps == list(range(len(steps))) and len(loaded["epochs.npy"]) >= len(steps)
+
+    doctor = cli("--tracking-uri", store.uri, cwd=tmp_path, module="runner.commands.doctor", timeout=120)
+    assert doctor.returncode == 0, doctor.output
+    run = client(store).get_run(run.info.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["epochs_run"] == str(len(steps))
+    assert np.load(tensors / "epochs.npy").tolist() == steps
+    for path in tensors.glob("layer*.npy"):
+        assert np.load(path).shape[0] == len(steps), path.name
 
 
 # =============================================================================================
@@ -409,8 +443,11 @@ def test_a_disk_filling_up_during_a_run_gives_a_clear_error(tmp_path: Path) -> N
                      cwd=tmp_path / "cwd", uri=f"sqlite:///{database}", timeout=180)
         integrity = query(database, "PRAGMA integrity_check")
         statuses = [row[0] for row in query(database, "SELECT status FROM runs")]
+        # Every tensor file the run got to write loads, and they all hold the same epochs.
+        lengths = {path.name: np.load(path).shape[0] for path in disk.rglob("tensors/*.npy")}
     finally:
         unmount(disk)
+    assert lengths and len(set(lengths.values())) == 1, lengths
     assert result.returncode not in (0, None), result.output
     assert integrity == [("ok",)]  # no half-written database
     # MLflow logs its own database error above; what bprun says last is one clear line.

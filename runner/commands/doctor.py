@@ -1,6 +1,10 @@
 """``bprun-doctor``: find runs left RUNNING by a process that no longer exists and mark them
 KILLED (``runner.tracking.liveness`` says how a run's process is recognised). ``--dry-run``
-only lists them."""
+only lists them.
+
+A run marked KILLED also gets ``epochs_run`` and ``stop_reason=killed``, and its tensor files
+(in a local artifact store) are cut to the last epoch its metrics reached: the process may have
+died between writing an epoch's tensors and flushing its metrics."""
 
 from __future__ import annotations
 
@@ -8,11 +12,15 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from runner.commands.common import quiet_mlflow
-from runner.process.errors import EXIT_INVALID, InvalidInput
+from runner.process.errors import EXIT_FAILED, EXIT_INVALID, InvalidInput, out_of_space
 from runner.tracking import names
 from runner.tracking.destination import resolve_tracking_uri
+
+STOP_REASON = "killed"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,16 +32,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     uri = arguments.tracking_uri or resolve_tracking_uri(None, os.getcwd())
     quiet_mlflow()
     # (lazy: --help and argument errors answer at once, without MLflow's second of imports)
-    from mlflow.entities import ViewType
-
-    from runner.tracking.liveness import is_stale
     from runner.tracking.store import open_store
+
+    from mlflow.exceptions import MlflowException
 
     try:
         client = open_store(uri)
+        return _check(client, uri, arguments.dry_run)
     except InvalidInput as error:
         print(f"bprun-doctor: {error}", file=sys.stderr)
         return EXIT_INVALID
+    except MlflowException as error:  # a damaged store: one line, not MLflow's traceback
+        print(f"bprun-doctor: cannot read the MLflow store {uri}: {error.message.splitlines()[0]}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def _check(client, uri: str, dry_run: bool) -> int:
+    from mlflow.entities import ViewType
+
+    from runner.tracking.liveness import is_stale
+
     experiment_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
     running = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", run_view_type=ViewType.ALL,
                                  max_results=50000) if experiment_ids else []
@@ -47,16 +65,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "cannot check its process from here")
         elif stale:
             marked += 1
-            action = "would mark KILLED" if arguments.dry_run else "marked KILLED"
+            action = "would mark KILLED" if dry_run else "marked KILLED"
             print(f"stale    {name}: process {run.data.tags.get(names.PID)} is gone; {action}")
-            if not arguments.dry_run:
-                client.set_tag(run.info.run_id, names.FAILURE_REASON,
-                               "its process ended without closing the run (found by bprun-doctor)")
-                client.set_terminated(run.info.run_id, "KILLED")
+            if not dry_run:
+                try:
+                    _end_killed(client, run)
+                except Exception as error:
+                    what = "the disk is full" if out_of_space(error) else f"{type(error).__name__}: {error}"
+                    print(f"bprun-doctor: could not mark {run.info.run_id} KILLED: {what}", file=sys.stderr)
+                    return EXIT_FAILED
         else:
             print(f"running  {name}: process {run.data.tags.get(names.PID)} is alive")
     print(f"bprun-doctor: {len(running)} RUNNING run(s) in {uri}: {marked} stale, {unknown} unknown")
     return 0
+
+
+def _end_killed(client, run) -> None:
+    """End a stale run KILLED, with its epochs and its tensors cut to where its metrics end."""
+    from runner.tracking.history import metric_history  # (lazy: see main)
+    from runner.tracking.tensors import repair_tensors
+
+    if run.data.tags.get(names.SWEEP) != "true":  # a job's or a single run: it has epochs
+        steps = metric_history(client, run.info.run_id, "train_mse").steps
+        epochs = int(steps.max()) + 1 if steps.size else 0
+        artifacts = urlparse(run.info.artifact_uri)
+        tensors = Path(unquote(artifacts.path)) / names.TENSORS_ARTIFACT
+        if artifacts.scheme == "file" and tensors.is_dir():
+            repair_tensors(tensors, epochs - 1)
+        client.set_tag(run.info.run_id, names.EPOCHS_RUN, str(epochs))
+        client.set_tag(run.info.run_id, names.STOP_REASON, STOP_REASON)
+    client.set_tag(run.info.run_id, names.FAILURE_REASON, "its process ended without closing the run (found by bprun-doctor)")
+    client.set_terminated(run.info.run_id, "KILLED")
 
 
 if __name__ == "__main__":

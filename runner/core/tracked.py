@@ -72,8 +72,10 @@ def tracked_training(settings: ExperimentConfig, destination: Destination, paren
         if tracking.tensors_every:
             tensor_writer = TensorWriter(run.artifact_dir / names.TENSORS_ARTIFACT, tracking.tensors_every,
                                          settings.trainer.epochs)
+            run.before_flush.append(tensor_writer.sync)
         try:
-            history = training.run([epoch_metrics, *([tensor_writer] if tensor_writer else []), *observers])
+            # Tensors first: by the time an epoch's metrics are flushed its tensors are written.
+            history = training.run([*([tensor_writer] if tensor_writer else []), epoch_metrics, *observers])
         finally:
             if tensor_writer is not None:
                 try:

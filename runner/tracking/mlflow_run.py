@@ -15,7 +15,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import unquote, urlparse
 
 import mlflow.data
@@ -86,6 +86,9 @@ class TrackedRun:
         self._ended = False
         self._staging: tempfile.TemporaryDirectory | None = None
         self._sqlite_writer: SqliteMetricWriter | None = None
+        # Called before every metric flush: files that must never end before the metrics do
+        # (the tensors) make what they hold durable first.
+        self.before_flush: list[Callable[[], None]] = []
         self.run_id = ""
 
     def __enter__(self) -> "TrackedRun":
@@ -116,6 +119,8 @@ class TrackedRun:
 
     def flush(self) -> None:
         """Write every buffered metric. The buffer is emptied only once they are stored."""
+        for hook in self.before_flush:
+            hook()
         pending = self._pending
         if pending:
             if self._sqlite_writer is not None:

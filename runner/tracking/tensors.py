@@ -10,8 +10,8 @@ with ``e % tensors_every == 0``. Nothing is held in memory; ``load_tensors(run_i
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
-from typing import BinaryIO
 
 import mlflow.artifacts
 import numpy as np
@@ -32,33 +32,52 @@ def _npy_header(dtype: np.dtype, shape: tuple[int, ...], total_bytes: int) -> by
 
 
 class _GrowingNpy:
-    """A .npy file whose first axis grows one record at a time.
+    """A .npy file whose first axis grows one record at a time, readable whatever stops the
+    process that writes it.
 
-    The header is written for the largest possible count, so its length never has to change;
-    ``close`` rewrites it with the real count and cuts the file there.
+    Records are written unbuffered (in the operating system as soon as ``append`` returns). The
+    header's count is rewritten in place by ``sync(records)``, never beyond the records appended,
+    so it never claims a record that is not there: after SIGKILL or a full disk the file loads
+    with the records last synced (anything after them is ignored). The header is sized for the
+    largest possible count, so its length never changes. ``close(records)`` writes the final
+    count and cuts the file there.
     """
 
     def __init__(self, path: Path, record_shape: tuple[int, ...], dtype: np.dtype, max_records: int) -> None:
         self.path, self.record_shape, self.dtype = path, record_shape, np.dtype(dtype)
         self.records = 0
-        self._file: BinaryIO = open(path, "wb")
-        np.lib.format.write_array_header_1_0(
-            self._file, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                         "shape": (max_records, *record_shape)})
+        self._synced = -1
+        self._record_bytes = self.dtype.itemsize * math.prod(record_shape)
+        self._file = open(path, "wb", buffering=0)
+        widest = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (max_records, *record_shape)}
+        np.lib.format.write_array_header_1_0(self._file, widest)
         self._data_offset = self._file.tell()
+        self.sync(0)
 
     def append(self, record: np.ndarray) -> None:
-        self._file.write(np.ascontiguousarray(record, self.dtype).data)
+        data = memoryview(np.ascontiguousarray(record, self.dtype)).cast("B")
+        while data:  # a raw write may write less than asked
+            data = data[self._file.write(data):]
         self.records += 1
 
-    def close(self) -> None:
+    def sync(self, records: int) -> None:
+        """Make the header count the first ``records`` records (at most those appended)."""
+        records = min(records, self.records)
+        if records != self._synced:
+            header = _npy_header(self.dtype, (records, *self.record_shape), self._data_offset)
+            os.pwrite(self._file.fileno(), header, 0)
+            self._synced = records
+
+    def close(self, records: int) -> None:
+        """Keep the first ``records`` records and nothing after them."""
         if self._file.closed:
             return
-        record_bytes = self.dtype.itemsize * math.prod(self.record_shape)
-        self._file.truncate(self._data_offset + self.records * record_bytes)
-        self._file.seek(0)
-        self._file.write(_npy_header(self.dtype, (self.records, *self.record_shape), self._data_offset))
-        self._file.close()
+        try:
+            self.sync(records)
+            self._file.truncate(self._data_offset + self._synced * self._record_bytes)
+        finally:
+            self._file.close()
 
 
 class TensorWriter(Observer):
@@ -70,6 +89,7 @@ class TensorWriter(Observer):
         self.directory, self.every, self.epochs = Path(directory), every, epochs
         self._files: dict[str, _GrowingNpy] = {}
         self._epochs: _GrowingNpy | None = None
+        self.complete = 0  # epochs whose every file got its record (a full disk can stop one half way)
 
     def on_train_begin(self, network: MLP) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -89,18 +109,88 @@ class TensorWriter(Observer):
             for kind, layer_arrays in zip(TENSOR_KINDS, arrays):
                 self._files[f"layer{number}.{kind}"].append(layer_arrays[number - 1])
         self._epochs.append(np.int64(report.epoch))
+        self.complete += 1
+
+    def sync(self) -> None:
+        """Make every file's header count the epochs written so far (the run calls this before
+        each metric flush, so the tensors never end before the metrics)."""
+        for handle in self._handles():
+            handle.sync(self.complete)
 
     def close(self) -> None:
         """Finish every file (safe to call twice, and after a failure mid-training)."""
-        for handle in self._files.values():
-            handle.close()
-        if self._epochs is not None:
-            self._epochs.close()
+        problem = None
+        for handle in self._handles():
+            try:
+                handle.close(self.complete)
+            except OSError as error:  # a full disk: the other files still get closed
+                problem = problem or error
+        if problem is not None:
+            raise problem
+
+    def _handles(self) -> list[_GrowingNpy]:
+        return [*self._files.values(), *([self._epochs] if self._epochs is not None else [])]
 
 
-def read_tensors(directory: str | Path) -> dict[str, np.ndarray]:
-    """Every tensor file in ``directory``: ``{'epochs': ..., 'layer1.weights': ..., ...}``."""
-    return {path.name[: -len(".npy")]: np.load(path) for path in sorted(Path(directory).glob("*.npy"))}
+def _layout(path: Path) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """(dtype, shape of one record, records the header counts, offset of the data) of a file."""
+    with open(path, "rb") as file:
+        version = np.lib.format.read_magic(file)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(file)
+        if fortran_order or not shape:
+            raise ValueError(f"{path}: not a file of records")
+        return dtype, tuple(shape[1:]), shape[0], file.tell()
+
+
+def _complete_records(path: Path) -> int:
+    """Records the header counts that are really in the file (a header written for more, by an
+    earlier writer or a lost page after a power cut, is not believed)."""
+    dtype, record_shape, counted, offset = _layout(path)
+    record_bytes = dtype.itemsize * math.prod(record_shape)
+    present = (path.stat().st_size - offset) // record_bytes if record_bytes else counted
+    return min(counted, present)
+
+
+def _records_to_keep(directory: Path, last_epoch: int | None) -> int:
+    """The records every file of ``directory`` holds, up to epoch ``last_epoch`` if given."""
+    paths = sorted(directory.glob("*.npy"))
+    if not paths:
+        return 0
+    keep = min(_complete_records(path) for path in paths)
+    if last_epoch is not None and (directory / "epochs.npy").is_file():
+        epochs = _read(directory / "epochs.npy", keep)
+        keep = int(np.searchsorted(epochs, last_epoch, side="right"))
+    return keep
+
+
+def _read(path: Path, records: int) -> np.ndarray:
+    dtype, record_shape, _, offset = _layout(path)
+    data = np.fromfile(path, dtype=dtype, count=records * math.prod(record_shape), offset=offset)
+    return data.reshape((records, *record_shape))
+
+
+def read_tensors(directory: str | Path, last_epoch: int | None = None) -> dict[str, np.ndarray]:
+    """Every tensor file in ``directory``: ``{'epochs': ..., 'layer1.weights': ..., ...}``, all
+    ending at the same epoch (the last one every file holds completely, or ``last_epoch``)."""
+    directory = Path(directory)
+    keep = _records_to_keep(directory, last_epoch)
+    return {path.name[: -len(".npy")]: _read(path, keep) for path in sorted(directory.glob("*.npy"))}
+
+
+def repair_tensors(directory: str | Path, last_epoch: int | None) -> int:
+    """Cut every tensor file of ``directory`` to the records all of them hold completely, and to
+    epoch ``last_epoch`` (the run's last logged epoch) if given, so that they load with plain
+    ``np.load`` and end where the metrics end. For the files of a run whose process died
+    (``bprun-doctor``). Returns the records kept."""
+    directory = Path(directory)
+    keep = _records_to_keep(directory, last_epoch)
+    for path in sorted(directory.glob("*.npy")):
+        dtype, record_shape, _, offset = _layout(path)
+        with open(path, "r+b") as file:
+            file.write(_npy_header(dtype, (keep, *record_shape), offset))
+            file.truncate(offset + keep * dtype.itemsize * math.prod(record_shape))
+    return keep
 
 
 def load_tensors(run_id: str, tracking_uri: str | None = None) -> dict[str, np.ndarray]:
