@@ -29,7 +29,7 @@ SUBPROCESS_TIMEOUT_SECONDS = 300
 PARALLEL_PROCESSES = 2
 EXPERIMENT = "backprop-runner"
 CSV_NAME = "table.csv"
-SWEEP_ENVIRONMENT = ("BPRUN_SWEEP_PARENT_RUN_ID", "BPRUN_SWEEP_EXPERIMENT_ID", "BPRUN_SWEEP_TRACKING_URI")
+SWEEP_ENVIRONMENT = ("BPRUN_PARENT_RUN_ID", "BPRUN_EXPERIMENT_ID", "BPRUN_TRACKING_URI")
 
 # One original per case; together they cover every data set kind (synthetic, built-in, CSV),
 # every optimizer, full batch and mini-batch. The moons data set has its own seed so that the
@@ -253,10 +253,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 def test_rerun_is_identical_and_recorded_beside_the_original(world: World, case: str, tmp_path: Path) -> None:
     result = world.reruns[case]
     assert result.returncode == 0, _output(result)
-    assert result.stdout.splitlines()[0] == "identical", _output(result)
     original_id = world.sweep_child if case == "sweep" else world.originals[case].run_id
-
     client = world.client()
+    epochs = client.get_run(original_id).data.tags["epochs_run"]
+    assert result.stdout.splitlines()[0] == f"identical ({epochs} epoch(s) and the final weights compared)", \
+        _output(result)
+
     (new,) = world.runs_tagged("rerun_of", original_id)
     original = client.get_run(original_id)
     assert new.info.run_id in result.stdout
@@ -335,10 +337,12 @@ def test_changed_weights_are_different_unless_within_tolerance(world: World, mon
     assert main([iris.run_id]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert re.fullmatch(r"different: every compared metric agrees but the final weights differ; "
-                        r"largest absolute difference 1e-09 \(layer2 weights\)", lines[0]), lines
+                        r"largest absolute difference 1e-09 \(layer2 weights\) "
+                        r"\(\d+ epoch\(s\) and the final weights compared\)", lines[0]), lines
     assert main([iris.run_id, "--tolerance", "1e-6"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "identical within tolerance 1e-06: largest absolute difference 1e-09 (layer2 weights)"
+    assert re.fullmatch(r"identical within tolerance 1e-06 \(\d+ epoch\(s\) and the final weights compared\): "
+                        r"largest absolute difference 1e-09 \(layer2 weights\)", lines[0]), lines
     assert len(world.runs_tagged("rerun_of", iris.run_id)) == 3
 
 
@@ -402,6 +406,51 @@ def test_bad_sources_are_errors(world: World) -> None:
         rerun(str(sweep_folder))
     with pytest.raises(RerunError, match="neither an existing folder nor an MLflow run id"):
         rerun("outputs/no-such-folder")
+
+
+@pytest.mark.slow
+def test_an_original_without_a_metric_history_is_refused(world: World, tmp_path: Path, capsys) -> None:
+    """A run that ended before its first epoch was logged has nothing to compare: refused, exit 2,
+    nothing rerun (identical would claim a match that was never checked)."""
+    from runner.commands.rerun import main
+
+    client = world.client()
+    iris = world.originals["iris_momentum_mini_batch"]
+    empty = client.create_run(client.get_run(iris.run_id).info.experiment_id, run_name="no history")
+    client.log_artifact(empty.info.run_id, client.download_artifacts(iris.run_id, "config.yaml", str(tmp_path)))
+    client.set_terminated(empty.info.run_id, "KILLED")
+    assert main([empty.info.run_id, "--tracking-uri", world.uri]) == 2
+    assert "has no metric history to compare a rerun with" in capsys.readouterr().err
+    assert world.runs_tagged("rerun_of", empty.info.run_id) == []
+
+
+def test_a_killed_original_is_compared_over_the_epochs_it_logged(tmp_path: Path, compose, store) -> None:
+    """Interrupted after 30 of 200 epochs: the rerun trains the config and compares those 30
+    epochs (no final weights: the original has none), and says so."""
+    import signal
+
+    from engine import Observer
+    from runner.core.run import run
+    from runner.process import interruption
+    from runner.reports.rerun import rerun
+
+    class StopAfter(Observer):
+        def on_epoch_end(self, report) -> None:
+            if report.epoch == 29:
+                interruption.request(signal.SIGINT)
+
+    cfg = compose(["dataset=moons", "trainer.epochs=200", "tracking.tensors_every=0"])
+    try:
+        with pytest.raises(interruption.Interrupted):
+            run(cfg, tracking_uri=store.uri, start_dir=str(tmp_path), observers=[StopAfter()])
+    finally:
+        interruption.reset()
+    (original,) = store.runs()
+    assert (original.info.status, original.data.tags["epochs_run"]) == ("KILLED", "30")
+    report = rerun(original.info.run_id, tracking_uri=store.uri)
+    assert report.identical and report.comparison.epochs_compared == 30
+    assert report.summary() == ("identical (30 epoch(s) compared; the original was KILLED after 30 epoch(s), "
+                                "so only those, and no final weights, are compared)")
 
 
 # --- the same config in 20 fresh processes ---------------------------------------------------------

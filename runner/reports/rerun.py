@@ -103,6 +103,9 @@ class Comparison:
     largest_where: str | None = None
     weights_differ: bool = False
     mismatches: list[str] = field(default_factory=list)
+    epochs_compared: int = 0  # the epochs of the original's history that were compared
+    weights_compared: bool = False
+    note: str = ""  # what was left out of the comparison, and why
 
     @property
     def identical(self) -> bool:
@@ -151,10 +154,12 @@ class RerunReport:
         largest = ""
         if comparison.largest_where is not None:
             largest = f"largest absolute difference {comparison.largest:.3g} ({comparison.largest_where})"
+        extent = f"{comparison.epochs_compared} epoch(s)" + (" and the final weights" if comparison.weights_compared else "")
+        extent += f" compared; {comparison.note}" if comparison.note else " compared"
         if comparison.identical:
             if not largest:
-                return "identical"
-            return f"identical within tolerance {comparison.tolerance:g}: {largest}"
+                return f"identical ({extent})"
+            return f"identical within tolerance {comparison.tolerance:g} ({extent}): {largest}"
         parts = []
         first = comparison.first
         if first is not None:
@@ -165,7 +170,7 @@ class RerunReport:
         if largest:
             parts.append(largest)
         parts.extend(comparison.mismatches)
-        return "different: " + "; ".join(parts)
+        return "different: " + "; ".join(parts) + f" ({extent})"
 
 
 def _show(value: float | None) -> str:
@@ -204,6 +209,7 @@ def compare_histories(original: dict[str, dict[int, float]], rerun: dict[str, di
             comparison.mismatches.append(f"the rerun has no {name}")
             continue
         ours = original[name]
+        comparison.epochs_compared = max(comparison.epochs_compared, len(ours))
         for epoch in sorted(set(ours) | set(theirs)):
             a, b = ours.get(epoch), theirs.get(epoch)
             if a is None or b is None:
@@ -500,6 +506,13 @@ def _rerun_tracked(source: str, origin: _Origin, client: MlflowClient, tolerance
             f"  data.sha256 of the original: {recorded}\n"
             f"  data.sha256 now:             {dataset.fingerprint()}")
 
+    # What there is to compare, before anything is trained.
+    histories = {name: _history(client, run_id, name) for name in original.data.metrics
+                 if name.startswith(COMPARED_METRIC_PREFIXES)}
+    if not any(histories.values()):
+        raise RerunRefused(f"run {run_id} has no metric history to compare a rerun with (it ended before its first "
+                           "epoch was logged); nothing was rerun")
+
     extra_tags = {names.RERUN_OF: run_id}
     if overrides:
         extra_tags[names.RERUN_OVERRIDES] = json.dumps(list(overrides))
@@ -515,19 +528,27 @@ def _rerun_tracked(source: str, origin: _Origin, client: MlflowClient, tolerance
     new = client.get_run(rerun_id)
 
     comparison = Comparison(tolerance)
-    if original.info.status != new.info.status:
-        comparison.mismatches.append(f"status: original {original.info.status}, rerun {new.info.status}")
-    old_epochs, new_epochs = tags.get(names.EPOCHS_RUN), new.data.tags.get(names.EPOCHS_RUN)
-    if old_epochs != new_epochs:
-        comparison.mismatches.append(f"the original ran {old_epochs or 'an unknown number of'} epochs, "
-                                     f"the rerun {new_epochs}")
-    compared = [name for name in original.data.metrics if name.startswith(COMPARED_METRIC_PREFIXES)]
-    compare_histories({name: _history(client, run_id, name) for name in compared},
-                      {name: _history(client, rerun_id, name) for name in compared
-                       if name in new.data.metrics},
-                      comparison)
-    compare_weights(_weights(download(names.WEIGHTS_ARTIFACT)), _weights(download(names.WEIGHTS_ARTIFACT, rerun_id)),
-                    comparison)
+    stopped_early = original.info.status == "KILLED"
+    if stopped_early:
+        # Interrupted or killed: its history is a prefix of what the config trains; compare that.
+        last = max((max(history) for history in histories.values() if history), default=-1)
+        histories_of_rerun = {name: {epoch: value for epoch, value in _history(client, rerun_id, name).items()
+                                     if epoch <= last} for name in histories if name in new.data.metrics}
+        comparison.note = (f"the original was KILLED after {last + 1} epoch(s), so only those, and no final "
+                           "weights, are compared")
+    else:
+        histories_of_rerun = {name: _history(client, rerun_id, name) for name in histories if name in new.data.metrics}
+        if original.info.status != new.info.status:
+            comparison.mismatches.append(f"status: original {original.info.status}, rerun {new.info.status}")
+        old_epochs, new_epochs = tags.get(names.EPOCHS_RUN), new.data.tags.get(names.EPOCHS_RUN)
+        if old_epochs != new_epochs:
+            comparison.mismatches.append(f"the original ran {old_epochs or 'an unknown number of'} epochs, "
+                                         f"the rerun {new_epochs}")
+    compare_histories(histories, histories_of_rerun, comparison)
+    if not stopped_early:
+        compare_weights(_weights(download(names.WEIGHTS_ARTIFACT)),
+                        _weights(download(names.WEIGHTS_ARTIFACT, rerun_id)), comparison)
+        comparison.weights_compared = True
 
     report = RerunReport(source, run_id, rerun_id, uri, experiment.name, comparison, warnings, metrics)
     client.set_tag(rerun_id, names.RERUN_RESULT, report.result)
