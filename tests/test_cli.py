@@ -275,6 +275,16 @@ BAD_OVERRIDES = [
     ("early stopping without validation", ("trainer.early_stopping.enabled=true",),
      ["trainer.early_stopping.enabled", "dataset.val_fraction"]),
     ("empty experiment name", ("tracking.experiment=''",), ["tracking.experiment"]),
+    ("experiment name longer than the store keeps", (f"tracking.experiment={'x' * 300}",),
+     ["tracking.experiment", "1 to 256 characters"]),
+    ("misspelled key gets the closest name", ("model.hiden=[4]",), ["model.hiden: no such key", "did you mean model.hidden?"]),
+    ("misspelled option gets the closest name", ("optimizer=adma",), ["optimizer=adma: no such option", "did you mean adam?"]),
+    ("unknown top-level key", ("foo=bar",), ["foo: no such key", "the top-level keys are"]),
+    ("epochs beyond an integer", ("trainer.epochs=1e9",), ["trainer.epochs=1e9 is not allowed"]),
+    ("override that does not parse", ("model.hidden=[1,",), ["cannot read an override"]),
+    ("interpolation to nothing", ("trainer.epochs=${{foo}}",), ["trainer.epochs", "Interpolation key 'foo' not found"]),
+    ("a feature named twice", ("dataset=csv", "dataset.path={data}/two_columns.csv", "dataset.targets=[y]",
+                               "dataset.features=[a,a]"), ["dataset.features", "'a' more than once"]),
 ]
 
 
@@ -288,6 +298,7 @@ def bad_runs(tmp_path_factory: pytest.TempPathFactory, run_cli, store_at) -> dic
     data = base / "data"
     data.mkdir()
     (data / "header_only.csv").write_text("a,b,y\n")
+    (data / "two_columns.csv").write_text("a,y\n1,0\n2,1\n3,0\n4,1\n5,0\n")
     scenarios = {}
     for index, case in enumerate(BAD_OVERRIDES):
         name, overrides, _ = case.values if hasattr(case, "values") else case
@@ -300,7 +311,7 @@ def bad_runs(tmp_path_factory: pytest.TempPathFactory, run_cli, store_at) -> dic
 def test_a_bad_override_fails_before_any_run_naming_the_key(bad_runs: dict[str, Scenario], name: str,
                                                             overrides: tuple[str, ...], expected: list[str]) -> None:
     scenario = bad_runs[name]
-    assert scenario.result.returncode != 0, scenario.output
+    assert scenario.result.returncode == 2, scenario.output
     message = scenario.result.stdout + scenario.result.stderr
     for part in expected:
         assert part in message, scenario.output

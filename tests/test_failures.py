@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import gzip
 import hashlib
 import math
 import os
@@ -474,7 +475,18 @@ BAD_CSVS = [
     ("blank cell", "blank_cell.csv", "a,b,y\n1,2,3\n4,,6\n8,9,10\n", ["row 2", "'b'", "blank"]),
     ("missing target column", "no_target.csv", "a,b,z\n1,2,3\n4,5,6\n7,8,9\n", ["'y'"]),
     ("too few samples to split", "one_sample.csv", "a,b,y\n1,2,3\n", ["1 sample", "val_fraction"]),
+    # Standardizing 1e308 overflows: refused as too large, not a FAILED run after a NaN.
+    ("huge feature value", "huge_feature.csv", "a,b,y\n1,2,3\n1e308,5,6\n7,8,9\n4,5,6\n",
+     ["row 2", "'a'", "too large"]),
+    ("huge target value", "huge_target.csv", "a,b,y\n1,2,3\n4,5,-1e300\n7,8,9\n4,5,6\n", ["row 2", "'y'", "too large"]),
+    ("gzip bytes under a .csv name", "compressed.csv", None, ["gzip-compressed"]),
+    ("latin-1 text", "latin1.csv", None, ["not UTF-8", "0xe9"]),
 ]
+# Written as bytes: (file name, content).
+BINARY_CSVS = {
+    "compressed.csv": gzip.compress(b"a,b,y\n1,2,3\n4,5,6\n7,8,9\n"),
+    "latin1.csv": "a,b,y\n1,2,3\nd\u00e9j\u00e0,5,6\n7,8,9\n".encode("latin-1"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -487,6 +499,8 @@ def bad_data(tmp_path_factory: pytest.TempPathFactory, make_store) -> dict[str, 
         path = data / filename
         if content is not None:
             path.write_text(content)
+        elif filename in BINARY_CSVS:
+            path.write_bytes(BINARY_CSVS[filename])
         store = make_store(f"bad-data-{index}")
         overrides = ("dataset=csv", f"dataset.path={path}", "dataset.targets=[y]", "trainer.epochs=3")
         jobs[name] = (lambda store=store, overrides=overrides, index=index:
@@ -508,10 +522,6 @@ def test_bad_data_is_refused_before_any_run_naming_file_row_and_column(bad_data,
     assert not store.db.exists()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG (message only, the data is refused): pandas turns a 'NaN' cell and the cells missing from a short "
-    "row into NaN before runner.datasets._numeric sees them, so both are reported as 'blank' "
-    "(the commit meant non-finite cells to be quoted as written; inf is)"))
 @pytest.mark.parametrize(("name", "written"), [("NaN cell", "'NaN'"), ("ragged row, too few cells", None)])
 def test_bad_cells_are_described_as_written(bad_data, name: str, written: str | None) -> None:
     _, result = bad_data[name]

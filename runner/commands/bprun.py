@@ -10,12 +10,14 @@ Hydra's start-up; both happen before Hydra itself is imported.
 from __future__ import annotations
 
 import gc
+import os
 import sys
+import traceback
 
 from runner.commands.common import quiet_mlflow
 from runner.process import interruption
 from runner.process.children import start_forkserver
-from runner.process.errors import EXIT_INVALID, CommandExit
+from runner.process.errors import EXIT_FAILED, EXIT_INVALID, CommandExit
 from runner.sweeps import WORKER_PRELOAD
 
 # Hydra's flags that print something instead of running jobs.
@@ -42,8 +44,13 @@ def main() -> None:
 def run(arguments: list[str]) -> int:
     """Run the Hydra app on ``sys.argv``; return the exit code."""
     quiet_mlflow()  # the summary lines say what matters
+    # Hydra then raises what it would print with its own traceback formatting: bprun says it in one
+    # line instead. Someone who set the variable themselves gets Hydra's full tracebacks.
+    full_tracebacks = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         from runner.hydra_app.app import main as hydra_main  # (lazy: after the handlers, see above)
+        from runner.hydra_app.errors import describe, is_config_error
 
         interruption.check()
         hydra_main()
@@ -54,6 +61,15 @@ def run(arguments: list[str]) -> int:
     except CommandExit as exit_:
         print(f"bprun: {exit_.error}", file=sys.stderr)
         return exit_.error.exit_code
+    except Exception as error:
+        if full_tracebacks:
+            raise
+        if is_config_error(error):
+            print(f"bprun: {describe(error)}", file=sys.stderr)
+            return EXIT_INVALID
+        print(f"bprun: the run crashed: {type(error).__name__}: {error}", file=sys.stderr)
+        traceback.print_exception(error)
+        return EXIT_FAILED
     # Everything imported lives until exit; without this the interpreter's last collections walk
     # it all (about a second after a tracked run).
     gc.freeze()

@@ -12,6 +12,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -147,8 +148,10 @@ def read_table(path: str, features: list[str] | None, targets: list[str], task: 
     """
     import pandas as pd  # (lazy: only CSV data sets need pandas, a second of start-up)
 
+    _check_text(path)
     try:
-        frame = pd.read_csv(path, skipinitialspace=True)
+        # Only an empty cell is missing: "NaN" or "null" written in a cell is reported as written.
+        frame = pd.read_csv(path, skipinitialspace=True, keep_default_na=False, na_values=[""])
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except pd.errors.EmptyDataError:
@@ -179,17 +182,58 @@ def read_table(path: str, features: list[str] | None, targets: list[str], task: 
     return X, Y, features, list(targets), class_names
 
 
+# Larger values overflow while the data are standardized or rescaled (their squares exceed the
+# largest double), and no network input or target is meant to be that large.
+LARGEST_VALUE = 1e150
+
+
+def _check_text(path: str) -> None:
+    """Refuse, naming the file, what ``read_csv`` would fail on with a decoding error: a
+    compressed file under a plain name, or text that is not UTF-8; and a row with fewer cells
+    than the header (pandas fills those cells in silently)."""
+    import csv
+    import gzip
+
+    try:
+        with open(path, "rb") as file:
+            head = file.read(2)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the file ({error.strerror})") from None
+    compressed = head == b"\x1f\x8b"
+    if compressed and not path.endswith(".gz"):
+        raise DataError(f"{path}: the file is gzip-compressed; name it {Path(path).name}.gz or decompress it")
+    opener = gzip.open if compressed else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as text:
+            rows = csv.reader(text, skipinitialspace=True)
+            header = next(rows, None)
+            for number, row in enumerate(rows, start=1):
+                if header is not None and row and len(row) < len(header):
+                    raise DataError(f"{path}: data row {number} has {len(row)} cell(s), the header {len(header)}")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at position "
+                        f"{error.start}); save it as UTF-8") from None
+
+
 def _numeric(frame, path: str) -> np.ndarray:
     import pandas as pd  # (lazy: see read_table)
 
     values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    bad = ~np.isfinite(values)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values) | (np.abs(values) > LARGEST_VALUE)
     if bad.any():
         row, column = np.argwhere(bad)[0]
         raw = frame.iat[row, column]
         # As written in the file: a cell that parsed to inf is shown as 'inf', not np.float64(inf).
         shown = repr(raw) if isinstance(raw, str) else repr(str(raw))
-        what = "blank" if pd.isna(raw) else f"{shown} is not a finite number"
+        if pd.isna(raw):
+            what = "blank"
+        elif np.isfinite(values[row, column]):
+            what = f"{shown} is too large (at most {LARGEST_VALUE:g} in absolute value)"
+        else:
+            what = f"{shown} is not a finite number"
         raise DataError(f"{path}: data row {row + 1}, column {frame.columns[column]!r}: {what}")
     return values
 

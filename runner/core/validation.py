@@ -58,6 +58,9 @@ KEY_LIMITS: dict[str, Limit] = {
     "tracking.tensors_every": Limit(0, integer=True),
     "seed": Limit(0, integer=True),
 }
+# The lengths an MLflow store keeps (its experiments.name and runs.name columns).
+MAX_EXPERIMENT_NAME = 256
+MAX_RUN_NAME = 250
 # None is allowed for these (full batch; a data seed derived from the top-level seed).
 NULLABLE = {"trainer.batch_size", "dataset.seed"}
 
@@ -116,6 +119,12 @@ def _problems(settings: ExperimentConfig) -> list[str]:
         need(os.path.isfile(dataset.path), "dataset.path", dataset.path,
              f"no such file (relative paths start from {os.getcwd()})")
         need(len(dataset.targets) >= 1, "dataset.targets", dataset.targets, "name at least one target column")
+        for key, columns in (("dataset.features", dataset.features or []), ("dataset.targets", dataset.targets)):
+            twice = sorted({column for column in columns if columns.count(column) > 1})
+            need(not twice, key, columns, f"it names {', '.join(map(repr, twice))} more than once")
+        both = sorted(set(dataset.features or []) & set(dataset.targets))
+        need(not both, "dataset.features", dataset.features,
+             f"{', '.join(map(repr, both))} cannot be a feature and a target")
         choice("dataset.task", dataset.task, CSV_TASKS)
         if dataset.task == "classification":
             need(len(dataset.targets) == 1, "dataset.targets", dataset.targets,
@@ -128,8 +137,11 @@ def _problems(settings: ExperimentConfig) -> list[str]:
                         f"got {model.output_activation!r}")
     if trainer.early_stopping.enabled and dataset.val_fraction == 0:
         problems.append("trainer.early_stopping.enabled=True needs a validation split: set dataset.val_fraction > 0")
-    need(bool(settings.tracking.experiment.strip()), "tracking.experiment", settings.tracking.experiment,
-         "name an MLflow experiment (a non-empty string)")
+    need(0 < len(settings.tracking.experiment.strip()) <= MAX_EXPERIMENT_NAME, "tracking.experiment",
+         settings.tracking.experiment, f"name an MLflow experiment (1 to {MAX_EXPERIMENT_NAME} characters)")
+    if settings.tracking.run_name is not None:
+        need(len(settings.tracking.run_name) <= MAX_RUN_NAME, "tracking.run_name", settings.tracking.run_name,
+             f"at most {MAX_RUN_NAME} characters")
     return problems
 
 
