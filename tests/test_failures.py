@@ -270,18 +270,21 @@ def unreachable(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
     ports = {"refused": refused_port, "silent": silent.getsockname()[1]}
+    cases = {(name, how): ["-m", "seed=0,1"] if how == "sweep" else [] for name in ports for how in ("run", "sweep")}
     try:
-        return run_parallel({name: (lambda name=name: (base / name, cli(
-            f"tracking.uri=http://127.0.0.1:{ports[name]}", "trainer.epochs=5", cwd=base / name, timeout=60)))
-            for name in ports})
+        return run_parallel({case: (lambda case=case: (base / "-".join(case), cli(
+            *cases[case], f"tracking.uri=http://127.0.0.1:{ports[case[0]]}", "trainer.epochs=5",
+            cwd=base / "-".join(case), timeout=60))) for case in cases})
     finally:
         silent.close()
 
 
+@pytest.mark.parametrize("how", ["run", "sweep"])
 @pytest.mark.parametrize(("name", "message"), [("refused", "cannot reach"), ("silent", "no answer")])
-def test_an_unreachable_server_fails_fast_before_training(unreachable, name: str, message: str) -> None:
-    cwd, result = unreachable[name]
-    assert result.returncode not in (0, None), result.output
+def test_an_unreachable_server_fails_fast_before_training(unreachable, name: str, message: str, how: str) -> None:
+    cwd, result = unreachable[name, how]
+    assert result.returncode == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.output
     assert result.seconds < 45, result.output  # MLflow's own retries would take minutes
     assert message in result.stderr, result.output
     assert "cannot reach" in result.stderr
@@ -376,12 +379,14 @@ def readonly_folder(tmp_path: Path):
         yield Path("/proc/bprun-test")
 
 
-def test_a_read_only_store_folder_is_refused_before_anything_is_written(readonly_folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sweep", [[], ["-m", "seed=0,1"]], ids=["run", "sweep"])
+def test_a_read_only_store_folder_is_refused_before_anything_is_written(readonly_folder: Path, tmp_path: Path,
+                                                                         sweep: list[str]) -> None:
     database = readonly_folder / "mlflow.db"
-    result = cli(f"tracking.uri=sqlite:///{database}", "trainer.epochs=5", cwd=tmp_path / "cwd", timeout=120)
+    result = cli(*sweep, f"tracking.uri=sqlite:///{database}", "trainer.epochs=5", cwd=tmp_path / "cwd", timeout=120)
     assert result.returncode == 2, result.output
     assert "cannot write the MLflow store" in result.stderr, result.output
-    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.output
     assert "completed" not in result.stdout
     assert not database.exists()
     assert not (tmp_path / "cwd" / "mlflow.db").exists()
@@ -403,6 +408,30 @@ def test_a_read_only_existing_database_is_refused_and_left_as_it_was(tmp_path: P
     assert "cannot write the MLflow store" in result.stderr, result.output
     assert "completed" not in result.stdout
     assert hashlib.sha256(store.db.read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize("damage", ["not a database", "a damaged schema"])
+def test_a_damaged_database_is_refused_in_one_line_by_every_command(damage: str, tmp_path: Path, store_at) -> None:
+    store = store_at(tmp_path / "store")
+    if damage == "not a database":
+        store.db.write_bytes(bytes(range(256)) * 64)
+        expected = "file is not a database"
+    else:
+        client(store).search_experiments()  # a real MLflow database, its schema page then overwritten
+        with open(store.db, "r+b") as database:
+            database.seek(100)
+            database.write(b"\xff" * 3000)
+        expected = "malformed"
+    before = hashlib.sha256(store.db.read_bytes()).hexdigest()
+    for command, arguments in [(None, ["trainer.epochs=5"]), (None, ["-m", "seed=0,1", "trainer.epochs=5"]),
+                               ("runner.commands.doctor", []), ("runner.commands.report", ["--all-runs"])]:
+        result = cli(*arguments, cwd=tmp_path / "cwd", uri=store.uri, timeout=120, module=command or "runner")
+        assert result.returncode == 2, (command, result.output)
+        assert expected in result.stderr, (command, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1, (command, result.output)
+        assert "completed" not in result.stdout
+    assert hashlib.sha256(store.db.read_bytes()).hexdigest() == before
+    assert not (tmp_path / "cwd" / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize("how", ["write fails with ENOSPC", "1 MB free"])

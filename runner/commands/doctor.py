@@ -65,15 +65,15 @@ def _check(client, uri: str, dry_run: bool) -> int:
                   "cannot check its process from here")
         elif stale:
             marked += 1
-            action = "would mark KILLED" if dry_run else "marked KILLED"
-            print(f"stale    {name}: process {run.data.tags.get(names.PID)} is gone; {action}")
             if not dry_run:
                 try:
                     _end_killed(client, run)
                 except Exception as error:
                     what = "the disk is full" if out_of_space(error) else f"{type(error).__name__}: {error}"
-                    print(f"bprun-doctor: could not mark {run.info.run_id} KILLED: {what}", file=sys.stderr)
+                    print(f"bprun-doctor: could not mark {name} KILLED: {what}", file=sys.stderr)
                     return EXIT_FAILED
+            action = "would mark KILLED" if dry_run else "marked KILLED"
+            print(f"stale    {name}: process {run.data.tags.get(names.PID)} is gone; {action}")
         else:
             print(f"running  {name}: process {run.data.tags.get(names.PID)} is alive")
     print(f"bprun-doctor: {len(running)} RUNNING run(s) in {uri}: {marked} stale, {unknown} unknown")

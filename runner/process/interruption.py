@@ -19,6 +19,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _received: int | None = None
 _report_signals = False
+_stopping_line = "bprun: stopping at the next safe point; every completed epoch is kept"
 
 
 class Interrupted(BaseException):
@@ -51,7 +52,7 @@ def _record(signum: int, frame: object) -> None:
         _received = signum
     if _report_signals:
         # os.write, not print: print is not reentrant, and the main thread may be printing.
-        text = ("\nbprun: stopping at the next safe point; every completed epoch is kept\n" if first else
+        text = (f"\n{_stopping_line}\n" if first else
                 "\nbprun: already stopping; the runs are being ended, please wait\n")
         try:
             os.write(2, text.encode())
@@ -59,11 +60,14 @@ def _record(signum: int, frame: object) -> None:
             pass
 
 
-def install(report: bool = False) -> None:
+def install(report: bool = False, stopping_line: str | None = None) -> None:
     """Record SIGINT and SIGTERM in this process from now on (call from the main thread).
-    With ``report``, each signal also prints one line on stderr saying what happens next."""
-    global _report_signals
+    With ``report``, each signal also prints one line on stderr saying what happens next
+    (``stopping_line`` for the first one, when given)."""
+    global _report_signals, _stopping_line
     _report_signals = report
+    if stopping_line is not None:
+        _stopping_line = stopping_line
     for signum in SIGNALS:
         signal.signal(signum, _record)
 

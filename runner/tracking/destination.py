@@ -12,9 +12,11 @@ import errno
 import os
 import shutil
 import socket
+import sqlite3
 import tempfile
 import urllib.error
 import urllib.request
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,13 +81,17 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
 
 
-def check_store(target: Destination) -> None:
+SERVER_ADVICE = ("start the server, point tracking.uri or MLFLOW_TRACKING_URI elsewhere, or train with "
+                 "tracking.offline=true and upload later with bprun-sync")
+
+
+def check_store(target: Destination, server_advice: str = SERVER_ADVICE) -> None:
     """Raise ``StoreUnavailable``, with a message that says what to do, when runs cannot go to
     ``target``: a server must answer within its timeout, a SQLite file's folder must be
     writable and have room. For a server, MLflow's requests in this process get the same
     timeout and retries (unless the environment sets its own)."""
     if target.is_server:
-        _check_server(target.uri, target.http_timeout)
+        _check_server(target.uri, target.http_timeout, server_advice)
         apply_http_settings(target.http_timeout, target.http_retries)
         return
     database = sqlite_path(target.uri)
@@ -104,9 +110,7 @@ def apply_http_settings(timeout: float, retries: int) -> None:
         os.environ.setdefault(variable, value)
 
 
-def _check_server(uri: str, timeout_seconds: float) -> None:
-    advice = ("start the server, point tracking.uri or MLFLOW_TRACKING_URI elsewhere, or train with "
-              "tracking.offline=true and upload later with bprun-sync")
+def _check_server(uri: str, timeout_seconds: float, advice: str) -> None:
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_seconds).close()
     except urllib.error.HTTPError:
@@ -132,9 +136,24 @@ def _check_writable(database: Path) -> None:
     except OSError as error:
         what = "the disk is full" if error.errno == errno.ENOSPC else error.strerror
         raise StoreUnavailable(f"cannot write the MLflow store {database}: {what}") from None
+    _check_readable(database)
     if free < MIN_FREE_BYTES:
         raise StoreUnavailable(f"cannot write the MLflow store {database}: only {free // 1024**2} MB free "
                                f"on its disk (at least {MIN_FREE_BYTES // 1024**2} MB needed)")
+
+
+def _check_readable(database: Path) -> None:
+    """Refuse a file that SQLite cannot read (not a database, or a damaged schema) before
+    MLflow meets it half way through a run. The schema is read, not every page: a full check
+    of a large store takes seconds."""
+    if not database.is_file() or database.stat().st_size == 0:
+        return
+    try:
+        with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as error:
+        raise StoreUnavailable(f"cannot use the MLflow store {database}: {error}; move the file aside "
+                               "(or restore it from a backup) or point tracking.uri elsewhere") from None
 
 
 def where_to_look(uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
