@@ -118,3 +118,14 @@ def run_cli_fixture() -> Callable[..., subprocess.CompletedProcess[str]]:
 def compose_fixture() -> Callable[[Sequence[str]], DictConfig]:
     """``compose(overrides)`` as a fixture."""
     return compose
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print what tests recorded for the reader (``record_property("fuzz outcomes", ...)``), also
+    from xdist's workers, whose own output pytest does not show."""
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for name, value in getattr(report, "user_properties", []):
+                if name == "fuzz outcomes":
+                    terminalreporter.write_sep("-", "signals at random moments")
+                    terminalreporter.write_line(str(value))

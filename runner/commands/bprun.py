@@ -17,7 +17,7 @@ import traceback
 from runner.commands.common import quiet_mlflow
 from runner.process import interruption
 from runner.process.children import start_forkserver
-from runner.process.errors import EXIT_FAILED, EXIT_INVALID, CommandExit
+from runner.process.errors import EXIT_FAILED, EXIT_INVALID, CommandError, CommandExit
 from runner.sweeps import WORKER_PRELOAD
 
 # Hydra's flags that print something instead of running jobs.
@@ -27,6 +27,7 @@ NO_JOB_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i"
 
 def main() -> None:
     interruption.install(report=True)
+    quiet_mlflow()  # first: the workers' fork server inherits the environment it sets
     arguments = sys.argv[1:]
     # Configs are data: refuse anything that would have Hydra instantiate an object, even in
     # Hydra's own tree (hydra.callbacks...), which Hydra instantiates before any job sees it.
@@ -43,7 +44,7 @@ def main() -> None:
 
 def run(arguments: list[str]) -> int:
     """Run the Hydra app on ``sys.argv``; return the exit code."""
-    quiet_mlflow()  # the summary lines say what matters
+    quiet_mlflow()  # the summary lines say what matters (again: ``run`` is also called in-process)
     # Hydra then raises what it would print with its own traceback formatting: bprun says it in one
     # line instead. Someone who set the variable themselves gets Hydra's full tracebacks.
     full_tracebacks = bool(os.environ.get("HYDRA_FULL_ERROR"))
@@ -61,6 +62,9 @@ def run(arguments: list[str]) -> int:
     except CommandExit as exit_:
         print(f"bprun: {exit_.error}", file=sys.stderr)
         return exit_.error.exit_code
+    except CommandError as error:  # raised where nothing wrapped it (ending a stopped sweep)
+        print(f"bprun: {error}", file=sys.stderr)
+        return error.exit_code
     except Exception as error:
         if full_tracebacks:
             raise

@@ -11,10 +11,13 @@ from contextlib import contextmanager
 
 def quiet_mlflow() -> None:
     """MLflow's INFO logging (store migrations, "View run" links) and its download progress bars
-    would fill the terminal; warnings and errors still show. MLflow reads the variable when it is
-    imported, the logger levels hold after."""
+    would fill the terminal; warnings and errors still show. MLflow reads the variables when it is
+    imported or when it would print, the logger levels hold after; processes started later
+    inherit them."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Its "View run ... at" lines, after every run ended on a server: bprun says where to look once.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -49,7 +49,9 @@ def tracked_training(settings: ExperimentConfig, destination: Destination, paren
     if parent is None:
         check_store(destination)
         experiment_id = ensure_experiment(destination.uri, tracking.experiment)
-    else:  # the sweep checked the store and created the experiment and its parent run
+    else:  # the sweep created the experiment and its parent run
+        if destination.is_server:  # a job after the server went away fails at once, in one line
+            check_store(destination)
         experiment_id = parent.experiment_id
         tags[names.PARENT_RUN] = parent.run_id
     run_name = launch.run_name or tracking.run_name or default_run_name(settings)
@@ -61,7 +63,8 @@ def tracked_training(settings: ExperimentConfig, destination: Destination, paren
         if source is not None and source.dirty:
             # The commit alone does not give back the code that ran; the diff does.
             text_artifacts[names.GIT_DIFF_ARTIFACT] = git_diff(source.root)
-        run.write_text_artifacts(text_artifacts)
+        # Uploaded at once to a server: a run whose process or server dies still has its config.
+        run.write_text_artifacts(text_artifacts, upload_now=True)
         if launch.output_dir is not None:
             launch.output_dir.mkdir(parents=True, exist_ok=True)
             (launch.output_dir / names.RUN_POINTER_FILE).write_text(

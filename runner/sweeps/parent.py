@@ -10,9 +10,12 @@ whose MLflow is already imported.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -21,9 +24,9 @@ from runner import reports
 from runner.reports.table import format_table, runs_table
 from runner.sweeps.context import SweepRun
 from runner.tracking import names
-from runner.tracking.destination import Destination, check_store, http_settings
+from runner.tracking.destination import Destination, TrackingLost, check_store, http_settings
 from runner.tracking.liveness import process_tags
-from runner.tracking.mlflow_run import log_params
+from runner.tracking.mlflow_run import log_params, lost_server
 from runner.tracking.search import sweep_children
 from runner.tracking.store import ensure_experiment
 
@@ -88,42 +91,72 @@ def create_parent(request: ParentRequest) -> SweepRun:
     return SweepRun(parent.info.run_id, experiment_id, destination.uri, destination.sync_target, http)
 
 
+@contextmanager
+def reaching_server(sweep: SweepRun) -> Iterator[None]:
+    """Turn a call's failure to reach the sweep's server into one ``TrackingLost`` that says
+    what became of the parent run (it crosses process boundaries intact, unlike MLflow's
+    error with its cause)."""
+    try:
+        yield
+    except Exception as error:
+        reason = lost_server(error)
+        if reason is None:
+            raise
+        raise TrackingLost(f"lost the MLflow tracking server at {sweep.tracking_uri} ({reason}): the sweep's parent "
+                           f"run {sweep.run_id} stays RUNNING there until bprun-doctor marks it KILLED",
+                           sweep.run_id) from None
+
+
+def sweep_client(sweep: SweepRun) -> MlflowClient:
+    """A client on the sweep's store, with the sweep's http timeout and retries in whichever
+    process calls it (the environment's own settings win)."""
+    for name, value in sweep.http_settings:
+        os.environ.setdefault(name, value)
+    return MlflowClient(sweep.tracking_uri)
+
+
 def finish_sweep(sweep: SweepRun, unrecorded: list[JobOutcome]) -> SweepSummary:
     """Attach the comparison table and its charts to the parent run (``summary/``), record the
     job counts, and end the parent FINISHED, or FAILED when a job did not finish."""
-    client = MlflowClient(sweep.tracking_uri)
-    parent = client.get_run(sweep.run_id)
-    swept_keys = json.loads(parent.data.tags.get(names.SWEPT_KEYS, "[]")) or None
-    children = sweep_children(client, sweep.run_id)
-    jobs = len(children) + len(unrecorded)
-    failed = sum(run.info.status != "FINISHED" for run in children) + len(unrecorded)
-    try:
-        table, histories = runs_table(client, children, swept_keys, unrecorded=[
-            (outcome.overrides, outcome.reason) for outcome in unrecorded])
-        with tempfile.TemporaryDirectory() as directory:
-            reports.write_report(table, histories, directory)
-            client.log_artifacts(sweep.run_id, directory, names.SUMMARY_ARTIFACT)
-        client.set_tag(sweep.run_id, names.SWEEP_JOBS, str(jobs))
-        client.set_tag(sweep.run_id, names.SWEEP_FAILED_JOBS, str(failed))
-    finally:
-        # A sweep none of whose jobs ran failed as a whole.
-        client.set_terminated(sweep.run_id, "FAILED" if failed or not jobs else "FINISHED")
+    with reaching_server(sweep):
+        client = sweep_client(sweep)
+        parent = client.get_run(sweep.run_id)
+        swept_keys = json.loads(parent.data.tags.get(names.SWEPT_KEYS, "[]")) or None
+        children = sweep_children(client, sweep.run_id)
+        jobs = len(children) + len(unrecorded)
+        failed = sum(run.info.status != "FINISHED" for run in children) + len(unrecorded)
+        status = "FAILED" if failed or not jobs else "FINISHED"  # a sweep none of whose jobs ran failed
+        try:
+            table, histories = runs_table(client, children, swept_keys, unrecorded=[
+                (outcome.overrides, outcome.reason) for outcome in unrecorded])
+            with tempfile.TemporaryDirectory() as directory:
+                reports.write_report(table, histories, directory)
+                client.log_artifacts(sweep.run_id, directory, names.SUMMARY_ARTIFACT)
+            client.set_tag(sweep.run_id, names.SWEEP_JOBS, str(jobs))
+            client.set_tag(sweep.run_id, names.SWEEP_FAILED_JOBS, str(failed))
+        except Exception as error:
+            if lost_server(error) is None:  # the status matters most, if the store still answers
+                client.set_terminated(sweep.run_id, status)
+            raise
+        client.set_terminated(sweep.run_id, status)
     return SweepSummary(failed, format_table(table), jobs, unrecorded)
 
 
 def end_stopped_sweep(sweep: SweepRun, status: str, reason: str) -> None:
     """End a sweep that stopped before its end: the parent, and any job run still RUNNING (its
     process was stopped with the sweep), ``status`` with ``reason``."""
-    client = MlflowClient(sweep.tracking_uri)
-    for child in sweep_children(client, sweep.run_id):
-        if child.info.status == "RUNNING":
-            client.set_tag(child.info.run_id, names.FAILURE_REASON, f"its sweep was {reason}")
-            client.set_terminated(child.info.run_id, status)
-    client.set_tag(sweep.run_id, names.FAILURE_REASON, reason)
-    client.set_terminated(sweep.run_id, status)
+    with reaching_server(sweep):
+        client = sweep_client(sweep)
+        for child in sweep_children(client, sweep.run_id):
+            if child.info.status == "RUNNING":
+                client.set_tag(child.info.run_id, names.FAILURE_REASON, f"its sweep was {reason}")
+                client.set_terminated(child.info.run_id, status)
+        client.set_tag(sweep.run_id, names.FAILURE_REASON, reason)
+        client.set_terminated(sweep.run_id, status)
 
 
 def tag_parent(sweep: SweepRun, tags: dict[str, str]) -> None:
-    client = MlflowClient(sweep.tracking_uri)
-    for key, value in tags.items():
-        client.set_tag(sweep.run_id, key, value)
+    with reaching_server(sweep):
+        client = sweep_client(sweep)
+        for key, value in tags.items():
+            client.set_tag(sweep.run_id, key, value)

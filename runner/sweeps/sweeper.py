@@ -14,6 +14,7 @@ sweep (``runner.sweeps.parent``) is imported only once a sweep needs it: the imp
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +32,7 @@ from runner.process import interruption
 from runner.process.errors import CommandError, CommandExit
 from runner.sweeps.context import SweepRun
 from runner.sweeps.overrides import swept_values
-from runner.tracking.destination import Destination, where_to_look
+from runner.tracking.destination import Destination, TrackingLost, where_to_look
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,6 +53,7 @@ class TrackedSweeper(Sweeper):
         self.sweep_run: SweepRun | None = None
         self._next_job = 0
         self._unrecorded: list[Any] = []  # JobOutcome of jobs that failed before their run existed
+        self._server_lost: TrackingLost | None = None  # a job found the tracking server gone
 
     # --- the life of the sweep -----------------------------------------------------------------
     @contextlib.contextmanager
@@ -69,6 +71,8 @@ class TrackedSweeper(Sweeper):
                 raise
             except BaseException as error:
                 self._close_launcher()  # first: its workers end the runs of their jobs
+                if isinstance(error, CommandExit) and isinstance(error.error, TrackingLost):
+                    raise  # the store cannot be told anything more
                 reason = str(error) if isinstance(error, CommandExit) else f"{type(error).__name__}: {error}"
                 if self._end_stopped("FAILED", f"stopped by an error: {reason}"[:500]):
                     print(f"bprun: the sweep's parent run {self.sweep_run.run_id} and its running jobs were "
@@ -95,10 +99,18 @@ class TrackedSweeper(Sweeper):
     def _finish(self) -> None:
         if self.sweep_run is None:
             return
+        if self._server_lost is not None:  # asking the server again would only wait its timeout again
+            raise CommandExit(TrackingLost(
+                f"the sweep stopped: its tracking server at {self.sweep_run.tracking_uri} stopped answering (see "
+                f"the jobs above); its parent run {self.sweep_run.run_id} stays RUNNING there until bprun-doctor "
+                "marks it KILLED", self.sweep_run.run_id))
         interruption.test_point("sweep-summary")
         from runner.sweeps.parent import finish_sweep  # (lazy: MLflow)
 
-        summary = self.call(finish_sweep, self.sweep_run, self._unrecorded)
+        try:
+            summary = self.call(finish_sweep, self.sweep_run, self._unrecorded)
+        except TrackingLost as error:  # one message; the store cannot be told anything more
+            raise CommandExit(error) from None
         print(summary.table)
         interruption.check(f"every job of the sweep had run; its parent run {self.sweep_run.run_id} was ended "
                            f"{'FAILED' if summary.failed else 'FINISHED'} with the summary")
@@ -162,8 +174,13 @@ class TrackedSweeper(Sweeper):
             if result.status != JobStatus.FAILED:
                 continue
             try:
-                result.return_value  # raises the job's error
+                # Hydra's getter prints "Error executing job ..." before raising the job's error;
+                # the job has said what went wrong in one line already.
+                with contextlib.redirect_stderr(io.StringIO()):
+                    result.return_value  # noqa: B018 (raises the job's error)
             except Exception as error:
+                if isinstance(error, TrackingLost):
+                    self._server_lost = error
                 has_run = getattr(error, "tracked_run_id", None) or getattr(error, "run_id", None)
                 if not has_run:
                     self._unrecorded.append(JobOutcome(tuple(overrides), f"{type(error).__name__}: {error}"))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import shutil
 import tempfile
 import time
 import traceback
@@ -19,13 +21,14 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlparse
 
 import mlflow.data
+import requests
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from runner.process.interruption import Interrupted, test_point
 from runner.tracking import names
 from runner.tracking.compat import SqliteMetricWriter
-from runner.tracking.destination import sqlite_path
+from runner.tracking.destination import TrackingLost, sqlite_path
 from runner.tracking.liveness import process_tags
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,21 @@ MAX_PARAMS_PER_CALL = 100
 FLUSH_INTERVAL_SECONDS = 5.0
 SQLITE_FLUSH_SIZE = 5000  # the direct SQLite writer costs little per call: flush more often
 MAX_TAG_LENGTH = 5000
+
+
+def lost_server(error: BaseException) -> str | None:
+    """Why a call failed when it failed because the server could not be reached (in words:
+    "Connection refused", "no answer within 5 s"), else None."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.Timeout) or (
+                isinstance(seen, requests.exceptions.ConnectionError) and "timed out" in str(seen)):
+            return "no answer within the request timeout"
+        if isinstance(seen, requests.exceptions.ConnectionError):
+            cause = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(seen))
+            return cause.group(1) if cause else "the connection failed"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def format_param(value: Any) -> str:
@@ -84,7 +102,8 @@ class TrackedRun:
         self._last_flush = time.monotonic()
         self._outcome: tuple[str, str] | None = None  # (status, failure reason) set by fail/kill
         self._ended = False
-        self._staging: tempfile.TemporaryDirectory | None = None
+        self._staging: Path | None = None  # artifacts of a remote store, until they are uploaded
+        self._lost: str | None = None  # why the server stopped answering, once it has
         self._sqlite_writer: SqliteMetricWriter | None = None
         # Called before every metric flush: files that must never end before the metrics do
         # (the tensors) make what they hold durable first.
@@ -99,13 +118,13 @@ class TrackedRun:
         if local.scheme == "file":
             self._artifact_dir = Path(unquote(local.path))
         else:  # a remote artifact store: staged here, uploaded when the run ends
-            self._staging = tempfile.TemporaryDirectory(prefix="bprun-artifacts-")
-            self._artifact_dir = Path(self._staging.name)
+            self._staging = Path(tempfile.mkdtemp(prefix=f"bprun-artifacts-{self.run_id}-"))
+            self._artifact_dir = self._staging
         self._artifact_dir.mkdir(parents=True, exist_ok=True)
         database = sqlite_path(self.uri)
         self._sqlite_writer = SqliteMetricWriter.open(database) if database is not None else None
         self._flush_size = SQLITE_FLUSH_SIZE if self._sqlite_writer else MAX_METRICS_PER_CALL
-        log_params(self.client, self.run_id, self._params)
+        self._to_server(log_params, self.client, self.run_id, self._params)
         return self
 
     # --- during the run ------------------------------------------------------------------------
@@ -128,12 +147,32 @@ class TrackedRun:
             else:
                 metrics = [Metric(*values) for values in pending]
                 for start in range(0, len(metrics), MAX_METRICS_PER_CALL):
-                    self.client.log_batch(self.run_id, metrics=metrics[start : start + MAX_METRICS_PER_CALL])
+                    batch = metrics[start : start + MAX_METRICS_PER_CALL]
+                    self._to_server(self.client.log_batch, self.run_id, metrics=batch)
+                    del pending[: len(batch)]  # what is left is what the store does not hold
             self._pending = []
         self._last_flush = time.monotonic()
 
+    def _to_server(self, call: Callable[..., Any], *arguments: Any, **keywords: Any) -> Any:
+        """``call`` to the store; once the server has stopped answering, ``TrackingLost`` at
+        once instead of waiting for its timeout again."""
+        if self._lost is None:
+            try:
+                return call(*arguments, **keywords)
+            except Exception as error:
+                reason = lost_server(error)
+                if reason is None:
+                    raise
+                self._lost = reason
+        raise TrackingLost(self._lost_message(), self.run_id)
+
+    def _lost_message(self) -> str:
+        kept = f"; what it wrote locally is kept in {self._staging}" if self._staging is not None else ""
+        return (f"lost the MLflow tracking server at {self.uri} ({self._lost}): run {self.run_id} ({self.run_name}) "
+                f"stays RUNNING there until bprun-doctor marks it KILLED{kept}")
+
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+        self._to_server(self.client.log_batch, self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
     @property
     def artifact_dir(self) -> Path:
@@ -146,12 +185,16 @@ class TrackedRun:
     def writes_artifacts_in_place(self) -> bool:
         return self._staging is None
 
-    def write_text_artifacts(self, files: dict[str, str]) -> None:
-        """Write small text artifacts given as ``{relative path: content}``."""
+    def write_text_artifacts(self, files: dict[str, str], upload_now: bool = False) -> None:
+        """Write small text artifacts given as ``{relative path: content}``; with ``upload_now``
+        a remote store gets them at once, not only when the run ends."""
         for name, content in files.items():
             path = self._artifact_dir / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content)
+            if upload_now and self._staging is not None:
+                folder = str(Path(name).parent)
+                self._to_server(self.client.log_artifact, self.run_id, str(path), None if folder == "." else folder)
 
     def log_dataset(self, name: str, features: Any, targets: Any, digest: str) -> None:
         """Record the training data as the run's MLflow input (name, digest, schema)."""
@@ -161,13 +204,15 @@ class TrackedRun:
         context = InputTag(key="mlflow.data.context", value="training")
         inputs = [DatasetInput(data._to_mlflow_entity(), tags=[context])]
         try:
-            self.client.log_inputs(self.run_id, datasets=inputs)
+            self._to_server(self.client.log_inputs, self.run_id, datasets=inputs)
+        except TrackingLost:
+            raise
         except Exception:
             # MLflow checks for the data set's row and then inserts it without a lock: parallel
             # jobs logging the same data set at once can collide (UNIQUE constraint). The row
             # exists by then, so once more links this run to it.
             time.sleep(0.2)
-            self.client.log_inputs(self.run_id, datasets=inputs)
+            self._to_server(self.client.log_inputs, self.run_id, datasets=inputs)
 
     def fail(self, reason: str) -> None:
         """End the run FAILED with ``reason`` as its ``failure_reason`` when the block ends."""
@@ -203,16 +248,28 @@ class TrackedRun:
         if traceback_text:
             steps.append(lambda: self.write_text_artifacts({names.TRACEBACK_ARTIFACT: traceback_text}))
         if self._staging is not None:
-            steps.append(lambda: self.client.log_artifacts(self.run_id, self._staging.name))
-        for step in steps:
-            try:
-                step()
-            except Exception as error:  # keep going: the status matters most
-                log.warning("while ending run %s: %s: %s", self.run_id, type(error).__name__, error)
+            steps.append(lambda: self._to_server(self.client.log_artifacts, self.run_id, str(self._staging)))
         try:
-            self.client.set_terminated(self.run_id, status)
+            for step in steps:
+                try:
+                    step()
+                except TrackingLost:
+                    break  # nothing more reaches the store
+                except Exception as error:  # keep going: the status matters most
+                    log.warning("while ending run %s: %s: %s", self.run_id, type(error).__name__, error)
+            self._to_server(self.client.set_terminated, self.run_id, status)
+        except TrackingLost:
+            self._keep_unsent_metrics()
+            raise
         finally:
             if self._sqlite_writer is not None:
                 self._sqlite_writer.close()
-            if self._staging is not None:
-                self._staging.cleanup()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+    def _keep_unsent_metrics(self) -> None:
+        """The metrics the server never got, beside the staged artifacts, as CSV."""
+        if self._staging is not None and self._pending:
+            lines = ["key,value,timestamp,step", *(f"{key},{value!r},{timestamp},{step}"
+                                                   for key, value, timestamp, step in self._pending)]
+            (self._staging / "metrics-not-sent.csv").write_text("\n".join(lines) + "\n")
