@@ -644,3 +644,32 @@ def test_a_preset_smuggling_a_target_into_hydra_callbacks_is_rejected(untrusted)
     assert result.returncode not in (0, None), result.output
     assert "_target_" in result.stderr, result.output
     assert_no_run(store, result)
+
+
+def test_a_new_store_appears_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow builds a new store's schema in many transactions; a process killed half way must
+    not leave a half-built ``mlflow.db`` that every later command refuses."""
+    from mlflow.tracking import MlflowClient
+
+    from runner.tracking import store as stores
+
+    database = tmp_path / "mlflow.db"
+
+    class DiesHalfWay:
+        def __init__(self, uri: str) -> None:
+            self.uri = uri
+
+        def search_experiments(self, **_: Any) -> None:
+            Path(self.uri.removeprefix("sqlite:///")).write_bytes(b"SQLite format 3\0 half a schema")
+            raise KeyboardInterrupt  # as a process killed there would stop
+
+    monkeypatch.setattr(stores, "MlflowClient", DiesHalfWay)
+    with pytest.raises(KeyboardInterrupt):
+        stores.create_sqlite_store(database)
+    assert not database.exists()
+    assert list(tmp_path.iterdir()) == []
+
+    monkeypatch.setattr(stores, "MlflowClient", MlflowClient)
+    experiment_id = stores.ensure_experiment(f"sqlite:///{database}", "whole")
+    assert MlflowClient(f"sqlite:///{database}").get_experiment(experiment_id).name == "whole"
+    assert [path.name for path in tmp_path.iterdir()] == ["mlflow.db"]

@@ -38,7 +38,7 @@ MODES = {
                       "tracking.tensors_every=1"),
 }
 # Long enough to reach past the end of the slowest mode on a busy machine now and then.
-LONGEST_DELAY = {"run": 6.0, "sweep": 10.0, "sweep-workers": 10.0}
+LONGEST_DELAY = {"run": 5.0, "sweep": 9.0, "sweep-workers": 7.0}
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 
 

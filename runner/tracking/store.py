@@ -3,6 +3,8 @@ runs back (refusing one that is not there)."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -28,10 +30,12 @@ def ensure_experiment(uri: str, name: str) -> str:
     needed, and return the experiment's id. A new experiment of a SQLite store keeps its
     artifacts in ``mlartifacts/`` beside the database, not in whatever directory the process
     runs in; every experiment bprun logs to opens on the training-runs table in the UI."""
+    database = sqlite_path(uri)
+    if database is not None and not database.exists():
+        create_sqlite_store(database)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        database = sqlite_path(uri)
         location = (database.parent / ARTIFACTS_FOLDER).resolve().as_uri() if database else None
         try:
             experiment_id = client.create_experiment(
@@ -47,6 +51,25 @@ def ensure_experiment(uri: str, name: str) -> str:
         if experiment.tags.get(names.EXPERIMENT_KIND) is None:
             client.set_experiment_tag(experiment_id, names.EXPERIMENT_KIND, TRAINING_EXPERIMENT_KIND)
     return experiment_id
+
+
+def create_sqlite_store(database: Path) -> None:
+    """Create a new SQLite store whole or not at all. MLflow builds its schema in dozens of
+    migrations, each its own transaction: a process killed in the middle would leave a file
+    that every later command refuses ("out-of-date database schema"). So the schema is built
+    in a file of its own beside ``database`` and linked into place only when complete; when
+    another process created the store first, theirs is used."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    partial = database.parent / f".{database.name}.creating-{os.getpid()}-{secrets.token_hex(4)}"
+    partial.touch(exist_ok=False)  # the permissions MLflow's own file would get (the umask's)
+    try:
+        MlflowClient(f"sqlite:///{partial}").search_experiments(max_results=1)
+        try:
+            os.link(partial, database)  # atomic, and never replaces a store that appeared meanwhile
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(partial)
 
 
 def open_store(uri: str) -> MlflowClient:
