@@ -673,3 +673,34 @@ def test_a_new_store_appears_whole_or_not_at_all(tmp_path: Path, monkeypatch: py
     experiment_id = stores.ensure_experiment(f"sqlite:///{database}", "whole")
     assert MlflowClient(f"sqlite:///{database}").get_experiment(experiment_id).name == "whole"
     assert [path.name for path in tmp_path.iterdir()] == ["mlflow.db"]
+
+
+def test_doctor_on_a_full_disk_says_so_in_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if not mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        from mlflow.tracking import MlflowClient
+
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        store = MlflowClient(uri)
+        experiment = store.create_experiment("stale")
+        gone = {"bprun.host": socket.gethostname(), "bprun.pid": "999999999", "bprun.process_start": "1"}
+        stale = store.create_run(experiment, tags=gone)
+        store.log_metric(stale.info.run_id, "train_mse", 1.0, step=0)
+        with open(folder / "filler", "wb") as filler:  # the rest of the disk
+            try:
+                while True:
+                    filler.write(b"\0" * 2**20)
+            except OSError:
+                pass
+        result = cli("--tracking-uri", uri, cwd=tmp_path / "cwd", module="runner.commands.doctor")
+        assert result.returncode == 1, result.output
+        assert result.stderr.strip().splitlines() == [
+            f"bprun-doctor: could not mark {stale.info.run_id} ({stale.info.run_name}) KILLED: the disk is full"]
+        assert "marked KILLED" not in result.stdout
+        (folder / "filler").unlink()
+        assert store.get_run(stale.info.run_id).info.status == "RUNNING"
+    finally:
+        unmount(folder)

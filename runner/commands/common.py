@@ -20,6 +20,9 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # It logs every database error with its traceback (a full disk, a locked file), then raises
+    # it to the caller, whose one-line message says what it means.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 class _StderrHandler(logging.Handler):
