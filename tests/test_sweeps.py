@@ -155,6 +155,7 @@ def test_basic_grid_is_one_parent_with_four_finished_children(basic_grid: Sweep)
         assert override in command, (override, command)
     assert parent.data.tags["sweep.jobs"] == "4"
     assert parent.data.tags["sweep.failed_jobs"] == "0"
+    assert parent.info.run_name == "lr x hidden sweep (4 jobs)"  # what varies first, the count last
 
     # The summary is attached to the parent.
     client = sweep.store.client()
@@ -190,6 +191,39 @@ def test_basic_grid_is_one_parent_with_four_finished_children(basic_grid: Sweep)
         child = by_run[pointer["run_id"]]
         assert config["optimizer"]["lr"] == float(child.data.params["optimizer.lr"])
         assert json.dumps(config["model"]["hidden"]) == child.data.params["model.hidden"]
+
+
+def test_jobs_that_differ_only_in_keys_outside_the_default_name_get_names_that_tell_them_apart(
+        tmp_path: Path, run_sweep: RunSweep) -> None:
+    sweep = run_sweep(tmp_path, "seed=0,1", "trainer.epochs=3,4", "model.activation=tanh", "optimizer.lr=0.4")
+    assert sweep.result.returncode == 0, sweep.output
+    names = sorted(child.info.run_name for child in sweep.children)
+    assert names == [f"xor-gd-lr0.4-h8-seed{seed}-epochs{epochs}" for seed in (0, 1) for epochs in (3, 4)]
+    for child in sweep.children:  # each name says the job's own values
+        assert child.info.run_name.endswith(f"-seed{child.data.params['seed']}-epochs{child.data.params['trainer.epochs']}")
+    assert sweep.parent.info.run_name == "seed x epochs sweep (4 jobs)"
+
+
+@pytest.mark.parametrize(("values", "suffix"), [
+    ({"seed": 1}, "-seed1"),
+    ({"trainer.epochs": 20, "seed": 0}, "-epochs20-seed0"),
+    ({"model.activation": "tanh"}, "-activation_tanh"),
+    ({"optimizer.lr": 0.5, "model.hidden": [4, 4], "dataset": "moons"}, ""),  # already in every name
+    ({"model.seed": 1, "seed": 2}, "-model.seed1-seed2"),  # the same last part: whole keys
+    ({"trainer.batch_size": None}, "-batch_size_None"),
+])
+def test_a_jobs_name_suffix_shows_its_swept_values(values: dict, suffix: str) -> None:
+    from runner.sweeps.naming import job_suffix
+
+    assert job_suffix(values) == suffix
+
+
+def test_a_parents_name_starts_with_what_varies() -> None:
+    from runner.sweeps.naming import parent_name
+
+    assert parent_name(["optimizer.lr", "seed"], 6) == "lr x seed sweep (6 jobs)"
+    assert parent_name([], 1) == "sweep (1 job)"
+    assert parent_name(["seed"], None) == "seed sweep"
 
 
 # --- 2. the same grid with parallel workers --------------------------------------------------

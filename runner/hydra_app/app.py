@@ -15,10 +15,11 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from engine import EpochReport, Observer
 from runner.core.run import Launch, ParentRun, RunResult, run_training
+from runner.core.training import default_run_name
 from runner.core.validation import validate
 from runner.hydra_app.compat import refuse_foreign_callbacks
 from runner.hydra_app.plugins import register_plugins
@@ -27,6 +28,7 @@ from runner.hydra_app.schemas import register_schemas
 from runner.process import interruption
 from runner.process.errors import CommandError, CommandExit, DiskFull, out_of_space
 from runner.sweeps.context import SweepRun
+from runner.sweeps.naming import job_suffix
 from runner.tracking import names
 from runner.tracking.destination import Destination, where_to_look
 
@@ -76,11 +78,15 @@ def _run(cfg: DictConfig, state: DictConfig, in_sweep: bool) -> RunResult:
         parent = ParentRun(sweep.run_id, sweep.experiment_id)
     elif tracking.enabled:
         target = Destination.configured(tracking, state.runtime.cwd)
-    launch = Launch(
-        overrides=tuple(state.overrides.task),
-        choices={group: str(option) for group, option in state.runtime.choices.items()
-                 if not group.startswith(("hydra/", "schema/")) and option is not None},
-        output_dir=Path(state.runtime.output_dir), start_dir=state.runtime.cwd)
+    choices = {group: str(option) for group, option in state.runtime.choices.items()
+               if not group.startswith(("hydra/", "schema/")) and option is not None}
+    run_name = None
+    if sweep is not None and sweep.swept_keys and not tracking.run_name:
+        values = {key: choices[key] if key in choices else OmegaConf.select(cfg, key.lstrip("+~"))
+                  for key in sweep.swept_keys}
+        run_name = default_run_name(settings) + job_suffix(values)
+    launch = Launch(overrides=tuple(state.overrides.task), choices=choices, run_name=run_name,
+                    output_dir=Path(state.runtime.output_dir), start_dir=state.runtime.cwd)
     observers: list[Observer] = []
     if os.environ.get(names.ENV_CRASH_AT_EPOCH):
         observers.append(_CrashAt(int(os.environ[names.ENV_CRASH_AT_EPOCH])))

@@ -28,6 +28,7 @@ class SweepRun:
     tracking_uri: str
     sync_target: str | None = None
     http_settings: tuple[tuple[str, str], ...] = ()  # MLflow's own variables, (name, value)
+    swept_keys: tuple[str, ...] = ()  # the keys whose values vary between the sweep's jobs
 
     def job_environment(self) -> dict[str, str]:
         """The variables a job of this sweep gets (see ``from_job_environment``)."""
@@ -36,6 +37,8 @@ class SweepRun:
         if self.sync_target:
             environment[names.ENV_SWEEP_SYNC_TARGET] = _encode(self.sync_target)
         environment.update(self.http_settings)
+        if self.swept_keys:
+            environment[names.ENV_SWEPT_KEYS] = _encode(",".join(self.swept_keys))
         return environment
 
     def job_overrides(self) -> list[str]:
@@ -50,9 +53,11 @@ class SweepRun:
         sync_target = environment.get(names.ENV_SWEEP_SYNC_TARGET)
         http = tuple((name, str(environment[name])) for name in (names.ENV_HTTP_TIMEOUT, names.ENV_HTTP_RETRIES)
                      if name in environment)
+        swept = _decode(str(environment.get(names.ENV_SWEPT_KEYS, "")))
         return cls(str(environment[names.ENV_PARENT_RUN_ID]), str(environment[names.ENV_EXPERIMENT_ID]),
                    _decode(str(environment[names.ENV_SWEEP_TRACKING_URI])),
-                   _decode(str(sync_target)) if sync_target else None, http)
+                   _decode(str(sync_target)) if sync_target else None, http,
+                   tuple(key for key in swept.split(",") if key))
 
 
 def _encode(text: str) -> str:

@@ -44,6 +44,7 @@ class GridSweeper(TrackedSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         jobs = self.jobs(arguments)
+        self.planned_jobs = len(jobs)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")

@@ -90,6 +90,7 @@ class OptunaSweeper(TrackedSweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
         launched = 0
+        self.planned_jobs = self.n_trials
         with self.sweep_lifetime():
             while launched < self.n_trials:
                 trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - launched))]

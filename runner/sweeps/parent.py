@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from runner import reports
 from runner.reports.table import format_table, runs_table
 from runner.sweeps.context import SweepRun
+from runner.sweeps.naming import parent_name
 from runner.tracking import names
 from runner.tracking.destination import Destination, TrackingLost, check_store, http_settings
 from runner.tracking.liveness import process_tags
@@ -40,6 +41,7 @@ class ParentRequest:
     run_name: str
     tags: dict[str, str]
     params: dict[str, Any]
+    varying: tuple[str, ...] = ()  # the swept keys whose value differs between jobs
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,15 @@ class SweepSummary:
 
 
 def parent_request(destination: Destination, experiment: str, swept: dict[str, Any], sweep_dir: str,
-                   command: list[str] | None = None) -> ParentRequest:
-    """The parent run of a sweep over ``swept`` (``{key: values}``) tracked at ``destination``."""
+                   command: list[str] | None = None, jobs: int | None = None) -> ParentRequest:
+    """The parent run of a sweep of ``jobs`` jobs over ``swept`` (``{key: values}``, or a search
+    space's text) tracked at ``destination``."""
     command = command if command is not None else ["bprun", *sys.argv[1:]]
+    varying = tuple(key for key, values in swept.items()
+                    if not isinstance(values, list) or len({repr(value) for value in values}) > 1)
     return ParentRequest(
-        destination=destination, experiment=experiment,
-        run_name="sweep " + " x ".join(swept) if swept else "sweep",
+        destination=destination, experiment=experiment, varying=varying,
+        run_name=parent_name(varying, jobs),
         tags={
             **process_tags(),  # bprun-doctor checks whether the sweep still runs
             names.SWEEP: "true",
@@ -88,7 +93,8 @@ def create_parent(request: ParentRequest) -> SweepRun:
     parent = client.create_run(experiment_id, run_name=request.run_name, tags=request.tags)
     log_params(client, parent.info.run_id, request.params)
     http = tuple(http_settings(destination.http_timeout, destination.http_retries).items()) if destination.is_server else ()
-    return SweepRun(parent.info.run_id, experiment_id, destination.uri, destination.sync_target, http)
+    return SweepRun(parent.info.run_id, experiment_id, destination.uri, destination.sync_target, http,
+                    request.varying)
 
 
 @contextmanager

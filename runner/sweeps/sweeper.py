@@ -54,6 +54,7 @@ class TrackedSweeper(Sweeper):
         self._next_job = 0
         self._unrecorded: list[Any] = []  # JobOutcome of jobs that failed before their run existed
         self._server_lost: TrackingLost | None = None  # a job found the tracking server gone
+        self.planned_jobs: int | None = None  # how many jobs the sweep runs, when its sweeper knows
 
     # --- the life of the sweep -----------------------------------------------------------------
     @contextlib.contextmanager
@@ -158,7 +159,7 @@ class TrackedSweeper(Sweeper):
         tracking = self.config.tracking
         where = Destination.configured(tracking, self.config.hydra.runtime.cwd)
         request = parent_request(where, tracking.experiment, swept_values(list(self.config.hydra.overrides.task)),
-                                 str(self.config.hydra.sweep.dir))
+                                 str(self.config.hydra.sweep.dir), jobs=self.planned_jobs)
         try:
             sweep_run = self.call(create_parent, request)
         except CommandError as error:

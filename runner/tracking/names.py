@@ -66,6 +66,7 @@ RUN_POINTER_FILE = "mlflow_run.json"  # written into a Hydra output folder: whic
 ENV_PARENT_RUN_ID = "BPRUN_PARENT_RUN_ID"
 ENV_EXPERIMENT_ID = "BPRUN_EXPERIMENT_ID"
 ENV_SWEEP_TRACKING_URI = "BPRUN_TRACKING_URI"
+ENV_SWEPT_KEYS = "BPRUN_SWEPT_KEYS"  # the keys a job's sweep varies, comma-separated (its run's name shows them)
 ENV_SWEEP_SYNC_TARGET = "BPRUN_SYNC_TARGET"
 # MLflow's own: the store, and its http client's timeout and retries (read at every request).
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"

@@ -1,0 +1,48 @@
+"""Names that tell a sweep's runs apart in the MLflow UI's narrow name column.
+
+A job's run is named ``<data set>-<optimizer>-lr<lr>-h<hidden>`` (as any run) followed by each
+swept key that varies in its sweep and is not in that name already: ``xor-gd-lr0.4-h8-seed1``.
+The parent's name puts the swept keys first and the count after, so that what tells sweeps
+apart survives when the UI cuts the name short: ``seed x epochs sweep (6 jobs)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# Already part of every run's name (``runner.core.training.default_run_name``).
+IN_EVERY_NAME = {"dataset", "dataset.name", "optimizer", "optimizer.name", "optimizer.lr", "model.hidden"}
+
+
+def short_labels(keys: Iterable[str]) -> dict[str, str]:
+    """Each key's last component (``trainer.epochs`` -> ``epochs``), or the whole key where two
+    keys share a last component."""
+    keys = list(keys)
+    last = [key.rsplit(".", 1)[-1].lstrip("+~") for key in keys]
+    return {key: label if last.count(label) == 1 else key.lstrip("+~") for key, label in zip(keys, last)}
+
+
+def parent_name(swept_keys: Iterable[str], jobs: int | None) -> str:
+    labels = " x ".join(short_labels(swept_keys).values())
+    count = f" ({jobs} job{'' if jobs == 1 else 's'})" if jobs else ""
+    return f"{labels} sweep{count}" if labels else f"sweep{count}"
+
+
+def job_suffix(values: Mapping[str, Any]) -> str:
+    """``-seed1-activation_tanh`` for the values ``{key: value}`` of a job's swept keys (those
+    already in every run's name left out)."""
+    shown = {key: value for key, value in values.items() if key.lstrip("+~") not in IN_EVERY_NAME}
+    parts = []
+    for key, label in short_labels(shown).items():
+        text = _text(shown[key])
+        parts.append(f"{label}{text}" if text[:1].isdigit() or text[:1] == "-" else f"{label}_{text}")
+    return "".join(f"-{part}" for part in parts)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return format(value, ".15g")
+    if isinstance(value, (list, tuple)):
+        return "x".join(_text(item) for item in value) or "none"
+    return str(value)
