@@ -361,13 +361,15 @@ def test_swept_values_label_their_axis_without_overlapping(sweep_table, values, 
 def test_main_reports_a_sweep_by_parent_id(sweep_store: SweepStore, tmp_path: Path, capsys) -> None:
     output = tmp_path / "by-parent"
     code = report_command.main(["--parent", sweep_store.parent_id, "--tracking-uri", sweep_store.uri,
-                        "--output", str(output), "--top-k", "3"])
+                        "--output", str(output), "--top-k", "2"])
     out = capsys.readouterr().out
     assert code == 0
     assert sweep_store.parent_id in out
+    # Ranked within each data set: the top 2 of moons (the failed run dropped), xor's one run.
     assert all(name in out for name in EXPECTED_ORDER[:3]) and EXPECTED_ORDER[3] not in out
-    assert len(pd.read_csv(output / "runs.csv")) == 3
-    assert str(output / "learning_curves.png") in out
+    assert list(pd.read_csv(output / "moons" / "runs.csv")["run_name"]) == EXPECTED_ORDER[1:3]
+    assert list(pd.read_csv(output / "xor" / "runs.csv")["run_name"]) == ["lr1-h8x8-xor"]
+    assert str(output / "moons" / "learning_curves.png") in out
 
 
 def test_main_defaults_to_the_latest_sweep(sweep_store: SweepStore, tmp_path: Path, capsys,
@@ -379,7 +381,8 @@ def test_main_defaults_to_the_latest_sweep(sweep_store: SweepStore, tmp_path: Pa
     assert all(name in out for name in EXPECTED_ORDER)
     assert sweep_store.old_child_name not in out and sweep_store.standalone_name not in out
     default_output = tmp_path / "reports" / sweep_store.parent_id
-    assert len(pd.read_csv(default_output / "runs.csv")) == len(JOBS)
+    assert len(pd.read_csv(default_output / "moons" / "runs.csv")) + len(pd.read_csv(default_output / "xor" / "runs.csv")) \
+        == len(JOBS)
 
 
 def test_main_reports_a_whole_experiment(sweep_store: SweepStore, tmp_path: Path, capsys) -> None:
@@ -388,9 +391,25 @@ def test_main_reports_a_whole_experiment(sweep_store: SweepStore, tmp_path: Path
     out = capsys.readouterr().out
     assert code == 0
     assert sweep_store.standalone_name in out and sweep_store.old_child_name in out
-    csv = pd.read_csv(tmp_path / "runs.csv")
-    assert len(csv) == len(JOBS) + 2  # and the old sweep's job and the run outside any sweep
-    assert csv["run_name"].iloc[0] == "lr1-h8x8-xor"  # lowest final train_mse
+    moons, xor = pd.read_csv(tmp_path / "moons" / "runs.csv"), pd.read_csv(tmp_path / "xor" / "runs.csv")
+    assert len(moons) == 3 + 2  # and the old sweep's job and the run outside any sweep
+    assert list(xor["run_name"]) == ["lr1-h8x8-xor"]
+    assert moons["run_name"].iloc[0] == "lr0.1-h4-moons"  # lowest final train_mse of the moons runs
+
+
+def test_runs_of_different_data_sets_are_ranked_apart_and_runs_without_the_metric_not_at_all(
+        sweep_store: SweepStore, tmp_path: Path, capsys) -> None:
+    code = report_command.main(["--parent", sweep_store.parent_id, "--tracking-uri", sweep_store.uri,
+                                "--output", str(tmp_path), "--metric", "val_mse"])
+    out = capsys.readouterr().out
+    assert code == 0
+    sections = out.split("data set ")[1:]
+    assert [section.split(":", 1)[0] for section in sections] == ["moons", "xor"]
+    moons_rows = [line.split() for line in sections[0].splitlines() if "-moons" in line]
+    assert [(row[0], row[1]) for row in moons_rows] == [("1", "lr0.1-h4-moons"), ("2", "lr0.01-h4-moons"),
+                                                         ("-", "lr10-h8x8-moons")]  # FAILED: listed, not ranked
+    xor_rows = [line.split() for line in sections[1].splitlines() if "-xor" in line]
+    assert [(row[0], row[1]) for row in xor_rows] == [("1", "lr1-h8x8-xor")]
 
 
 def test_main_refuses_a_missing_store_without_creating_it(tmp_path: Path, capsys,

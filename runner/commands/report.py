@@ -83,7 +83,14 @@ def _report(args: argparse.Namespace, uri: str) -> None:
     from mlflow.exceptions import MlflowException
 
     from runner import reports
-    from runner.reports.table import clean_key, format_table, ranking_values, runs_table, swept_columns
+    from runner.reports.table import (
+        by_dataset,
+        clean_key,
+        format_table,
+        ranking_values,
+        runs_table,
+        swept_columns,
+    )
     from runner.tracking.search import experiment_runs, find_latest_sweep, sweep_children
     from runner.tracking.store import open_store
 
@@ -123,21 +130,30 @@ def _report(args: argparse.Namespace, uri: str) -> None:
     if not runs:
         raise NothingToReport(f"experiment {args.experiment or DEFAULT_EXPERIMENT!r} holds no runs")
 
-    table, histories = runs_table(client, runs, swept_keys, metrics=[args.metric])
-    if ranking_values(table, args.metric).isna().all():
+    groups = by_dataset(runs)
+    tables = {dataset: runs_table(client, group, swept_keys, metrics=[args.metric])
+              for dataset, group in groups.items()}
+    if all(ranking_values(table, args.metric).isna().all() for table, _ in tables.values()):
         logged = sorted({name for run in runs for name in run.data.metrics if "/" not in name})
         raise NothingToReport(f"no run has a value of {args.metric!r}; logged: {', '.join(logged) or 'nothing'}")
-    keys = swept_columns(table)
+    keys = sorted({key for table, _ in tables.values() for key in swept_columns(table)})
     if args.color_by and clean_key(args.color_by) not in keys:
         raise NothingToReport(f"--color-by {args.color_by!r} is not a swept key; choose one of "
                           f"{', '.join(keys) or '(none)'}")
 
     output = args.output if args.output is not None else Path("reports") / reports.file_part(output_name)
-    written = reports.write_report(table, histories, output, metric=args.metric, color_by=args.color_by,
-                           top_k=args.top_k)
     print(heading)
-    print()
-    print(format_table(table, args.metric, args.top_k))
+    written = []
+    for dataset, (table, histories) in tables.items():
+        # One section per data set: their metrics are not comparable.
+        folder = output if len(tables) == 1 else output / reports.file_part(dataset)
+        color_by = args.color_by if args.color_by and clean_key(args.color_by) in swept_columns(table) else None
+        written += reports.write_report(table, histories, folder, metric=args.metric, color_by=color_by,
+                                        top_k=args.top_k)
+        print()
+        if len(tables) > 1:
+            print(f"data set {dataset}:")
+        print(format_table(table, args.metric, args.top_k))
     print()
     print(f"wrote {len(written)} files to {output}:")
     for path in written:

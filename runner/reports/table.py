@@ -125,6 +125,17 @@ def runs_table(client: MlflowClient, runs: Sequence[Run], swept_keys: Sequence[s
     return table, histories
 
 
+def by_dataset(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """``runs`` grouped by the data set they trained on (tag ``dataset``, else param
+    ``dataset.name``), in order of first appearance: runs of different data sets are never
+    ranked against each other."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        dataset = run.data.tags.get(names.DATASET) or run.data.params.get("dataset.name") or "unknown"
+        groups.setdefault(dataset, []).append(run)
+    return groups
+
+
 def clean_key(key: str) -> str:
     """A swept key without Hydra's add/delete prefixes (``+key``, ``++key``, ``~key``)."""
     return key.lstrip("+~")
@@ -318,7 +329,10 @@ def format_table(table: pd.DataFrame, metric: str = DEFAULT_METRIC, top_k: int |
     ranked = rank_runs(table, metric, top_k)
     columns = _present_columns(ranked, metric, compact=True)
     header = ["#", *columns]
-    rows = [[str(rank), *cells] for rank, cells in enumerate(_display_table(ranked, columns), start=1)]
+    # Runs without the metric (or failed) are listed after the ranked ones, without a rank.
+    unranked = (ranking_values(ranked, metric).isna() | ranked["status"].isin(UNSUCCESSFUL)).to_numpy()
+    rows = [["-" if unranked[index] else str(index + 1), *cells]
+            for index, cells in enumerate(_display_table(ranked, columns))]
     right = [True, *(is_numeric(ranked, column) for column in columns)]
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
 

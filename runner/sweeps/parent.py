@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from runner import reports
-from runner.reports.table import format_table, runs_table
+from runner.reports.table import by_dataset, format_table, runs_table
 from runner.sweeps.context import SweepRun
 from runner.sweeps.naming import parent_name
 from runner.tracking import names
@@ -133,10 +134,17 @@ def finish_sweep(sweep: SweepRun, unrecorded: list[JobOutcome]) -> SweepSummary:
         failed = sum(run.info.status != "FINISHED" for run in children) + len(unrecorded)
         status = "FAILED" if failed or not jobs else "FINISHED"  # a sweep none of whose jobs ran failed
         try:
-            table, histories = runs_table(client, children, swept_keys, unrecorded=[
-                (outcome.overrides, outcome.reason) for outcome in unrecorded])
+            # One table per data set (their metrics are not comparable); the jobs that never had
+            # a run are listed with the first.
+            groups = by_dataset(children) or {"": []}
+            texts = []
             with tempfile.TemporaryDirectory() as directory:
-                reports.write_report(table, histories, directory)
+                for number, (dataset, group) in enumerate(groups.items()):
+                    table, histories = runs_table(client, group, swept_keys, unrecorded=[
+                        (outcome.overrides, outcome.reason) for outcome in unrecorded] if number == 0 else [])
+                    folder = Path(directory) / (reports.file_part(dataset) if len(groups) > 1 else "")
+                    reports.write_report(table, histories, folder)
+                    texts.append((f"data set {dataset}:\n" if len(groups) > 1 else "") + format_table(table))
                 client.log_artifacts(sweep.run_id, directory, names.SUMMARY_ARTIFACT)
             client.set_tag(sweep.run_id, names.SWEEP_JOBS, str(jobs))
             client.set_tag(sweep.run_id, names.SWEEP_FAILED_JOBS, str(failed))
@@ -145,7 +153,7 @@ def finish_sweep(sweep: SweepRun, unrecorded: list[JobOutcome]) -> SweepSummary:
                 client.set_terminated(sweep.run_id, status)
             raise
         client.set_terminated(sweep.run_id, status)
-    return SweepSummary(failed, format_table(table), jobs, unrecorded)
+    return SweepSummary(failed, "\n\n".join(texts), jobs, unrecorded)
 
 
 def end_stopped_sweep(sweep: SweepRun, status: str, reason: str) -> None:
