@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support import cli, history, only_run
 
 pytestmark = pytest.mark.slow
 
@@ -280,7 +281,7 @@ BAD_OVERRIDES = [
     ("misspelled key gets the closest name", ("model.hiden=[4]",), ["model.hiden: no such key", "did you mean model.hidden?"]),
     ("misspelled option gets the closest name", ("optimizer=adma",), ["optimizer=adma: no such option", "did you mean adam?"]),
     ("unknown top-level key", ("foo=bar",), ["foo: no such key", "the top-level keys are"]),
-    ("epochs beyond an integer", ("trainer.epochs=1e9",), ["trainer.epochs=1e9 is not allowed"]),
+    ("epochs with a fraction", ("trainer.epochs=2.5e0",), ["trainer.epochs=2.5e0 is not allowed"]),
     ("override that does not parse", ("model.hidden=[1,",), ["cannot read an override"]),
     ("interpolation to nothing", ("trainer.epochs=${{foo}}",), ["trainer.epochs", "Interpolation key 'foo' not found"]),
     ("a feature named twice", ("dataset=csv", "dataset.path={data}/two_columns.csv", "dataset.targets=[y]",
@@ -334,3 +335,29 @@ def test_tracking_uri_precedence(store, tmp_path: Path, monkeypatch: pytest.Monk
     # The default is absolute, so it does not move if the process changes directory later.
     monkeypatch.chdir(tmp_path)
     assert resolve_tracking_uri(None, ".") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+
+
+@pytest.mark.parametrize(("typed", "read"), [
+    (["model.hidden=4"], ["model.hidden=[4]"]),
+    (["trainer.epochs=1e3"], ["trainer.epochs=1000"]),
+    (["trainer.epochs=2000.0", "+seed=1E1"], ["trainer.epochs=2000", "+seed=10"]),
+    (["-m", "model.hidden=4,8", "trainer.epochs=1e2,2e2"], ["-m", "model.hidden=[4],[8]", "trainer.epochs=100,200"]),
+    # Left for the config's own message: a fraction, a float key, lists and text as typed.
+    (["trainer.epochs=1.5", "optimizer.lr=1e3", "model.hidden=[4,4]", "dataset=xor"],
+     ["trainer.epochs=1.5", "optimizer.lr=1e3", "model.hidden=[4,4]", "dataset=xor"]),
+])
+def test_whole_numbers_and_single_layers_are_read_as_meant(typed: list[str], read: list[str]) -> None:
+    from runner.hydra_app.shorthand import expand
+
+    assert expand(typed) == read
+
+
+def test_the_shorthands_train_what_they_say(tmp_path: Path, store_at) -> None:
+    store = store_at(tmp_path / "store")
+    result = cli("model.hidden=4", "trainer.epochs=2e1", cwd=tmp_path / "cwd", uri=store.uri)
+    assert result.returncode == 0, result.output
+    run = only_run(store)
+    assert run.data.params["model.hidden"] == "[4]"
+    assert run.data.params["model.layer_sizes"] == "[2, 4, 1]"
+    assert run.data.params["trainer.epochs"] == "20"
+    assert len(history(store, run)) == 20

@@ -198,24 +198,24 @@ def test_jobs_that_differ_only_in_keys_outside_the_default_name_get_names_that_t
     sweep = run_sweep(tmp_path, "seed=0,1", "trainer.epochs=3,4", "model.activation=tanh", "optimizer.lr=0.4")
     assert sweep.result.returncode == 0, sweep.output
     names = sorted(child.info.run_name for child in sweep.children)
-    assert names == [f"xor-gd-lr0.4-h8-seed{seed}-epochs{epochs}" for seed in (0, 1) for epochs in (3, 4)]
-    for child in sweep.children:  # each name says the job's own values
-        assert child.info.run_name.endswith(f"-seed{child.data.params['seed']}-epochs{child.data.params['trainer.epochs']}")
+    assert names == [f"seed{seed}-epochs{epochs}-xor-gd-lr0.4-h8" for seed in (0, 1) for epochs in (3, 4)]
+    for child in sweep.children:  # each name says the job's own values first
+        assert child.info.run_name.startswith(f"seed{child.data.params['seed']}-epochs{child.data.params['trainer.epochs']}-")
     assert sweep.parent.info.run_name == "seed x epochs sweep (4 jobs)"
 
 
-@pytest.mark.parametrize(("values", "suffix"), [
-    ({"seed": 1}, "-seed1"),
-    ({"trainer.epochs": 20, "seed": 0}, "-epochs20-seed0"),
-    ({"model.activation": "tanh"}, "-activation_tanh"),
-    ({"optimizer.lr": 0.5, "model.hidden": [4, 4], "dataset": "moons"}, ""),  # already in every name
-    ({"model.seed": 1, "seed": 2}, "-model.seed1-seed2"),  # the same last part: whole keys
-    ({"trainer.batch_size": None}, "-batch_size_None"),
+@pytest.mark.parametrize(("values", "name"), [
+    ({"seed": 1}, "seed1-base"),
+    ({"trainer.epochs": 20, "seed": 0}, "epochs20-seed0-base"),
+    ({"model.activation": "tanh"}, "activation_tanh-base"),
+    ({"optimizer.lr": 0.5, "model.hidden": [4, 4], "dataset": "moons"}, "base"),  # already in every name
+    ({"model.seed": 1, "seed": 2}, "model.seed1-seed2-base"),  # the same last part: whole keys
+    ({"trainer.batch_size": None}, "batch_size_None-base"),
 ])
-def test_a_jobs_name_suffix_shows_its_swept_values(values: dict, suffix: str) -> None:
-    from runner.sweeps.naming import job_suffix
+def test_a_jobs_name_starts_with_its_swept_values(values: dict, name: str) -> None:
+    from runner.sweeps.naming import job_name
 
-    assert job_suffix(values) == suffix
+    assert job_name("base", values) == name
 
 
 def test_a_parents_name_starts_with_what_varies() -> None:
@@ -402,6 +402,11 @@ def test_hydra_float_range_is_logged_as_typed(tmp_path: Path, run_sweep: RunSwee
     text = config_path.read_text()
     assert "0.30000000000000004" not in text
     assert yaml.safe_load(text)["optimizer"]["lr"] == 0.3
+    # Hydra's log of the jobs, the job's overrides and its Hydra folder say 0.3 too.
+    assert "optimizer.lr=0.3 " in sweep.result.stdout and "0.30000000000000004" not in sweep.result.stdout
+    overrides = yaml.safe_load(Path(sweep.store.client().download_artifacts(
+        child.info.run_id, "overrides.yaml", str(tmp_path / "overrides"))).read_text())
+    assert "optimizer.lr=0.3" in overrides
 
 
 # --- starting the workers -------------------------------------------------------------------

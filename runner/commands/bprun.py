@@ -52,7 +52,9 @@ def run(arguments: list[str]) -> int:
     try:
         from runner.hydra_app.app import main as hydra_main  # (lazy: after the handlers, see above)
         from runner.hydra_app.errors import describe, is_config_error
+        from runner.hydra_app.shorthand import expand
 
+        sys.argv = [sys.argv[0], *expand(arguments)]  # model.hidden=4, trainer.epochs=1e3
         interruption.check()
         hydra_main()
         interruption.check()  # recorded where nothing checked it (bprun --cfg job, say)

@@ -28,7 +28,7 @@ from runner.hydra_app.schemas import register_schemas
 from runner.process import interruption
 from runner.process.errors import CommandError, CommandExit, DiskFull, out_of_space
 from runner.sweeps.context import SweepRun
-from runner.sweeps.naming import job_suffix
+from runner.sweeps.naming import job_name
 from runner.tracking import names
 from runner.tracking.destination import Destination, where_to_look
 
@@ -84,7 +84,7 @@ def _run(cfg: DictConfig, state: DictConfig, in_sweep: bool) -> RunResult:
     if sweep is not None and sweep.swept_keys and not tracking.run_name:
         values = {key: choices[key] if key in choices else OmegaConf.select(cfg, key.lstrip("+~"))
                   for key in sweep.swept_keys}
-        run_name = default_run_name(settings) + job_suffix(values)
+        run_name = job_name(default_run_name(settings), values)
     launch = Launch(overrides=tuple(state.overrides.task), choices=choices, run_name=run_name,
                     output_dir=Path(state.runtime.output_dir), start_dir=state.runtime.cwd)
     observers: list[Observer] = []

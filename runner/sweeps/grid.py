@@ -9,6 +9,7 @@ that many jobs (all at once by default).
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,18 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from runner.sweeps.sweeper import TrackedSweeper
+
+
+_FLOAT = re.compile(r"^[+-]?\d*\.\d+([eE][+-]?\d+)?$")
+
+
+def short_float(text: str) -> str:
+    """A float as a person types it, to 15 significant digits: ``range(0.1,0.4,0.1)`` yields
+    0.30000000000000004, which the job is launched (and Hydra's log shows it) as 0.3."""
+    if not _FLOAT.match(text):
+        return text
+    short = format(float(text), ".15g")
+    return short if any(mark in short for mark in ".en") else short + ".0"
 
 
 class GridSweeper(TrackedSweeper):
@@ -37,7 +50,7 @@ class GridSweeper(TrackedSweeper):
                 if not override.is_discrete_sweep():
                     raise HydraException(f"{override.input_line}: the grid sweeper takes lists of values; "
                                          "search intervals with hydra/sweeper=optuna")
-                choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+                choices[key] = [f"{key}={short_float(value)}" for value in override.sweep_string_iterator()]
             else:
                 choices[key] = [f"{key}={override.get_value_element_as_str()}"]
         return [list(job) for job in itertools.product(*choices.values())]

@@ -1,9 +1,10 @@
-"""Names that tell a sweep's runs apart in the MLflow UI's narrow name column.
+"""Names that tell a sweep's runs apart in the MLflow UI's narrow name column, which shows
+about 17 characters of a name.
 
-A job's run is named ``<data set>-<optimizer>-lr<lr>-h<hidden>`` (as any run) followed by each
-swept key that varies in its sweep and is not in that name already: ``xor-gd-lr0.4-h8-seed1``.
-The parent's name puts the swept keys first and the count after, so that what tells sweeps
-apart survives when the UI cuts the name short: ``seed x epochs sweep (6 jobs)``.
+A job's run is named as any run, ``<data set>-<optimizer>-lr<lr>-h<hidden>``, after each swept
+key that varies in its sweep and is not in that name already: ``seed1-xor-gd-lr0.4-h8``. The
+parent's name puts the swept keys first and the count after: ``seed x epochs sweep (6 jobs)``.
+What tells runs apart comes first, so that it survives when the UI cuts a name short.
 """
 
 from __future__ import annotations
@@ -29,15 +30,22 @@ def parent_name(swept_keys: Iterable[str], jobs: int | None) -> str:
     return f"{labels} sweep{count}" if labels else f"sweep{count}"
 
 
-def job_suffix(values: Mapping[str, Any]) -> str:
-    """``-seed1-activation_tanh`` for the values ``{key: value}`` of a job's swept keys (those
+def job_name(base: str, values: Mapping[str, Any]) -> str:
+    """``seed1-activation_tanh-<base>`` for the values ``{key: value}`` of a job's swept keys
+    (those already in every run's name left out)."""
+    prefix = job_prefix(values)
+    return f"{prefix}-{base}" if prefix else base
+
+
+def job_prefix(values: Mapping[str, Any]) -> str:
+    """``seed1-activation_tanh`` for the values ``{key: value}`` of a job's swept keys (those
     already in every run's name left out)."""
     shown = {key: value for key, value in values.items() if key.lstrip("+~") not in IN_EVERY_NAME}
     parts = []
     for key, label in short_labels(shown).items():
         text = _text(shown[key])
         parts.append(f"{label}{text}" if text[:1].isdigit() or text[:1] == "-" else f"{label}_{text}")
-    return "".join(f"-{part}" for part in parts)
+    return "-".join(parts)
 
 
 def _text(value: Any) -> str:

@@ -165,14 +165,21 @@ def _check_readable(database: Path) -> None:
                                "(or restore it from a backup) or point tracking.uri elsewhere") from None
 
 
+# The MLflow UI (3.x) opens an experiment on its GenAI views unless the page's address asks for
+# model training; links bprun prints ask for it.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+UI_ADDRESS = "http://127.0.0.1:5000"  # where ``mlflow ui`` serves by default
+
+
 def where_to_look(uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
-    """How to see runs of ``uri`` in the MLflow UI: a server's page for the run (or experiment),
-    or the ``mlflow ui`` command for a file store."""
+    """How to see runs of ``uri`` in the MLflow UI: the page of the run (or experiment) on a
+    server, or for a file store the ``mlflow ui`` command and the page it then serves."""
+    page = "/#/experiments"
+    if experiment_id is not None:
+        page += f"/{experiment_id}"
+        if run_id is not None:
+            page += f"/runs/{run_id}"
+    page += f"?{MODEL_TRAINING_VIEW}"
     if is_server(uri):
-        page = uri.rstrip("/") + "/#/experiments"
-        if experiment_id is not None:
-            page += f"/{experiment_id}"
-            if run_id is not None:
-                page += f"/runs/{run_id}"
-        return page
-    return f"mlflow ui --backend-store-uri {uri}"
+        return uri.rstrip("/") + page
+    return f"mlflow ui --backend-store-uri {uri}, then open {UI_ADDRESS}{page}"
