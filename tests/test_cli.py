@@ -361,3 +361,34 @@ def test_the_shorthands_train_what_they_say(tmp_path: Path, store_at) -> None:
     assert run.data.params["model.layer_sizes"] == "[2, 4, 1]"
     assert run.data.params["trainer.epochs"] == "20"
     assert len(history(store, run)) == 20
+
+
+def test_help_is_the_apps_own_page(tmp_path: Path) -> None:
+    from runner.hydra_app.help import config_groups
+
+    result = cli("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.output
+    page = result.stdout
+    assert "powered by Hydra" not in page and "schema/" not in page
+    assert page.startswith("bprun: train a multi-layer perceptron")
+    # Every group of conf/ with every option, the default marked.
+    for group, options in config_groups().items():
+        (line,) = [line for line in page.splitlines() if line.startswith(f"  {group}:")]
+        listed = [option.strip("[]") for option in line.split(":", 1)[1].split(", ")]
+        assert [option.strip() for option in listed] == options, line
+    assert "[xor]" in page and "[gd]" in page
+    for command in ("bprun-report", "bprun-rerun", "bprun-doctor", "bprun-sync", "bprun -m ", "--hydra-help"):
+        assert command in page, command
+    assert "  epochs: 1000" in page  # the composed config, every key
+    assert "Exit codes: 0 done, 1" in page
+
+
+@pytest.mark.parametrize("flag", ["--shell-completion", "-sc"])
+def test_shell_completion_without_what_to_do_says_what_it_needs(flag: str, tmp_path: Path) -> None:
+    result = cli(flag, cwd=tmp_path)
+    assert result.returncode == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        'bprun: --shell-completion needs what to do: install=bash (or zsh, fish), uninstall=bash or query=...; '
+        'for example: eval "$(bprun -sc install=bash)"']
+    installed = cli(flag, "install=bash", cwd=tmp_path)
+    assert installed.returncode == 0 and "complete" in installed.stdout, installed.output

@@ -36,6 +36,11 @@ def main() -> None:
         print(f"bprun: refusing {', '.join(targets)}: configs are plain data and are never instantiated; "
               "remove '_target_'", file=sys.stderr)
         sys.exit(EXIT_INVALID)
+    if {"-sc", "--shell-completion"} & set(arguments) and not any(
+            argument.startswith(("install=", "uninstall=", "query=")) for argument in arguments):
+        print("bprun: --shell-completion needs what to do: install=bash (or zsh, fish), uninstall=bash or "
+              "query=...; for example: eval \"$(bprun -sc install=bash)\"", file=sys.stderr)
+        sys.exit(EXIT_INVALID)
     if parallel_workers_requested(arguments):
         start_forkserver(WORKER_PRELOAD)
     interruption.test_point("startup")

@@ -22,6 +22,7 @@ from runner.core.run import Launch, ParentRun, RunResult, run_training
 from runner.core.training import default_run_name
 from runner.core.validation import validate
 from runner.hydra_app.compat import refuse_foreign_callbacks
+from runner.hydra_app.help import register_help
 from runner.hydra_app.plugins import register_plugins
 from runner.hydra_app.progress import ProgressBar
 from runner.hydra_app.schemas import register_schemas
@@ -33,6 +34,7 @@ from runner.tracking import names
 from runner.tracking.destination import Destination, where_to_look
 
 register_schemas()
+register_help()
 register_plugins()
 refuse_foreign_callbacks()
 

@@ -24,7 +24,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
-from runner.plots.training import save_training_plots
 from runner.process.children import ChildPool
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ class PlotHelper:
         oldest queued run's plots, if ``MAX_QUEUED`` are waiting)."""
         while len(self._queued) >= MAX_QUEUED:
             self._collect(*self._queued.pop(0))
-        self._queued.append((self._pool.submit(save_training_plots, dict(metrics), directory, list(epochs)), run_id))
+        self._queued.append((self._pool.submit(_draw, dict(metrics), directory, list(epochs)), run_id))
 
     def wait(self) -> None:
         """Return once every queued run's plots are written (or have failed, with a warning)."""
@@ -95,6 +94,13 @@ def _warm_up() -> None:
     # What drawing needs, imported before the first run's plots arrive.
     for module in ("matplotlib.backends.backend_agg", "matplotlib.figure", "runner.plots.training"):
         importlib.import_module(module)
+
+
+def _draw(metrics: dict[str, Sequence[float]], directory: Path, epochs: list[int]) -> None:
+    # (lazy: matplotlib is imported in the helper, never by a sweep's launching process for it)
+    from runner.plots.training import save_training_plots
+
+    save_training_plots(metrics, directory, epochs)
 
 
 def _ready() -> None:
