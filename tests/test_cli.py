@@ -374,7 +374,7 @@ def test_help_is_the_apps_own_page(tmp_path: Path) -> None:
     # Every group of conf/ with every option, the default marked.
     for group, options in config_groups().items():
         (line,) = [line for line in page.splitlines()[:20] if line.startswith(f"  {group}:")]
-        listed = [option.strip("[]") for option in line.split(":", 1)[1].split(", ")]
+        listed = [option.strip().strip("[]") for option in line.split(":", 1)[1].split(", ")]
         assert [option.strip() for option in listed] == options, line
     assert "[xor]" in page and "[gd]" in page
     for command in ("bprun-report", "bprun-rerun", "bprun-doctor", "bprun-sync", "bprun -m ", "--hydra-help"):
