@@ -127,7 +127,7 @@ def test_pyfunc_model_reproduces_the_engine(iris_run):
     np.testing.assert_allclose(predicted.to_numpy(), result.network.predict(dataset.X_val), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("every, expected", [(5, [0, 5, 10]), (0, None)])
+@pytest.mark.parametrize("every, expected", [(5, [0, 5, 10, 11]), (0, None)])
 def test_tensors_every(compose, store, every, expected):
     result = tracked(compose, store, f"tracking.tensors_every={every}")
     client = store.client()
@@ -168,3 +168,26 @@ def test_a_diverged_run_is_failed_with_its_reason_and_no_non_finite_metric(compo
         # MLflow would store an inf as 1.797e308: nothing that large (or NaN) may have been sent.
         assert all(math.isfinite(m.value) and abs(m.value) < 1.7e308
                    for m in client.get_metric_history(failed.info.run_id, key)), key
+
+
+@pytest.mark.parametrize(("epochs", "every", "kept"), [
+    (251, None, [*range(0, 250, 3), 250]),  # at most 100 evenly spaced epochs, and the last
+    (50, None, list(range(50))),  # short runs keep every epoch
+    (10, 4, [0, 4, 8, 9]),  # every 4th and the last
+    (9, 4, [0, 4, 8]),  # the last is on the schedule
+])
+def test_the_tensors_keep_a_bounded_number_of_epochs_and_the_last(epochs, every, kept, compose, tmp_path):
+    from conftest import new_store
+
+    store = new_store(tmp_path / "store")
+    recorder = Recorder()
+    overrides = [f"trainer.epochs={epochs}"] + ([f"tracking.tensors_every={every}"] if every else [])
+    result = tracked(compose, store, *overrides, observer=recorder)
+    tensors = load_tensors(result.run_id, store.uri)
+    assert tensors["epochs"].tolist() == kept
+    assert len(kept) <= 101
+    for record, epoch in enumerate(kept):
+        assert np.array_equal(tensors["layer1.weights"][record], recorder.weights[epoch][0])
+        assert np.array_equal(tensors["layer3.grad_biases"][record], recorder.grad_biases[epoch][2])
+    assert np.array_equal(tensors["layer2.weights"][-1], result.network.weights[1])  # the final weights
+    assert result.artifact_bytes > sum(array.nbytes for array in tensors.values())

@@ -130,7 +130,9 @@ class TrackingConfig:
     uri: Optional[str] = None  # None: sqlite:///<directory bprun started in>/mlflow.db
     experiment: str = "backprop-runner"
     run_name: Optional[str] = None  # None: built from the data set, optimizer and overrides
-    tensors_every: int = 1  # log full weight/gradient tensors every n-th epoch; 0: never
+    # Full weight/gradient tensors every n-th epoch and the last; None: at most TENSOR_SNAPSHOTS
+    # evenly spaced epochs and the last; 0: never.
+    tensors_every: Optional[int] = None
     offline: bool = False  # keep runs in a local store (mlflow-offline.db); upload later with bprun-sync
     http_timeout: float = 5.0  # seconds an http(s) tracking server may take to answer
     http_retries: int = 2

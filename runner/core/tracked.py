@@ -25,7 +25,7 @@ from runner.tracking.model import save_pyfunc_model
 from runner.tracking.provenance import git_diff, project_git_state, provenance_tags
 from runner.tracking.store import ensure_experiment
 from runner.tracking.telemetry import EpochMetrics
-from runner.tracking.tensors import TensorWriter
+from runner.tracking.tensors import TensorWriter, snapshot_spacing
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,9 @@ def tracked_training(settings: ExperimentConfig, destination: Destination, paren
         run.log_dataset(dataset.name, dataset.X_train, dataset.Y_train, fingerprint)
         epoch_metrics = EpochMetrics(run, settings.trainer.loss)
         tensor_writer = None
-        if tracking.tensors_every:
-            tensor_writer = TensorWriter(run.artifact_dir / names.TENSORS_ARTIFACT, tracking.tensors_every,
+        if tracking.tensors_every != 0:
+            tensor_writer = TensorWriter(run.artifact_dir / names.TENSORS_ARTIFACT,
+                                         snapshot_spacing(tracking.tensors_every, settings.trainer.epochs),
                                          settings.trainer.epochs)
             run.before_flush.append(tensor_writer.sync)
         try:
@@ -93,8 +94,9 @@ def tracked_training(settings: ExperimentConfig, destination: Destination, paren
             run.kill(history.message)
         else:
             _save_model(run, network, dataset)
+        artifact_bytes = sum(path.stat().st_size for path in run.artifact_dir.rglob("*") if path.is_file())
     return RunResult(final_metrics(history, settings.trainer.loss), history, network, dataset,
-                     run.run_id, destination.uri, experiment_id)
+                     run.run_id, destination.uri, experiment_id, artifact_bytes)
 
 
 def _save_plots(epoch_metrics: EpochMetrics, run: TrackedRun, completed: bool) -> None:

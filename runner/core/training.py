@@ -58,6 +58,7 @@ class RunResult:
     run_id: str | None = None
     tracking_uri: str | None = None
     experiment_id: str | None = None
+    artifact_bytes: int | None = None  # what the run's artifacts take (tensors, plots, model)
 
 
 def make_generators(settings: ExperimentConfig) -> dict[str, np.random.Generator]:

@@ -62,7 +62,7 @@ KEY_LIMITS: dict[str, Limit] = {
 MAX_EXPERIMENT_NAME = 256
 MAX_RUN_NAME = 250
 # None is allowed for these (full batch; a data seed derived from the top-level seed).
-NULLABLE = {"trainer.batch_size", "dataset.seed"}
+NULLABLE = {"trainer.batch_size", "dataset.seed", "tracking.tensors_every"}
 
 
 def clean_value(value: Any) -> Any:

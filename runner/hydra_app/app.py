@@ -103,10 +103,15 @@ def summary(result: RunResult, in_sweep: bool) -> str:
     shown = ", ".join(f"{name}={value:.6g}" for name, value in sorted(result.metrics.items()))
     lines = [f"bprun: {result.history.message}: {shown}"]
     if result.run_id:
-        lines.append(f"  MLflow run {result.run_id} in {result.tracking_uri}")
+        size = f" ({_megabytes(result.artifact_bytes)} of artifacts)" if result.artifact_bytes is not None else ""
+        lines.append(f"  MLflow run {result.run_id} in {result.tracking_uri}{size}")
         if not in_sweep:
             lines.append(f"  see it: {where_to_look(result.tracking_uri, result.experiment_id, result.run_id)}")
     return "\n".join(lines)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"
 
 
 def sweep_objective(metrics: dict[str, float], name: str = "val_mse") -> float | None:

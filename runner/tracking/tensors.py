@@ -2,9 +2,10 @@
 
 For each layer ``l``: ``tensors/layer<l>.weights.npy`` ``(n_logged, fan_in, fan_out)``,
 ``layer<l>.biases.npy`` ``(n_logged, fan_out)``, ``layer<l>.grad_weights.npy`` and
-``layer<l>.grad_biases.npy`` alike, and ``tensors/epochs.npy`` ``(n_logged,)``: the epochs ``e``
-with ``e % tensors_every == 0``. Nothing is held in memory; ``load_tensors(run_id)`` or plain
-``np.load`` read them back.
+``layer<l>.grad_biases.npy`` alike, and ``tensors/epochs.npy`` ``(n_logged,)``: the epochs kept,
+every ``tensors_every``-th (by default as many as keep ``MAX_SNAPSHOTS``) and the last one.
+Only the latest epoch is held in memory; ``load_tensors(run_id)`` or plain ``np.load`` read
+them back.
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ import numpy as np
 
 from engine import MLP, EpochReport, Observer
 from runner.tracking import names
+from runner.tracking.destination import resolve_tracking_uri
+from runner.tracking.store import open_store
 
 TENSOR_KINDS = ("weights", "biases", "grad_weights", "grad_biases")
+# Records a run keeps by default (``tracking.tensors_every=null``), the last epoch on top: enough
+# to follow the weights through training, at a bounded cost (a digits run of 300 epochs would
+# otherwise write 45 MB).
+MAX_SNAPSHOTS = 100
 
 _NPY_PREFIX_BYTES = 10  # magic (6) + version (2) + header length (2) in .npy format 1.0
 
@@ -80,8 +87,15 @@ class _GrowingNpy:
             self._file.close()
 
 
+def snapshot_spacing(every: int | None, epochs: int) -> int:
+    """Every how many epochs the tensors are kept: ``every``, or with None as many epochs as
+    keep at most ``MAX_SNAPSHOTS`` records (the last epoch comes on top)."""
+    return every if every is not None else max(1, -(-epochs // MAX_SNAPSHOTS))
+
+
 class TensorWriter(Observer):
-    """Streams every ``every``-th epoch's weights, biases and gradients to ``.npy`` files."""
+    """Streams every ``every``-th epoch's weights, biases and gradients to ``.npy`` files, and
+    the last epoch's, whichever it is (training may stop early)."""
 
     wants_gradients = True
 
@@ -90,10 +104,13 @@ class TensorWriter(Observer):
         self._files: dict[str, _GrowingNpy] = {}
         self._epochs: _GrowingNpy | None = None
         self.complete = 0  # epochs whose every file got its record (a full disk can stop one half way)
+        # The latest epoch that is not on the schedule, kept in case it is the last one.
+        self._latest: list[np.ndarray] = []
+        self._latest_epoch: int | None = None
 
     def on_train_begin(self, network: MLP) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        max_records = -(-self.epochs // self.every)
+        max_records = -(-self.epochs // self.every) + 1
         self._epochs = _GrowingNpy(self.directory / "epochs.npy", (), np.dtype(np.int64), max_records)
         for number, W in enumerate(network.weights, start=1):
             shapes = {"weights": W.shape, "biases": W.shape[1:], "grad_weights": W.shape, "grad_biases": W.shape[1:]}
@@ -102,13 +119,31 @@ class TensorWriter(Observer):
                     self.directory / f"layer{number}.{kind}.npy", tuple(shape), network.dtype, max_records)
 
     def on_epoch_end(self, report: EpochReport) -> None:
-        if report.epoch % self.every:
+        arrays = [layer_arrays[number] for number in range(len(report.weights))
+                  for layer_arrays in (report.weights, report.biases, report.grad_weights, report.grad_biases)]
+        if report.epoch % self.every == 0:
+            self._write(report.epoch, arrays)
+            self._latest_epoch = None
             return
-        arrays = (report.weights, report.biases, report.grad_weights, report.grad_biases)
-        for number in range(1, len(report.weights) + 1):
-            for kind, layer_arrays in zip(TENSOR_KINDS, arrays):
-                self._files[f"layer{number}.{kind}"].append(layer_arrays[number - 1])
-        self._epochs.append(np.int64(report.epoch))
+        if not self._latest:  # copies: the network's own arrays change with the next epoch
+            self._latest = [array.copy() for array in arrays]
+        else:
+            for kept, array in zip(self._latest, arrays):
+                np.copyto(kept, array)
+        self._latest_epoch = report.epoch
+
+    def on_train_end(self, history: object) -> None:
+        if self._latest_epoch is not None:
+            self._write(self._latest_epoch, self._latest)
+            self._latest_epoch = None
+
+    def _write(self, epoch: int, arrays: list[np.ndarray]) -> None:
+        """One epoch's record in every file (layer by layer, in ``TENSOR_KINDS`` order)."""
+        names = [f"layer{number}.{kind}" for number in range(1, len(arrays) // len(TENSOR_KINDS) + 1)
+                 for kind in TENSOR_KINDS]
+        for name, array in zip(names, arrays):
+            self._files[name].append(array)
+        self._epochs.append(np.int64(epoch))
         self.complete += 1
 
     def sync(self) -> None:
@@ -198,8 +233,12 @@ def load_tensors(run_id: str, tracking_uri: str | None = None) -> dict[str, np.n
 
     Returns ``{'epochs': (n,), 'layer1.weights': (n, fan_in, fan_out), 'layer1.biases': (n, fan_out),
     'layer1.grad_weights': ..., 'layer1.grad_biases': ..., 'layer2.weights': ...}``.
-    ``tracking_uri`` defaults to MLflow's own resolution (``MLFLOW_TRACKING_URI``).
+    ``tracking_uri`` defaults to where ``bprun`` logs: ``MLFLOW_TRACKING_URI``, else
+    ``mlflow.db`` in the current directory. A store that is not there is refused (MLflow would
+    create an empty one).
     """
+    uri = tracking_uri or resolve_tracking_uri(None, os.getcwd())
+    open_store(uri)
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.TENSORS_ARTIFACT,
-                                                tracking_uri=tracking_uri)
+                                                tracking_uri=uri)
     return read_tensors(local)
