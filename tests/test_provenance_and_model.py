@@ -241,17 +241,40 @@ def test_saved_regressor_predicts_in_target_units(tmp_path: Path) -> None:
     model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
 
     raw = raw_features("diabetes.csv").drop(columns="progression")
-    # MLflow's signature check refuses int64 -> double (unless every value is 0 or 1), and
-    # pandas reads age, sex, s1 as int64: such columns must be sent as floats.
-    with pytest.raises(MlflowException, match="column age. Can not safely convert int64 to float64"):
-        model.predict(raw)
-    raw = raw.astype(np.float64)
+    # pandas reads age, sex, s1, s6 as int64, and the model takes them so: their columns are
+    # long in the signature (MLflow never turns int64 into double), the others double.
+    assert dataset.integer_features == [name for name in raw.columns if raw[name].dtype == np.int64]
+    assert set(dataset.integer_features) >= {"age", "sex"}
+    schema = {spec.name: spec.type.name for spec in model.metadata.get_input_schema().inputs}
+    assert schema == {name: "long" if name in dataset.integer_features else "double" for name in dataset.feature_names}
     predicted = model.predict(raw)
     assert list(predicted.columns) == ["progression"]
     expected = engine_prediction(network, dataset, raw)
     assert np.array_equal(predicted.to_numpy(), expected)
     # Target units, not the [0, 1] the network was trained on.
     assert predicted["progression"].max() > 10
+    # A float for a whole-number column is refused by MLflow, naming the column.
+    with pytest.raises(MlflowException, match="age"):
+        model.predict(raw.astype(np.float64))
+
+
+def test_a_runs_model_loads_from_any_directory_without_creating_a_store(tmp_path: Path, compose, monkeypatch) -> None:
+    from runner.core.run import run
+    from runner.tracking.model import load_model
+    from runner.tracking.store import StoreMissing
+
+    uri = f"sqlite:///{tmp_path / 'project' / 'mlflow.db'}"
+    result = run(compose(["dataset=diabetes", "trainer.epochs=5", "tracking.tensors_every=0"]), tracking_uri=uri)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    model = load_model(result.run_id, uri)
+    raw = raw_features("diabetes.csv")
+    assert np.array_equal(model.predict(raw).to_numpy(), engine_prediction(result.network, result.dataset, raw))
+    with pytest.raises(StoreMissing, match="no MLflow store at"):
+        load_model(result.run_id)  # ./mlflow.db: not there, and not created
+    assert list(elsewhere.iterdir()) == []
 
 
 # Saved without an input example (training rows may be private), MLflow asks for one.
@@ -327,8 +350,8 @@ def test_mlflow_models_predict_cli_gives_the_engines_predictions(tmp_path: Path)
     dataset = load_dataset(DatasetConfig(name="diabetes"), np.random.default_rng(1), np.random.default_rng(2))
     network = trained(dataset, [8], "identity", "mse")
     save_pyfunc_model(str(tmp_path / "model"), network, dataset)
-    # As floats: written as "59.0", read back as float64, which the double signature accepts.
-    raw = raw_features("diabetes.csv").drop(columns="progression").head(25).astype(np.float64)
+    # As the data set's own CSV has them: whole numbers in the integer columns.
+    raw = raw_features("diabetes.csv").drop(columns="progression").head(25)
     raw.to_csv(tmp_path / "input.csv", index=False)
 
     mlflow_cli = Path(sys.executable).with_name("mlflow")

@@ -53,6 +53,9 @@ class Dataset:
     target_offset: np.ndarray | None = None
     target_scale: np.ndarray | None = None
     source: str = ""  # file path or generator description
+    # Features whose CSV column holds whole numbers: pandas reads them as int64, and a model
+    # served from these data takes them so.
+    integer_features: list[str] = field(default_factory=list)
 
     @property
     def n_inputs(self) -> int:
@@ -141,8 +144,9 @@ def _generate(config: DatasetConfig, rng: np.random.Generator) -> tuple[np.ndarr
 
 # --- CSV files -------------------------------------------------------------------------------
 def read_table(path: str, features: list[str] | None, targets: list[str], task: str
-               ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], list[str]]:
-    """Read a CSV with a header row; return features, targets and names, or raise DataError.
+               ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], list[str], list[str]]:
+    """Read a CSV with a header row; return features, targets, their names, the class names
+    and the integer feature columns, or raise DataError.
 
     Classification takes one label column and one-hot encodes it (classes sorted).
     """
@@ -168,6 +172,7 @@ def read_table(path: str, features: list[str] | None, targets: list[str], task: 
     if not features:
         raise DataError(f"{path}: no feature columns left besides the targets {targets}")
     X = _numeric(frame[features], path)
+    integers = [name for name in features if pd.api.types.is_integer_dtype(frame[name])]
     class_names: list[str] = []
     if task == "classification":
         labels = frame[targets[0]]
@@ -179,7 +184,7 @@ def read_table(path: str, features: list[str] | None, targets: list[str], task: 
         Y = _one_hot(np.array([index[str(v)] for v in labels]), len(class_names))
     else:
         Y = _numeric(frame[targets], path)
-    return X, Y, features, list(targets), class_names
+    return X, Y, features, list(targets), class_names, integers
 
 
 # Larger values overflow while the data are standardized or rescaled (their squares exceed the
@@ -264,13 +269,14 @@ def load_dataset(config: DatasetConfig, data_rng: np.random.Generator, split_rng
     ``data_rng`` generates synthetic samples; ``split_rng`` draws the validation rows.
     """
     class_names: list[str] = []
+    integer_features: list[str] = []
     if config.name in BUILTIN_FILES or config.name == "csv":
         if config.name == "csv":
             path, features, targets, task = os.path.abspath(config.path), config.features, list(config.targets), config.task
         else:
             filename, target, task = BUILTIN_FILES[config.name]
             path, features, targets = _builtin_path(filename), None, [target]
-        X, Y, feature_names, target_names, class_names = read_table(path, features, targets, task)
+        X, Y, feature_names, target_names, class_names, integer_features = read_table(path, features, targets, task)
         source = path
     else:
         X, Y, task, class_names = _generate(config, data_rng)
@@ -279,7 +285,7 @@ def load_dataset(config: DatasetConfig, data_rng: np.random.Generator, split_rng
         source = f"generated {config.name}(n_samples={config.n_samples}, noise={config.noise})"
     X_train, Y_train, X_val, Y_val = _split(X, Y, config.val_fraction, split_rng, source)
     dataset = Dataset(config.name, task, X_train, Y_train, X_val, Y_val, feature_names, target_names,
-                      class_names, source=source)
+                      class_names, source=source, integer_features=integer_features)
     if config.standardize:
         mean = X_train.mean(axis=0)
         scale = X_train.std(axis=0)

@@ -8,6 +8,7 @@ model's pip requirements): the pickle refers to ``MLPModel`` by its import path.
 
 import functools
 import logging
+import os
 import warnings
 from importlib import metadata
 from typing import Any, Protocol
@@ -20,11 +21,15 @@ with warnings.catch_warnings():
     # `Any` fields. It means to hide that (it swaps warnings.showwarning), which an "error" filter
     # bypasses, so under `-W error` or pytest's filterwarnings=error the import itself would fail.
     warnings.filterwarnings("ignore", message=".*Any type hint is inferred as AnyType", category=UserWarning)
+    import mlflow.artifacts
     import mlflow.pyfunc
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from engine import MLP
+from runner.tracking import names
+from runner.tracking.destination import resolve_tracking_uri
+from runner.tracking.store import open_store
 
 # Distributions the model needs at load time, pinned to the versions it was saved with. Given
 # explicitly, MLflow skips inferring them (which imports the model in a subprocess, seconds).
@@ -196,18 +201,19 @@ def _installed_requirements() -> tuple[str, ...]:
 def save_pyfunc_model(path: str, network: MLP, dataset: TrainingData, *, input_example: bool = True) -> None:
     """Save ``network``, trained on ``dataset``, as an MLflow pyfunc model in the new directory ``path``.
 
-    The signature lists the feature columns (double) in and the output columns (double) out.
-    MLflow checks inputs against it before the model sees them: it names missing columns, and it
-    refuses int64 columns (unless every value is 0 or 1), which is what pandas makes of integer
-    CSV columns such as diabetes' ``age``; send those as floats.
+    The signature lists the feature columns in and the output columns (double) out. MLflow
+    checks inputs against it before the model sees them, naming missing columns. A feature
+    column is ``long`` where the training CSV held whole numbers (what pandas reads it as, and
+    MLflow refuses to turn int64 into double), ``double`` otherwise.
 
     With ``input_example``, the first training rows, mapped back to raw units, are stored too
     (the MLflow UI shows them, ``mlflow models`` uses them as a request template). Pass False
     when training rows must not travel with the model; MLflow then warns that it has no example.
     """
     model = model_from(network, dataset)
+    integers = set(getattr(dataset, "integer_features", ()))
     signature = ModelSignature(
-        inputs=Schema([ColSpec("double", name) for name in model.feature_names]),
+        inputs=Schema([ColSpec("long" if name in integers else "double", name) for name in model.feature_names]),
         outputs=Schema([ColSpec("double", name) for name in model.output_names]),
     )
     example = None
@@ -216,6 +222,8 @@ def save_pyfunc_model(path: str, network: MLP, dataset: TrainingData, *, input_e
         if model.feature_mean is not None:
             rows = rows * model.feature_scale + model.feature_mean
         example = pd.DataFrame(rows, columns=model.feature_names)
+        for name in integers:  # the example as the CSV had it
+            example[name] = example[name].round().astype(np.int64)
     # MLflow warns on every save that a pickled python_model can run code when loaded. The
     # pickle holds only plain arrays and names (see MLPModel.__getstate__), so on every run
     # that warning would be noise; errors still show.
@@ -231,3 +239,17 @@ def save_pyfunc_model(path: str, network: MLP, dataset: TrainingData, *, input_e
         )
     finally:
         pyfunc_logger.setLevel(level)
+
+
+
+def load_model(run_id: str, tracking_uri: str | None = None) -> mlflow.pyfunc.PyFuncModel:
+    """The model a run logged, from any directory: ``tracking_uri`` defaults to where ``bprun``
+    logs (``MLFLOW_TRACKING_URI``, else ``mlflow.db`` in the current directory), and a store
+    that is not there is refused instead of created. ``model.metadata.get_input_schema()`` lists
+    the columns it expects."""
+    uri = tracking_uri or resolve_tracking_uri(None, os.getcwd())
+    open_store(uri)
+    # Downloaded through the given store, not MLflow's global tracking URI (which a runs:/ URI
+    # would use, creating ./mlflow.db wherever the caller happens to be).
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.MODEL_ARTIFACT, tracking_uri=uri)
+    return mlflow.pyfunc.load_model(local)
