@@ -392,3 +392,22 @@ def test_shell_completion_without_what_to_do_says_what_it_needs(flag: str, tmp_p
         'for example: eval "$(bprun -sc install=bash)"']
     installed = cli(flag, "install=bash", cwd=tmp_path)
     assert installed.returncode == 0 and "complete" in installed.stdout, installed.output
+
+
+def test_two_runs_started_together_get_folders_and_logs_of_their_own(tmp_path: Path, store_at) -> None:
+    import json as json_module
+
+    from support import run_parallel
+
+    store = store_at(tmp_path / "store")
+    results = run_parallel({epochs: (lambda epochs=epochs: cli(f"trainer.epochs={epochs}", cwd=tmp_path / "cwd",
+                                                              uri=store.uri)) for epochs in (3, 4)})
+    assert all(result.returncode == 0 for result in results.values()), [r.output for r in results.values()]
+    folders = sorted(path.parent for path in (tmp_path / "cwd" / "outputs").rglob("mlflow_run.json"))
+    assert len(folders) == 2
+    run_ids = {json_module.loads((folder / "mlflow_run.json").read_text())["run_id"] for folder in folders}
+    assert run_ids == {run.info.run_id for run in store.runs()}
+    for folder in folders:
+        log = (folder / "bprun.log").read_text()
+        run_id = json_module.loads((folder / "mlflow_run.json").read_text())["run_id"]
+        assert "bprun: completed" in log and f"MLflow run {run_id}" in log, log

@@ -8,6 +8,7 @@ folder). Composition is Hydra's, the work is the core's.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -33,6 +34,9 @@ from runner.sweeps.naming import job_name
 from runner.tracking import names
 from runner.tracking.destination import Destination, where_to_look
 
+# The job's log file (conf/config.yaml: hydra.job_logging), not the terminal, which gets print().
+record = logging.getLogger("runner.record")
+
 register_schemas()
 register_help()
 register_plugins()
@@ -50,11 +54,13 @@ def run_job(cfg: DictConfig) -> float | None:
     try:
         result = _run(cfg, state, in_sweep)
     except CommandError as error:
+        record.error("failed: %s", error)
         if not in_sweep:
             raise CommandExit(error) from None
         print(f"bprun: job #{state.job.num} failed: {error}", file=sys.stderr)
         raise
     except Exception as error:
+        record.error("failed: %s: %s", type(error).__name__, error)
         if in_sweep:
             print(f"bprun: job #{state.job.num} failed: {type(error).__name__}: {error}", file=sys.stderr)
         elif out_of_space(error):
@@ -64,6 +70,7 @@ def run_job(cfg: DictConfig) -> float | None:
                 "written")) from None
         raise
     print(summary(result, in_sweep))
+    record.info("%s", summary(result, in_sweep=False))
     if not in_sweep:  # the run ended FINISHED; a signal that came meanwhile still ends bprun
         interruption.check(f"run {result.run_id or '(untracked)'} had completed all its epochs")
     return sweep_objective(result.metrics, state.sweeper.get("objective", "val_mse"))
