@@ -29,7 +29,7 @@ from support import PARENT_TAG, Background, cli, query, run_parallel
 pytestmark = pytest.mark.slow
 
 SEED = 20261203
-TRIALS = 36
+TRIALS = 30
 EPOCHS = 1500
 MODES = {
     "run": ("dataset=xor", f"trainer.epochs={EPOCHS}", "tracking.tensors_every=1"),

@@ -176,10 +176,8 @@ def test_a_diverged_run_is_failed_with_its_reason_and_no_non_finite_metric(compo
     (10, 4, [0, 4, 8, 9]),  # every 4th and the last
     (9, 4, [0, 4, 8]),  # the last is on the schedule
 ])
-def test_the_tensors_keep_a_bounded_number_of_epochs_and_the_last(epochs, every, kept, compose, tmp_path):
-    from conftest import new_store
-
-    store = new_store(tmp_path / "store")
+def test_the_tensors_keep_a_bounded_number_of_epochs_and_the_last(epochs, every, kept, compose, tmp_path, store_at):
+    store = store_at(tmp_path / "store")
     recorder = Recorder()
     overrides = [f"trainer.epochs={epochs}"] + ([f"tracking.tensors_every={every}"] if every else [])
     result = tracked(compose, store, *overrides, observer=recorder)
