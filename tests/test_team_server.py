@@ -1,0 +1,148 @@
+"""A team's tracking server: ``bprun-server`` on a PostgreSQL store, and sweeps and runs from
+several processes at once logging to it over http, artifacts uploaded through the server.
+
+Everything is read back through the server, as a teammate on another machine would: runs,
+nesting, every metric point, tensors, plots and models, and a rerun compared from there.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from postgres import postgres_uri  # noqa: F401  (the session's PostgreSQL database, a fixture)
+from support import PARENT_TAG, START_TIMEOUT, Background, cli, run_parallel, wait_until
+
+pytestmark = pytest.mark.slow
+
+SWEEP_EPOCHS = 30
+SEEDS = range(8)
+
+
+def free_port() -> int:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+@pytest.fixture(scope="module")
+def server(postgres_uri: str, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
+    folder = tmp_path_factory.mktemp("team-server")
+    port = free_port()
+    process = Background("--store", postgres_uri, "--artifacts", str(folder / "artifacts"), "--port", str(port),
+                         cwd=folder, uri=None, label="server", module="runner.commands.server")
+    try:
+        wait_until(lambda: "bprun-server: serving" in process.output_so_far(), START_TIMEOUT,
+                   "bprun-server serving", process, interval=0.1)
+        yield f"http://127.0.0.1:{port}", process, folder
+    finally:
+        process.kill_everything()
+
+
+def client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def experiment_runs(uri: str, name: str) -> list[Any]:
+    from mlflow.entities import ViewType
+
+    experiment = client(uri).get_experiment_by_name(name)
+    assert experiment is not None, name
+    return list(client(uri).search_runs([experiment.experiment_id], run_view_type=ViewType.ALL, max_results=1000))
+
+
+@pytest.fixture(scope="module")
+def team_sweep(server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    uri, _, _ = server
+    cwd = tmp_path_factory.mktemp("team-sweep")
+    result = cli("-m", "hydra.launcher.n_jobs=2", f"seed={','.join(map(str, SEEDS))}", f"trainer.epochs={SWEEP_EPOCHS}",
+                 "tracking=server", f"tracking.uri={uri}", "tracking.experiment=team-sweep", cwd=cwd)
+    return {"result": result, "runs": experiment_runs(uri, "team-sweep"), "cwd": cwd}
+
+
+def test_the_server_creates_the_experiment_for_training_runs(server) -> None:
+    uri, process, _ = server
+    experiment = client(uri).get_experiment_by_name("backprop-runner")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"export MLFLOW_TRACKING_URI={uri}" in process.output_so_far()
+    assert f"{uri}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning" in process.output_so_far()
+
+
+def test_an_8_job_sweep_on_2_workers_lands_whole_on_the_postgresql_server(team_sweep, server, tmp_path: Path) -> None:
+    uri, _, _ = server
+    result = team_sweep["result"]
+    assert result.returncode == 0, result.output
+    runs = team_sweep["runs"]
+    parents = [run for run in runs if run.data.tags.get("bprun.sweep") == "true"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [run for run in runs if run not in parents]
+    assert len(children) == len(SEEDS)
+    assert all(child.data.tags[PARENT_TAG] == parents[0].info.run_id for child in children)
+    assert Counter(child.info.status for child in children) == {"FINISHED": len(SEEDS)}
+    # Every metric point of every job: each metric of each run has one value per epoch.
+    points = 0
+    for child in children:
+        assert child.info.artifact_uri.startswith("mlflow-artifacts:"), child.info.artifact_uri
+        for key in child.data.metrics:
+            steps = sorted(metric.step for metric in client(uri).get_metric_history(child.info.run_id, key))
+            assert steps == list(range(SWEEP_EPOCHS)), key
+            points += len(steps)
+    assert points == len(SEEDS) * SWEEP_EPOCHS * len(children[0].data.metrics)
+    # Tensors, plots and the model come back through the server.
+    child = children[0]
+    local = Path(client(uri).download_artifacts(child.info.run_id, "", str(tmp_path)))
+    assert np.load(local / "tensors" / "epochs.npy").tolist() == list(range(SWEEP_EPOCHS))
+    assert (local / "plots" / "learning_curves.png").stat().st_size > 5000
+    assert (local / "model" / "MLmodel").is_file() and (local / "weights.npz").is_file()
+
+
+def test_a_job_of_the_sweep_reruns_identical_from_the_server(team_sweep, server, tmp_path: Path) -> None:
+    uri, _, _ = server
+    child = next(run for run in team_sweep["runs"] if run.data.tags.get("bprun.sweep") != "true")
+    rerun = cli(child.info.run_id, cwd=tmp_path, uri=uri, module="runner.commands.rerun")
+    assert rerun.returncode == 0, rerun.output
+    assert f"identical ({SWEEP_EPOCHS} epoch(s) and the final weights compared)" in rerun.stdout, rerun.output
+
+
+def test_sweeps_and_runs_from_several_processes_at_once_lose_nothing(server, tmp_path: Path) -> None:
+    uri, _, _ = server
+    commands = {
+        "sweep-a": ("-m", "seed=0,1,2", "trainer.epochs=20", "tracking.experiment=team-a"),
+        "sweep-b": ("-m", "hydra.launcher.n_jobs=2", "seed=0,1,2,3", "trainer.epochs=20", "tracking.experiment=team-b"),
+        **{f"run-{number}": (f"seed={number}", "trainer.epochs=20", "tracking.experiment=team-c") for number in range(3)},
+    }
+    results = run_parallel({name: (lambda name=name: cli(*commands[name], "tracking=server", f"tracking.uri={uri}",
+                                                         cwd=tmp_path / name)) for name in commands}, workers=5)
+    for name, result in results.items():
+        assert result.returncode == 0, (name, result.output)
+    expected = {"team-a": (1, 3), "team-b": (1, 4), "team-c": (0, 3)}  # (parents, jobs or runs)
+    for experiment, (parents, jobs) in expected.items():
+        runs = experiment_runs(uri, experiment)
+        sweep_parents = [run for run in runs if run.data.tags.get("bprun.sweep") == "true"]
+        others = [run for run in runs if run not in sweep_parents]
+        assert (len(sweep_parents), len(others)) == (parents, jobs), experiment
+        for run in others:
+            assert run.info.status == "FINISHED"
+            assert len(client(uri).get_metric_history(run.info.run_id, "train_mse")) == 20
+            if parents:
+                assert run.data.tags[PARENT_TAG] == sweep_parents[0].info.run_id
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--store", "mysql://db/mlflow"], "--store mysql://db/mlflow: not a store this command runs"),
+    (["--port", "70000"], "--port 70000: it must be between 1 and 65535"),
+])
+def test_bprun_server_refuses_what_it_cannot_serve(arguments: list[str], message: str, tmp_path: Path) -> None:
+    result = cli(*arguments, cwd=tmp_path, module="runner.commands.server")
+    assert result.returncode == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bprun-server: {message}"), result.output
+    assert not (tmp_path / "bprun-server").exists()
