@@ -1,5 +1,6 @@
-"""The MLflow UI shows what bprun logged: a real sweep, a real ``mlflow server`` on loopback, and
-Debian's headless Chromium driven by Playwright, reading what a person would see.
+"""The MLflow UI shows what bprun logged: a real sweep logged over http to a team's server
+(``bprun-server`` on a PostgreSQL store, on loopback), and Debian's headless Chromium driven by
+Playwright, reading what a person would see.
 
 Proven, each value compared with what ``MlflowClient`` reads back from the same store:
 
@@ -9,7 +10,7 @@ Proven, each value compared with what ``MlflowClient`` reads back from the same 
 - a child's run page charts ``train_mse`` in its model metrics tab, and the chart plots exactly
   the logged history (steps and values);
 - a child's artifacts show ``plots/learning_curves.png`` as an image of the PNG's own size,
-  served by the tracking server from the run's ``file://`` artifact folder.
+  uploaded by the job and served by the tracking server (``mlflow-artifacts:``).
 
 MLflow 3.17's UI picks GenAI or model training from a switch of its own (the ``workflowType``
 URL parameter, else the browser's last choice, else GenAI) and no longer from the experiment's
@@ -26,19 +27,16 @@ module of the test extra; Playwright's own browser download is never used.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import struct
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import START_TIMEOUT, cli, wait_until
+from postgres import postgres_uri  # noqa: F401  (the session's PostgreSQL database, a fixture)
+from support import START_TIMEOUT, Background, cli, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -85,15 +83,34 @@ class Sweep:
 # --- fixtures ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+def server(postgres_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: F811
+    """A team's server as docs/team.md starts it: ``bprun-server`` on a PostgreSQL store, on a
+    free loopback port; its base URL."""
+    folder = tmp_path_factory.mktemp("dashboard-server")
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    process = Background("--store", postgres_uri, "--artifacts", str(folder / "artifacts"), "--port", str(port),
+                         "--workers", "1", cwd=folder, uri=None, label="server", module="runner.commands.server")
+    try:
+        wait_until(lambda: "bprun-server: serving" in process.output_so_far(), START_TIMEOUT,
+                   "bprun-server serving", process, interval=0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.kill_everything()
+
+
+@pytest.fixture(scope="module")
+def sweep(server: str, tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+    """A sweep logged over http to the server, artifacts uploaded through it."""
     from mlflow.tracking import MlflowClient
 
     folder = tmp_path_factory.mktemp("dashboard")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    finished = cli(*SWEEP, cwd=folder, uri=uri)
+    finished = cli(*SWEEP, "tracking=server", f"tracking.uri={server}", cwd=folder)
     assert finished.returncode == 0, finished.output
 
-    client = MlflowClient(uri)
+    client = MlflowClient(server)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id])
     parents = [run for run in runs if PARENT_TAG not in run.data.tags]
@@ -102,49 +119,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     children = sorted((run for run in runs if run.data.tags.get(PARENT_TAG) == parent.info.run_id),
                       key=lambda run: run.info.start_time)
     assert len(children) == CHILDREN and len(runs) == CHILDREN + 1, finished.output
-    return Sweep(folder, uri, experiment.experiment_id, parent, children, len(runs))
-
-
-@pytest.fixture(scope="module")
-def server(sweep: Sweep) -> Iterator[str]:
-    """``mlflow server`` on the sweep's store, on a free loopback port; its base URL.
-
-    No artifact option is needed: the runs' artifact URIs are ``file://`` folders on this machine,
-    and the server's artifact handlers read a run whose URI is not ``mlflow-artifacts:`` straight
-    from that URI. The server runs in the sweep's folder so that whatever it creates lands there.
-    """
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    base = f"http://127.0.0.1:{port}"
-    log_path = sweep.folder / "server.log"
-    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runner beside the UI
-    with open(log_path, "w") as log:
-        # A session of its own: the server's workers are killed with it, as one process group.
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", sweep.uri, "--workers", "1"],
-            cwd=sweep.folder, env=environment, stdout=log, stderr=log, start_new_session=True)
-    try:
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"mlflow server exited {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as answer:
-                    return answer.status == 200
-            except OSError:
-                return False
-
-        wait_until(healthy, START_TIMEOUT, "the MLflow server answering /health", interval=0.2)
-        yield base
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=60)
+    return Sweep(folder, server, experiment.experiment_id, parent, children, len(runs))
 
 
 @pytest.fixture(scope="module")
@@ -261,9 +236,10 @@ def test_a_child_run_page_charts_its_train_mse_history(sweep: Sweep, server: str
 
 
 def test_a_child_run_shows_its_learning_curves_png_as_an_image(sweep: Sweep, server: str, page: Any) -> None:
-    artifact_root = Path(sweep.child.info.artifact_uri.removeprefix("file://"))
-    logged = artifact_root / PLOT
-    assert logged.is_file(), sweep.child.info.artifact_uri
+    from mlflow.tracking import MlflowClient
+
+    assert sweep.child.info.artifact_uri.startswith("mlflow-artifacts:"), sweep.child.info.artifact_uri
+    logged = Path(MlflowClient(server).download_artifacts(sweep.child.info.run_id, PLOT, str(sweep.folder / "plot")))
 
     page.goto(run_page(server, sweep, sweep.child, "/artifacts"))
     folder, name = PLOT.split("/")
