@@ -146,3 +146,38 @@ def test_bprun_server_refuses_what_it_cannot_serve(arguments: list[str], message
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"bprun-server: {message}"), result.output
     assert not (tmp_path / "bprun-server").exists()
+
+
+def processes_serving(port: int) -> list[str]:
+    """Live processes whose command line serves ``port`` (the MLflow server and its workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if f"--port {port} " in command and state != "Z" and "runner.commands.server" not in command:
+            found.append(f"{entry.name}: {command}")
+    return found
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_the_server_ends_with_bprun_server_however_it_ends(how: str, tmp_path: Path) -> None:
+    import signal
+
+    port = free_port()
+    process = Background("--port", str(port), cwd=tmp_path, uri=None, label="server", module="runner.commands.server")
+    try:
+        wait_until(lambda: "bprun-server: serving" in process.output_so_far(), START_TIMEOUT,
+                   "bprun-server serving", process, interval=0.1)
+        assert processes_serving(port)
+        sent = process.signal(getattr(signal, how))
+        finished = process.wait(sent)
+        assert finished.returncode == (130 if how == "SIGINT" else -signal.SIGKILL), finished.output
+        # Nothing serves the port a little after (the server stops its web workers first).
+        wait_until(lambda: not processes_serving(port), 60, f"the server on port {port} to end")
+    finally:
+        process.kill_everything()
