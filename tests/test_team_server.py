@@ -181,3 +181,20 @@ def test_the_server_ends_with_bprun_server_however_it_ends(how: str, tmp_path: P
         wait_until(lambda: not processes_serving(port), 60, f"the server on port {port} to end")
     finally:
         process.kill_everything()
+
+
+def test_report_doctor_and_load_tensors_read_the_server(team_sweep, server, tmp_path: Path) -> None:
+    from runner.tracking.tensors import load_tensors
+
+    uri, _, _ = server
+    report = cli("--experiment", "team-sweep", "--tracking-uri", uri, "--output", str(tmp_path / "report"),
+                 cwd=tmp_path, module="runner.commands.report")
+    assert report.returncode == 0, report.output
+    jobs = [run for run in team_sweep["runs"] if run.data.tags.get("bprun.sweep") != "true"]
+    assert all(job.info.run_name in report.stdout for job in jobs), report.output
+    assert (tmp_path / "report" / "runs.csv").read_text().count("\n") == len(jobs) + 1
+    doctor = cli("--tracking-uri", uri, cwd=tmp_path, module="runner.commands.doctor")
+    assert doctor.returncode == 0 and "0 RUNNING run(s)" in doctor.stdout, doctor.output
+    tensors = load_tensors(jobs[0].info.run_id, uri)
+    assert tensors["epochs"].tolist() == list(range(SWEEP_EPOCHS))
+    assert tensors["layer1.weights"].shape[0] == SWEEP_EPOCHS
