@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlparse
@@ -105,6 +106,10 @@ class TrackedRun:
         self._staging: Path | None = None  # artifacts of a remote store, until they are uploaded
         self._lost: str | None = None  # why the server stopped answering, once it has
         self._sqlite_writer: SqliteMetricWriter | None = None
+        # A server's metrics: one batch at a time on their way, sent by a thread of their own.
+        self._sender: ThreadPoolExecutor | None = None
+        self._in_flight: Future | None = None
+        self._sending: list[tuple[str, float, int, int]] = []
         # Called before every metric flush: files that must never end before the metrics do
         # (the tensors) make what they hold durable first.
         self.before_flush: list[Callable[[], None]] = []
@@ -124,6 +129,8 @@ class TrackedRun:
         database = sqlite_path(self.uri)
         self._sqlite_writer = SqliteMetricWriter.open(database) if database is not None else None
         self._flush_size = SQLITE_FLUSH_SIZE if self._sqlite_writer else MAX_METRICS_PER_CALL
+        if self._sqlite_writer is None:
+            self._sender = ThreadPoolExecutor(1, thread_name_prefix="bprun-metrics")
         self._to_server(log_params, self.client, self.run_id, self._params)
         return self
 
@@ -137,21 +144,44 @@ class TrackedRun:
             self.flush()
 
     def flush(self) -> None:
-        """Write every buffered metric. The buffer is emptied only once they are stored."""
+        """Write every buffered metric: to a SQLite store at once; to a server on the sender
+        thread, once the previous batch is stored (whose error, if any, is raised here), so
+        that training goes on while the server ingests (it spends about 0.1 ms of CPU per
+        value). A server run thus holds at most two batches not yet stored."""
         for hook in self.before_flush:
             hook()
         pending = self._pending
         if pending:
             if self._sqlite_writer is not None:
                 self._sqlite_writer.write(self.run_id, pending)
+                self._pending = []
             else:
-                metrics = [Metric(*values) for values in pending]
-                for start in range(0, len(metrics), MAX_METRICS_PER_CALL):
-                    batch = metrics[start : start + MAX_METRICS_PER_CALL]
-                    self._to_server(self.client.log_batch, self.run_id, metrics=batch)
-                    del pending[: len(batch)]  # what is left is what the store does not hold
-            self._pending = []
+                self.wait_for_sender()
+                self._pending = []
+                self._sending = pending
+                self._in_flight = self._sender.submit(self._send, pending)
         self._last_flush = time.monotonic()
+
+    def _send(self, pending: list[tuple[str, float, int, int]]) -> None:
+        metrics = [Metric(*values) for values in pending]
+        for start in range(0, len(metrics), MAX_METRICS_PER_CALL):
+            batch = metrics[start : start + MAX_METRICS_PER_CALL]
+            self._to_server(self.client.log_batch, self.run_id, metrics=batch)
+            del pending[: len(batch)]  # what is left is what the store does not hold
+
+    def wait_for_sender(self) -> None:
+        """Return once the batch on its way to the server is stored; raise its error, the
+        values it did not store put back at the head of the buffer."""
+        if self._in_flight is None:
+            return
+        in_flight, self._in_flight = self._in_flight, None
+        try:
+            in_flight.result()
+        except BaseException:
+            self._pending[:0] = self._sending
+            raise
+        finally:
+            self._sending = []
 
     def _to_server(self, call: Callable[..., Any], *arguments: Any, **keywords: Any) -> Any:
         """``call`` to the store; once the server has stopped answering, ``TrackingLost`` at
@@ -242,7 +272,7 @@ class TrackedRun:
             return
         self._ended = True
         test_point("run-end")
-        steps = [self.flush]
+        steps = [self.flush, self.wait_for_sender]
         if failure_reason:
             steps.append(lambda: self.set_tags({names.FAILURE_REASON: failure_reason[:MAX_TAG_LENGTH]}))
         if traceback_text:
@@ -264,6 +294,8 @@ class TrackedRun:
         finally:
             if self._sqlite_writer is not None:
                 self._sqlite_writer.close()
+            if self._sender is not None:
+                self._sender.shutdown(wait=True)
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
 
