@@ -83,12 +83,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory, run_cli, store_at) -> dict[st
     return scenarios
 
 
-def only_run(store: Any) -> Any:
-    found = store.runs()
-    assert len(found) == 1, [(r.info.run_id, r.info.status) for r in found]
-    return found[0]
-
-
 def read_artifact(store: Any, run_id: str, name: str, directory: Path) -> str:
     return Path(store.client().download_artifacts(run_id, name, str(directory))).read_text()
 

@@ -31,10 +31,9 @@ def typed_keys() -> tuple[frozenset[str], frozenset[str]]:
     integer_lists: set[str] = set()
 
     def walk(schema: type, prefix: str) -> None:
-        for name, kind in typing.get_type_hints(schema).items():
-            if name not in {f.name for f in dataclasses.fields(schema)}:
-                continue
-            key = f"{prefix}{name}"
+        hints = typing.get_type_hints(schema)
+        for field in dataclasses.fields(schema):
+            key, kind = f"{prefix}{field.name}", hints[field.name]
             arguments = [a for a in typing.get_args(kind) if a is not type(None)]
             if kind is int or (typing.get_origin(kind) in (typing.Union, types.UnionType) and arguments == [int]):
                 integers.add(key)

@@ -17,6 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from runner.core.validation import clean_value
 from runner.sweeps.sweeper import TrackedSweeper
 
 
@@ -26,10 +27,7 @@ _FLOAT = re.compile(r"^[+-]?\d*\.\d+([eE][+-]?\d+)?$")
 def short_float(text: str) -> str:
     """A float as a person types it, to 15 significant digits: ``range(0.1,0.4,0.1)`` yields
     0.30000000000000004, which the job is launched (and Hydra's log shows it) as 0.3."""
-    if not _FLOAT.match(text):
-        return text
-    short = format(float(text), ".15g")
-    return short if any(mark in short for mark in ".en") else short + ".0"
+    return repr(clean_value(float(text))) if _FLOAT.match(text) else text
 
 
 class GridSweeper(TrackedSweeper):

@@ -151,6 +151,13 @@ def _check_writable(database: Path) -> None:
                                f"on its disk (at least {MIN_FREE_BYTES // 1024**2} MB needed)")
 
 
+def table_names(database: Path) -> set[str]:
+    """The tables of a SQLite file, read without writing to it; ``sqlite3.DatabaseError`` when
+    it is not a database or its schema is damaged."""
+    with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+        return {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
 def _check_readable(database: Path) -> None:
     """Refuse a file that SQLite cannot read (not a database, or a damaged schema) before
     MLflow meets it half way through a run. The schema is read, not every page: a full check
@@ -158,8 +165,7 @@ def _check_readable(database: Path) -> None:
     if not database.is_file() or database.stat().st_size == 0:
         return
     try:
-        with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as connection:
-            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        table_names(database)
     except sqlite3.DatabaseError as error:
         raise StoreUnavailable(f"cannot use the MLflow store {database}: {error}; move the file aside "
                                "(or restore it from a backup) or point tracking.uri elsewhere") from None

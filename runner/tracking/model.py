@@ -8,7 +8,6 @@ model's pip requirements): the pickle refers to ``MLPModel`` by its import path.
 
 import functools
 import logging
-import os
 import warnings
 from importlib import metadata
 from typing import Any, Protocol
@@ -28,8 +27,7 @@ from mlflow.types import ColSpec, Schema
 
 from engine import MLP
 from runner.tracking import names
-from runner.tracking.destination import resolve_tracking_uri
-from runner.tracking.store import open_store
+from runner.tracking.store import existing_store
 
 # Distributions the model needs at load time, pinned to the versions it was saved with. Given
 # explicitly, MLflow skips inferring them (which imports the model in a subprocess, seconds).
@@ -247,8 +245,7 @@ def load_model(run_id: str, tracking_uri: str | None = None) -> mlflow.pyfunc.Py
     logs (``MLFLOW_TRACKING_URI``, else ``mlflow.db`` in the current directory), and a store
     that is not there is refused instead of created. ``model.metadata.get_input_schema()`` lists
     the columns it expects."""
-    uri = tracking_uri or resolve_tracking_uri(None, os.getcwd())
-    open_store(uri)
+    uri = existing_store(tracking_uri)
     # Downloaded through the given store, not MLflow's global tracking URI (which a runs:/ URI
     # would use, creating ./mlflow.db wherever the caller happens to be).
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.MODEL_ARTIFACT, tracking_uri=uri)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
-from contextlib import closing
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -14,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from runner.process.errors import InvalidInput
 from runner.tracking import names
-from runner.tracking.destination import ARTIFACTS_FOLDER, is_server, sqlite_path
+from runner.tracking.destination import ARTIFACTS_FOLDER, is_server, resolve_tracking_uri, sqlite_path, table_names
 
 # The MLflow UI opens an experiment on its training-runs table (not its GenAI traces view) when
 # the experiment carries this kind.
@@ -80,8 +79,7 @@ def open_store(uri: str) -> MlflowClient:
         if not database.is_file():
             raise StoreMissing(f"no MLflow store at {database} (pass --tracking-uri or set MLFLOW_TRACKING_URI)")
         try:
-            with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as connection:
-                tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = table_names(database)
         except sqlite3.DatabaseError as error:
             raise StoreMissing(f"{database} is not an MLflow store ({error})") from None
         if not {"experiments", "runs"} <= tables:
@@ -91,3 +89,12 @@ def open_store(uri: str) -> MlflowClient:
         if parsed.scheme in ("", "file") and not Path(parsed.path if parsed.scheme else uri).exists():
             raise StoreMissing(f"no MLflow store at {uri}")
     return MlflowClient(uri)
+
+
+def existing_store(tracking_uri: str | None) -> str:
+    """``tracking_uri``, or where ``bprun`` logs (``MLFLOW_TRACKING_URI``, else ``mlflow.db`` in
+    the current directory), once it is known to hold a store: for code that reads runs back
+    from any directory without ever creating a store there."""
+    uri = tracking_uri or resolve_tracking_uri(None, os.getcwd())
+    open_store(uri)
+    return uri

@@ -151,13 +151,8 @@ def sync(source_uri: str, target_uri: str | None = None, timeout_seconds: float 
         parent_copy = None
         if parent is not None:
             parent_copy = copies.get(parent) or (None if parent in not_uploaded else _copy_of(source, parent))
-            if parent_copy is None:
-                reason = f"its sweep's parent run {parent} is not uploaded yet"
-                result.skipped.append((offline_id, reason))
-                not_uploaded.add(offline_id)
-                report(f"skipped  {label}: {reason}")
-                continue
-        reason = why_not_yet(run)
+        reason = (f"its sweep's parent run {parent} is not uploaded yet" if parent is not None and parent_copy is None
+                  else why_not_yet(run))
         if reason is not None:
             result.skipped.append((offline_id, reason))
             not_uploaded.add(offline_id)

@@ -19,8 +19,7 @@ import numpy as np
 
 from engine import MLP, EpochReport, Observer
 from runner.tracking import names
-from runner.tracking.destination import resolve_tracking_uri
-from runner.tracking.store import open_store
+from runner.tracking.store import existing_store
 
 TENSOR_KINDS = ("weights", "biases", "grad_weights", "grad_biases")
 # Records a run keeps by default (``tracking.tensors_every=null``), the last epoch on top: enough
@@ -113,8 +112,8 @@ class TensorWriter(Observer):
         max_records = -(-self.epochs // self.every) + 1
         self._epochs = _GrowingNpy(self.directory / "epochs.npy", (), np.dtype(np.int64), max_records)
         for number, W in enumerate(network.weights, start=1):
-            shapes = {"weights": W.shape, "biases": W.shape[1:], "grad_weights": W.shape, "grad_biases": W.shape[1:]}
-            for kind, shape in shapes.items():
+            shapes = dict(zip(TENSOR_KINDS, (W.shape, W.shape[1:], W.shape, W.shape[1:])))
+            for kind, shape in shapes.items():  # in TENSOR_KINDS order, as on_epoch_end lists the arrays
                 self._files[f"layer{number}.{kind}"] = _GrowingNpy(
                     self.directory / f"layer{number}.{kind}.npy", tuple(shape), network.dtype, max_records)
 
@@ -138,11 +137,10 @@ class TensorWriter(Observer):
             self._latest_epoch = None
 
     def _write(self, epoch: int, arrays: list[np.ndarray]) -> None:
-        """One epoch's record in every file (layer by layer, in ``TENSOR_KINDS`` order)."""
-        names = [f"layer{number}.{kind}" for number in range(1, len(arrays) // len(TENSOR_KINDS) + 1)
-                 for kind in TENSOR_KINDS]
-        for name, array in zip(names, arrays):
-            self._files[name].append(array)
+        """One epoch's record in every file; ``arrays`` come in the files' order (layer by
+        layer, ``TENSOR_KINDS`` in each)."""
+        for file, array in zip(self._files.values(), arrays, strict=True):
+            file.append(array)
         self._epochs.append(np.int64(epoch))
         self.complete += 1
 
@@ -237,8 +235,7 @@ def load_tensors(run_id: str, tracking_uri: str | None = None) -> dict[str, np.n
     ``mlflow.db`` in the current directory. A store that is not there is refused (MLflow would
     create an empty one).
     """
-    uri = tracking_uri or resolve_tracking_uri(None, os.getcwd())
-    open_store(uri)
+    uri = existing_store(tracking_uri)
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.TENSORS_ARTIFACT,
                                                 tracking_uri=uri)
     return read_tensors(local)
