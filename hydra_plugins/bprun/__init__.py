@@ -6,6 +6,8 @@ Hydra's public ``Plugins.register``, which also covers installs Hydra does not s
 ones).
 """
 
+import importlib.util
+
 from runner.sweeps import grid, local_launcher, optuna
 
 
@@ -21,4 +23,25 @@ class LocalLauncher(local_launcher.LocalLauncher):
     __doc__ = local_launcher.LocalLauncher.__doc__
 
 
-PLUGINS = (GridSweeper, OptunaSweeper, LocalLauncher)
+PLUGINS: list[type] = [GridSweeper, OptunaSweeper, LocalLauncher]
+
+# The cluster launchers build on Hydra's plugins for Ray and submitit, when their extras are
+# installed (``runner.sweeps.cluster_configs`` names the extras otherwise).
+if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is not None:
+    from runner.sweeps import ray_launcher
+
+    class RayLauncher(ray_launcher.RayLauncher):
+        __doc__ = ray_launcher.RayLauncher.__doc__
+
+    PLUGINS.append(RayLauncher)
+
+if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None:
+    from runner.sweeps import submitit_launchers
+
+    class SubmititLocalLauncher(submitit_launchers.LocalLauncher):
+        __doc__ = submitit_launchers.LocalLauncher.__doc__
+
+    class SubmititSlurmLauncher(submitit_launchers.SlurmLauncher):
+        __doc__ = submitit_launchers.SlurmLauncher.__doc__
+
+    PLUGINS += [SubmititLocalLauncher, SubmititSlurmLauncher]

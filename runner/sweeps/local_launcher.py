@@ -36,6 +36,7 @@ from runner.process import interruption
 from runner.process.children import ChildPool, start_forkserver
 from runner.process.errors import CommandError, CommandExit
 from runner.sweeps import WORKER_PRELOAD
+from runner.sweeps.cluster_job import shown_overrides
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,8 +83,7 @@ class LocalLauncher(Launcher):
         log.info(f"Launching {len(jobs)} jobs {where}")
         configs = []
         for number, (overrides, config) in enumerate(jobs, start=initial_job_idx):
-            shown = [override for override in overrides if not override.lstrip("+~").startswith("hydra.")]
-            log.info(f"\t#{number} : {' '.join(shown)}")
+            log.info(f"\t#{number} : {' '.join(shown_overrides(overrides))}")
             with open_dict(config):
                 config.hydra.job.id = number
                 config.hydra.job.num = number

@@ -29,7 +29,9 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from runner.core.validation import ConfigError, validate
 from runner.process import interruption
-from runner.process.errors import CommandError, CommandExit
+from runner.process.errors import CommandError, CommandExit, InvalidInput
+from runner.sweeps.cluster_configs import missing_extra
+from runner.sweeps.cluster_job import JobsElsewhere
 from runner.sweeps.context import SweepRun
 from runner.sweeps.overrides import swept_values
 from runner.tracking.destination import Destination, TrackingLost, where_to_look
@@ -48,6 +50,12 @@ class TrackedSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         self.hydra_context = hydra_context
+        option = str(config.hydra.runtime.choices.get("hydra/launcher"))
+        extra = missing_extra(option)
+        if extra is not None:
+            raise CommandExit(InvalidInput(
+                f"hydra/launcher={option} needs the {extra} extra, which is not installed: pip install "
+                f"'backprop-runner[{extra}]' (docs/clusters.md says which extras go together)"))
         self.launcher: Launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
         self.sweep_run: SweepRun | None = None
@@ -126,6 +134,7 @@ class TrackedSweeper(Sweeper):
         configs = [self._compose(list(overrides)) for overrides in batch]
         tracked = bool(self.config.tracking.enabled)
         if tracked and self.sweep_run is None:
+            self._check_jobs_reach_store()
             self.sweep_run = self._start_parent()
             interruption.test_point("sweep-start")
         jobs = [list(overrides) for overrides in batch]
@@ -152,6 +161,18 @@ class TrackedSweeper(Sweeper):
         except ConfigError as error:
             raise CommandExit(ConfigError(f"job {' '.join(overrides)}: {error}")) from None
         return config
+
+    def _check_jobs_reach_store(self) -> None:
+        """Refuse a store that is a file of this machine when the launcher runs jobs elsewhere."""
+        runs_jobs_elsewhere = getattr(self.launcher, "runs_jobs_elsewhere", None)
+        where = runs_jobs_elsewhere() if runs_jobs_elsewhere is not None else None
+        destination = Destination.configured(self.config.tracking, self.config.hydra.runtime.cwd)
+        if where and not destination.is_server:
+            option = self.config.hydra.runtime.choices.get("hydra/launcher")
+            raise CommandExit(JobsElsewhere(
+                f"hydra/launcher={option} runs jobs {where}, which cannot write to this machine's MLflow store "
+                f"{destination.uri}; track to a server that every machine reaches: tracking=server "
+                "tracking.uri=http://HOST:5000 (bprun-server starts one; docs/team.md, docs/clusters.md)"))
 
     def _start_parent(self) -> SweepRun:
         from runner.sweeps.parent import create_parent, parent_request  # (lazy: MLflow)

@@ -1,0 +1,144 @@
+"""``hydra/launcher=ray``: a sweep's jobs as Ray tasks, on a Ray cluster of this machine or an
+existing one (``hydra.launcher.ray.init.address``), through hydra-ray-launcher.
+
+The plugin's launcher waits for every task with a blocking ``ray.get``, so a Ctrl-C would reach
+neither the tasks nor their runs. This one launches the same tasks with Ray's public API
+(``ray.remote``, ``ray.wait``, ``ray.cancel``) and watches for bprun's recorded signal: on Ctrl-C
+or SIGTERM, tasks not started are cancelled and running ones are interrupted (Ray raises the
+interruption in the task, which bprun's handler in the job records), so each running job ends its
+run KILLED at its next mini-batch. A task whose worker died is recorded as a failed job; the
+others go on.
+
+A cluster whose nodes are all on this machine can use a local SQLite store like the local
+launcher; any other node makes bprun refuse a local store before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher as PluginRayLauncher
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from runner.process import interruption
+from runner.process.errors import CommandError
+from runner.sweeps.cluster_job import job_process, local_addresses, shown_overrides
+
+log = logging.getLogger(__name__)
+
+# How often the wait for the tasks looks for a recorded Ctrl-C or SIGTERM.
+INTERRUPTION_POLL_SECONDS = 0.1
+
+
+class JobLost(CommandError):
+    """A job's Ray worker died in the middle of the job (killed, out of memory, node lost)."""
+
+
+class RayLauncher(PluginRayLauncher):
+    """The plugin's launcher, keeping a sweep's guarantees (see the module docstring). Ray is
+    imported when a sweep uses it: Hydra imports every launcher as bprun starts."""
+
+    def runs_jobs_elsewhere(self) -> str | None:
+        """Where jobs may run that is not this machine ("on other machines of the Ray cluster at
+        ADDRESS"), or None when every node is this machine. Starts or joins the cluster."""
+        import ray
+
+        self._start_ray()
+        here = local_addresses() | {ray.util.get_node_ip_address()}  # Ray's address for this machine
+        others = sorted({node["NodeManagerAddress"] for node in ray.nodes()
+                         if node.get("Alive") and not _is_here(node["NodeManagerAddress"], here)})
+        if not others:
+            return None
+        return f"on other machines of the Ray cluster ({', '.join(others)})"
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import ray
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        self._start_ray()
+        options = OmegaConf.to_container(self.ray_cfg.remote, resolve=True) if self.ray_cfg.remote else {}
+        remote_job = ray.remote(**options)(run_ray_job) if options else ray.remote(run_ray_job)
+        log.info(f"Launching {len(job_overrides)} jobs as Ray tasks")
+        launching_dir = os.getcwd()
+        tasks = []
+        for number, overrides in enumerate(job_overrides, start=initial_job_idx):
+            interruption.check()
+            log.info(f"\t#{number} : {' '.join(shown_overrides(overrides))}")
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(config):
+                config.hydra.job.id = f"ray_{number}"
+                config.hydra.job.num = number
+            tasks.append(remote_job.remote(self.hydra_context, config, self.task_function,
+                                           Singleton.get_state(), launching_dir))
+        pending = list(tasks)
+        while pending:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=INTERRUPTION_POLL_SECONDS)
+            if interruption.requested():
+                for task in pending:
+                    ray.cancel(task)  # not started: never starts; running: its job ends its run KILLED
+                ray.wait(pending, num_returns=len(pending))
+                break
+        interruption.check()
+        return [_result(task, number) for number, task in enumerate(tasks, start=initial_job_idx)]
+
+    def _start_ray(self) -> None:
+        # Each job's summary line differs only in numbers, which Ray's log deduplication would fold.
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        import ray
+
+        if ray.is_initialized():
+            return
+        arguments = OmegaConf.to_container(self.ray_cfg.init, resolve=True) if self.ray_cfg.init else {}
+        if not arguments.get("address"):  # a cluster started for the sweep: the plugin's default, as
+            arguments.setdefault("object_store_memory", 78643200)  # Ray's can exceed a small machine's memory
+        log.info(f"Starting Ray: ray.init({', '.join(f'{key}={value!r}' for key, value in arguments.items())})")
+        ray.init(**arguments)
+
+
+def run_ray_job(hydra_context: HydraContext, config: DictConfig, task_function: TaskFunction,
+                singleton_state: dict[Any, Any], launching_dir: str) -> JobReturn:
+    """One job in a Ray worker, with the Hydra state of the launching process."""
+    with job_process(launching_dir):
+        setup_globals()
+        Singleton.set_state(singleton_state)
+        HydraConfig.instance().set_config(config)
+        result = run_job(hydra_context=hydra_context, task_function=task_function, config=config,
+                         job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        sys.stdout.flush()  # the job's lines reach bprun's terminal before its result
+        return result
+
+
+def _result(task: Any, number: int) -> JobReturn:
+    import ray
+
+    try:
+        return ray.get(task)
+    except ray.exceptions.RayTaskError as error:  # raised outside Hydra's job runner
+        failure: BaseException = error.as_instanceof_cause()
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+            ray.exceptions.TaskCancelledError) as error:
+        failure = JobLost(f"job #{number}: its Ray worker ended before the job did ({type(error).__name__})")
+    result = JobReturn()
+    result.status = JobStatus.FAILED
+    result.return_value = failure
+    return result
+
+
+def _is_here(address: str, here: set[str]) -> bool:
+    try:
+        return address in here or ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

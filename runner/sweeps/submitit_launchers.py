@@ -1,0 +1,136 @@
+"""``hydra/launcher=submitit_slurm`` and ``submitit_local``: a sweep's jobs as SLURM jobs (or as
+local processes, to try it without a cluster), through hydra-submitit-launcher.
+
+The plugin's launcher submits the jobs as one job array and waits for each result in turn, so a
+Ctrl-C would reach neither the jobs nor their runs. These launchers submit the same array and
+watch for bprun's recorded signal: on Ctrl-C or SIGTERM, every job still queued or running is
+sent SIGTERM (``scancel`` on SLURM), which a running job records, ending its run KILLED at its
+next mini-batch. A job that fails, or is killed, is recorded as a failed job; the others go on.
+
+Local jobs end with bprun however it ends: each watches bprun's process. SLURM jobs run on other
+machines; bprun refuses a local store for them before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher as PluginLocalLauncher
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as PluginSlurmLauncher
+from omegaconf import OmegaConf
+
+from runner.process import interruption
+from runner.process.errors import CommandError
+from runner.sweeps.cluster_job import job_process, shown_overrides
+
+log = logging.getLogger(__name__)
+
+# How often the wait for the jobs asks whether they are done and looks for a recorded signal
+# (submitit caches SLURM's answers: it asks sacct at most every few seconds, whatever this is).
+POLL_SECONDS = 0.2
+
+
+class JobLost(CommandError):
+    """A job ended without a result: killed, out of memory, or cancelled on the cluster."""
+
+
+class _TrackedSubmitit:
+    """What bprun's two submitit launchers add to the plugin's (see the module docstring)."""
+
+    params: dict[str, Any]
+    config: Any
+    _EXECUTOR: str
+
+    def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str,
+                 singleton_state: dict[type, Singleton]) -> JobReturn:
+        """One job, in the process submitit started for it (the plugin's job, with bprun's
+        signal handling)."""
+        with job_process(self._launching_dir, self._launcher_pid):
+            return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)  # type: ignore[misc]
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None
+        self._launching_dir = os.getcwd()
+        self._launcher_pid = os.getpid() if self._EXECUTOR == "local" else None
+        executor = self._executor()
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info(f"Submitting {len(job_overrides)} jobs ({self._EXECUTOR}), their logs in {sweep_dir}/.submitit")
+        arguments = []
+        for number, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info(f"\t#{number} : {' '.join(shown_overrides(overrides))}")
+            arguments.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}",
+                              Singleton.get_state()))
+        interruption.check()
+        jobs = executor.map_array(self, *zip(*arguments))
+        while not all(job.done() for job in jobs):
+            if interruption.requested():
+                self._stop(jobs)
+                break
+            time.sleep(POLL_SECONDS)
+        interruption.check()
+        return [_result(job, number) for number, job in enumerate(jobs, start=initial_job_idx)]
+
+    def _executor(self) -> Any:
+        """The plugin's executor: its parameters mapped to submitit's as the plugin maps them."""
+        import submitit  # (lazy, as in the plugin: Hydra imports every launcher as bprun starts)
+
+        params = dict(self.params)
+        init = {"folder": params.pop("submitit_folder")}
+        if "max_num_timeout" in params:
+            init[f"{self._EXECUTOR}_max_num_timeout"] = params.pop("max_num_timeout")
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{key if key in shared else f"{self._EXECUTOR}_{key}": value
+                                      for key, value in params.items()})
+        return executor
+
+    def _stop(self, jobs: list[Any]) -> None:
+        """SIGTERM to every job not done (each running job ends its run KILLED), then wait."""
+        for job in jobs:
+            if not job.done():
+                self._terminate(job)
+        while not all(job.done() for job in jobs):
+            time.sleep(POLL_SECONDS)
+
+    def _terminate(self, job: Any) -> None:
+        job.cancel(check=False)
+
+
+class LocalLauncher(_TrackedSubmitit, PluginLocalLauncher):
+    def runs_jobs_elsewhere(self) -> str | None:
+        return None
+
+    def _terminate(self, job: Any) -> None:
+        # submitit's own cancel sends the job's controller SIGINT and its task SIGKILL a second
+        # later, which can cut the end of a run short; SIGTERM to the controller (a local job's
+        # id is its process id) is forwarded to the task, which then ends its run in its own time.
+        try:
+            os.kill(int(job.job_id), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+class SlurmLauncher(_TrackedSubmitit, PluginSlurmLauncher):
+    def runs_jobs_elsewhere(self) -> str | None:
+        return "on the SLURM cluster's nodes"
+
+
+def _result(job: Any, number: int) -> JobReturn:
+    try:
+        return job.results()[0]
+    except Exception as error:  # the job died without a result (submitit's UncompletedJobError)
+        failure = JobLost(f"job #{number} ({job.job_id}) ended without a result: {str(error).splitlines()[0]}")
+    result = JobReturn()
+    result.status = JobStatus.FAILED
+    result.return_value = failure
+    return result
