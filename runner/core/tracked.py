@@ -6,6 +6,8 @@ and a half, and more than half of a tracked process's memory).
 
 from __future__ import annotations
 
+import json
+
 import logging
 from typing import Sequence
 
@@ -54,6 +56,7 @@ def tracked_training(settings: ExperimentConfig, destination: Destination, paren
             check_store(destination)
         experiment_id = parent.experiment_id
         tags[names.PARENT_RUN] = parent.run_id
+        tags[names.JOB_OVERRIDES] = json.dumps(list(launch.overrides))  # the job the sweep launched
     run_name = launch.run_name or tracking.run_name or default_run_name(settings)
     history: History | None = None
     with TrackedRun(destination.uri, experiment_id, run_name, params, tags) as run:

@@ -50,6 +50,21 @@ def signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+@contextlib.contextmanager
+def started_deaf_to_ctrl_c() -> Iterator[None]:
+    """Processes started meanwhile ignore SIGINT (a terminal's Ctrl-C goes to its whole process
+    group) until they install a handler and unblock it, as bprun's jobs do: whoever started them
+    stops them with SIGTERM, in their own time. A Ctrl-C to this process meanwhile waits until
+    the end of the block, not lost."""
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+
 def start_forkserver(preload: Sequence[str]) -> None:
     """Start multiprocessing's fork server now, importing the modules ``preload`` names once
     for every worker later forked from it (a no-op if it runs already). Its first module should

@@ -36,6 +36,8 @@ def job_process(launching_dir: str, launcher_pid: int | None = None) -> Iterator
     interruption.reset()
     if main_thread:
         interruption.install()
+        # Started deaf to Ctrl-C by its launcher (``started_deaf_to_ctrl_c``): hear it again.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, interruption.SIGNALS)
     if launcher_pid is not None:
         _stop_when_gone(launcher_pid)
     working_dir = os.getcwd()

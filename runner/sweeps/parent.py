@@ -33,6 +33,10 @@ from runner.tracking.search import sweep_children
 from runner.tracking.store import ensure_experiment
 
 
+ORPHAN_REASON = ("its job's process ended before the run did (killed by a signal, out of memory, or its "
+                 "worker or node lost); the epochs logged until then are kept")
+
+
 @dataclass(frozen=True)
 class ParentRequest:
     """Everything the parent run is made of, worked out in the process that runs the sweeper."""
@@ -130,6 +134,16 @@ def finish_sweep(sweep: SweepRun, unrecorded: list[JobOutcome]) -> SweepSummary:
         parent = client.get_run(sweep.run_id)
         swept_keys = json.loads(parent.data.tags.get(names.SWEPT_KEYS, "[]")) or None
         children = sweep_children(client, sweep.run_id)
+        orphans = [run.info.run_id for run in children if run.info.status == "RUNNING"]
+        for run_id in orphans:  # every job has returned: the process of this one died mid-run
+            client.set_tag(run_id, names.FAILURE_REASON, ORPHAN_REASON)
+            client.set_terminated(run_id, "FAILED")
+        if orphans:
+            children = sweep_children(client, sweep.run_id)
+        # A job whose process died is known to the launcher only by its overrides: its run, if it
+        # had one, stands for it.
+        launched = {tuple(json.loads(run.data.tags.get(names.JOB_OVERRIDES, "[]"))) for run in children}
+        unrecorded = [outcome for outcome in unrecorded if tuple(outcome.overrides) not in launched]
         jobs = len(children) + len(unrecorded)
         failed = sum(run.info.status != "FINISHED" for run in children) + len(unrecorded)
         status = "FAILED" if failed or not jobs else "FINISHED"  # a sweep none of whose jobs ran failed

@@ -29,6 +29,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from omegaconf import OmegaConf
 
 from runner.process import interruption
+from runner.process.children import started_deaf_to_ctrl_c
 from runner.process.errors import CommandError
 from runner.sweeps.cluster_job import job_process, shown_overrides
 
@@ -71,7 +72,14 @@ class _TrackedSubmitit:
             arguments.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}",
                               Singleton.get_state()))
         interruption.check()
-        jobs = executor.map_array(self, *zip(*arguments))
+        if self._EXECUTOR == "local":
+            # Local jobs are this process's children, in the terminal's process group: a Ctrl-C
+            # would reach submitit's controller of each job, which kills its job a second later.
+            # The job hears it (and this launcher's SIGTERM) itself and ends its run in its own time.
+            with started_deaf_to_ctrl_c():
+                jobs = executor.map_array(self, *zip(*arguments))
+        else:
+            jobs = executor.map_array(self, *zip(*arguments))
         while not all(job.done() for job in jobs):
             if interruption.requested():
                 self._stop(jobs)
