@@ -4,7 +4,8 @@ local executor (SLURM's stand-in: the same launcher, jobs as local processes).
 Each sweep is read back from the store: one parent, every job nested and FINISHED with a value
 for every epoch; a job reruns identical in one process; Ctrl-C cancels the cluster's jobs and
 leaves no run RUNNING and no job computing; a job killed outright is recorded FAILED while the
-others finish; a launcher that runs jobs on other machines refuses a local store.
+others finish; a requeued job marks its run and starts a new one linked to it; a launcher that
+runs jobs on other machines refuses a local store.
 """
 
 from __future__ import annotations
@@ -189,6 +190,34 @@ def test_a_submitit_job_killed_by_a_signal_is_recorded_failed_while_the_others_f
     killed = next(child for child in children if child.info.run_id == victim)
     assert killed.info.status == "FAILED" and "ended before the run did" in killed.data.tags["failure_reason"]
     assert_complete(store, [child for child in children if child is not killed], jobs=3, epochs=epochs)
+
+
+def test_a_requeued_job_marks_its_run_and_starts_a_new_one_linked_to_it(make_store, tmp_path: Path) -> None:
+    """What SLURM does to a job at its time limit or preempted, here with submitit's local
+    executor: the job gets submitit's signal (USR2), and submitit requeues it."""
+    store = make_store("submitit-requeue-store")
+    epochs = 6000
+    sweep = Background("-m", "hydra/launcher=submitit_local", "seed=0,1", f"trainer.epochs={epochs}",
+                       cwd=tmp_path, uri=store.uri)
+    try:
+        first, pid = wait_until(lambda: next(iter(running_job_pids(store).items()), None), START_TIMEOUT,
+                                "a job logging", sweep, interval=0.05)
+        os.kill(pid, signal.SIGUSR2)
+        finished = sweep.wait(time.monotonic(), timeout=START_TIMEOUT)
+    finally:
+        sweep.kill_everything()
+    assert finished.returncode == 0, finished.output
+    runs = store.runs()
+    parent = next(run for run in runs if run.data.tags.get("bprun.sweep") == "true")
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.jobs"] == "2", parent.data.tags
+    stopped = next(run for run in runs if run.info.run_id == first)
+    assert stopped.info.status == "KILLED" and stopped.data.tags["bprun.requeued"] == "true"
+    assert "requeued" in stopped.data.tags["failure_reason"]
+    requeued = [run for run in runs if run.data.tags.get("bprun.requeue_of") == first]
+    assert len(requeued) == 1 and requeued[0].data.tags[PARENT_TAG] == parent.info.run_id
+    assert requeued[0].data.params["seed"] == stopped.data.params["seed"]
+    others = [run for run in runs if run not in (parent, stopped)]
+    assert_complete(store, others, jobs=2, epochs=epochs)
 
 
 def test_ctrl_c_cancels_the_submitit_jobs_and_ends_their_runs_killed(make_store, tmp_path: Path) -> None:

@@ -55,3 +55,11 @@ def test_bprun_runs_from_the_unpacked_wheel(wheel: Path, tmp_path: Path) -> None
         cwd=work, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "completed 3 epochs" in result.stdout
+
+
+def test_the_installed_extras_are_consistent() -> None:
+    """The test install (``.[test,ray,slurm]``) is one of the documented combinations: pip finds
+    no broken requirement in it (the ray extra's cloudpickle 2 included)."""
+    checked = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+

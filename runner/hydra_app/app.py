@@ -96,8 +96,10 @@ def _run(cfg: DictConfig, state: DictConfig, in_sweep: bool) -> RunResult:
         values = {key: choices[key] if key in choices else OmegaConf.select(cfg, key.lstrip("+~"))
                   for key in sweep.swept_keys}
         run_name = job_name(default_run_name(settings), values)
+    requeue_of = state.job.env_set.get(names.ENV_REQUEUE_OF)  # set by a cluster launcher that requeued the job
     launch = Launch(overrides=tuple(state.overrides.task), choices=choices, run_name=run_name,
-                    output_dir=Path(state.runtime.output_dir), start_dir=state.runtime.cwd)
+                    output_dir=Path(state.runtime.output_dir), start_dir=state.runtime.cwd,
+                    tags={names.REQUEUE_OF: str(requeue_of)} if requeue_of else {})
     observers: list[Observer] = []
     if os.environ.get(names.ENV_CRASH_AT_EPOCH):
         observers.append(_CrashAt(int(os.environ[names.ENV_CRASH_AT_EPOCH])))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Sequence
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -60,15 +61,15 @@ def _record(signum: int, frame: object) -> None:
             pass
 
 
-def install(report: bool = False, stopping_line: str | None = None) -> None:
-    """Record SIGINT and SIGTERM in this process from now on (call from the main thread).
-    With ``report``, each signal also prints one line on stderr saying what happens next
-    (``stopping_line`` for the first one, when given)."""
+def install(report: bool = False, stopping_line: str | None = None, also: Sequence[int] = ()) -> None:
+    """Record SIGINT and SIGTERM (and the signals ``also`` names) in this process from now on
+    (call from the main thread). With ``report``, each signal also prints one line on stderr
+    saying what happens next (``stopping_line`` for the first one, when given)."""
     global _report_signals, _stopping_line
     _report_signals = report
     if stopping_line is not None:
         _stopping_line = stopping_line
-    for signum in SIGNALS:
+    for signum in (*SIGNALS, *also):
         signal.signal(signum, _record)
 
 

@@ -26,16 +26,17 @@ class JobsElsewhere(InvalidInput):
 
 
 @contextlib.contextmanager
-def job_process(launching_dir: str, launcher_pid: int | None = None) -> Iterator[None]:
-    """Run a job here with bprun's signal handling; in ``launching_dir`` when this machine has it
-    (relative output folders then land where the sweep was launched, as with the local launcher).
-    With ``launcher_pid`` (a process of this machine), the job stops as if sent SIGTERM once that
-    process is gone, however it ended."""
+def job_process(launching_dir: str, launcher_pid: int | None = None, also: Sequence[int] = ()) -> Iterator[None]:
+    """Run a job here with bprun's signal handling (for SIGINT, SIGTERM and the signals ``also``
+    names); in ``launching_dir`` when this machine has it (relative output folders then land
+    where the sweep was launched, as with the local launcher). With ``launcher_pid`` (a process
+    of this machine), the job stops as if sent SIGTERM once that process is gone, however it
+    ended."""
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = {signum: signal.getsignal(signum) for signum in interruption.SIGNALS} if main_thread else {}
+    previous = {signum: signal.getsignal(signum) for signum in (*interruption.SIGNALS, *also)} if main_thread else {}
     interruption.reset()
     if main_thread:
-        interruption.install()
+        interruption.install(also=also)
         # Started deaf to Ctrl-C by its launcher (``started_deaf_to_ctrl_c``): hear it again.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, interruption.SIGNALS)
     if launcher_pid is not None:

@@ -133,13 +133,13 @@ def finish_sweep(sweep: SweepRun, unrecorded: list[JobOutcome]) -> SweepSummary:
         client = sweep_client(sweep)
         parent = client.get_run(sweep.run_id)
         swept_keys = json.loads(parent.data.tags.get(names.SWEPT_KEYS, "[]")) or None
-        children = sweep_children(client, sweep.run_id)
+        children = job_runs(client, sweep.run_id)
         orphans = [run.info.run_id for run in children if run.info.status == "RUNNING"]
         for run_id in orphans:  # every job has returned: the process of this one died mid-run
             client.set_tag(run_id, names.FAILURE_REASON, ORPHAN_REASON)
             client.set_terminated(run_id, "FAILED")
         if orphans:
-            children = sweep_children(client, sweep.run_id)
+            children = job_runs(client, sweep.run_id)
         # A job whose process died is known to the launcher only by its overrides: its run, if it
         # had one, stands for it.
         launched = {tuple(json.loads(run.data.tags.get(names.JOB_OVERRIDES, "[]"))) for run in children}
@@ -168,6 +168,12 @@ def finish_sweep(sweep: SweepRun, unrecorded: list[JobOutcome]) -> SweepSummary:
             raise
         client.set_terminated(sweep.run_id, status)
     return SweepSummary(failed, "\n\n".join(texts), jobs, unrecorded)
+
+
+def job_runs(client: MlflowClient, parent_run_id: str) -> list[Any]:
+    """The runs of a sweep's jobs, but for those a cluster stopped and requeued: the job's next
+    run (tagged ``bprun.requeue_of``) stands for the job."""
+    return [run for run in sweep_children(client, parent_run_id) if run.data.tags.get(names.REQUEUED) != "true"]
 
 
 def end_stopped_sweep(sweep: SweepRun, status: str, reason: str) -> None:

@@ -51,8 +51,7 @@ class RayLauncher(PluginRayLauncher):
     def runs_jobs_elsewhere(self) -> str | None:
         """Where jobs may run that is not this machine ("on other machines of the Ray cluster at
         ADDRESS"), or None when every node is this machine. Starts or joins the cluster."""
-        import ray
-
+        ray = import_ray()
         self._start_ray()
         here = local_addresses() | {ray.util.get_node_ip_address()}  # Ray's address for this machine
         others = sorted({node["NodeManagerAddress"] for node in ray.nodes()
@@ -62,8 +61,18 @@ class RayLauncher(PluginRayLauncher):
         return f"on other machines of the Ray cluster ({', '.join(others)})"
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        import ray
+        assert self.config is not None and self.hydra_context is not None
+        jobs = []
+        for overrides in job_overrides:
+            interruption.check()
+            jobs.append((list(overrides), self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))))
+        return self.launch_composed(jobs, initial_job_idx)
 
+    def launch_composed(self, jobs: Sequence[tuple[list[str], DictConfig]], initial_job_idx: int) -> list[JobReturn]:
+        """Run each ``(overrides, composed config)`` job as a Ray task (bprun's sweepers hand over
+        the configs they composed to validate the jobs: this process composes each job once, and
+        spends its CPU, which the jobs share, on nothing else)."""
+        ray = import_ray()
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -71,18 +80,18 @@ class RayLauncher(PluginRayLauncher):
         self._start_ray()
         options = OmegaConf.to_container(self.ray_cfg.remote, resolve=True) if self.ray_cfg.remote else {}
         remote_job = ray.remote(**options)(run_ray_job) if options else ray.remote(run_ray_job)
-        log.info(f"Launching {len(job_overrides)} jobs as Ray tasks")
+        log.info(f"Launching {len(jobs)} jobs as Ray tasks")
         launching_dir = os.getcwd()
+        # Put once, shared by every task, instead of serialized into each.
+        hydra_state = ray.put((self.hydra_context, self.task_function, Singleton.get_state()))
         tasks = []
-        for number, overrides in enumerate(job_overrides, start=initial_job_idx):
+        for number, (overrides, config) in enumerate(jobs, start=initial_job_idx):
             interruption.check()
             log.info(f"\t#{number} : {' '.join(shown_overrides(overrides))}")
-            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(config):
                 config.hydra.job.id = f"ray_{number}"
                 config.hydra.job.num = number
-            tasks.append(remote_job.remote(self.hydra_context, config, self.task_function,
-                                           Singleton.get_state(), launching_dir))
+            tasks.append(remote_job.remote(hydra_state, config, launching_dir))
         pending = list(tasks)
         while pending:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=INTERRUPTION_POLL_SECONDS)
@@ -95,10 +104,7 @@ class RayLauncher(PluginRayLauncher):
         return [_result(task, number) for number, task in enumerate(tasks, start=initial_job_idx)]
 
     def _start_ray(self) -> None:
-        # Each job's summary line differs only in numbers, which Ray's log deduplication would fold.
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        import ray
-
+        ray = import_ray()
         if ray.is_initialized():
             return
         arguments = OmegaConf.to_container(self.ray_cfg.init, resolve=True) if self.ray_cfg.init else {}
@@ -108,9 +114,10 @@ class RayLauncher(PluginRayLauncher):
         ray.init(**arguments)
 
 
-def run_ray_job(hydra_context: HydraContext, config: DictConfig, task_function: TaskFunction,
-                singleton_state: dict[Any, Any], launching_dir: str) -> JobReturn:
+def run_ray_job(hydra_state: tuple[HydraContext, TaskFunction, dict[Any, Any]], config: DictConfig,
+                launching_dir: str) -> JobReturn:
     """One job in a Ray worker, with the Hydra state of the launching process."""
+    hydra_context, task_function, singleton_state = hydra_state
     with job_process(launching_dir):
         setup_globals()
         Singleton.set_state(singleton_state)
@@ -121,9 +128,17 @@ def run_ray_job(hydra_context: HydraContext, config: DictConfig, task_function: 
         return result
 
 
-def _result(task: Any, number: int) -> JobReturn:
+def import_ray() -> Any:
+    """Ray, imported when a sweep uses it (Hydra imports every launcher as bprun starts)."""
+    # Each job's summary line differs only in numbers, which Ray's log deduplication would fold.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
 
+    return ray
+
+
+def _result(task: Any, number: int) -> JobReturn:
+    ray = import_ray()
     try:
         return ray.get(task)
     except ray.exceptions.RayTaskError as error:  # raised outside Hydra's job runner

@@ -13,6 +13,7 @@ machines; bprun refuses a local store for them before anything is submitted.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
@@ -32,6 +34,7 @@ from runner.process import interruption
 from runner.process.children import started_deaf_to_ctrl_c
 from runner.process.errors import CommandError
 from runner.sweeps.cluster_job import job_process, shown_overrides
+from runner.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +57,29 @@ class _TrackedSubmitit:
     def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str,
                  singleton_state: dict[type, Singleton]) -> JobReturn:
         """One job, in the process submitit started for it (the plugin's job, with bprun's
-        signal handling)."""
-        with job_process(self._launching_dir, self._launcher_pid):
-            return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)  # type: ignore[misc]
+        signal handling).
+
+        The cluster's warning that the job is preempted or near its time limit is recorded like
+        Ctrl-C: the run ends KILLED at the next mini-batch, marked requeued, and only then does
+        submitit's own handler of that signal run (outside any signal handler), which requeues
+        the job through ``checkpoint``: its next run starts from the first epoch."""
+        requeue_signal = preemption_signal()
+        submitit_handler = signal.getsignal(requeue_signal)  # submitit's checkpoint-and-requeue
+        with job_process(self._launching_dir, self._launcher_pid, also=(requeue_signal,)):
+            try:
+                return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)  # type: ignore[misc]
+            except interruption.Interrupted as stop:
+                if stop.signum != requeue_signal or not callable(submitit_handler):
+                    raise
+                self._requeue_of = mark_requeued()
+        submitit_handler(requeue_signal, None)  # requeues (or says why not) and exits
+        raise AssertionError("submitit's handler returned")  # pragma: no cover
+
+    def checkpoint(self, sweep_overrides: list[str], *arguments: Any) -> Any:
+        """What submitit requeues: this job again, told which run it had before."""
+        if getattr(self, "_requeue_of", None):
+            sweep_overrides = [*sweep_overrides, f"++hydra.job.env_set.{names.ENV_REQUEUE_OF}={self._requeue_of}"]
+        return super().checkpoint(sweep_overrides, *arguments)  # type: ignore[misc]
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None
@@ -131,6 +154,29 @@ class LocalLauncher(_TrackedSubmitit, PluginLocalLauncher):
 class SlurmLauncher(_TrackedSubmitit, PluginSlurmLauncher):
     def runs_jobs_elsewhere(self) -> str | None:
         return "on the SLURM cluster's nodes"
+
+
+def preemption_signal() -> int:
+    """The signal submitit's jobs get before a time limit or on preemption (submitit's
+    ``SUBMITIT_PREEMPT_SIGNAL``, USR2 unless set)."""
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+
+
+def mark_requeued() -> str | None:
+    """Tag the run the job just ended (its output folder's ``mlflow_run.json`` names it) as
+    requeued; return its id (None for an untracked job)."""
+    pointer = Path(HydraConfig.get().runtime.output_dir) / names.RUN_POINTER_FILE
+    if not pointer.exists():
+        return None
+    run = json.loads(pointer.read_text())
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(run["tracking_uri"])
+    client.set_tag(run["run_id"], names.REQUEUED, "true")
+    client.set_tag(run["run_id"], names.FAILURE_REASON,
+                   "the cluster preempted the job or it reached its time limit: submitit requeued it, and its next "
+                   f"run (tagged {names.REQUEUE_OF}) starts again from the first epoch")
+    return str(run["run_id"])
 
 
 def _result(job: Any, number: int) -> JobReturn:

@@ -40,6 +40,8 @@ CHOICE_PARAM_PREFIX = "choice."  # params choice.<group>: the option of each con
 RERUN_OF = "rerun_of"
 RERUN_RESULT = "rerun.result"
 RERUN_OVERRIDES = "rerun.overrides"
+REQUEUED = "bprun.requeued"  # "true": the cluster stopped the job and requeued it, which started a new run
+REQUEUE_OF = "bprun.requeue_of"  # a requeued job's new run: the run its job had before
 SYNC_TARGET = "bprun.sync_target"  # an offline run: the server it is meant for
 SYNCED_AS = "bprun.synced_as"  # an offline run already uploaded: <server>#<run id>
 SYNCED_FROM = "bprun.synced_from"  # an uploaded copy: the offline run's id
@@ -68,6 +70,7 @@ ENV_EXPERIMENT_ID = "BPRUN_EXPERIMENT_ID"
 ENV_SWEEP_TRACKING_URI = "BPRUN_TRACKING_URI"
 ENV_SWEPT_KEYS = "BPRUN_SWEPT_KEYS"  # the keys a job's sweep varies, comma-separated (its run's name shows them)
 ENV_SWEEP_SYNC_TARGET = "BPRUN_SYNC_TARGET"
+ENV_REQUEUE_OF = "BPRUN_REQUEUE_OF"  # a requeued job: the run it had before (names.REQUEUE_OF)
 # MLflow's own: the store, and its http client's timeout and retries (read at every request).
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 ENV_HTTP_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
