@@ -19,9 +19,9 @@ import ipaddress
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
@@ -35,9 +35,12 @@ from runner.process.errors import CommandError
 from runner.sweeps.cluster_job import job_process, local_addresses, shown_overrides
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How often the wait for the tasks looks for a recorded Ctrl-C or SIGTERM.
 INTERRUPTION_POLL_SECONDS = 0.1
+# Worker processes warmed up as a sweep starts, at most (one per job slot of the cluster).
+MAX_WARM_UPS = 16
 
 
 class JobLost(CommandError):
@@ -47,6 +50,36 @@ class JobLost(CommandError):
 class RayLauncher(PluginRayLauncher):
     """The plugin's launcher, keeping a sweep's guarantees (see the module docstring). Ray is
     imported when a sweep uses it: Hydra imports every launcher as bprun starts."""
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        # Ray starts a worker process per job slot for this sweep, each with its imports to do
+        # (seconds of a core): started now, they do them while bprun composes and validates the
+        # jobs and creates the parent run, instead of after.
+        self._start_ray()
+        ray = import_ray()
+        options = self._remote_options()
+        slots = int(ray.cluster_resources().get("CPU", 1) // max(float(options.get("num_cpus", 1)), 1e-9))
+        warm = ray.remote(**options)(warm_up_worker) if options else ray.remote(warm_up_worker)
+        self._warm_ups = [warm.remote() for _ in range(max(1, min(slots, MAX_WARM_UPS)))]
+
+    def call(self, function: Callable[..., T], *arguments: Any) -> T:
+        """``function(*arguments)`` (the sweep's parent run, its summary) in one of the sweep's
+        Ray workers, warmed up with MLflow imported, as the local launcher does in its workers:
+        this process then never imports MLflow or draws a chart. Here, if Ray fails."""
+        ray = import_ray()
+        options = self._remote_options()
+        try:
+            remote = ray.remote(**options)(function) if options else ray.remote(function)
+            return ray.get(remote.remote(*arguments))
+        except ray.exceptions.RayTaskError as error:
+            raise error.as_instanceof_cause() from None
+        except ray.exceptions.RayError:
+            log.debug("Ray failed to run %s; it runs in this process", function.__name__)
+        return function(*arguments)
+
+    def _remote_options(self) -> dict[str, Any]:
+        return OmegaConf.to_container(self.ray_cfg.remote, resolve=True) if self.ray_cfg.remote else {}
 
     def runs_jobs_elsewhere(self) -> str | None:
         """Where jobs may run that is not this machine ("on other machines of the Ray cluster at
@@ -78,7 +111,7 @@ class RayLauncher(PluginRayLauncher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         self._start_ray()
-        options = OmegaConf.to_container(self.ray_cfg.remote, resolve=True) if self.ray_cfg.remote else {}
+        options = self._remote_options()
         remote_job = ray.remote(**options)(run_ray_job) if options else ray.remote(run_ray_job)
         log.info(f"Launching {len(jobs)} jobs as Ray tasks")
         launching_dir = os.getcwd()
@@ -112,6 +145,14 @@ class RayLauncher(PluginRayLauncher):
             arguments.setdefault("object_store_memory", 78643200)  # Ray's can exceed a small machine's memory
         log.info(f"Starting Ray: ray.init({', '.join(f'{key}={value!r}' for key, value in arguments.items())})")
         ray.init(**arguments)
+
+
+def warm_up_worker() -> None:
+    """A Ray worker's imports and first-time costs, done before its first job (``warm_up``); the
+    import is here so that bprun's process does not make it."""
+    from runner.sweeps.warm_up import warm_up
+
+    warm_up()
 
 
 def run_ray_job(hydra_state: tuple[HydraContext, TaskFunction, dict[Any, Any]], config: DictConfig,
