@@ -248,3 +248,14 @@ def test_a_launcher_that_runs_jobs_elsewhere_refuses_a_local_store(make_store, t
             f"machine's MLflow store {store.uri}") in result.stderr
     assert "tracking=server" in result.stderr
     assert store.runs() == [] and not list(tmp_path.rglob(".submitit"))  # nothing tracked, nothing submitted
+
+
+def test_a_ray_address_where_no_cluster_answers_is_refused_before_anything_is_tracked(make_store,
+                                                                                      tmp_path: Path) -> None:
+    store = make_store("ray-nowhere-store")
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    result = cli("-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}", "seed=0,1",
+                 cwd=tmp_path, uri=store.uri)
+    assert result.returncode == 2, result.output
+    assert f"hydra.launcher.ray.init.address={address}: no Ray cluster answers there" in result.stderr
+    assert store.runs() == []

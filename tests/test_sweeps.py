@@ -552,3 +552,17 @@ def test_report_on_the_latest_sweep(basic_grid: Sweep, tmp_path: Path) -> None:
     assert_non_trivial_png(output / "learning_curves.png")
     (final_plot,) = output.glob("final_*_vs_optimizer.lr.png")
     assert_non_trivial_png(final_plot)
+
+
+def test_a_cluster_launcher_without_its_extra_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from runner.sweeps import cluster_configs
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name.startswith(
+        ("hydra_plugins.hydra_ray_launcher", "hydra_plugins.hydra_submitit_launcher")) else real_find_spec(name, *rest))
+    assert cluster_configs.missing_extra("ray") == "ray"
+    assert cluster_configs.missing_extra("submitit_slurm") == "slurm"
+    assert cluster_configs.missing_extra("submitit_local") == "slurm"
+    assert cluster_configs.missing_extra("local") is None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher as PluginR
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.process import interruption
-from runner.process.errors import CommandError
+from runner.process.errors import CommandError, CommandExit, InvalidInput
 from runner.sweeps.cluster_job import job_process, local_addresses, shown_overrides
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ T = TypeVar("T")
 
 # How often the wait for the tasks looks for a recorded Ctrl-C or SIGTERM.
 INTERRUPTION_POLL_SECONDS = 0.1
+# How long a cluster's head may take to accept a connection before bprun gives up on it.
+CONNECT_SECONDS = 10.0
 # Worker processes warmed up as a sweep starts, at most (one per job slot of the cluster).
 MAX_WARM_UPS = 16
 
@@ -61,7 +64,8 @@ class RayLauncher(PluginRayLauncher):
         options = self._remote_options()
         slots = int(ray.cluster_resources().get("CPU", 1) // max(float(options.get("num_cpus", 1)), 1e-9))
         warm = ray.remote(**options)(warm_up_worker) if options else ray.remote(warm_up_worker)
-        self._warm_ups = [warm.remote() for _ in range(max(1, min(slots, MAX_WARM_UPS)))]
+        for _ in range(max(1, min(slots, MAX_WARM_UPS))):
+            warm.remote()  # nobody waits for it: the jobs queue behind it on its worker
 
     def call(self, function: Callable[..., T], *arguments: Any) -> T:
         """``function(*arguments)`` (the sweep's parent run, its summary) in one of the sweep's
@@ -143,8 +147,16 @@ class RayLauncher(PluginRayLauncher):
         arguments = OmegaConf.to_container(self.ray_cfg.init, resolve=True) if self.ray_cfg.init else {}
         if not arguments.get("address"):  # a cluster started for the sweep: the plugin's default, as
             arguments.setdefault("object_store_memory", 78643200)  # Ray's can exceed a small machine's memory
-        log.info(f"Starting Ray: ray.init({', '.join(f'{key}={value!r}' for key, value in arguments.items())})")
-        ray.init(**arguments)
+        call = f"ray.init({', '.join(f'{key}={value!r}' for key, value in arguments.items())})"
+        log.info(f"Starting Ray: {call}")
+        _check_answers(str(arguments.get("address") or ""), call)
+        try:
+            ray.init(**arguments)
+        except Exception as error:  # no cluster at that address, an argument Ray refuses
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise CommandExit(InvalidInput(
+                f"hydra.launcher.ray.init: {call} failed, before any job was submitted: {type(error).__name__}: "
+                f"{reason}")) from None
 
 
 def warm_up_worker() -> None:
@@ -173,6 +185,13 @@ def import_ray() -> Any:
     """Ray, imported when a sweep uses it (Hydra imports every launcher as bprun starts)."""
     # Each job's summary line differs only in numbers, which Ray's log deduplication would fold.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # A cluster that ray.init starts here reports nothing over the network.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Where a Ray authentication token exists (a cluster ray.init started here once writes one),
+    # `ray start` starts clusters that require it, and a driver sends it only in token mode.
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.exists()):
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
     return ray
@@ -191,6 +210,20 @@ def _result(task: Any, number: int) -> JobReturn:
     result.status = JobStatus.FAILED
     result.return_value = failure
     return result
+
+
+def _check_answers(address: str, call: str) -> None:
+    """Refuse a HOST:PORT address where nothing listens: ``ray.init`` would wait for it without end."""
+    host, colon, port = address.rpartition(":")
+    if not colon or "://" in address or not port.isdigit():
+        return  # "auto", "local", ray://...: Ray itself says what is wrong
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as error:
+        raise CommandExit(InvalidInput(
+            f"hydra.launcher.ray.init.address={address}: no Ray cluster answers there ({error}); start one "
+            "(ray start --head) or give its head's address, or null for a cluster of this machine; nothing was "
+            f"submitted ({call})")) from None
 
 
 def _is_here(address: str, here: set[str]) -> bool:

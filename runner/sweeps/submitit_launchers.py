@@ -22,13 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher as PluginLocalLauncher
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as PluginSlurmLauncher
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from runner.process import interruption
 from runner.process.children import started_deaf_to_ctrl_c
@@ -52,6 +51,8 @@ class _TrackedSubmitit:
 
     params: dict[str, Any]
     config: Any
+    hydra_context: Any
+    task_function: Any
     _EXECUTOR: str
 
     def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str,
@@ -63,15 +64,25 @@ class _TrackedSubmitit:
         Ctrl-C: the run ends KILLED at the next mini-batch, marked requeued, and only then does
         submitit's own handler of that signal run (outside any signal handler), which requeues
         the job through ``checkpoint``: its next run starts from the first epoch."""
+        import submitit
+
         requeue_signal = preemption_signal()
         submitit_handler = signal.getsignal(requeue_signal)  # submitit's checkpoint-and-requeue
         with job_process(self._launching_dir, self._launcher_pid, also=(requeue_signal,)):
+            # The plugin's job, with the config kept: the run it made is in its output folder.
+            Singleton.set_state(singleton_state)
+            setup_globals()
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, sweep_overrides)
+            with open_dict(config.hydra.job):
+                config.hydra.job.id = submitit.JobEnvironment().job_id
+                config.hydra.job.num = job_num
             try:
-                return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)  # type: ignore[misc]
+                return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+                               job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
             except interruption.Interrupted as stop:
                 if stop.signum != requeue_signal or not callable(submitit_handler):
                     raise
-                self._requeue_of = mark_requeued()
+                self._requeue_of = mark_requeued(Path(str(config.hydra.runtime.output_dir)))
         submitit_handler(requeue_signal, None)  # requeues (or says why not) and exits
         raise AssertionError("submitit's handler returned")  # pragma: no cover
 
@@ -162,10 +173,10 @@ def preemption_signal() -> int:
     return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
 
 
-def mark_requeued() -> str | None:
+def mark_requeued(output_dir: Path) -> str | None:
     """Tag the run the job just ended (its output folder's ``mlflow_run.json`` names it) as
     requeued; return its id (None for an untracked job)."""
-    pointer = Path(HydraConfig.get().runtime.output_dir) / names.RUN_POINTER_FILE
+    pointer = output_dir / names.RUN_POINTER_FILE
     if not pointer.exists():
         return None
     run = json.loads(pointer.read_text())
