@@ -7,7 +7,6 @@ and a half, and more than half of a tracked process's memory).
 from __future__ import annotations
 
 import json
-
 import logging
 from typing import Sequence
 
