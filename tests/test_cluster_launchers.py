@@ -69,9 +69,12 @@ def assert_complete(store: Any, children: list[Any], jobs: int, epochs: int) -> 
             assert steps == list(range(epochs)), (child.info.run_name, key)
 
 
-def assert_ended_by_the_job(store: Any, children: list[Any]) -> None:
-    """Each run was ended KILLED by its own job, between two epochs, every completed epoch logged
-    (not marked afterwards by the sweep)."""
+def assert_stopped_sweep(store: Any, running: int) -> None:
+    """The parent KILLED, and each of the ``running`` jobs' runs ended KILLED by its own job,
+    between two epochs, every completed epoch logged (not marked afterwards by the sweep)."""
+    parent, children = sweep_runs(store)
+    assert parent.info.status == "KILLED"
+    assert len(children) == running
     client = store.client()
     for child in children:
         assert child.info.status == "KILLED" and child.data.tags["stop_reason"] == "interrupted", child.data.tags
@@ -134,10 +137,7 @@ def test_ctrl_c_cancels_the_ray_tasks_and_ends_their_runs_killed(ray_cluster: st
     finally:
         sweep.kill_everything()
     wait_until(lambda: not ray_job_processes(), PROMPT_EXIT_SECONDS, "no Ray worker running a job")
-    parent, children = sweep_runs(store)
-    assert parent.info.status == "KILLED"
-    assert len(children) == 2
-    assert_ended_by_the_job(store, children)
+    assert_stopped_sweep(store, running=2)
 
 
 def test_a_4_job_sweep_through_submitit_lands_whole_and_reruns_identical(make_store, tmp_path: Path) -> None:
@@ -234,10 +234,7 @@ def test_ctrl_c_cancels_the_submitit_jobs_and_ends_their_runs_killed(make_store,
     assert finished.returncode == 130, finished.output
     assert not leftovers
     assert not [pid for pid in pids.values() if alive(pid)]
-    parent, children = sweep_runs(store)
-    assert parent.info.status == "KILLED"
-    assert len(children) == 2
-    assert_ended_by_the_job(store, children)
+    assert_stopped_sweep(store, running=2)
 
 
 def test_a_launcher_that_runs_jobs_elsewhere_refuses_a_local_store(make_store, tmp_path: Path) -> None:

@@ -67,11 +67,7 @@ class LocalLauncher(Launcher):
             start_forkserver(WORKER_PRELOAD)  # its imports overlap the sweeper's composing
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        jobs = []
-        for overrides in job_overrides:
-            interruption.check()
-            jobs.append((list(overrides), self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))))
-        return self.launch_composed(jobs, initial_job_idx)
+        return self.launch_composed(compose_jobs(self.hydra_context, self.config, job_overrides), initial_job_idx)
 
     def launch_composed(self, jobs: Sequence[tuple[list[str], DictConfig]], initial_job_idx: int) -> list[JobReturn]:
         """Run each ``(overrides, composed config)`` job; job ``i`` gets number
@@ -148,6 +144,16 @@ class LocalLauncher(Launcher):
         if self._pool is None:
             self._pool = ChildPool(self.n_jobs, "forkserver")
         return self._pool
+
+
+def compose_jobs(hydra_context: HydraContext, config: DictConfig,
+                 job_overrides: Sequence[Sequence[str]]) -> list[tuple[list[str], DictConfig]]:
+    """``(overrides, composed config)`` of each job, as ``launch_composed`` takes them."""
+    jobs = []
+    for overrides in job_overrides:
+        interruption.check()
+        jobs.append((list(overrides), hydra_context.config_loader.load_sweep_config(config, list(overrides))))
+    return jobs
 
 
 def execute_job_in_worker(config: DictConfig, hydra_state: bytes) -> JobReturn:

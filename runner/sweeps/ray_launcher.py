@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from runner.process import interruption
 from runner.process.errors import CommandError, CommandExit, InvalidInput
 from runner.sweeps.cluster_job import job_process, local_addresses, shown_overrides
+from runner.sweeps.local_launcher import compose_jobs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,11 +100,7 @@ class RayLauncher(PluginRayLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
-        jobs = []
-        for overrides in job_overrides:
-            interruption.check()
-            jobs.append((list(overrides), self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))))
-        return self.launch_composed(jobs, initial_job_idx)
+        return self.launch_composed(compose_jobs(self.hydra_context, self.config, job_overrides), initial_job_idx)
 
     def launch_composed(self, jobs: Sequence[tuple[list[str], DictConfig]], initial_job_idx: int) -> list[JobReturn]:
         """Run each ``(overrides, composed config)`` job as a Ray task (bprun's sweepers hand over
