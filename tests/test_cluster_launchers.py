@@ -169,20 +169,25 @@ def running_job_pids(store: Any) -> dict[str, int]:
     return {run_id: int(pid) for run_id, pid in rows}
 
 
+def signal_a_running_job(store: Any, cwd: Path, seeds: str, epochs: int, signum: int) -> tuple[str, Any]:
+    """Run a submitit_local sweep over ``seeds``, send ``signum`` to the process of the first job
+    that logs, and wait for the sweep's end; return that job's run id and how the sweep ended."""
+    sweep = Background("-m", "hydra/launcher=submitit_local", seeds, f"trainer.epochs={epochs}", cwd=cwd, uri=store.uri)
+    try:
+        run_id, pid = wait_until(lambda: next(iter(running_job_pids(store).items()), None), START_TIMEOUT,
+                                 "a job logging", sweep, interval=0.05)
+        assert pid != sweep.pid
+        os.kill(pid, signum)
+        return run_id, sweep.wait(time.monotonic(), timeout=START_TIMEOUT)
+    finally:
+        sweep.kill_everything()
+
+
 def test_a_submitit_job_killed_by_a_signal_is_recorded_failed_while_the_others_finish(make_store,
                                                                                          tmp_path: Path) -> None:
     store = make_store("submitit-kill-store")
     epochs = 6000
-    sweep = Background("-m", "hydra/launcher=submitit_local", "seed=0,1,2,3", f"trainer.epochs={epochs}",
-                       cwd=tmp_path, uri=store.uri)
-    try:
-        victim, pid = wait_until(lambda: next(iter(running_job_pids(store).items()), None), START_TIMEOUT,
-                                 "a job logging", sweep, interval=0.05)
-        assert pid != sweep.pid
-        os.kill(pid, signal.SIGKILL)
-        finished = sweep.wait(time.monotonic(), timeout=START_TIMEOUT)
-    finally:
-        sweep.kill_everything()
+    victim, finished = signal_a_running_job(store, tmp_path, "seed=0,1,2,3", epochs, signal.SIGKILL)
     assert finished.returncode == 1, finished.output  # the sweep ran to its end; one job failed
     assert "1 of 4 job(s) of the sweep failed" in finished.stderr, finished.output
     parent, children = sweep_runs(store)
@@ -197,15 +202,7 @@ def test_a_requeued_job_marks_its_run_and_starts_a_new_one_linked_to_it(make_sto
     executor: the job gets submitit's signal (USR2), and submitit requeues it."""
     store = make_store("submitit-requeue-store")
     epochs = 6000
-    sweep = Background("-m", "hydra/launcher=submitit_local", "seed=0,1", f"trainer.epochs={epochs}",
-                       cwd=tmp_path, uri=store.uri)
-    try:
-        first, pid = wait_until(lambda: next(iter(running_job_pids(store).items()), None), START_TIMEOUT,
-                                "a job logging", sweep, interval=0.05)
-        os.kill(pid, signal.SIGUSR2)
-        finished = sweep.wait(time.monotonic(), timeout=START_TIMEOUT)
-    finally:
-        sweep.kill_everything()
+    first, finished = signal_a_running_job(store, tmp_path, "seed=0,1", epochs, signal.SIGUSR2)
     assert finished.returncode == 0, finished.output
     runs = store.runs()
     parent = next(run for run in runs if run.data.tags.get("bprun.sweep") == "true")

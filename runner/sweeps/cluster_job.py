@@ -17,12 +17,26 @@ import socket
 import threading
 from collections.abc import Iterator, Sequence
 
+from hydra.core.utils import JobReturn, JobStatus
+
 from runner.process import interruption
-from runner.process.errors import InvalidInput
+from runner.process.errors import CommandError, InvalidInput
 
 
 class JobsElsewhere(InvalidInput):
     """A launcher that runs jobs on other machines was given a store only this machine has."""
+
+
+class JobLost(CommandError):
+    """A job ended without a result: its process, worker or node died (killed, out of memory)."""
+
+
+def failed_job(failure: BaseException) -> JobReturn:
+    """The result of a job that failed outside Hydra's job runner, as the sweeper records it."""
+    result = JobReturn()
+    result.status = JobStatus.FAILED
+    result.return_value = failure
+    return result
 
 
 @contextlib.contextmanager
@@ -73,8 +87,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, someone else's
+        pass
     return True
 
 

@@ -24,17 +24,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.core.utils import JobReturn, configure_log, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher as PluginRayLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.process import interruption
-from runner.process.errors import CommandError, CommandExit, InvalidInput
-from runner.sweeps.cluster_job import job_process, local_addresses, shown_overrides
-from runner.sweeps.local_launcher import compose_jobs
+from runner.process.errors import CommandExit, InvalidInput
+from runner.sweeps.cluster_job import JobLost, failed_job, job_process, local_addresses, shown_overrides
+from runner.sweeps.local_launcher import compose_jobs, execute_job
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,10 +44,6 @@ INTERRUPTION_POLL_SECONDS = 0.1
 CONNECT_SECONDS = 10.0
 # Worker processes warmed up as a sweep starts, at most (one per job slot of the cluster).
 MAX_WARM_UPS = 16
-
-
-class JobLost(CommandError):
-    """A job's Ray worker died in the middle of the job (killed, out of memory, node lost)."""
 
 
 class RayLauncher(PluginRayLauncher):
@@ -171,9 +166,7 @@ def run_ray_job(hydra_state: tuple[HydraContext, TaskFunction, dict[Any, Any]], 
     with job_process(launching_dir):
         setup_globals()
         Singleton.set_state(singleton_state)
-        HydraConfig.instance().set_config(config)
-        result = run_job(hydra_context=hydra_context, task_function=task_function, config=config,
-                         job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        result = execute_job(config, hydra_context, task_function)
         sys.stdout.flush()  # the job's lines reach bprun's terminal before its result
         return result
 
@@ -203,10 +196,7 @@ def _result(task: Any, number: int) -> JobReturn:
     except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
             ray.exceptions.TaskCancelledError) as error:
         failure = JobLost(f"job #{number}: its Ray worker ended before the job did ({type(error).__name__})")
-    result = JobReturn()
-    result.status = JobStatus.FAILED
-    result.return_value = failure
-    return result
+    return failed_job(failure)
 
 
 def _check_answers(address: str, call: str) -> None:

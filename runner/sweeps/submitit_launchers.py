@@ -13,6 +13,7 @@ machines; bprun refuses a local store for them before anything is submitted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
+from hydra.core.utils import JobReturn, setup_globals
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher as PluginLocalLauncher
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as PluginSlurmLauncher
@@ -31,8 +32,8 @@ from omegaconf import OmegaConf, open_dict
 
 from runner.process import interruption
 from runner.process.children import started_deaf_to_ctrl_c
-from runner.process.errors import CommandError
-from runner.sweeps.cluster_job import job_process, shown_overrides
+from runner.sweeps.cluster_job import JobLost, failed_job, job_process, shown_overrides
+from runner.sweeps.local_launcher import execute_job
 from runner.tracking import names
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,6 @@ log = logging.getLogger(__name__)
 # How often the wait for the jobs asks whether they are done and looks for a recorded signal
 # (submitit caches SLURM's answers: it asks sacct at most every few seconds, whatever this is).
 POLL_SECONDS = 0.2
-
-
-class JobLost(CommandError):
-    """A job ended without a result: killed, out of memory, or cancelled on the cluster."""
 
 
 class _TrackedSubmitit:
@@ -77,8 +74,7 @@ class _TrackedSubmitit:
                 config.hydra.job.id = submitit.JobEnvironment().job_id
                 config.hydra.job.num = job_num
             try:
-                return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
-                               job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+                return execute_job(config, self.hydra_context, self.task_function)
             except interruption.Interrupted as stop:
                 if stop.signum != requeue_signal or not callable(submitit_handler):
                     raise
@@ -106,13 +102,10 @@ class _TrackedSubmitit:
             arguments.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}",
                               Singleton.get_state()))
         interruption.check()
-        if self._EXECUTOR == "local":
-            # Local jobs are this process's children, in the terminal's process group: a Ctrl-C
-            # would reach submitit's controller of each job, which kills its job a second later.
-            # The job hears it (and this launcher's SIGTERM) itself and ends its run in its own time.
-            with started_deaf_to_ctrl_c():
-                jobs = executor.map_array(self, *zip(*arguments))
-        else:
+        # Local jobs are this process's children, in the terminal's process group: a Ctrl-C would
+        # reach submitit's controller of each job, which kills its job a second later. The job
+        # hears it (and this launcher's SIGTERM) itself and ends its run in its own time.
+        with started_deaf_to_ctrl_c() if self._EXECUTOR == "local" else contextlib.nullcontext():
             jobs = executor.map_array(self, *zip(*arguments))
         while not all(job.done() for job in jobs):
             if interruption.requested():
@@ -194,8 +187,5 @@ def _result(job: Any, number: int) -> JobReturn:
     try:
         return job.results()[0]
     except Exception as error:  # the job died without a result (submitit's UncompletedJobError)
-        failure = JobLost(f"job #{number} ({job.job_id}) ended without a result: {str(error).splitlines()[0]}")
-    result = JobReturn()
-    result.status = JobStatus.FAILED
-    result.return_value = failure
-    return result
+        return failed_job(JobLost(f"job #{number} ({job.job_id}) ended without a result: "
+                                  f"{str(error).splitlines()[0]}"))
