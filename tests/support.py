@@ -139,6 +139,9 @@ class Background:
     def stderr_so_far(self) -> str:
         return self._err.read_text()
 
+    def stdout_so_far(self) -> str:
+        return self._out.read_text()
+
     def output_so_far(self) -> str:
         return f"--- stdout\n{self._out.read_text()[-3000:]}\n--- stderr\n{self._err.read_text()[-3000:]}"
 

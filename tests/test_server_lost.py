@@ -117,6 +117,23 @@ def play(name: str, base: Path) -> dict[str, Any]:
             "doctor": doctor, "after_doctor": after_doctor, "staging": staging}
 
 
+def test_a_run_logs_every_value_to_mlflows_own_server_which_has_no_metrics_endpoint(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    server = Server(tmp_path / "server")
+    server.start()
+    try:
+        result = cli("trainer.epochs=30", f"tracking.uri={server.uri}", cwd=tmp_path / "run", uri=None)
+        assert result.returncode == 0, result.output
+        store = MlflowClient(server.uri)
+        run = store.search_runs([store.get_experiment_by_name("backprop-runner").experiment_id])[0]
+        assert run.info.status == "FINISHED"
+        for key in run.data.metrics:
+            assert sorted(m.step for m in store.get_metric_history(run.info.run_id, key)) == list(range(30)), key
+    finally:
+        server.kill()
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     if shutil.which("mlflow", path=str(Path(sys.executable).parent)) is None:

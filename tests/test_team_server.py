@@ -104,6 +104,26 @@ def test_an_8_job_sweep_on_2_workers_lands_whole_on_the_postgresql_server(team_s
     assert (local / "model" / "MLmodel").is_file() and (local / "weights.npz").is_file()
 
 
+def test_the_server_takes_the_runs_metrics_through_its_endpoint(team_sweep, server) -> None:
+    import requests
+
+    uri, process, _ = server
+    # The sweep's metrics went to bprun-server's endpoint (the server's access log), not log-batch.
+    access_log = process.stdout_so_far() + process.stderr_so_far()
+    assert access_log.count('"POST /bprun/api/1/metrics HTTP/1.1" 200') >= len(SEEDS)
+    child = next(run for run in team_sweep["runs"] if run.data.tags.get("bprun.sweep") != "true")
+    endpoint = f"{uri}/bprun/api/1/metrics"
+    assert requests.get(endpoint, timeout=30).json() == {"available": True, "max_values": 10000}
+    bad = {"run_id": child.info.run_id, "keys": ["train_mse"], "values": ["high"], "timestamps": [1], "steps": [99]}
+    refused = requests.post(endpoint, json=bad, timeout=30)
+    assert refused.status_code == 400 and refused.json() == {
+        "error_code": "INVALID_PARAMETER_VALUE", "message": "metric train_mse: value 'high' is not a finite number"}
+    missing = requests.post(endpoint, json={**bad, "run_id": "0" * 32, "values": [1.0]}, timeout=30)
+    assert missing.status_code == 404 and missing.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    steps = [metric.step for metric in client(uri).get_metric_history(child.info.run_id, "train_mse")]
+    assert sorted(steps) == list(range(SWEEP_EPOCHS))  # nothing refused was stored
+
+
 def test_a_job_of_the_sweep_reruns_identical_from_the_server(team_sweep, server, tmp_path: Path) -> None:
     uri, _, _ = server
     child = next(run for run in team_sweep["runs"] if run.data.tags.get("bprun.sweep") != "true")

@@ -1,5 +1,6 @@
-"""Contract tests of the one MLflow-private thing the tracking layer relies on: the direct SQLite
-metric writer must store exactly what MLflow's own ``log_batch`` stores, on the same inputs.
+"""Contract tests of the one MLflow-private thing the tracking layer relies on: the direct metric
+writers (the run's SQLite writer, bprun-server's SQL writer on SQLite and PostgreSQL) must store
+exactly what MLflow's own ``log_batch`` stores, on the same inputs.
 
 They fail loudly when MLflow is upgraded (``CHECKED_MLFLOW_VERSIONS``): run them against the new
 version, and add it there only once they pass.
@@ -14,8 +15,9 @@ from importlib.metadata import version
 import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from postgres import postgres_uri  # noqa: F401  (the session's PostgreSQL database, a fixture)
 
-from runner.tracking.compat import CHECKED_MLFLOW_VERSIONS, SqliteMetricWriter
+from runner.tracking.compat import CHECKED_MLFLOW_VERSIONS, SqliteMetricWriter, SqlMetricWriter
 from runner.tracking.destination import sqlite_path
 from runner.tracking.mlflow_run import TrackedRun
 from runner.tracking.store import ensure_experiment
@@ -79,6 +81,57 @@ def test_two_flushes_keep_the_latest_value_by_mlflows_rule(store) -> None:
     assert _stored(store.db, direct) == _stored(store.db, by_mlflow)
 
 
+def _stored_sql(uri: str, run_id: str) -> tuple[list[tuple], list[tuple]]:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.connect() as connection:
+            return tuple(sorted(tuple(row) for row in connection.execute(sqlalchemy.text(
+                f"SELECT key, value, timestamp, step, is_nan FROM {table} WHERE run_uuid = :run"), {"run": run_id}))
+                for table in ("metrics", "latest_metrics"))
+    finally:
+        engine.dispose()
+
+
+def _compare_sql_writer(uri: str) -> None:
+    """Every case, and two flushes where the second holds an older step, through
+    ``SqlMetricWriter`` and through ``log_batch``, on the store at ``uri``."""
+    client = MlflowClient(uri)
+    client.search_experiments()  # MLflow makes its tables
+    writer = SqlMetricWriter.open(uri)
+    assert writer is not None
+    try:
+        for case, rows in sorted(CASES.items()):
+            by_mlflow, direct = _new_run(uri, f"log_batch {case}"), _new_run(uri, f"direct {case}")
+            for start in range(0, len(rows), 1000):
+                client.log_batch(by_mlflow, metrics=[Metric(*row) for row in rows[start : start + 1000]])
+            writer.write(direct, rows)
+            writer.write(direct, rows[:3])  # values stored already are left alone, as log_batch does
+            assert _stored_sql(uri, direct) == _stored_sql(uri, by_mlflow), case
+            assert client.get_run(direct).data.metrics == client.get_run(by_mlflow).data.metrics
+        by_mlflow, direct = _new_run(uri, "log_batch twice"), _new_run(uri, "direct twice")
+        for rows in ([("m", 0.5, 1000, 7)], [("m", 0.1, 1000, 6), ("m", 0.6, 1000, 7)]):
+            client.log_batch(by_mlflow, metrics=[Metric(*row) for row in rows])
+            writer.write(direct, rows)
+        assert _stored_sql(uri, direct) == _stored_sql(uri, by_mlflow)
+        assert writer.lifecycle_stage(direct) == "active"
+        client.delete_run(direct)
+        assert writer.lifecycle_stage(direct) == "deleted"
+        assert writer.lifecycle_stage("no-such-run") is None
+    finally:
+        writer.close()
+
+
+def test_the_servers_writer_stores_what_log_batch_stores_on_sqlite(store) -> None:
+    _compare_sql_writer(store.uri)
+
+
+@pytest.mark.slow
+def test_the_servers_writer_stores_what_log_batch_stores_on_postgresql(postgres_uri: str) -> None:  # noqa: F811
+    _compare_sql_writer(postgres_uri)
+
+
 def test_a_run_never_sends_a_non_finite_value(store) -> None:
     uri = store.uri
     with TrackedRun(uri, ensure_experiment(uri, "contract"), "run", {}, {}) as run:
@@ -91,5 +144,6 @@ def test_the_writer_is_used_only_on_mlflows_schema(tmp_path) -> None:
     database = tmp_path / "other.db"
     sqlite3.connect(database).execute("CREATE TABLE metrics (key TEXT, value REAL)")
     assert SqliteMetricWriter.open(database) is None
+    assert SqlMetricWriter.open(f"sqlite:///{database}") is None
     assert sqlite_path("sqlite:////x/y.db").as_posix() == "/x/y.db"
     assert sqlite_path("http://localhost:5000") is None

@@ -6,6 +6,8 @@
 - ``--allowed-hosts`` set to the addresses it is reached by (MLflow refuses other Host headers);
 - its store PostgreSQL when given a ``postgresql://`` URI (SQLite otherwise), its artifacts in a
   folder it owns and serves (``mlflow-artifacts:``), so that jobs need no shared disk;
+- runs' metrics taken at a few microseconds per value by a route of its own
+  (``runner.tracking.metrics_endpoint``, MLflow's app plugin ``bprun``), besides MLflow's API;
 - MLflow's background job workers off (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``: they take
   about 2.5 GB and serve GenAI features);
 - the experiment created through the server with the training-runs kind once it answers.
@@ -30,6 +32,7 @@ from runner.commands.common import quiet_mlflow
 from runner.process import interruption, service
 from runner.process.errors import EXIT_FAILED, EXIT_INVALID
 from runner.tracking.destination import MODEL_TRAINING_VIEW
+from runner.tracking.metrics_endpoint import APP_NAME
 
 DEFAULT_EXPERIMENT = "backprop-runner"
 START_TIMEOUT_SECONDS = 120.0
@@ -69,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", store,
                "--artifacts-destination", str(arguments.artifacts.resolve()), "--serve-artifacts",
                "--host", arguments.host, "--port", str(arguments.port), "--workers", str(arguments.workers),
+               "--app-name", APP_NAME,
                "--allowed-hosts", arguments.allowed_hosts or _allowed_hosts(arguments.host, arguments.port)]
     environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     process = service.start(command, environment)

@@ -108,9 +108,11 @@ def _save_plots(epoch_metrics: EpochMetrics, run: TrackedRun, completed: bool) -
     directory = run.artifact_dir / names.PLOTS_ARTIFACT
     helper = active_helper()
     try:
-        if helper is not None and completed and run.writes_artifacts_in_place:
+        if helper is not None and completed:
             try:
                 helper.draw(epoch_metrics.series, directory, epoch_metrics.epochs, run.run_id)
+                if not run.writes_artifacts_in_place:  # uploaded when the run ends: once drawn
+                    run.before_upload.append(lambda: helper.wait_for(run.run_id))
                 return
             except Exception as error:  # the helper is gone: draw here
                 log.debug("drawing the plots in-process: %s", error)

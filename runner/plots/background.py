@@ -5,12 +5,13 @@ job costs besides its training. When a sweep runs its jobs one after the other i
 its launcher starts a ``PlotHelper`` (``running_helper``), and the runs of that process hand
 their plots to it (``active_helper``): on a machine with a spare core the next job starts at once.
 Everything else draws in-process: a single run (a helper would only add its start-up), a run
-that failed or was interrupted, a store that uploads artifacts when the run ends, and worker
-processes (each job already has a process of its own).
+that failed or was interrupted, and worker processes (each job already has a process of its own).
 
 At most ``MAX_QUEUED`` runs wait for the helper, so a fast sweep cannot queue work without
-bound. A run is marked FINISHED up to that many plot drawings before its PNGs appear; the helper
-is waited for before the launcher returns, so a finished sweep leaves every plot in place. The
+bound. A run on a local store is marked FINISHED up to that many plot drawings before its PNGs
+appear; a run whose artifacts are uploaded when it ends (a tracking server) waits for its plots
+(``wait_for``) before the upload, while it sends its last metrics. The helper is waited for
+before the launcher returns, so a finished sweep leaves every plot in place. The
 helper ignores Ctrl-C and SIGTERM (it finishes what it has, well under a second) and ends with its
 parent however that ends (``runner.process.children``).
 """
@@ -48,6 +49,12 @@ class PlotHelper:
         while len(self._queued) >= MAX_QUEUED:
             self._collect(*self._queued.pop(0))
         self._queued.append((self._pool.submit(_draw, dict(metrics), directory, list(epochs)), run_id))
+
+    def wait_for(self, run_id: str) -> None:
+        """Return once the plots of run ``run_id`` (and of the runs queued before it) are
+        written, or have failed with a warning."""
+        while any(queued_run == run_id for _, queued_run in self._queued):
+            self._collect(*self._queued.pop(0))
 
     def wait(self) -> None:
         """Return once every queued run's plots are written (or have failed, with a warning)."""

@@ -1,16 +1,18 @@
 """The one place the tracking layer relies on something MLflow does not publish: the layout of
-its SQLite store's ``metrics`` and ``latest_metrics`` tables.
+its store's ``metrics`` and ``latest_metrics`` tables (SQLite and PostgreSQL alike).
 
-Why: ``MlflowClient.log_batch`` builds one ORM object per value and costs about 100 us per value
-on SQLite, so a run that logs a dozen values per epoch spends more time there than training
-(see the benchmarks doc). ``SqliteMetricWriter`` inserts exactly the rows ``log_batch`` would,
-in one transaction per flush, at a few microseconds per value.
+Why: MLflow's store builds one ORM object per value in ``log_batch``, about 100 us of CPU per
+value, so a run that logs a dozen values per epoch spends more time there than training, and a
+team server spends most of its CPU there (see the benchmarks doc). The writers here insert
+exactly the rows ``log_batch`` would, in one transaction per call, at a few microseconds per
+value: ``SqliteMetricWriter`` in the run's process on a SQLite file, ``SqlMetricWriter`` in
+bprun-server's metrics endpoint (``runner.tracking.metrics_endpoint``) on its store.
 
 Checked against the MLflow versions in ``CHECKED_MLFLOW_VERSIONS``: with any other version, or
-tables of another shape, ``SqliteMetricWriter.open`` returns None and runs log through
-``log_batch``. ``tests/test_tracking_compat.py`` compares the two on the same inputs (steps out of
-order, repeated steps, equal timestamps, the latest-value rule) and fails as soon as the
-installed MLflow is not one of these versions.
+tables of another shape, ``open`` returns None and runs log through ``log_batch``.
+``tests/test_tracking_compat.py`` compares them with ``log_batch`` on the same inputs (steps out
+of order, repeated steps, equal timestamps, the latest-value rule) on SQLite and PostgreSQL, and
+fails as soon as the installed MLflow is not one of these versions.
 """
 
 from __future__ import annotations
@@ -18,17 +20,38 @@ from __future__ import annotations
 import sqlite3
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 CHECKED_MLFLOW_VERSIONS = ("3.17.2",)
 
 # One metric value: (key, value, timestamp in ms, step).
 MetricRow = tuple[str, float, int, int]
 
+METRIC_COLUMNS = {"key", "value", "timestamp", "run_uuid", "step", "is_nan"}
+
+# Portable SQL (SQLite >= 3.24, PostgreSQL): a value already stored is left alone, as
+# log_batch does; the latest value per key follows MLflow's rule (the largest (step, timestamp, value)).
+INSERT_METRICS = ("INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
+                  "VALUES ({key}, {value}, {timestamp}, {run_uuid}, {step}, false) ON CONFLICT DO NOTHING")
+UPSERT_LATEST = ("INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) "
+                 "VALUES ({key}, {value}, {timestamp}, {step}, false, {run_uuid}) ON CONFLICT (key, run_uuid) DO UPDATE SET "
+                 "value = excluded.value, timestamp = excluded.timestamp, step = excluded.step, is_nan = false "
+                 "WHERE (excluded.step, excluded.timestamp, excluded.value) > "
+                 "(latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)")
+
+
+def latest_values(values: list[MetricRow]) -> list[MetricRow]:
+    """Per key, the value MLflow keeps as the latest: the largest (step, timestamp, value)."""
+    latest: dict[str, MetricRow] = {}
+    for key, value, timestamp, step in values:
+        current = latest.get(key)
+        if current is None or (step, timestamp, value) > (current[3], current[2], current[1]):
+            latest[key] = (key, value, timestamp, step)
+    return [latest[key] for key in sorted(latest)]  # one lock order for every writer of a run
+
 
 class SqliteMetricWriter:
     """Writes finite metric values straight into an MLflow SQLite store (see the module docstring)."""
-
-    METRIC_COLUMNS = {"key", "value", "timestamp", "run_uuid", "step", "is_nan"}
 
     def __init__(self, database: Path) -> None:
         self.database = database
@@ -44,7 +67,7 @@ class SqliteMetricWriter:
             writer = cls(database)
             for table in ("metrics", "latest_metrics"):
                 columns = {row[1] for row in writer.connection.execute(f"PRAGMA table_info({table})")}
-                if columns != cls.METRIC_COLUMNS:
+                if columns != METRIC_COLUMNS:
                     writer.close()
                     return None
             return writer
@@ -54,25 +77,12 @@ class SqliteMetricWriter:
     def write(self, run_id: str, values: list[MetricRow]) -> None:
         """Store ``values`` (finite) for ``run_id`` in one transaction: all or nothing."""
         rows = [(key, value, timestamp, run_id, step) for key, value, timestamp, step in values]
-        latest: dict[str, MetricRow] = {}
-        for key, value, timestamp, step in values:
-            # MLflow's rule for the latest value: the largest (step, timestamp, value).
-            current = latest.get(key)
-            if current is None or (step, timestamp, value) > (current[3], current[2], current[1]):
-                latest[key] = (key, value, timestamp, step)
+        latest = [(key, value, timestamp, step, run_id) for key, value, timestamp, step in latest_values(values)]
         connection = self.connection
         try:
             connection.execute("BEGIN IMMEDIATE")
-            connection.executemany(
-                "INSERT OR IGNORE INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
-                "VALUES (?, ?, ?, ?, ?, 0)", rows)
-            connection.executemany(
-                "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) "
-                "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (key, run_uuid) DO UPDATE SET "
-                "value = excluded.value, timestamp = excluded.timestamp, step = excluded.step, is_nan = 0 "
-                "WHERE (excluded.step, excluded.timestamp, excluded.value) > "
-                "(latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)",
-                [(key, value, timestamp, step, run_id) for key, value, timestamp, step in latest.values()])
+            connection.executemany(_SQLITE_INSERT_METRICS, rows)
+            connection.executemany(_SQLITE_UPSERT_LATEST, latest)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -81,3 +91,58 @@ class SqliteMetricWriter:
 
     def close(self) -> None:
         self.connection.close()
+
+
+_SQLITE_INSERT_METRICS = INSERT_METRICS.format(key="?", value="?", timestamp="?", run_uuid="?", step="?")
+_SQLITE_UPSERT_LATEST = UPSERT_LATEST.format(key="?", value="?", timestamp="?", step="?", run_uuid="?")
+_NAMED = {name: f":{name}" for name in ("key", "value", "timestamp", "run_uuid", "step")}
+
+
+class SqlMetricWriter:
+    """Writes finite metric values straight into an MLflow store through SQLAlchemy (the
+    server's PostgreSQL or SQLite store; see the module docstring)."""
+
+    def __init__(self, engine: Any) -> None:
+        import sqlalchemy  # (lazy: a run's process never needs it for this)
+
+        self.engine = engine
+        self._insert = sqlalchemy.text(INSERT_METRICS.format(**_NAMED))
+        self._upsert = sqlalchemy.text(UPSERT_LATEST.format(**_NAMED))
+        self._run = sqlalchemy.text("SELECT lifecycle_stage FROM runs WHERE run_uuid = :run_uuid")
+
+    @classmethod
+    def open(cls, store_uri: str) -> "SqlMetricWriter | None":
+        """A writer for the store at ``store_uri`` (a SQLAlchemy URI), or None where MLflow's
+        own API must be used instead."""
+        import sqlalchemy
+
+        if version("mlflow") not in CHECKED_MLFLOW_VERSIONS:
+            return None
+        try:
+            engine = sqlalchemy.create_engine(store_uri, pool_pre_ping=True)
+            inspector = sqlalchemy.inspect(engine)
+            for table in ("metrics", "latest_metrics"):
+                if {column["name"] for column in inspector.get_columns(table)} != METRIC_COLUMNS:
+                    engine.dispose()
+                    return None
+        except sqlalchemy.exc.SQLAlchemyError:
+            return None
+        return cls(engine)
+
+    def lifecycle_stage(self, run_id: str) -> str | None:
+        """The run's lifecycle stage (``active``, ``deleted``), None when there is no such run."""
+        with self.engine.connect() as connection:
+            return connection.execute(self._run, {"run_uuid": run_id}).scalar()
+
+    def write(self, run_id: str, values: list[MetricRow]) -> None:
+        """Store ``values`` (finite) for ``run_id`` in one transaction: all or nothing."""
+        rows = [{"key": key, "value": value, "timestamp": timestamp, "run_uuid": run_id, "step": step}
+                for key, value, timestamp, step in values]
+        latest = [{"key": key, "value": value, "timestamp": timestamp, "run_uuid": run_id, "step": step}
+                  for key, value, timestamp, step in latest_values(values)]
+        with self.engine.begin() as connection:
+            connection.execute(self._insert, rows)
+            connection.execute(self._upsert, latest)
+
+    def close(self) -> None:
+        self.engine.dispose()

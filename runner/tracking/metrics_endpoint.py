@@ -1,0 +1,177 @@
+"""bprun-server's metrics endpoint: a run's metric values, thousands per request, written into the
+server's store at a few microseconds each, where MLflow's ``log-batch`` takes about 120 us of the
+server's CPU per value (most of it one ORM object per value; see the benchmarks doc).
+
+The server side is an MLflow app plugin (the ``mlflow.app`` entry point ``bprun``; bprun-server
+starts ``mlflow server --app-name bprun``): MLflow's own server, every route and setting of it
+unchanged (``--allowed-hosts`` included), plus one route, ``/bprun/api/1/metrics``:
+
+- ``GET``: ``{"available": true, "max_values": N}``, or ``{"available": false, "reason": ...}``
+  when the store is not one the direct writer was checked against (``runner.tracking.compat``);
+- ``POST`` ``{"run_id": ..., "keys": [...], "values": [...], "timestamps": [...], "steps": [...]}``
+  (equal lengths, at most ``max_values``; finite values, integer steps and milliseconds) stores
+  the values in one transaction, exactly the rows ``log-batch`` would store, and answers ``{}``.
+  Errors answer as MLflow's REST API does: 400 ``INVALID_PARAMETER_VALUE``, 404
+  ``RESOURCE_DOES_NOT_EXIST``, with a message.
+
+The client side (``MetricsEndpoint``) asks once per process and server whether the endpoint is
+there; against any other MLflow server runs log through ``log_batch`` as before. Requests go
+through MLflow's own HTTP helper, so they carry the same credentials (``MLFLOW_TRACKING_TOKEN``,
+``MLFLOW_TRACKING_USERNAME``/``PASSWORD``), TLS settings, timeout and retries as MLflow's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+from typing import Any
+
+from runner.tracking.compat import MetricRow
+
+log = logging.getLogger(__name__)
+
+PATH = "/bprun/api/1/metrics"
+MAX_VALUES_PER_REQUEST = 10_000
+APP_NAME = "bprun"  # the entry point in pyproject.toml: mlflow server --app-name bprun
+# MLflow's rule for metric names (mlflow.utils.validation): letters, digits and _ - . space / :
+METRIC_NAME = re.compile(r"^[/\w.\- :]{1,250}$")
+
+
+# --- the client -----------------------------------------------------------------------------------
+class MetricsEndpoint:
+    """The metrics endpoint of the server at ``uri``, for a run's sender thread."""
+
+    _known: dict[str, bool] = {}  # server URI -> has the endpoint, asked once per process
+    _lock = threading.Lock()
+
+    def __init__(self, uri: str) -> None:
+        from mlflow.utils.credentials import get_default_host_creds
+
+        self.uri = uri
+        self._credentials = get_default_host_creds(uri)
+
+    @classmethod
+    def of(cls, uri: str) -> "MetricsEndpoint | None":
+        """The endpoint of the server at ``uri``, None when it has none (not bprun-server, or a
+        store the endpoint does not write to). A server that does not answer raises as any
+        MLflow call to it does."""
+        with cls._lock:
+            if uri not in cls._known:
+                endpoint = cls(uri)
+                answer = endpoint._request("GET")
+                cls._known[uri] = answer is not None and bool(answer.get("available"))
+                if answer is not None and not answer.get("available"):
+                    log.debug("the server's metrics endpoint is off: %s", answer.get("reason"))
+            return cls(uri) if cls._known[uri] else None
+
+    def write(self, run_id: str, values: list[MetricRow]) -> None:
+        """Store ``values`` (finite, at most ``MAX_VALUES_PER_REQUEST``) for ``run_id`` in one
+        request; raises MLflow's ``MlflowException`` as ``log_batch`` does."""
+        self._request("POST", {"run_id": run_id, "keys": [row[0] for row in values],
+                               "values": [row[1] for row in values], "timestamps": [row[2] for row in values],
+                               "steps": [row[3] for row in values]})
+
+    def _request(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The JSON answer of a POST; of the GET, None unless it is the endpoint's answer (other
+        MLflow servers answer 404, or their web page)."""
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        response = http_request(self._credentials, PATH, method, **({"json": body} if body is not None else {}))
+        if method == "GET":
+            is_json = response.headers.get("Content-Type", "").startswith("application/json")
+            return response.json() if response.status_code == 200 and is_json else None
+        return verify_rest_response(response, PATH).json()
+
+
+# --- the server -----------------------------------------------------------------------------------
+class BadRequest(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+class Writer:
+    """The store's writer in this server process, opened at the first request."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._opened = False
+        self._writer: Any = None
+        self.reason = ""
+
+    def get(self) -> Any:
+        with self._lock:
+            if not self._opened:
+                self._opened = True
+                self._writer, self.reason = _open_writer()
+            return self._writer
+
+
+def _open_writer() -> tuple[Any, str]:
+    from mlflow.server.constants import BACKEND_STORE_URI_ENV_VAR
+
+    from runner.tracking.compat import SqlMetricWriter
+
+    store = os.environ.get(BACKEND_STORE_URI_ENV_VAR, "")
+    if not store.startswith(("postgresql", "sqlite:")):
+        return None, f"the store {store or '(unknown)'} is not a PostgreSQL or SQLite database"
+    writer = SqlMetricWriter.open(store)
+    if writer is None:
+        return None, "this MLflow version or its tables are not the ones the direct writer was checked against"
+    return writer, ""
+
+
+def parse(body: Any) -> tuple[str, list[MetricRow]]:
+    """``(run id, values)`` of a POST body, or ``BadRequest`` saying what is wrong."""
+    if not isinstance(body, dict) or not isinstance(body.get("run_id"), str):
+        raise BadRequest(400, "INVALID_PARAMETER_VALUE", "the body must be a JSON object with a run_id string")
+    columns = [body.get(name) for name in ("keys", "values", "timestamps", "steps")]
+    if not all(isinstance(column, list) for column in columns) or len({len(column) for column in columns}) != 1:
+        raise BadRequest(400, "INVALID_PARAMETER_VALUE", "keys, values, timestamps and steps must be lists of one length")
+    if len(columns[0]) > MAX_VALUES_PER_REQUEST:
+        raise BadRequest(400, "INVALID_PARAMETER_VALUE",
+                         f"{len(columns[0])} values in one request; at most {MAX_VALUES_PER_REQUEST} are accepted")
+    rows = list(zip(*columns))
+    for key, value, timestamp, step in rows:
+        if not isinstance(key, str) or not METRIC_NAME.match(key):
+            raise BadRequest(400, "INVALID_PARAMETER_VALUE", f"invalid metric name {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise BadRequest(400, "INVALID_PARAMETER_VALUE", f"metric {key}: value {value!r} is not a finite number")
+        if type(timestamp) is not int or type(step) is not int:
+            raise BadRequest(400, "INVALID_PARAMETER_VALUE", f"metric {key}: timestamp and step must be integers")
+    return body["run_id"], [(key, float(value), timestamp, step) for key, value, timestamp, step in rows]
+
+
+def create_app() -> Any:
+    """MLflow's server app with the metrics route added (the ``mlflow.app`` entry point)."""
+    from flask import jsonify, request
+    from mlflow.server import app as flask_app
+    from mlflow.server.fastapi_app import app
+
+    writer = Writer()
+
+    def metrics() -> Any:
+        store = writer.get()
+        if request.method == "GET":
+            return jsonify({"available": True, "max_values": MAX_VALUES_PER_REQUEST} if store is not None
+                           else {"available": False, "reason": writer.reason})
+        try:
+            if store is None:
+                raise BadRequest(404, "ENDPOINT_NOT_FOUND", f"this server does not take metrics here: {writer.reason}")
+            run_id, values = parse(request.get_json(silent=True))
+            stage = store.lifecycle_stage(run_id)
+            if stage is None:
+                raise BadRequest(404, "RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found")
+            if stage != "active":
+                raise BadRequest(400, "INVALID_STATE", f"The run {run_id} must be in the 'active' state. "
+                                 f"Current state is {stage}.")
+            store.write(run_id, values)
+        except BadRequest as error:
+            return jsonify({"error_code": error.code, "message": str(error)}), error.status
+        return jsonify({})
+
+    flask_app.add_url_rule(PATH, "bprun_metrics", metrics, methods=["GET", "POST"])
+    return app
