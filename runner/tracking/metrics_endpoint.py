@@ -76,14 +76,15 @@ class MetricsEndpoint:
 
     def _request(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The JSON answer of a POST; of the GET, None unless it is the endpoint's answer (other
-        MLflow servers answer 404, or their web page)."""
+        MLflow servers answer 404, a proxy may answer anything). A server that cannot be reached
+        raises either way."""
         from mlflow.utils.rest_utils import http_request, verify_rest_response
 
-        response = http_request(self._credentials, PATH, method, **({"json": body} if body is not None else {}))
         if method == "GET":
+            response = http_request(self._credentials, PATH, method, raise_on_status=False)
             is_json = response.headers.get("Content-Type", "").startswith("application/json")
             return response.json() if response.status_code == 200 and is_json else None
-        return verify_rest_response(response, PATH).json()
+        return verify_rest_response(http_request(self._credentials, PATH, method, json=body), PATH).json()
 
 
 # --- the server -----------------------------------------------------------------------------------
@@ -135,9 +136,11 @@ def parse(body: Any) -> tuple[str, list[MetricRow]]:
         raise BadRequest(400, "INVALID_PARAMETER_VALUE",
                          f"{len(columns[0])} values in one request; at most {MAX_VALUES_PER_REQUEST} are accepted")
     rows = list(zip(*columns))
+    checked: set[str] = set()  # each name matched once: a request holds thousands of values of a few metrics
     for key, value, timestamp, step in rows:
-        if not isinstance(key, str) or not METRIC_NAME.match(key):
+        if not isinstance(key, str) or (key not in checked and not METRIC_NAME.match(key)):
             raise BadRequest(400, "INVALID_PARAMETER_VALUE", f"invalid metric name {key!r}")
+        checked.add(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise BadRequest(400, "INVALID_PARAMETER_VALUE", f"metric {key}: value {value!r} is not a finite number")
         if type(timestamp) is not int or type(step) is not int:

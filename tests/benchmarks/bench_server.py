@@ -16,7 +16,8 @@ and delete it however this script ends). ``python -m runner.commands.server --st
 database> --artifacts <temp dir> --port <free port>`` (``bprun-server``, its default 2 web
 workers) serves it on 127.0.0.1; this script waits for its "bprun-server: serving" line. The
 server runs in a process group of its own and is stopped with SIGTERM to that group (SIGKILL
-after 30 s, then to every process it had started), in a ``finally``. The server and PostgreSQL
+after 30 s, then to every process it had started), in a ``finally``; it also gets SIGTERM when
+this script dies (``runner.process.service.start``). The server and PostgreSQL
 share the machine's cores with the runs they serve, as on a laptop running a team's server.
 
 Parts
@@ -53,9 +54,10 @@ How things are measured
   wrappers of ``bench_runner.py`` (its ``SPANS`` plus MLflow client calls) and every HTTP request
   timed by a wrapper of ``requests.Session.request`` (MLflow's REST and artifact clients use it),
   by endpoint and phase, with the client's CPU inside each; for xor, a 24-job pass in this process
-  per store, shown per job. Then one metric flush (``log_batch`` of 1000 values) four ways: through
-  the server, MLflow's store in this process on the same PostgreSQL database and on a SQLite file,
-  and the runner's ``SqliteMetricWriter`` (what runs on a SQLite file use).
+  per store, shown per job. Then one metric flush (1000 values) five ways: ``log_batch`` through
+  the server, bprun-server's metrics endpoint (what runs on bprun-server use), MLflow's store in
+  this process on the same PostgreSQL database and on a SQLite file, and the runner's
+  ``SqliteMetricWriter`` (what runs on a SQLite file use).
 
 Everything lives under one temporary directory (SQLite files, the server's artifacts, the
 sweeps' output folders), removed at the end; the PostgreSQL database is dropped and a throwaway
@@ -87,6 +89,8 @@ from bench_runner import (DIGITS_EPOCHS, DIGITS_OVERRIDES, SPANS, TARGET_EPOCH_R
 from bench_sweeps import XOR_FIXED, XOR_JOBS, XOR_LRS, XOR_SEEDS, XOR_SWEEP, environment, sweep, training_seconds
 from benchmark_common import (REPOSITORY, bprun_executable, compose, describe_environment, load_average, log, median,
                               print_report)
+
+from runner.process import service
 
 TARGET_AFTER_SECONDS = 2.0  # the server's own target (bench_runner's 1.5 s is for a SQLite file)
 TARGET_OVERHEAD_RATIO = 1.5
@@ -210,8 +214,8 @@ def team_server(database_uri: str, folder: Path) -> Iterator[Server]:
                "--artifacts", str(folder / "artifacts"), "--port", str(port)]
     server_environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     with open(log_path, "wb") as output:
-        process = subprocess.Popen(command, cwd=folder, env=server_environment, stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        # It ends with this script, however this script ends.
+        process = service.start(command, server_environment, cwd=folder, stdout=output, stderr=subprocess.STDOUT)
     started = time.perf_counter()
     seen: set[int] = set()
     try:
@@ -565,7 +569,7 @@ def xor_part(repeats: int, work: Path, server: Server, breakdown: bool) -> tuple
         lines.append(f"| {name} | {per['before']:.3f} | {per['epochs']:.3f} | {per['after']:.3f} | "
                      f"{per['before'] + per['after']:.3f} | {per['cpu_total'] - per['cpu_epochs']:.3f} |")
     lines.append("\nIn the sweep, a SQLite job's plots are drawn by bprun's plot helper process (the other core); a "
-                 "server job's artifacts are staged and uploaded, so its plots are drawn in the job "
+                 "server job's plots are drawn there too, and its staged artifacts are uploaded once they are "
                  "(`runner/core/tracked.py`, `_save_plots`). In this process both draw them in the job.")
     if breakdown:
         log("xor: breakdown passes")
@@ -622,33 +626,38 @@ FLUSH_KEYS = 14  # what a 2-4-1 xor run logs every epoch
 
 
 def flush_costs(server: Server, work: Path, calls: int = 7) -> list[str]:
-    """One ``log_batch`` of 1000 metric values (14 keys, about 71 steps), median of ``calls``
-    after one warm-up: through the server, and MLflow's store in this process on the same
-    PostgreSQL database and on a SQLite file, and the runner's own SQLite writer."""
+    """One write of 1000 metric values (14 keys, about 71 steps), median of ``calls`` after one
+    warm-up: ``log_batch`` through the server, bprun-server's metrics endpoint, MLflow's store in
+    this process on the same PostgreSQL database and on a SQLite file, and the runner's own
+    SQLite writer."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     from runner.tracking.compat import SqliteMetricWriter
+    from runner.tracking.metrics_endpoint import MetricsEndpoint
     from runner.tracking.store import ensure_experiment
 
     database = work / "flush" / "mlflow.db"
     sqlite_uri = f"sqlite:///{database}"
     ways = {"`MlflowClient.log_batch` to bprun-server over HTTP (MLflow's store on PostgreSQL, in the server)":
-            (server.uri, False),
+            (server.uri, None),
+            "bprun-server's metrics endpoint over HTTP (what a run on bprun-server uses)": (server.uri, "endpoint"),
             "`MlflowClient.log_batch`, MLflow's store on the same PostgreSQL database in this process":
-            (server.database_uri, False),
-            "`MlflowClient.log_batch`, MLflow's store on a SQLite file in this process": (sqlite_uri, False),
-            "the runner's `SqliteMetricWriter` on the same SQLite file (what a SQLite run uses)": (sqlite_uri, True)}
+            (server.database_uri, None),
+            "`MlflowClient.log_batch`, MLflow's store on a SQLite file in this process": (sqlite_uri, None),
+            "the runner's `SqliteMetricWriter` on the same SQLite file (what a SQLite run uses)": (sqlite_uri, "sqlite")}
     lines = [f"### One metric flush: {FLUSH_VALUES} values ({FLUSH_KEYS} keys), median of {calls} calls after 1 warm-up",
              "", "| how | ms per call | us per value | main-thread CPU ms | server processes + PostgreSQL CPU ms |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for label, (uri, direct) in ways.items():
         client = MlflowClient(uri)
         run_id = client.create_run(ensure_experiment(uri, "bench-flush")).info.run_id
-        writer = SqliteMetricWriter.open(database) if direct else None
-        if direct and writer is None:
-            lines.append(f"| {label} | (not available with this MLflow) | | | |")
-            continue
+        writer: Any = None
+        if direct is not None:
+            writer = SqliteMetricWriter.open(database) if direct == "sqlite" else MetricsEndpoint.of(uri)
+            if writer is None:
+                lines.append(f"| {label} | (not available with this MLflow) | | | |")
+                continue
         walls, cpus, served = [], [], []
         for number in range(calls + 1):
             now = int(time.time() * 1000)
@@ -664,7 +673,7 @@ def flush_costs(server: Server, work: Path, calls: int = 7) -> list[str]:
             walls.append(time.perf_counter() - start)
             cpus.append(time.thread_time() - cpu)
             served.append(server.cpu() - server_before)
-        if writer is not None:
+        if isinstance(writer, SqliteMetricWriter):
             writer.close()
         wall, cpu, served_cpu = median(walls[1:]), median(cpus[1:]), median(served[1:])
         lines.append(f"| {label} | {wall * 1e3:.1f} | {wall / FLUSH_VALUES * 1e6:.1f} | {cpu * 1e3:.1f} | "
@@ -715,7 +724,7 @@ def main() -> None:
                         sections.append(lines)
                         verdicts += found
                 if not arguments.no_breakdown:
-                    log("one metric flush, four ways")
+                    log("one metric flush, five ways")
                     sections.append(flush_costs(server, work))
         finally:
             os.chdir(home)
