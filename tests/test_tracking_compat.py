@@ -108,6 +108,7 @@ def _compare_sql_writer(uri: str) -> None:
                 client.log_batch(by_mlflow, metrics=[Metric(*row) for row in rows[start : start + 1000]])
             writer.write(direct, rows)
             writer.write(direct, rows[:3])  # values stored already are left alone, as log_batch does
+            writer.write(direct, [])
             assert _stored_sql(uri, direct) == _stored_sql(uri, by_mlflow), case
             assert client.get_run(direct).data.metrics == client.get_run(by_mlflow).data.metrics
         by_mlflow, direct = _new_run(uri, "log_batch twice"), _new_run(uri, "direct twice")

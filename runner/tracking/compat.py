@@ -96,6 +96,12 @@ class SqliteMetricWriter:
 _SQLITE_INSERT_METRICS = INSERT_METRICS.format(key="?", value="?", timestamp="?", run_uuid="?", step="?")
 _SQLITE_UPSERT_LATEST = UPSERT_LATEST.format(key="?", value="?", timestamp="?", step="?", run_uuid="?")
 _NAMED = {name: f":{name}" for name in ("key", "value", "timestamp", "run_uuid", "step")}
+# PostgreSQL: the values as four arrays in one statement, a third of the server's cost of one
+# statement per value (the benchmarks doc).
+_POSTGRES_INSERT_METRICS = (
+    "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) SELECT k, v, t, :run_uuid, s, false "
+    "FROM unnest(CAST(:keys AS text[]), CAST(:values AS double precision[]), CAST(:timestamps AS bigint[]), "
+    "CAST(:steps AS bigint[])) AS given(k, v, t, s) ON CONFLICT DO NOTHING")
 
 
 class SqlMetricWriter:
@@ -106,7 +112,8 @@ class SqlMetricWriter:
         import sqlalchemy  # (lazy: a run's process never needs it for this)
 
         self.engine = engine
-        self._insert = sqlalchemy.text(INSERT_METRICS.format(**_NAMED))
+        self._arrays = engine.dialect.name == "postgresql"
+        self._insert = sqlalchemy.text(_POSTGRES_INSERT_METRICS if self._arrays else INSERT_METRICS.format(**_NAMED))
         self._upsert = sqlalchemy.text(UPSERT_LATEST.format(**_NAMED))
         self._run = sqlalchemy.text("SELECT lifecycle_stage FROM runs WHERE run_uuid = :run_uuid")
 
@@ -136,8 +143,14 @@ class SqlMetricWriter:
 
     def write(self, run_id: str, values: list[MetricRow]) -> None:
         """Store ``values`` (finite) for ``run_id`` in one transaction: all or nothing."""
-        rows = [{"key": key, "value": value, "timestamp": timestamp, "run_uuid": run_id, "step": step}
-                for key, value, timestamp, step in values]
+        if not values:
+            return
+        if self._arrays:
+            keys, numbers, timestamps, steps = (list(column) for column in zip(*values))
+            rows: Any = {"run_uuid": run_id, "keys": keys, "values": numbers, "timestamps": timestamps, "steps": steps}
+        else:
+            rows = [{"key": key, "value": value, "timestamp": timestamp, "run_uuid": run_id, "step": step}
+                    for key, value, timestamp, step in values]
         latest = [{"key": key, "value": value, "timestamp": timestamp, "run_uuid": run_id, "step": step}
                   for key, value, timestamp, step in latest_values(values)]
         with self.engine.begin() as connection:

@@ -10,6 +10,7 @@ metrics endpoint (``runner.tracking.metrics_endpoint``), through ``log_batch`` e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -280,12 +281,13 @@ class TrackedRun:
     def end(self, status: str, failure_reason: str | None = None, traceback_text: str | None = None) -> None:
         """Write the last metrics, the failure reason (and traceback), upload staged artifacts,
         and set ``status``. Every step is tried even if one before it failed (a full disk, a
-        server gone): the status is written last, and always tried."""
+        server gone): the status is written last, and always tried. A server gets the last
+        metrics (on the sender thread) while the artifacts upload."""
         if self._ended:
             return
         self._ended = True
         test_point("run-end")
-        steps = [self.flush, self.wait_for_sender]
+        steps = [self.flush]
         if failure_reason:
             steps.append(lambda: self.set_tags({names.FAILURE_REASON: failure_reason[:MAX_TAG_LENGTH]}))
         if traceback_text:
@@ -293,6 +295,7 @@ class TrackedRun:
         if self._staging is not None:
             steps += self.before_upload
             steps.append(lambda: self._to_server(self.client.log_artifacts, self.run_id, str(self._staging)))
+        steps.append(self.wait_for_sender)
         try:
             for step in steps:
                 try:
@@ -303,6 +306,8 @@ class TrackedRun:
                     log.warning("while ending run %s: %s: %s", self.run_id, type(error).__name__, error)
             self._to_server(self.client.set_terminated, self.run_id, status)
         except TrackingLost:
+            with contextlib.suppress(Exception):  # the values of a batch still on its way, if it failed
+                self.wait_for_sender()
             self._keep_unsent_metrics()
             raise
         finally:
