@@ -152,6 +152,9 @@ def test_sweeps_and_runs_from_several_processes_at_once_lose_nothing(server, tmp
         for run in others:
             assert run.info.status == "FINISHED"
             assert len(client(uri).get_metric_history(run.info.run_id, "train_mse")) == 20
+            # sweep-a's jobs run in bprun's process, their plots drawn by its plot helper
+            plots = {artifact.path for artifact in client(uri).list_artifacts(run.info.run_id, "plots")}
+            assert "plots/learning_curves.png" in plots, (experiment, plots)
             if parents:
                 assert run.data.tags[PARENT_TAG] == sweep_parents[0].info.run_id
 

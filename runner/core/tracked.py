@@ -112,7 +112,7 @@ def _save_plots(epoch_metrics: EpochMetrics, run: TrackedRun, completed: bool) -
             try:
                 helper.draw(epoch_metrics.series, directory, epoch_metrics.epochs, run.run_id)
                 if not run.writes_artifacts_in_place:  # uploaded when the run ends: once drawn
-                    run.before_upload.append(lambda: helper.wait_for(run.run_id))
+                    run.upload_when_written(names.PLOTS_ARTIFACT, lambda: helper.wait_for(run.run_id))
                 return
             except Exception as error:  # the helper is gone: draw here
                 log.debug("drawing the plots in-process: %s", error)

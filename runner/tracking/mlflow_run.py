@@ -118,9 +118,8 @@ class TrackedRun:
         # Called before every metric flush: files that must never end before the metrics do
         # (the tensors) make what they hold durable first.
         self.before_flush: list[Callable[[], None]] = []
-        # Called before staged artifacts are uploaded: files still being written (plots drawn
-        # by another process) are complete first.
-        self.before_upload: list[Callable[[], None]] = []
+        # Staged folders still being written (plots drawn by another process): {name: wait until written}.
+        self._written_later: dict[str, Callable[[], None]] = {}
         self.run_id = ""
 
     def __enter__(self) -> "TrackedRun":
@@ -229,6 +228,22 @@ class TrackedRun:
     def writes_artifacts_in_place(self) -> bool:
         return self._staging is None
 
+    def upload_when_written(self, name: str, written: Callable[[], None]) -> None:
+        """Upload the staged folder ``name`` (of ``artifact_dir``) once ``written()`` returns,
+        after the rest: the rest goes up meanwhile."""
+        self._written_later[name] = written
+
+    def _upload_staged(self, only: list[str] | None = None) -> None:
+        """Upload the staged files and folders named ``only``, else all but those written later."""
+        for entry in sorted(self._staging.iterdir()):
+            chosen = entry.name in only if only is not None else entry.name not in self._written_later
+            if not chosen:
+                continue
+            if entry.is_dir():
+                self._to_server(self.client.log_artifacts, self.run_id, str(entry), entry.name)
+            else:
+                self._to_server(self.client.log_artifact, self.run_id, str(entry))
+
     def write_text_artifacts(self, files: dict[str, str], upload_now: bool = False) -> None:
         """Write small text artifacts given as ``{relative path: content}``; with ``upload_now``
         a remote store gets them at once, not only when the run ends."""
@@ -281,20 +296,23 @@ class TrackedRun:
     def end(self, status: str, failure_reason: str | None = None, traceback_text: str | None = None) -> None:
         """Write the last metrics, the failure reason (and traceback), upload staged artifacts,
         and set ``status``. Every step is tried even if one before it failed (a full disk, a
-        server gone): the status is written last, and always tried. A server gets the last
-        metrics (on the sender thread) while the artifacts upload."""
+        server gone): the status is written last, and always tried. With a server, the metrics
+        on their way, the uploads and the folders still being written proceed side by side."""
         if self._ended:
             return
         self._ended = True
         test_point("run-end")
-        steps = [self.flush]
+        steps: list[Callable[[], None]] = []
         if failure_reason:
             steps.append(lambda: self.set_tags({names.FAILURE_REASON: failure_reason[:MAX_TAG_LENGTH]}))
         if traceback_text:
             steps.append(lambda: self.write_text_artifacts({names.TRACEBACK_ARTIFACT: traceback_text}))
         if self._staging is not None:
-            steps += self.before_upload
-            steps.append(lambda: self._to_server(self.client.log_artifacts, self.run_id, str(self._staging)))
+            steps.append(self._upload_staged)
+        steps.append(self.flush)
+        if self._staging is not None:
+            for name, written in self._written_later.items():
+                steps += [written, lambda name=name: self._upload_staged([name])]
         steps.append(self.wait_for_sender)
         try:
             for step in steps:
