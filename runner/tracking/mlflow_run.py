@@ -111,10 +111,11 @@ class TrackedRun:
         self._lost: str | None = None  # why the server stopped answering, once it has
         self._sqlite_writer: SqliteMetricWriter | None = None
         self._endpoint: MetricsEndpoint | None = None  # bprun-server's, where the server has it
-        # A server's metrics: one batch at a time on their way, sent by a thread of their own.
+        # What goes to a server while training goes on, sent in order by a thread of its own:
+        # [(the work, the metric values it carries, of which it deletes those stored)].
         self._sender: ThreadPoolExecutor | None = None
-        self._in_flight: Future | None = None
-        self._sending: list[tuple[str, float, int, int]] = []
+        self._in_flight: list[tuple[Future, list[tuple[str, float, int, int]]]] = []
+        self._uploaded: set[str] = set()  # staged files uploaded already
         # Called before every metric flush: files that must never end before the metrics do
         # (the tensors) make what they hold durable first.
         self.before_flush: list[Callable[[], None]] = []
@@ -168,8 +169,7 @@ class TrackedRun:
             else:
                 self.wait_for_sender()
                 self._pending = []
-                self._sending = pending
-                self._in_flight = self._sender.submit(self._send, pending)
+                self._in_flight.append((self._sender.submit(self._send, pending), pending))
         self._last_flush = time.monotonic()
 
     def _send(self, pending: list[tuple[str, float, int, int]]) -> None:
@@ -183,18 +183,29 @@ class TrackedRun:
             del pending[: len(batch)]  # what is left is what the store does not hold
 
     def wait_for_sender(self) -> None:
-        """Return once the batch on its way to the server is stored; raise its error, the
-        values it did not store put back at the head of the buffer."""
-        if self._in_flight is None:
-            return
-        in_flight, self._in_flight = self._in_flight, None
-        try:
-            in_flight.result()
-        except BaseException:
-            self._pending[:0] = self._sending
-            raise
-        finally:
-            self._sending = []
+        """Return once everything on its way to the server is stored; else raise the first
+        error, the metric values not stored put back at the head of the buffer."""
+        in_flight, self._in_flight = self._in_flight, []
+        first_error: BaseException | None = None
+        unsent: list[tuple[str, float, int, int]] = []
+        for work, values in in_flight:
+            try:
+                work.result()
+            except BaseException as error:
+                unsent += values
+                first_error = first_error or error
+        self._pending[:0] = unsent
+        if first_error is not None:
+            raise first_error
+
+    def in_background(self, call: Callable[..., Any], *arguments: Any) -> None:
+        """``call(*arguments)`` to a server on the sender thread, after what is on its way, so
+        that training need not wait for it (an error is raised by the next flush or logged by
+        the run's end); to a local store at once."""
+        if self._sender is None:
+            self._to_server(call, *arguments)
+        else:
+            self._in_flight.append((self._sender.submit(self._to_server, call, *arguments), []))
 
     def _to_server(self, call: Callable[..., Any], *arguments: Any, **keywords: Any) -> Any:
         """``call`` to the store; once the server has stopped answering, ``TrackingLost`` at
@@ -234,10 +245,11 @@ class TrackedRun:
         self._written_later[name] = written
 
     def _upload_staged(self, only: list[str] | None = None) -> None:
-        """Upload the staged files and folders named ``only``, else all but those written later."""
+        """Upload the staged files and folders named ``only``, else all but those written later
+        (those uploaded already stay as they are)."""
         for entry in sorted(self._staging.iterdir()):
             chosen = entry.name in only if only is not None else entry.name not in self._written_later
-            if not chosen:
+            if not chosen or entry.name in self._uploaded:
                 continue
             if entry.is_dir():
                 self._to_server(self.client.log_artifacts, self.run_id, str(entry), entry.name)
@@ -252,8 +264,12 @@ class TrackedRun:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content)
             if upload_now and self._staging is not None:
-                folder = str(Path(name).parent)
-                self._to_server(self.client.log_artifact, self.run_id, str(path), None if folder == "." else folder)
+                self.in_background(self._upload_file, name)
+
+    def _upload_file(self, name: str) -> None:
+        folder = str(Path(name).parent)
+        self.client.log_artifact(self.run_id, str(self._staging / name), None if folder == "." else folder)
+        self._uploaded.add(name)
 
     def log_dataset(self, name: str, features: Any, targets: Any, digest: str) -> None:
         """Record the training data as the run's MLflow input (name, digest, schema)."""
@@ -261,17 +277,19 @@ class TrackedRun:
         # warns; where the data came from is the run's data_source tag.
         data = mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest[:32])
         context = InputTag(key="mlflow.data.context", value="training")
-        inputs = [DatasetInput(data._to_mlflow_entity(), tags=[context])]
+        self.in_background(self._log_inputs, [DatasetInput(data._to_mlflow_entity(), tags=[context])])
+
+    def _log_inputs(self, inputs: list[DatasetInput]) -> None:
         try:
-            self._to_server(self.client.log_inputs, self.run_id, datasets=inputs)
-        except TrackingLost:
-            raise
-        except Exception:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except Exception as error:
+            if lost_server(error):
+                raise
             # MLflow checks for the data set's row and then inserts it without a lock: parallel
             # jobs logging the same data set at once can collide (UNIQUE constraint). The row
             # exists by then, so once more links this run to it.
             time.sleep(0.2)
-            self._to_server(self.client.log_inputs, self.run_id, datasets=inputs)
+            self.client.log_inputs(self.run_id, datasets=inputs)
 
     def fail(self, reason: str) -> None:
         """End the run FAILED with ``reason`` as its ``failure_reason`` when the block ends."""
