@@ -5,8 +5,8 @@ Run from the repository with the project's virtual environment:
     python tests/benchmarks/bench_server.py [--repeats N] [--parts digits xor] [--no-breakdown]
 
 It prints Markdown (tables, then the targets met or not, then the command that reproduces it);
-progress and the server's address go to stderr. With the default 3 repeats it takes about 9-10
-minutes on a 2-core machine (the xor part about 7 of them: a sweep against the server takes 40 s).
+progress and the server's address go to stderr. With the default 3 repeats it takes about 6
+minutes on a 2-core machine (the xor part about 5 of them).
 
 The server
 ----------
