@@ -4,9 +4,14 @@ MLflow's own server, which has no such endpoint: ``test_server_lost.py``.)"""
 
 from __future__ import annotations
 
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
-from runner.tracking.metrics_endpoint import MAX_VALUES_PER_REQUEST, BadRequest, parse
+from runner.tracking.metrics_endpoint import MAX_VALUES_PER_REQUEST, PATH, BadRequest, MetricsEndpoint, parse
 
 
 def body(**changes):
@@ -45,3 +50,67 @@ def test_more_values_than_one_request_takes_are_refused() -> None:
 def test_a_body_that_is_not_an_object_is_refused() -> None:
     with pytest.raises(BadRequest, match="JSON object"):
         parse(None)
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """A stand-in server: answers the endpoint's GET as bprun-server does (or 404, as MLflow's own
+    server does), and records every request."""
+
+    has_endpoint = True
+    seen: list[tuple[str, str, str | None, dict | None]] = []  # (method, path, Authorization, body)
+
+    def do_GET(self) -> None:
+        self.seen.append(("GET", self.path, self.headers.get("Authorization"), None))
+        if self.has_endpoint:
+            self._answer(200, {"available": True, "max_values": MAX_VALUES_PER_REQUEST})
+        else:
+            self._answer(404, None)
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append(("POST", self.path, self.headers.get("Authorization"), body))
+        self._answer(200, {})
+
+    def _answer(self, status: int, body: dict | None) -> None:
+        content = b"<html>not found</html>" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html" if body is None else "application/json")
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    def log_message(self, *arguments) -> None:
+        pass
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    Recorder.seen = []
+    monkeypatch.setattr(MetricsEndpoint, "_known", {})
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_run_sends_its_values_to_the_endpoint_with_mlflows_credentials(stand_in, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
+    Recorder.has_endpoint = True
+    endpoint = MetricsEndpoint.of(stand_in)
+    assert endpoint is not None and MetricsEndpoint.of(stand_in) is not None  # asked once
+    endpoint.write("abc", [("train_mse", 0.5, 1000, 0), ("train_mse", 0.25, 1001, 1)])
+    basic = "Basic " + base64.b64encode(b"alice:secret").decode()
+    assert Recorder.seen == [
+        ("GET", PATH, basic, None),
+        ("POST", PATH, basic, {"run_id": "abc", "keys": ["train_mse", "train_mse"], "values": [0.5, 0.25],
+                               "timestamps": [1000, 1001], "steps": [0, 1]})]
+
+
+def test_a_server_without_the_endpoint_means_log_batch(stand_in) -> None:
+    Recorder.has_endpoint = False
+    assert MetricsEndpoint.of(stand_in) is None
+    assert MetricsEndpoint.of(stand_in) is None
+    assert [method for method, *_ in Recorder.seen] == ["GET"]

@@ -4,8 +4,8 @@ its store's ``metrics`` and ``latest_metrics`` tables (SQLite and PostgreSQL ali
 Why: MLflow's store builds one ORM object per value in ``log_batch``, about 100 us of CPU per
 value, so a run that logs a dozen values per epoch spends more time there than training, and a
 team server spends most of its CPU there (see the benchmarks doc). The writers here insert
-exactly the rows ``log_batch`` would, in one transaction per call, at a few microseconds per
-value: ``SqliteMetricWriter`` in the run's process on a SQLite file, ``SqlMetricWriter`` in
+exactly the rows ``log_batch`` would, in one transaction per call, for a few microseconds of
+Python per value: ``SqliteMetricWriter`` in the run's process on a SQLite file, ``SqlMetricWriter`` in
 bprun-server's metrics endpoint (``runner.tracking.metrics_endpoint``) on its store.
 
 Checked against the MLflow versions in ``CHECKED_MLFLOW_VERSIONS``: with any other version, or
