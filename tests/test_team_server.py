@@ -108,7 +108,7 @@ def test_the_server_takes_the_runs_metrics_through_its_endpoint(team_sweep, serv
     import requests
 
     uri, process, _ = server
-    # The sweep's metrics went to bprun-server's endpoint (the server's access log), not log-batch.
+    # The sweep's metrics went to bprun-server's endpoint (the server's access log).
     access_log = process.stdout_so_far() + process.stderr_so_far()
     assert access_log.count('"POST /bprun/api/1/metrics HTTP/1.1" 200') >= len(SEEDS)
     child = next(run for run in team_sweep["runs"] if run.data.tags.get("bprun.sweep") != "true")
