@@ -57,9 +57,9 @@ class RayLauncher(PluginRayLauncher):
         # jobs and creates the parent run, instead of after.
         self._start_ray()
         ray = import_ray()
-        options = self._remote_options()
-        slots = int(ray.cluster_resources().get("CPU", 1) // max(float(options.get("num_cpus", 1)), 1e-9))
-        warm = ray.remote(**options)(warm_up_worker) if options else ray.remote(warm_up_worker)
+        cpus_per_job = float(self._remote_options().get("num_cpus", 1))
+        slots = int(ray.cluster_resources().get("CPU", 1) // max(cpus_per_job, 1e-9))
+        warm = self._remote(warm_up_worker)
         for _ in range(max(1, min(slots, MAX_WARM_UPS))):
             warm.remote()  # nobody waits for it: the jobs queue behind it on its worker
 
@@ -68,10 +68,8 @@ class RayLauncher(PluginRayLauncher):
         Ray workers, warmed up with MLflow imported, as the local launcher does in its workers:
         this process then never imports MLflow or draws a chart. Here, if Ray fails."""
         ray = import_ray()
-        options = self._remote_options()
         try:
-            remote = ray.remote(**options)(function) if options else ray.remote(function)
-            return ray.get(remote.remote(*arguments))
+            return ray.get(self._remote(function).remote(*arguments))
         except ray.exceptions.RayTaskError as error:
             raise error.as_instanceof_cause() from None
         except ray.exceptions.RayError:
@@ -80,6 +78,11 @@ class RayLauncher(PluginRayLauncher):
 
     def _remote_options(self) -> dict[str, Any]:
         return OmegaConf.to_container(self.ray_cfg.remote, resolve=True) if self.ray_cfg.remote else {}
+
+    def _remote(self, function: Callable[..., Any]) -> Any:
+        """``function`` as a Ray remote function with the sweep's ``hydra.launcher.ray.remote`` options."""
+        ray, options = import_ray(), self._remote_options()
+        return ray.remote(**options)(function) if options else ray.remote(function)
 
     def runs_jobs_elsewhere(self) -> str | None:
         """Where jobs may run that is not this machine ("on other machines of the Ray cluster at
@@ -107,8 +110,7 @@ class RayLauncher(PluginRayLauncher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         self._start_ray()
-        options = self._remote_options()
-        remote_job = ray.remote(**options)(run_ray_job) if options else ray.remote(run_ray_job)
+        remote_job = self._remote(run_ray_job)
         log.info(f"Launching {len(jobs)} jobs as Ray tasks")
         launching_dir = os.getcwd()
         # Put once, shared by every task, instead of serialized into each.

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_sweeps import DIGITS_JOBS, DIGITS_SWEEP, sweep, weights_by_job
+from bench_sweeps import DIGITS_JOBS, DIGITS_SWEEP, sweep, weights_by_job, weights_report
 from benchmark_common import REPOSITORY, describe_environment, load_average, log, median, print_report
 
 TARGET_RATIO = 1.3
@@ -90,19 +90,16 @@ def main() -> None:
         stop_ray_cluster()
         shutil.rmtree(ray_folder, ignore_errors=True)
     ratio = median(seconds["basic"]) / median(seconds["ray"])
-    identical = all(fingerprint == fingerprints[0] for fingerprint in fingerprints) and len(fingerprints[0]) == DIGITS_JOBS
+    weights_line, weights_verdict = weights_report(fingerprints, "weights identical across launchers")
     lines = [f"### The 12-job digits grid (200 epochs, batch 32) by launcher, median of {arguments.repeats}", "",
              "| launcher | sweep wall time, s | jobs/s | runs, s |", "| --- | ---: | ---: | --- |"]
     for name, values in seconds.items():
         lines.append(f"| {name} | {median(values):.2f} | {DIGITS_JOBS / median(values):.3f} | "
                      f"{', '.join(f'{value:.2f}' for value in values)} |")
     lines += ["", f"Ray against the basic launcher (ratio of medians): **{ratio:.2f}x** the throughput; per repeat: "
-              f"{', '.join(f'{value:.2f}x' for value in ratios)}.",
-              f"Final weights of every child, by (lr, seed), across all {len(fingerprints)} sweeps: "
-              + ("bit-identical" if identical else "DIFFERENT") + "."]
+              f"{', '.join(f'{value:.2f}x' for value in ratios)}.", weights_line]
     verdicts = [f"Ray (2 CPUs) / basic launcher throughput: {ratio:.2f}x (target >= {TARGET_RATIO}x): "
-                + ("met" if ratio >= TARGET_RATIO else "NOT met"),
-                "weights identical across launchers: " + ("yes" if identical else "NO")]
+                + ("met" if ratio >= TARGET_RATIO else "NOT met"), weights_verdict]
     environment_lines.append(f"- load average at the end {load_average()}")
     print_report("Cluster launcher benchmark", environment_lines, [lines], verdicts, str(REPOSITORY), started)
 

@@ -78,6 +78,15 @@ def sweep(overrides: list[str], scratch: Path, label: str) -> tuple[float, Path]
     return seconds, database
 
 
+def weights_report(fingerprints: list[dict[tuple[str, str], str]], verdict_label: str) -> tuple[str, str]:
+    """The report's line and verdict saying whether every digits sweep gave every job the same
+    final weights."""
+    identical = all(fingerprint == fingerprints[0] for fingerprint in fingerprints) and len(fingerprints[0]) == DIGITS_JOBS
+    line = (f"Final weights of every child, by (lr, seed), across all {len(fingerprints)} sweeps: "
+            + ("bit-identical" if identical else "DIFFERENT") + ".")
+    return line, f"{verdict_label}: " + ("yes" if identical else "NO")
+
+
 def weights_by_job(database: Path) -> dict[tuple[str, str], str]:
     """(lr, seed) -> sha256 of each child's weights.npz."""
     from mlflow.tracking import MlflowClient
@@ -162,19 +171,16 @@ def digits_part(repeats: int, scratch: Path) -> tuple[list[str], list[str]]:
         two.append(seconds["two"])
         speedups.append(seconds["one"] / seconds["two"])
     speedup = median(one) / median(two)
-    identical = all(fingerprint == fingerprints[0] for fingerprint in fingerprints) and len(fingerprints[0]) == DIGITS_JOBS
+    weights_line, weights_verdict = weights_report(fingerprints, "digits weights identical across launchers")
     lines = [f"### digits: 12-job grid, one job at a time in bprun's process against 2 worker processes, "
              f"median of {repeats}", "",
              "| launcher | sweep wall time, s | runs |", "| --- | ---: | --- |",
              f"| one at a time (in bprun's process) | {median(one):.2f} | {', '.join(f'{s:.2f}' for s in one)} |",
              f"| `hydra.launcher.n_jobs=2` | {median(two):.2f} | {', '.join(f'{s:.2f}' for s in two)} |",
              "", f"Speedup (ratio of medians): **{speedup:.2f}x**; per pair of sweeps: "
-             f"{', '.join(f'{s:.2f}x' for s in speedups)}.",
-             f"Final weights of every child, by (lr, seed), across all {len(fingerprints)} sweeps: "
-             + ("bit-identical" if identical else "DIFFERENT") + "."]
+             f"{', '.join(f'{s:.2f}x' for s in speedups)}.", weights_line]
     verdicts = [f"digits 2 workers / 1: {speedup:.2f}x (target >= {TARGET_SPEEDUP}x): "
-                + ("met" if speedup >= TARGET_SPEEDUP else "NOT met"),
-                "digits weights identical across launchers: " + ("yes" if identical else "NO")]
+                + ("met" if speedup >= TARGET_SPEEDUP else "NOT met"), weights_verdict]
     return lines, verdicts
 
 
