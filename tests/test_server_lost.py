@@ -32,14 +32,19 @@ EXIT_BOUND_SECONDS = 3 * (HTTP_RETRIES + 1) * HTTP_TIMEOUT + 4 + 30
 SCENARIOS = {
     "run": ("dataset=digits", "trainer.epochs=100000"),
     "sweep": ("-m", "hydra.launcher.n_jobs=2", "seed=0,1,2,3", "dataset=digits", "trainer.epochs=100000"),
+    "run-endpoint": ("dataset=digits", "trainer.epochs=100000"),
 }
+# Served as bprun-server serves: MLflow's server with bprun's app plugin, runs' metrics going to its endpoint.
+WITH_ENDPOINT = {"run-endpoint"}
 
 
 class Server:
-    """``mlflow server`` on a free loopback port, with its store and artifacts in ``folder``."""
+    """``mlflow server`` on a free loopback port, with its store and artifacts in ``folder``;
+    with ``endpoint``, with bprun's app plugin (``--app-name bprun``), as bprun-server runs it."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, endpoint: bool = False) -> None:
         self.folder = folder
+        self.endpoint = endpoint
         folder.mkdir(parents=True, exist_ok=True)
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
@@ -56,7 +61,8 @@ class Server:
         with open(self.folder / "server.log", "a") as log:
             self.process = subprocess.Popen(
                 [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-                 "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination", str(self.folder / "art")],
+                 "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination", str(self.folder / "art"),
+                 *(["--app-name", "bprun"] if self.endpoint else [])],
                 stdout=log, stderr=log, env=environment, start_new_session=True)
 
         def healthy() -> bool:
@@ -78,7 +84,7 @@ class Server:
 
 def play(name: str, base: Path) -> dict[str, Any]:
     cwd = base / name
-    server = Server(base / f"{name}-server")
+    server = Server(base / f"{name}-server", endpoint=name in WITH_ENDPOINT)
     server.start()
     staging = cwd / "tmp"
     staging.mkdir(parents=True)
@@ -114,6 +120,7 @@ def play(name: str, base: Path) -> dict[str, Any]:
     finally:
         server.kill()
     return {"result": result, "leftovers": leftovers, "runs": runs, "steps": steps, "configs": configs,
+            "server_log": (server.folder / "server.log").read_text(),
             "doctor": doctor, "after_doctor": after_doctor, "staging": staging}
 
 
@@ -162,6 +169,8 @@ def test_bprun_ends_within_the_timeout_in_one_line_per_run(outcomes, name: str) 
     else:
         assert len(lines) == 1, result.output
     assert outcomes[name]["leftovers"] == []
+    if name in WITH_ENDPOINT:  # the run's metrics went to the endpoint until the server died
+        assert '"POST /bprun/api/1/metrics HTTP/1.1" 200' in outcomes[name]["server_log"]
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
