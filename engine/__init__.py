@@ -13,7 +13,22 @@ from engine.schedules import SCHEDULE_NAMES, Schedule
 from engine.training import METRICS, EarlyStopping, EpochReport, History, Observer, evaluate, train
 
 __all__ = [
-    "ACTIVATIONS", "INITIALIZERS", "LOSSES", "METRICS", "OPTIMIZERS", "SCHEDULE_NAMES",
-    "MLP", "Optimizer", "Schedule", "EarlyStopping", "EpochReport", "History", "Observer",
-    "GradientCheck", "gradient_check", "make_optimizer", "evaluate", "train",
+    "ACTIVATIONS",
+    "INITIALIZERS",
+    "LOSSES",
+    "METRICS",
+    "MLP",
+    "OPTIMIZERS",
+    "SCHEDULE_NAMES",
+    "EarlyStopping",
+    "EpochReport",
+    "GradientCheck",
+    "History",
+    "Observer",
+    "Optimizer",
+    "Schedule",
+    "evaluate",
+    "gradient_check",
+    "make_optimizer",
+    "train",
 ]

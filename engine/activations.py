@@ -10,7 +10,7 @@ that is what the forward pass keeps: for example sigmoid' = a (1 - a). It turns
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -30,8 +30,9 @@ def _relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
     return float(np.linalg.norm(analytic - numeric) / denominator) if denominator > 0 else 0.0
 
 
-def gradient_check(network: MLP, X: np.ndarray, Y: np.ndarray, loss: str = "mse",
-                   epsilon: float = 1e-6) -> GradientCheck:
+def gradient_check(
+    network: MLP, X: np.ndarray, Y: np.ndarray, loss: str = "mse", epsilon: float = 1e-6
+) -> GradientCheck:
     """Compare backpropagation's dE/dparams with central differences (E(p+e) - E(p-e)) / 2e.
 
     Parameters

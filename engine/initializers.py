@@ -6,7 +6,7 @@ Each draws a ``(fan_in, fan_out)`` float64 matrix from the ``np.random.Generator
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -19,7 +19,7 @@ For the two cross-entropies the output layer uses the fused delta dE/dz = (a - y
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -109,7 +109,5 @@ def get_loss(name: str, output_activation: str, argument: str = "loss") -> LossF
     check_choice(argument, name, LOSSES)
     required = REQUIRED_OUTPUT_ACTIVATION[name]
     if required is not None and output_activation != required:
-        raise ValueError(
-            f"{argument}={name!r} needs output_activation='{required}', got {output_activation!r}"
-        )
+        raise ValueError(f"{argument}={name!r} needs output_activation='{required}', got {output_activation!r}")
     return LOSSES[name]

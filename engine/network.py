@@ -13,7 +13,7 @@ matters most for small networks where per-call overhead dominates.
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -210,13 +210,9 @@ class MLP:
     def check_inputs(self, argument: str, X: np.ndarray) -> None:
         """Raise unless ``X`` has ``n_inputs`` columns."""
         if X.shape[1] != self.sizes[0]:
-            raise ValueError(
-                f"{argument} has {X.shape[1]} columns but the network expects n_inputs={self.sizes[0]}"
-            )
+            raise ValueError(f"{argument} has {X.shape[1]} columns but the network expects n_inputs={self.sizes[0]}")
 
     def check_targets(self, argument: str, Y: np.ndarray) -> None:
         """Raise unless ``Y`` has ``n_outputs`` columns."""
         if Y.shape[1] != self.sizes[-1]:
-            raise ValueError(
-                f"{argument} has {Y.shape[1]} columns but the network has n_outputs={self.sizes[-1]}"
-            )
+            raise ValueError(f"{argument} has {Y.shape[1]} columns but the network has n_outputs={self.sizes[-1]}")

@@ -19,8 +19,8 @@ keeps them must copy. The loop never prints, logs or writes files.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -144,8 +144,14 @@ def _check_data(network: MLP, X: object, Y: object, x_name: str, y_name: str) ->
     return X, Y
 
 
-def evaluate(network: MLP, X: np.ndarray, Y: np.ndarray, loss: str, metrics: Sequence[str] = (),
-             workspace: Workspace | None = None) -> dict[str, float]:
+def evaluate(
+    network: MLP,
+    X: np.ndarray,
+    Y: np.ndarray,
+    loss: str,
+    metrics: Sequence[str] = (),
+    workspace: Workspace | None = None,
+) -> dict[str, float]:
     """Loss and ``metrics`` of ``network`` on ``(X, Y)`` in one forward pass over all rows."""
     for metric in metrics:
         check_choice("metrics", metric, dict.fromkeys(METRICS))
@@ -171,8 +177,9 @@ class _SaturationWatch:
     def __init__(self, network: MLP, patience: int) -> None:
         check_limit("saturation_patience", patience)
         activations = [network.activation] * (network.n_layers - 1) + [network.output_activation]
-        self.layers = [(index, _SATURATION_BOUNDS[name]) for index, name in enumerate(activations)
-                       if name in _SATURATION_BOUNDS]
+        self.layers = [
+            (index, _SATURATION_BOUNDS[name]) for index, name in enumerate(activations) if name in _SATURATION_BOUNDS
+        ]
         self.patience = patience if self.layers else 0
         self.previous_loss = math.nan
         self.stuck_epochs = 0
@@ -187,8 +194,10 @@ class _SaturationWatch:
         self.stuck_epochs = self.stuck_epochs + 1 if layer is not None else 0
         if self.stuck_epochs < self.patience:
             return None
-        return (f"saturated: the units of layer {layer + 1} are pinned at their bounds and train_{loss} "
-                f"has stayed at {train_loss:.6g} for {self.patience} epochs (is the learning rate too large?)")
+        return (
+            f"saturated: the units of layer {layer + 1} are pinned at their bounds and train_{loss} "
+            f"has stayed at {train_loss:.6g} for {self.patience} epochs (is the learning rate too large?)"
+        )
 
     def _pinned_layer(self, workspace: Workspace) -> int | None:
         """A layer with nearly every unit pinned: no gradient flows back through it."""
@@ -200,8 +209,9 @@ class _SaturationWatch:
         return None
 
 
-def _first_non_finite(metrics: dict[str, float], prefix: str, loss: str,
-                      params: np.ndarray | None = None) -> str | None:
+def _first_non_finite(
+    metrics: dict[str, float], prefix: str, loss: str, params: np.ndarray | None = None
+) -> str | None:
     for name, value in metrics.items():
         if not math.isfinite(value):
             # An mse loss is named as such ('train_mse is inf'), as it is wherever it is logged.
@@ -297,8 +307,7 @@ def train(
     full_batch = batch_size is None or batch_size >= n
     if not full_batch and not isinstance(rng, np.random.Generator):
         raise ValueError(
-            f"rng={rng!r} is not allowed: mini-batch training reshuffles every epoch and needs an "
-            "np.random.Generator"
+            f"rng={rng!r} is not allowed: mini-batch training reshuffles every epoch and needs an np.random.Generator"
         )
 
     params = network.params
@@ -397,8 +406,14 @@ def train(
 
             if observers:
                 report = EpochReport(
-                    epoch, lr, train_values, validation_values,
-                    network.weights, network.biases, report_grads[0], report_grads[1],
+                    epoch,
+                    lr,
+                    train_values,
+                    validation_values,
+                    network.weights,
+                    network.biases,
+                    report_grads[0],
+                    report_grads[1],
                 )
                 for observer in observers:
                     observer.on_epoch_end(report)

@@ -71,13 +71,18 @@ def run_cli(*overrides: str, cwd: Path, env: dict[str, str] | None = None) -> su
     ``MLFLOW_TRACKING_URI`` (and ``HYDRA_FULL_ERROR``, which changes how errors print) are
     removed from the inherited environment; ``env`` entries are added on top.
     """
-    environment = {key: value for key, value in os.environ.items()
-                   if key not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
+    environment = {
+        key: value for key, value in os.environ.items() if key not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")
+    }
     environment["PYTHONDONTWRITEBYTECODE"] = "1"  # nothing written next to the sources
     environment.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "runner", *overrides],
-        cwd=cwd, env=environment, capture_output=True, text=True, timeout=CLI_TIMEOUT_SECONDS,
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_SECONDS,
     )
 
 

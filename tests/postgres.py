@@ -110,29 +110,58 @@ def _throwaway_cluster() -> Iterator[str]:
     data, log = folder / "data", folder / "postgres.log"
     watchdog = subprocess.Popen(
         [sys.executable, "-c", _WATCHDOG, str(bin_dir / "pg_ctl"), str(folder), user or "", str(SERVER_TIMEOUT)],
-        stdin=subprocess.PIPE, text=True, start_new_session=True)  # Ctrl-C does not reach it
+        stdin=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # Ctrl-C does not reach it
 
     def run(*command: str) -> None:
-        result = subprocess.run(command, check=False, cwd=folder, capture_output=True, text=True,
-                                timeout=SERVER_TIMEOUT, **as_user)
+        result = subprocess.run(
+            command, check=False, cwd=folder, capture_output=True, text=True, timeout=SERVER_TIMEOUT, **as_user
+        )
         if result.returncode != 0:
             logged = log.read_text()[-3000:] if log.exists() else ""
-            raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n"
-                               f"{result.stdout}{result.stderr}{logged}")
+            raise RuntimeError(
+                f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}{result.stderr}{logged}"
+            )
 
     try:
         if user:
             os.chown(folder, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
         # Throwaway data: no fsync, and the C locale whatever the machine's.
-        run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-            "--no-locale", "--no-sync")
+        run(
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        )
         for attempt in range(3):  # a free port may be taken before the server binds it
             port = _free_port()
-            options = (f"-p {port} -k {shlex.quote(str(folder))} -c listen_addresses=127.0.0.1"
-                       " -c fsync=off -c full_page_writes=off -c synchronous_commit=off")
+            options = (
+                f"-p {port} -k {shlex.quote(str(folder))} -c listen_addresses=127.0.0.1"
+                " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+            )
             try:
-                run(str(bin_dir / "pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w",
-                    "-t", str(SERVER_TIMEOUT), "-o", options)
+                run(
+                    str(bin_dir / "pg_ctl"),
+                    "start",
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-t",
+                    str(SERVER_TIMEOUT),
+                    "-o",
+                    options,
+                )
                 break
             except RuntimeError:
                 if attempt == 2 or "could not bind" not in log.read_text():

@@ -13,10 +13,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 EXPERIMENT = "backprop-runner"
 PARENT_TAG = "mlflow.parentRunId"
@@ -33,8 +34,11 @@ class ScenarioError(RuntimeError):
 
 
 def cli_environment(uri: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
-    environment = {key: value for key, value in os.environ.items()
-                   if key not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR") and not key.startswith("BPRUN_")}
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR") and not key.startswith("BPRUN_")
+    }
     environment["PYTHONDONTWRITEBYTECODE"] = "1"
     if uri is not None:
         environment["MLFLOW_TRACKING_URI"] = uri
@@ -54,18 +58,32 @@ class Finished:
 
     @property
     def output(self) -> str:
-        return (f"--- {' '.join(self.args)}\n--- exit {self.returncode} after {self.seconds:.1f} s\n"
-                f"--- stdout\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-6000:]}")
+        return (
+            f"--- {' '.join(self.args)}\n--- exit {self.returncode} after {self.seconds:.1f} s\n"
+            f"--- stdout\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-6000:]}"
+        )
 
 
-def cli(*args: str, cwd: Path, uri: str | None = None, env: dict[str, str] | None = None,
-        module: str = "runner", timeout: float = CLI_TIMEOUT) -> Finished:
+def cli(
+    *args: str,
+    cwd: Path,
+    uri: str | None = None,
+    env: dict[str, str] | None = None,
+    module: str = "runner",
+    timeout: float = CLI_TIMEOUT,
+) -> Finished:
     """Run ``python -m <module> <args>`` in ``cwd`` and wait (at most ``timeout`` s)."""
     cwd.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_environment(uri, env),
-                                capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=cwd,
+            env=cli_environment(uri, env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as expired:
         return Finished(args, None, time.monotonic() - started, _text(expired.stdout), _text(expired.stderr))
     return Finished(args, result.returncode, time.monotonic() - started, result.stdout, result.stderr)
@@ -81,15 +99,27 @@ class Background:
     """``python -m runner <args>`` started in the background, in a session of its own (as a
     terminal's foreground job is a process group of its own); output goes to files in ``cwd``."""
 
-    def __init__(self, *args: str, cwd: Path, uri: str | None, label: str = "run",
-                 env: dict[str, str] | None = None, module: str = "runner") -> None:
+    def __init__(
+        self,
+        *args: str,
+        cwd: Path,
+        uri: str | None,
+        label: str = "run",
+        env: dict[str, str] | None = None,
+        module: str = "runner",
+    ) -> None:
         cwd.mkdir(parents=True, exist_ok=True)
         self.args = args
         self._out, self._err = cwd / f"{label}.stdout", cwd / f"{label}.stderr"
         with open(self._out, "w") as out, open(self._err, "w") as err:
-            self.popen = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd,
-                                          env=cli_environment(uri, env), stdout=out, stderr=err,
-                                          start_new_session=True)
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                cwd=cwd,
+                env=cli_environment(uri, env),
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
         self.pid = self.popen.pid
 
     def running(self) -> bool:
@@ -146,8 +176,9 @@ class Background:
         return f"--- stdout\n{self._out.read_text()[-3000:]}\n--- stderr\n{self._err.read_text()[-3000:]}"
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, process: Background | None = None,
-               interval: float = 0.02) -> Any:
+def wait_until(
+    condition: Callable[[], Any], timeout: float, what: str, process: Background | None = None, interval: float = 0.02
+) -> Any:
     """Poll ``condition`` until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -157,8 +188,9 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, process:
         if process is not None and not process.running():
             raise ScenarioError(f"the process ended while waiting for {what}:\n{process.output_so_far()}")
         time.sleep(interval)
-    raise ScenarioError(f"timed out after {timeout} s waiting for {what}"
-                        + (f":\n{process.output_so_far()}" if process else ""))
+    raise ScenarioError(
+        f"timed out after {timeout} s waiting for {what}" + (f":\n{process.output_so_far()}" if process else "")
+    )
 
 
 def session_processes(session: int) -> list[str]:

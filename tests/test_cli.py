@@ -37,8 +37,14 @@ PARALLEL_RUNS = 2
 class Scenario:
     """One CLI run: where it started, which store it was told about, what it printed."""
 
-    def __init__(self, base: Path, overrides: tuple[str, ...], use_store: bool,
-                 run_cli: Callable[..., subprocess.CompletedProcess[str]], store_at: Callable[[Path], Any]) -> None:
+    def __init__(
+        self,
+        base: Path,
+        overrides: tuple[str, ...],
+        use_store: bool,
+        run_cli: Callable[..., subprocess.CompletedProcess[str]],
+        store_at: Callable[[Path], Any],
+    ) -> None:
         self.run_cli = run_cli
         self.cwd = base / "cwd"
         self.cwd.mkdir(parents=True)
@@ -48,7 +54,7 @@ class Scenario:
         self.result: subprocess.CompletedProcess[str] | None = None
         self.decoy: Any = None  # a store the run was configured with but must not use
 
-    def run(self) -> "Scenario":
+    def run(self) -> Scenario:
         self.result = self.run_cli(*self.overrides, cwd=self.cwd, env=self.env)
         return self
 
@@ -77,8 +83,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory, run_cli, store_at) -> dict[st
         "no_tracking": (("tracking=none", "trainer.epochs=5"), False),
         "chdir": (("hydra.job.chdir=true", "trainer.epochs=5"), False),
     }
-    scenarios = run_all({name: Scenario(base / name, overrides, use_store, run_cli, store_at)
-                         for name, (overrides, use_store) in cases.items()})
+    scenarios = run_all(
+        {
+            name: Scenario(base / name, overrides, use_store, run_cli, store_at)
+            for name, (overrides, use_store) in cases.items()
+        }
+    )
     scenarios["xor"].decoy = decoy
     return scenarios
 
@@ -234,8 +244,7 @@ def test_tracking_none_does_not_import_mlflow(tmp_path: Path) -> None:
         "metrics = run(cfg).metrics\n"
         "print(json.dumps({'mlflow': 'mlflow' in sys.modules, 'metrics': sorted(metrics)}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"mlflow": False, "metrics": ["train_accuracy", "train_mse"]}
@@ -260,26 +269,49 @@ BAD_OVERRIDES = [
     ("batch size zero", ("trainer.batch_size=0",), ["trainer.batch_size", "0"]),
     ("val_fraction one", ("dataset.val_fraction=1.0",), ["dataset.val_fraction", "1.0"]),
     ("csv without path", ("dataset=csv", "dataset.targets=[y]"), ["dataset.path"]),
-    ("csv missing file", ("dataset=csv", "dataset.path={data}/missing.csv", "dataset.targets=[y]"),
-     ["dataset.path", "missing.csv"]),
-    ("csv header only", ("dataset=csv", "dataset.path={data}/header_only.csv", "dataset.targets=[y]"),
-     ["header_only.csv"]),
+    (
+        "csv missing file",
+        ("dataset=csv", "dataset.path={data}/missing.csv", "dataset.targets=[y]"),
+        ["dataset.path", "missing.csv"],
+    ),
+    (
+        "csv header only",
+        ("dataset=csv", "dataset.path={data}/header_only.csv", "dataset.targets=[y]"),
+        ["header_only.csv"],
+    ),
     ("misspelled activation", ("model.activation=sigmod",), ["model.activation", "sigmod"]),
     ("loss needs softmax", ("trainer.loss=cross_entropy",), ["trainer.loss", "model.output_activation"]),
     ("_target_ injection", ("+optimizer._target_=os.system",), ["optimizer._target_"]),
-    ("early stopping without validation", ("trainer.early_stopping.enabled=true",),
-     ["trainer.early_stopping.enabled", "dataset.val_fraction"]),
+    (
+        "early stopping without validation",
+        ("trainer.early_stopping.enabled=true",),
+        ["trainer.early_stopping.enabled", "dataset.val_fraction"],
+    ),
     ("empty experiment name", ("tracking.experiment=''",), ["tracking.experiment"]),
-    ("experiment name longer than the store keeps", (f"tracking.experiment={'x' * 300}",),
-     ["tracking.experiment", "1 to 256 characters"]),
-    ("misspelled key gets the closest name", ("model.hiden=[4]",), ["model.hiden: no such key", "did you mean model.hidden?"]),
-    ("misspelled option gets the closest name", ("optimizer=adma",), ["optimizer=adma: no such option", "did you mean adam?"]),
+    (
+        "experiment name longer than the store keeps",
+        (f"tracking.experiment={'x' * 300}",),
+        ["tracking.experiment", "1 to 256 characters"],
+    ),
+    (
+        "misspelled key gets the closest name",
+        ("model.hiden=[4]",),
+        ["model.hiden: no such key", "did you mean model.hidden?"],
+    ),
+    (
+        "misspelled option gets the closest name",
+        ("optimizer=adma",),
+        ["optimizer=adma: no such option", "did you mean adam?"],
+    ),
     ("unknown top-level key", ("foo=bar",), ["foo: no such key", "the top-level keys are"]),
     ("epochs with a fraction", ("trainer.epochs=2.5e0",), ["trainer.epochs=2.5e0 is not allowed"]),
     ("override that does not parse", ("model.hidden=[1,",), ["cannot read an override"]),
     ("interpolation to nothing", ("trainer.epochs=${{foo}}",), ["trainer.epochs", "Interpolation key 'foo' not found"]),
-    ("a feature named twice", ("dataset=csv", "dataset.path={data}/two_columns.csv", "dataset.targets=[y]",
-                               "dataset.features=[a,a]"), ["dataset.features", "'a' more than once"]),
+    (
+        "a feature named twice",
+        ("dataset=csv", "dataset.path={data}/two_columns.csv", "dataset.targets=[y]", "dataset.features=[a,a]"),
+        ["dataset.features", "'a' more than once"],
+    ),
 ]
 
 
@@ -303,8 +335,9 @@ def bad_runs(tmp_path_factory: pytest.TempPathFactory, run_cli, store_at) -> dic
 
 
 @pytest.mark.parametrize(("name", "overrides", "expected"), BAD_OVERRIDES, ids=[case_id(c) for c in BAD_OVERRIDES])
-def test_a_bad_override_fails_before_any_run_naming_the_key(bad_runs: dict[str, Scenario], name: str,
-                                                            overrides: tuple[str, ...], expected: list[str]) -> None:
+def test_a_bad_override_fails_before_any_run_naming_the_key(
+    bad_runs: dict[str, Scenario], name: str, overrides: tuple[str, ...], expected: list[str]
+) -> None:
     scenario = bad_runs[name]
     assert scenario.result.returncode == 2, scenario.output
     message = scenario.result.stdout + scenario.result.stderr
@@ -331,15 +364,23 @@ def test_tracking_uri_precedence(store, tmp_path: Path, monkeypatch: pytest.Monk
     assert resolve_tracking_uri(None, ".") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
 
 
-@pytest.mark.parametrize(("typed", "read"), [
-    (["model.hidden=4"], ["model.hidden=[4]"]),
-    (["trainer.epochs=1e3"], ["trainer.epochs=1000"]),
-    (["trainer.epochs=2000.0", "+seed=1E1"], ["trainer.epochs=2000", "+seed=10"]),
-    (["-m", "model.hidden=4,8", "trainer.epochs=1e2,2e2"], ["-m", "model.hidden=[4],[8]", "trainer.epochs=100,200"]),
-    # Left for the config's own message: a fraction, a float key, lists and text as typed.
-    (["trainer.epochs=1.5", "optimizer.lr=1e3", "model.hidden=[4,4]", "dataset=xor"],
-     ["trainer.epochs=1.5", "optimizer.lr=1e3", "model.hidden=[4,4]", "dataset=xor"]),
-])
+@pytest.mark.parametrize(
+    ("typed", "read"),
+    [
+        (["model.hidden=4"], ["model.hidden=[4]"]),
+        (["trainer.epochs=1e3"], ["trainer.epochs=1000"]),
+        (["trainer.epochs=2000.0", "+seed=1E1"], ["trainer.epochs=2000", "+seed=10"]),
+        (
+            ["-m", "model.hidden=4,8", "trainer.epochs=1e2,2e2"],
+            ["-m", "model.hidden=[4],[8]", "trainer.epochs=100,200"],
+        ),
+        # Left for the config's own message: a fraction, a float key, lists and text as typed.
+        (
+            ["trainer.epochs=1.5", "optimizer.lr=1e3", "model.hidden=[4,4]", "dataset=xor"],
+            ["trainer.epochs=1.5", "optimizer.lr=1e3", "model.hidden=[4,4]", "dataset=xor"],
+        ),
+    ],
+)
 def test_whole_numbers_and_single_layers_are_read_as_meant(typed: list[str], read: list[str]) -> None:
     from runner.hydra_app.shorthand import expand
 
@@ -382,8 +423,9 @@ def test_shell_completion_without_what_to_do_says_what_it_needs(flag: str, tmp_p
     result = cli(flag, cwd=tmp_path)
     assert result.returncode == 2, result.output
     assert result.stderr.strip().splitlines() == [
-        'bprun: --shell-completion needs what to do: install=bash (or zsh, fish), uninstall=bash or query=...; '
-        'for example: eval "$(bprun -sc install=bash)"']
+        "bprun: --shell-completion needs what to do: install=bash (or zsh, fish), uninstall=bash or query=...; "
+        'for example: eval "$(bprun -sc install=bash)"'
+    ]
     installed = cli(flag, "install=bash", cwd=tmp_path)
     assert installed.returncode == 0 and "complete" in installed.stdout, installed.output
 
@@ -394,8 +436,12 @@ def test_two_runs_started_together_get_folders_and_logs_of_their_own(tmp_path: P
     from support import run_parallel
 
     store = store_at(tmp_path / "store")
-    results = run_parallel({epochs: (lambda epochs=epochs: cli(f"trainer.epochs={epochs}", cwd=tmp_path / "cwd",
-                                                              uri=store.uri)) for epochs in (3, 4)})
+    results = run_parallel(
+        {
+            epochs: (lambda epochs=epochs: cli(f"trainer.epochs={epochs}", cwd=tmp_path / "cwd", uri=store.uri))
+            for epochs in (3, 4)
+        }
+    )
     assert all(result.returncode == 0 for result in results.values()), [r.output for r in results.values()]
     folders = sorted(path.parent for path in (tmp_path / "cwd" / "outputs").rglob("mlflow_run.json"))
     assert len(folders) == 2

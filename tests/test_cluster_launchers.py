@@ -40,9 +40,26 @@ def ray_cluster():
     ray = str(Path(sys.executable).parent / "ray")
     folder = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     port = free_port()
-    started = subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                              "--num-cpus", "2", "--include-dashboard=false", "--temp-dir", folder,
-                              "--disable-usage-stats"], capture_output=True, text=True, timeout=START_TIMEOUT)
+    started = subprocess.run(
+        [
+            ray,
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard=false",
+            "--temp-dir",
+            folder,
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+    )
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         yield f"127.0.0.1:{port}"
@@ -98,8 +115,15 @@ def ray_job_processes() -> list[str]:
 def ray_sweep(ray_cluster: str, make_store, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     store = make_store("ray-sweep-store")
     cwd = tmp_path_factory.mktemp("ray-sweep")
-    result = cli("-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={ray_cluster}",
-                 "seed=0,1,2,3,4,5,6,7", f"trainer.epochs={EPOCHS}", cwd=cwd, uri=store.uri)
+    result = cli(
+        "-m",
+        "hydra/launcher=ray",
+        f"hydra.launcher.ray.init.address={ray_cluster}",
+        "seed=0,1,2,3,4,5,6,7",
+        f"trainer.epochs={EPOCHS}",
+        cwd=cwd,
+        uri=store.uri,
+    )
     return {"result": result, "store": store}
 
 
@@ -125,12 +149,24 @@ def test_a_job_of_the_ray_sweep_reruns_identical_in_one_process(ray_sweep: dict[
 
 def test_ctrl_c_cancels_the_ray_tasks_and_ends_their_runs_killed(ray_cluster: str, make_store, tmp_path: Path) -> None:
     store = make_store("ray-ctrl-c-store")
-    sweep = Background("-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={ray_cluster}",
-                       "seed=0,1,2,3", f"trainer.epochs={LONG_EPOCHS}", cwd=tmp_path, uri=store.uri)
+    sweep = Background(
+        "-m",
+        "hydra/launcher=ray",
+        f"hydra.launcher.ray.init.address={ray_cluster}",
+        "seed=0,1,2,3",
+        f"trainer.epochs={LONG_EPOCHS}",
+        cwd=tmp_path,
+        uri=store.uri,
+    )
     try:
         # Two jobs compute (2 CPUs), two wait in Ray's queue.
-        wait_until(lambda: len(query(store.db, "SELECT DISTINCT run_uuid FROM metrics")) >= 2, START_TIMEOUT,
-                   "two jobs logging", sweep, interval=0.1)
+        wait_until(
+            lambda: len(query(store.db, "SELECT DISTINCT run_uuid FROM metrics")) >= 2,
+            START_TIMEOUT,
+            "two jobs logging",
+            sweep,
+            interval=0.1,
+        )
         finished = sweep.wait(sweep.signal(signal.SIGINT, group=True))
         assert finished.returncode == 130, finished.output
         assert finished.seconds < PROMPT_EXIT_SECONDS
@@ -142,8 +178,14 @@ def test_ctrl_c_cancels_the_ray_tasks_and_ends_their_runs_killed(ray_cluster: st
 
 def test_a_4_job_sweep_through_submitit_lands_whole_and_reruns_identical(make_store, tmp_path: Path) -> None:
     store = make_store("submitit-store")
-    result = cli("-m", "hydra/launcher=submitit_local", "seed=0,1,2,3", f"trainer.epochs={EPOCHS}",
-                 cwd=tmp_path / "sweep", uri=store.uri)
+    result = cli(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "seed=0,1,2,3",
+        f"trainer.epochs={EPOCHS}",
+        cwd=tmp_path / "sweep",
+        uri=store.uri,
+    )
     assert result.returncode == 0, result.output
     parent, children = sweep_runs(store)
     assert parent.info.status == "FINISHED"
@@ -164,8 +206,11 @@ def alive(pid: int) -> bool:
 
 def running_job_pids(store: Any) -> dict[str, int]:
     """Run id -> the pid of the job process, for runs that have logged a metric."""
-    rows = query(store.db, "SELECT DISTINCT t.run_uuid, t.value FROM tags t JOIN metrics m ON m.run_uuid = t.run_uuid "
-                           "WHERE t.key = 'bprun.pid'")
+    rows = query(
+        store.db,
+        "SELECT DISTINCT t.run_uuid, t.value FROM tags t JOIN metrics m ON m.run_uuid = t.run_uuid "
+        "WHERE t.key = 'bprun.pid'",
+    )
     return {run_id: int(pid) for run_id, pid in rows}
 
 
@@ -174,8 +219,13 @@ def signal_a_running_job(store: Any, cwd: Path, seeds: str, epochs: int, signum:
     that logs, and wait for the sweep's end; return that job's run id and how the sweep ended."""
     sweep = Background("-m", "hydra/launcher=submitit_local", seeds, f"trainer.epochs={epochs}", cwd=cwd, uri=store.uri)
     try:
-        run_id, pid = wait_until(lambda: next(iter(running_job_pids(store).items()), None), START_TIMEOUT,
-                                 "a job logging", sweep, interval=0.05)
+        run_id, pid = wait_until(
+            lambda: next(iter(running_job_pids(store).items()), None),
+            START_TIMEOUT,
+            "a job logging",
+            sweep,
+            interval=0.05,
+        )
         assert pid != sweep.pid
         os.kill(pid, signum)
         return run_id, sweep.wait(time.monotonic(), timeout=START_TIMEOUT)
@@ -183,8 +233,9 @@ def signal_a_running_job(store: Any, cwd: Path, seeds: str, epochs: int, signum:
         sweep.kill_everything()
 
 
-def test_a_submitit_job_killed_by_a_signal_is_recorded_failed_while_the_others_finish(make_store,
-                                                                                         tmp_path: Path) -> None:
+def test_a_submitit_job_killed_by_a_signal_is_recorded_failed_while_the_others_finish(
+    make_store, tmp_path: Path
+) -> None:
     store = make_store("submitit-kill-store")
     epochs = 6000
     victim, finished = signal_a_running_job(store, tmp_path, "seed=0,1,2,3", epochs, signal.SIGKILL)
@@ -219,11 +270,17 @@ def test_a_requeued_job_marks_its_run_and_starts_a_new_one_linked_to_it(make_sto
 
 def test_ctrl_c_cancels_the_submitit_jobs_and_ends_their_runs_killed(make_store, tmp_path: Path) -> None:
     store = make_store("submitit-ctrl-c-store")
-    sweep = Background("-m", "hydra/launcher=submitit_local", "seed=0,1", f"trainer.epochs={LONG_EPOCHS}",
-                       cwd=tmp_path, uri=store.uri)
+    sweep = Background(
+        "-m", "hydra/launcher=submitit_local", "seed=0,1", f"trainer.epochs={LONG_EPOCHS}", cwd=tmp_path, uri=store.uri
+    )
     try:
-        pids = wait_until(lambda: len(running_job_pids(store)) == 2 and running_job_pids(store), START_TIMEOUT,
-                          "both jobs logging", sweep, interval=0.1)
+        pids = wait_until(
+            lambda: len(running_job_pids(store)) == 2 and running_job_pids(store),
+            START_TIMEOUT,
+            "both jobs logging",
+            sweep,
+            interval=0.1,
+        )
         finished = sweep.wait(sweep.signal(signal.SIGINT, group=True))
         leftovers = sweep.leftovers()
     finally:
@@ -238,18 +295,27 @@ def test_a_launcher_that_runs_jobs_elsewhere_refuses_a_local_store(make_store, t
     store = make_store("slurm-store")
     result = cli("-m", "hydra/launcher=submitit_slurm", "seed=0,1", cwd=tmp_path, uri=store.uri)
     assert result.returncode == 2, result.output
-    assert (f"hydra/launcher=submitit_slurm runs jobs on the SLURM cluster's nodes, which cannot write to this "
-            f"machine's MLflow store {store.uri}") in result.stderr
+    assert (
+        f"hydra/launcher=submitit_slurm runs jobs on the SLURM cluster's nodes, which cannot write to this "
+        f"machine's MLflow store {store.uri}"
+    ) in result.stderr
     assert "tracking=server" in result.stderr
     assert store.runs() == [] and not list(tmp_path.rglob(".submitit"))  # nothing tracked, nothing submitted
 
 
-def test_a_ray_address_where_no_cluster_answers_is_refused_before_anything_is_tracked(make_store,
-                                                                                      tmp_path: Path) -> None:
+def test_a_ray_address_where_no_cluster_answers_is_refused_before_anything_is_tracked(
+    make_store, tmp_path: Path
+) -> None:
     store = make_store("ray-nowhere-store")
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
-    result = cli("-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}", "seed=0,1",
-                 cwd=tmp_path, uri=store.uri)
+    result = cli(
+        "-m",
+        "hydra/launcher=ray",
+        f"hydra.launcher.ray.init.address={address}",
+        "seed=0,1",
+        cwd=tmp_path,
+        uri=store.uri,
+    )
     assert result.returncode == 2, result.output
     assert f"hydra.launcher.ray.init.address={address}: no Ray cluster answers there" in result.stderr
     assert store.runs() == []

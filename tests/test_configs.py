@@ -66,8 +66,17 @@ def test_the_public_options_exist() -> None:
     # The group and option names are the project's public interface.
     assert set(options("model")) >= {"mlp", "xor_2_2_1", "wide", "deep"}
     assert set(options("optimizer")) >= {"gd", "momentum", "nesterov", "adam"}
-    assert set(options("dataset")) >= {"xor", "sine", "moons", "circles", "spirals", "iris", "diabetes",
-                                        "digits", "csv"}
+    assert set(options("dataset")) >= {
+        "xor",
+        "sine",
+        "moons",
+        "circles",
+        "spirals",
+        "iris",
+        "diabetes",
+        "digits",
+        "csv",
+    }
     assert set(options("tracking")) >= {"local", "none"}
     assert options("trainer")
     assert set(options("experiment")) >= {"xor_sigmoid", "iris_classifier", "diabetes_regression"}

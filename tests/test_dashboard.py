@@ -42,10 +42,10 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is missing (Debian's chromium package; .ci/run installs it)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api",
-                               reason="the playwright module is missing (pip install -e '.[test]')")
+    pytest.skip(f"{CHROMIUM} is missing (Debian's chromium package; .ci/run installs it)", allow_module_level=True)
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="the playwright module is missing (pip install -e '.[test]')"
+)
 
 EXPERIMENT = "backprop-runner"
 PARENT_TAG = "mlflow.parentRunId"
@@ -82,6 +82,7 @@ class Sweep:
 
 # --- fixtures ----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def server(postgres_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: F811
     """A team's server as docs/team.md starts it: ``bprun-server`` on a PostgreSQL store, on a
@@ -91,11 +92,28 @@ def server(postgres_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    process = Background("--store", postgres_uri, "--artifacts", str(folder / "artifacts"), "--port", str(port),
-                         "--workers", "1", cwd=folder, uri=None, label="server", module="runner.commands.server")
+    process = Background(
+        "--store",
+        postgres_uri,
+        "--artifacts",
+        str(folder / "artifacts"),
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        cwd=folder,
+        uri=None,
+        label="server",
+        module="runner.commands.server",
+    )
     try:
-        wait_until(lambda: "bprun-server: serving" in process.output_so_far(), START_TIMEOUT,
-                   "bprun-server serving", process, interval=0.2)
+        wait_until(
+            lambda: "bprun-server: serving" in process.output_so_far(),
+            START_TIMEOUT,
+            "bprun-server serving",
+            process,
+            interval=0.2,
+        )
         yield f"http://127.0.0.1:{port}"
     finally:
         process.kill_everything()
@@ -116,8 +134,10 @@ def sweep(server: str, tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     parents = [run for run in runs if PARENT_TAG not in run.data.tags]
     assert len(parents) == 1, [(run.info.run_name, run.data.tags.get(PARENT_TAG)) for run in runs]
     parent = parents[0]
-    children = sorted((run for run in runs if run.data.tags.get(PARENT_TAG) == parent.info.run_id),
-                      key=lambda run: run.info.start_time)
+    children = sorted(
+        (run for run in runs if run.data.tags.get(PARENT_TAG) == parent.info.run_id),
+        key=lambda run: run.info.start_time,
+    )
     assert len(children) == CHILDREN and len(runs) == CHILDREN + 1, finished.output
     return Sweep(folder, server, experiment.experiment_id, parent, children, len(runs))
 
@@ -150,6 +170,7 @@ def page(browser: Any) -> Iterator[Any]:
 
 # --- helpers -----------------------------------------------------------------------------------
 
+
 def screenshot(page: Any, name: str) -> None:
     folder = os.environ.get("BPRUN_SCREENSHOT_DIR")
     if folder:
@@ -174,6 +195,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 # --- tests -------------------------------------------------------------------------------------
+
 
 def test_the_dashboard_opens_on_the_runs_table_with_nested_children(sweep: Sweep, server: str, page: Any) -> None:
     from runner.tracking.destination import where_to_look
@@ -207,8 +229,9 @@ def test_the_dashboard_opens_on_the_runs_table_with_nested_children(sweep: Sweep
 def test_a_child_run_page_charts_its_train_mse_history(sweep: Sweep, server: str, page: Any) -> None:
     from mlflow.tracking import MlflowClient
 
-    history = sorted(MlflowClient(sweep.uri).get_metric_history(sweep.child.info.run_id, "train_mse"),
-                     key=lambda metric: metric.step)
+    history = sorted(
+        MlflowClient(sweep.uri).get_metric_history(sweep.child.info.run_id, "train_mse"), key=lambda metric: metric.step
+    )
     assert history
 
     page.goto(run_page(server, sweep, sweep.child))
@@ -217,16 +240,16 @@ def test_a_child_run_page_charts_its_train_mse_history(sweep: Sweep, server: str
     # Charts are grouped by metric prefix and drawn only once scrolled into view; the search box
     # keeps the one wanted (a person would do the same with this many layer metrics).
     page.get_by_placeholder("Search metric charts").fill("train_mse")
-    card = page.locator('[data-testid="experiment-view-compare-runs-card"]',
-                        has=page.locator('h4[title="train_mse"]'))
+    card = page.locator('[data-testid="experiment-view-compare-runs-card"]', has=page.locator('h4[title="train_mse"]'))
     plot = card.locator(".js-plotly-plot")
     # Plotly draws one marker per logged step once the data has arrived.
     plot.locator("g.scatterlayer path.point").nth(len(history) - 1).wait_for()
     assert card.get_by_text(f"{sweep.child.info.run_name} (train_mse)").is_visible()
 
     # What the chart plots: Plotly keeps its traces on the chart's element.
-    traces = plot.evaluate("element => element.data.map(trace => ({name: trace.name, "
-                           "x: Array.from(trace.x), y: Array.from(trace.y)}))")
+    traces = plot.evaluate(
+        "element => element.data.map(trace => ({name: trace.name, x: Array.from(trace.x), y: Array.from(trace.y)}))"
+    )
     drawn = [trace for trace in traces if trace["name"] == sweep.child.info.run_name]
     assert drawn, traces
     for trace in drawn:

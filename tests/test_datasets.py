@@ -129,13 +129,16 @@ def test_sine_is_a_regression_with_targets_in_unit_range_on_train(load) -> None:
 
 
 # --- splits and scaling ----------------------------------------------------------------------
-@pytest.mark.parametrize(("name", "overrides", "n_total", "val_fraction", "n_val"), [
-    ("iris", (), 150, 0.1, 15),
-    ("iris", (), 150, 0.5, 75),
-    ("moons", ("dataset.n_samples=200",), 200, 0.25, 50),
-    ("digits", (), 1797, 0.2, 359),
-    ("moons", ("dataset.n_samples=200",), 200, 0.0, 0),
-])
+@pytest.mark.parametrize(
+    ("name", "overrides", "n_total", "val_fraction", "n_val"),
+    [
+        ("iris", (), 150, 0.1, 15),
+        ("iris", (), 150, 0.5, 75),
+        ("moons", ("dataset.n_samples=200",), 200, 0.25, 50),
+        ("digits", (), 1797, 0.2, 359),
+        ("moons", ("dataset.n_samples=200",), 200, 0.0, 0),
+    ],
+)
 def test_split_sizes_follow_val_fraction(load, name, overrides, n_total, val_fraction, n_val) -> None:
     dataset = load(name, f"dataset.val_fraction={val_fraction}", *overrides)
     n_validation = 0 if dataset.X_val is None else len(dataset.X_val)
@@ -153,8 +156,9 @@ def test_standardization_uses_training_statistics(load, name: str) -> None:
     np.testing.assert_allclose(scaled.feature_mean, raw.X_train.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(scaled.feature_scale, raw.X_train.std(axis=0), rtol=1e-12)
     # Validation rows are scaled with the training mean and std, not their own.
-    np.testing.assert_allclose(scaled.X_val, (raw.X_val - raw.X_train.mean(axis=0)) / raw.X_train.std(axis=0),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        scaled.X_val, (raw.X_val - raw.X_train.mean(axis=0)) / raw.X_train.std(axis=0), rtol=1e-12, atol=1e-12
+    )
     assert not np.allclose(scaled.X_val.mean(axis=0), 0.0, atol=1e-6)
 
 
@@ -192,10 +196,24 @@ def write_csv(directory: Path, text: str, name: str = "table.csv") -> Path:
     return path
 
 
-def load_csv(path: Path, targets: list[str], *, features: list[str] | None = None, task: str = "regression",
-             val_fraction: float = 0.0, standardize: bool = False) -> Dataset:
-    config = CsvDatasetConfig(name="csv", path=str(path), targets=targets, features=features, task=task,
-                              val_fraction=val_fraction, standardize=standardize)
+def load_csv(
+    path: Path,
+    targets: list[str],
+    *,
+    features: list[str] | None = None,
+    task: str = "regression",
+    val_fraction: float = 0.0,
+    standardize: bool = False,
+) -> Dataset:
+    config = CsvDatasetConfig(
+        name="csv",
+        path=str(path),
+        targets=targets,
+        features=features,
+        task=task,
+        val_fraction=val_fraction,
+        standardize=standardize,
+    )
     data_rng, split_rng = (np.random.default_rng(seed) for seed in (0, 1))
     return load_dataset(config, data_rng, split_rng)
 
@@ -236,8 +254,13 @@ def test_csv_classification_one_hot_encodes_the_label_column(tmp_path: Path) -> 
 
 def test_csv_through_the_config(load, tmp_path: Path) -> None:
     path = write_csv(tmp_path, "p,q,label\n" + "".join(f"{i},{i % 4},{'ab'[i % 2]}\n" for i in range(40)))
-    dataset = load("csv", f"dataset.path={path}", "dataset.targets=[label]", "dataset.task=classification",
-                   "dataset.val_fraction=0.25")
+    dataset = load(
+        "csv",
+        f"dataset.path={path}",
+        "dataset.targets=[label]",
+        "dataset.task=classification",
+        "dataset.val_fraction=0.25",
+    )
     assert (len(dataset.X_train), len(dataset.X_val)) == (30, 10)
     assert dataset.feature_names == ["p", "q"]
     assert dataset.class_names == ["a", "b"]
@@ -261,10 +284,12 @@ BAD_CSVS = [
 ]
 
 
-@pytest.mark.parametrize(("text", "targets", "task", "expected"), [case[1:] for case in BAD_CSVS],
-                         ids=[case[0] for case in BAD_CSVS])
-def test_a_bad_csv_raises_data_error_naming_the_file_and_the_place(tmp_path: Path, text, targets, task,
-                                                                   expected) -> None:
+@pytest.mark.parametrize(
+    ("text", "targets", "task", "expected"), [case[1:] for case in BAD_CSVS], ids=[case[0] for case in BAD_CSVS]
+)
+def test_a_bad_csv_raises_data_error_naming_the_file_and_the_place(
+    tmp_path: Path, text, targets, task, expected
+) -> None:
     path = tmp_path / "bad.csv" if text is None else write_csv(tmp_path, text, "bad.csv")
     with pytest.raises(DataError) as error:
         load_csv(path, targets, task=task)

@@ -25,8 +25,13 @@ def _train(network: engine.MLP | None = None, X=None, Y=None, **options) -> engi
     network = network or _network()
     X_default, Y_default = _data()
     options.setdefault("epochs", 1)
-    return engine.train(network, engine.make_optimizer("gd", 0.1), X_default if X is None else X,
-                        Y_default if Y is None else Y, **options)
+    return engine.train(
+        network,
+        engine.make_optimizer("gd", 0.1),
+        X_default if X is None else X,
+        Y_default if Y is None else Y,
+        **options,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,7 +59,7 @@ def test_y_columns_must_match_the_network_outputs() -> None:
 
 
 def test_validation_data_is_checked_like_training_data() -> None:
-    X, Y = _data()
+    _X, _Y = _data()
     X_val, Y_val = _data(6)
     with pytest.raises(ValueError, match=r"^X_val has 6 rows but Y_val has 5: they must match$"):
         _train(X_val=X_val, Y_val=Y_val[:5])
@@ -149,9 +154,17 @@ def test_a_one_dimensional_y_with_nan_names_column_0() -> None:
 @pytest.mark.parametrize(
     ("X", "Y", "message"),
     [
-        (np.zeros((0, 3)), np.zeros((0, 2)), r"^X has shape \(0, 3\): it must hold at least one sample and one column$"),
+        (
+            np.zeros((0, 3)),
+            np.zeros((0, 2)),
+            r"^X has shape \(0, 3\): it must hold at least one sample and one column$",
+        ),
         ([], [], r"^X has shape \(0, 1\): it must hold at least one sample and one column$"),
-        (np.zeros((4, 3)), np.zeros((4, 0)), r"^Y has shape \(4, 0\): it must hold at least one sample and one column$"),
+        (
+            np.zeros((4, 3)),
+            np.zeros((4, 0)),
+            r"^Y has shape \(4, 0\): it must hold at least one sample and one column$",
+        ),
     ],
     ids=["no-rows", "empty-lists", "no-target-columns"],
 )
@@ -176,12 +189,16 @@ def test_unknown_output_activation() -> None:
 
 
 def test_unknown_hidden_activation_lists_only_allowed_hidden_activations() -> None:
-    with pytest.raises(ValueError, match=r"^activation='gelu' is not one of: identity, leaky_relu, relu, sigmoid, tanh$"):
+    with pytest.raises(
+        ValueError, match=r"^activation='gelu' is not one of: identity, leaky_relu, relu, sigmoid, tanh$"
+    ):
         _network(activation="gelu")
 
 
 def test_activation_names_are_exact_strings() -> None:
-    with pytest.raises(ValueError, match=r"^activation='Sigmoid' is not one of: identity, leaky_relu, relu, sigmoid, tanh$"):
+    with pytest.raises(
+        ValueError, match=r"^activation='Sigmoid' is not one of: identity, leaky_relu, relu, sigmoid, tanh$"
+    ):
         _network(activation="Sigmoid")
     with pytest.raises(ValueError, match=r"^output_activation=None is not one of: "):
         _network(output_activation=None)
@@ -218,12 +235,15 @@ def test_unknown_initializer() -> None:
 
 
 def test_unknown_schedule() -> None:
-    with pytest.raises(ValueError, match=r"^schedule\.name='linear' is not one of: constant, cosine, exponential, step$"):
+    with pytest.raises(
+        ValueError, match=r"^schedule\.name='linear' is not one of: constant, cosine, exponential, step$"
+    ):
         engine.Schedule("linear")
 
 
-@pytest.mark.parametrize(("dtype", "shown"), [("float16", "'float16'"), (np.float16, "'float16'"),
-                                              (int, "'int64'"), ("double", "'double'")])
+@pytest.mark.parametrize(
+    ("dtype", "shown"), [("float16", "'float16'"), (np.float16, "'float16'"), (int, "'int64'"), ("double", "'double'")]
+)
 def test_unknown_dtype(dtype, shown: str) -> None:
     with pytest.raises(ValueError, match=rf"^dtype={shown} is not one of: float32, float64$"):
         _network(dtype=dtype)
@@ -310,7 +330,9 @@ def test_initializer_std_and_generator_are_checked() -> None:
 def test_early_stopping_settings_are_checked() -> None:
     with pytest.raises(ValueError, match=r"^early_stopping\.patience=0 is not allowed: it must be an integer >= 1$"):
         engine.EarlyStopping(patience=0)
-    with pytest.raises(ValueError, match=r"^early_stopping\.min_delta=-0\.1 is not allowed: it must lie in \[0\.0, inf\)$"):
+    with pytest.raises(
+        ValueError, match=r"^early_stopping\.min_delta=-0\.1 is not allowed: it must lie in \[0\.0, inf\)$"
+    ):
         engine.EarlyStopping(min_delta=-0.1)
     with pytest.raises(ValueError, match=r"^early_stopping needs a validation set \(X_val, Y_val\); none was given$"):
         _train(early_stopping=engine.EarlyStopping())
@@ -337,5 +359,7 @@ def test_cross_entropy_needs_a_softmax_output(output: str) -> None:
 
 @pytest.mark.parametrize("output", ["softmax", "identity", "tanh"])
 def test_binary_cross_entropy_needs_a_sigmoid_output(output: str) -> None:
-    with pytest.raises(ValueError, match=rf"^loss='binary_cross_entropy' needs output_activation='sigmoid', got '{output}'$"):
+    with pytest.raises(
+        ValueError, match=rf"^loss='binary_cross_entropy' needs output_activation='sigmoid', got '{output}'$"
+    ):
         _train(_network(output_activation=output), loss="binary_cross_entropy")

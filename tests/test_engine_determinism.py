@@ -77,8 +77,15 @@ def test_same_seed_gives_bit_identical_weights_and_history_in_fresh_processes() 
 # The Generator API is the only allowed door into numpy.random: everything else there either is
 # the legacy global RandomState (seed, rand, normal, shuffle, ...) or builds a legacy one.
 ALLOWED_NUMPY_RANDOM = {
-    "default_rng", "Generator", "SeedSequence", "BitGenerator",
-    "PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937",
+    "default_rng",
+    "Generator",
+    "SeedSequence",
+    "BitGenerator",
+    "PCG64",
+    "PCG64DXSM",
+    "Philox",
+    "SFC64",
+    "MT19937",
 }
 
 
@@ -206,7 +213,11 @@ def test_the_import_check_would_notice_a_foreign_import(tmp_path: Path) -> None:
 def test_importing_engine_does_not_load_the_runner_stack(module: str) -> None:
     completed = subprocess.run(
         [sys.executable, "-c", f"import sys, engine; print({module!r} in sys.modules)"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=False,
     )
     assert completed.returncode == 0, completed.stderr

@@ -139,12 +139,14 @@ class _Capture(engine.Observer):
         self.reports: list[dict] = []
 
     def on_epoch_end(self, report: engine.EpochReport) -> None:
-        self.reports.append({
-            "lr": report.lr,
-            "train": dict(report.train),
-            "grad_weights": [g.copy() for g in report.grad_weights],
-            "grad_biases": [g.copy() for g in report.grad_biases],
-        })
+        self.reports.append(
+            {
+                "lr": report.lr,
+                "train": dict(report.train),
+                "grad_weights": [g.copy() for g in report.grad_weights],
+                "grad_biases": [g.copy() for g in report.grad_biases],
+            }
+        )
 
 
 def test_one_training_epoch_applies_the_hand_worked_update() -> None:

@@ -60,16 +60,18 @@ class Recorder(engine.Observer):
 
     def on_epoch_end(self, report: engine.EpochReport) -> None:
         self.events.append(("epoch", report.epoch))
-        self.reports.append({
-            "epoch": report.epoch,
-            "lr": report.lr,
-            "train": dict(report.train),
-            "validation": None if report.validation is None else dict(report.validation),
-            "weights": [w.copy() for w in report.weights],
-            "biases": [b.copy() for b in report.biases],
-            "grad_weights": None if report.grad_weights is None else [g.copy() for g in report.grad_weights],
-            "grad_biases": None if report.grad_biases is None else [g.copy() for g in report.grad_biases],
-        })
+        self.reports.append(
+            {
+                "epoch": report.epoch,
+                "lr": report.lr,
+                "train": dict(report.train),
+                "validation": None if report.validation is None else dict(report.validation),
+                "weights": [w.copy() for w in report.weights],
+                "biases": [b.copy() for b in report.biases],
+                "grad_weights": None if report.grad_weights is None else [g.copy() for g in report.grad_weights],
+                "grad_biases": None if report.grad_biases is None else [g.copy() for g in report.grad_biases],
+            }
+        )
 
     def on_train_end(self, history: engine.History) -> None:
         self.events.append(("end",))
@@ -105,10 +107,12 @@ def _regression_data(seed: int, n: int = 10, n_inputs: int = 3, n_outputs: int =
 
 
 def test_xor_is_learned_by_a_2_2_1_sigmoid_network_with_gradient_descent() -> None:
-    network = engine.MLP([2, 2, 1], np.random.default_rng(3), activation="sigmoid",
-                         output_activation="sigmoid", init="xavier_normal")
-    history = engine.train(network, engine.make_optimizer("gd", 5.0), XOR_X, XOR_Y, epochs=1000, loss="mse",
-                           metrics=["accuracy"])
+    network = engine.MLP(
+        [2, 2, 1], np.random.default_rng(3), activation="sigmoid", output_activation="sigmoid", init="xavier_normal"
+    )
+    history = engine.train(
+        network, engine.make_optimizer("gd", 5.0), XOR_X, XOR_Y, epochs=1000, loss="mse", metrics=["accuracy"]
+    )
     losses = history.metrics["train_loss"]
     assert history.stop_reason == "completed" and history.epochs_run == 1000 and len(losses) == 1000
     assert losses[0] > 0.2  # it starts at chance level ...
@@ -125,8 +129,9 @@ def test_xor_is_learned_by_a_2_2_1_sigmoid_network_with_gradient_descent() -> No
 def _minibatch_run(shuffle_seed: int) -> tuple[np.ndarray, dict[str, list[float]]]:
     X, Y = _regression_data(0, n=30)
     network = engine.MLP([3, 4, 2], np.random.default_rng(7), activation="tanh", output_activation="sigmoid")
-    history = engine.train(network, engine.make_optimizer("gd", 0.5), X, Y, epochs=5, batch_size=8,
-                           rng=np.random.default_rng(shuffle_seed))
+    history = engine.train(
+        network, engine.make_optimizer("gd", 0.5), X, Y, epochs=5, batch_size=8, rng=np.random.default_rng(shuffle_seed)
+    )
     return network.params.copy(), history.metrics
 
 
@@ -164,10 +169,12 @@ def test_batch_size_of_at_least_n_samples_is_full_batch_and_needs_no_generator()
 
 def test_float32_networks_train_in_float32_from_the_same_start_as_float64() -> None:
     X, Y = _regression_data(4, n=16)
-    network32 = engine.MLP([3, 5, 2], np.random.default_rng(11), activation="tanh",
-                           output_activation="identity", dtype="float32")
-    network64 = engine.MLP([3, 5, 2], np.random.default_rng(11), activation="tanh",
-                           output_activation="identity", dtype="float64")
+    network32 = engine.MLP(
+        [3, 5, 2], np.random.default_rng(11), activation="tanh", output_activation="identity", dtype="float32"
+    )
+    network64 = engine.MLP(
+        [3, 5, 2], np.random.default_rng(11), activation="tanh", output_activation="identity", dtype="float64"
+    )
     assert network32.params.dtype == np.float32
     assert all(w.dtype == np.float32 for w in network32.weights + network32.biases)
     np.testing.assert_array_equal(network32.params, network64.params.astype(np.float32))
@@ -201,12 +208,21 @@ def _halving_network() -> engine.MLP:
     return network
 
 
-def _train_halving(target: float, early_stopping: engine.EarlyStopping | None, epochs: int = 20,
-                   observers: tuple = ()) -> tuple[engine.MLP, engine.History]:
+def _train_halving(
+    target: float, early_stopping: engine.EarlyStopping | None, epochs: int = 20, observers: tuple = ()
+) -> tuple[engine.MLP, engine.History]:
     network = _halving_network()
-    history = engine.train(network, engine.make_optimizer("gd", 0.125), [[1.0]], [[0.0]], epochs=epochs,
-                           X_val=[[1.0]], Y_val=[[target]], early_stopping=early_stopping,
-                           observers=observers)
+    history = engine.train(
+        network,
+        engine.make_optimizer("gd", 0.125),
+        [[1.0]],
+        [[0.0]],
+        epochs=epochs,
+        X_val=[[1.0]],
+        Y_val=[[target]],
+        early_stopping=early_stopping,
+        observers=observers,
+    )
     return network, history
 
 
@@ -278,8 +294,9 @@ def test_divergence_stops_at_the_first_non_finite_loss_on_a_case_solved_by_hand(
     # (|s| / 2 ~ 3999^43 ~ 1e155) are still finite then.
     recorder = Recorder()
     network = _halving_network()
-    history = engine.train(network, engine.make_optimizer("gd", 1000.0), [[1.0]], [[0.0]], epochs=100,
-                           observers=[recorder])
+    history = engine.train(
+        network, engine.make_optimizer("gd", 1000.0), [[1.0]], [[0.0]], epochs=100, observers=[recorder]
+    )
     assert history.stop_reason == "diverged"
     assert history.message == "diverged at epoch 43: train_mse is inf"
     assert history.epochs_run == 43
@@ -293,16 +310,15 @@ def test_divergence_stops_at_the_first_non_finite_loss_on_a_case_solved_by_hand(
 def test_divergence_of_a_network_with_hidden_layers_is_reported_not_raised(case: str) -> None:
     if case == "1-1-1-identity":
         # The halving problem of above with one identity hidden unit in between.
-        network = engine.MLP([1, 1, 1], np.random.default_rng(0), activation="identity",
-                             output_activation="identity")
+        network = engine.MLP([1, 1, 1], np.random.default_rng(0), activation="identity", output_activation="identity")
         X, Y = [[1.0]], [[0.0]]
     else:
-        network = engine.MLP([3, 8, 2], np.random.default_rng(1), activation="sigmoid",
-                             output_activation="identity")
+        network = engine.MLP([3, 8, 2], np.random.default_rng(1), activation="sigmoid", output_activation="identity")
         X, Y = _regression_data(0, n=20)
     recorder = Recorder()
-    history = engine.train(network, engine.make_optimizer("gd", 1000.0), X, Y, epochs=200, metrics=["mse"],
-                           observers=[recorder])
+    history = engine.train(
+        network, engine.make_optimizer("gd", 1000.0), X, Y, epochs=200, metrics=["mse"], observers=[recorder]
+    )
     assert history.stop_reason == "diverged"
     match = re.fullmatch(r"diverged at epoch (\d+): (train_\w+ is (inf|nan)|a weight is not finite)", history.message)
     assert match, history.message
@@ -318,8 +334,16 @@ def test_a_non_finite_validation_loss_counts_as_divergence() -> None:
     # at epoch 40 (3999^80 = 1.4e288) and the weights (~1e147) are still finite.
     recorder = Recorder()
     network = _halving_network()
-    history = engine.train(network, engine.make_optimizer("gd", 1000.0), [[1.0]], [[0.0]], epochs=100,
-                           X_val=[[1e10]], Y_val=[[0.0]], observers=[recorder])
+    history = engine.train(
+        network,
+        engine.make_optimizer("gd", 1000.0),
+        [[1.0]],
+        [[0.0]],
+        epochs=100,
+        X_val=[[1e10]],
+        Y_val=[[0.0]],
+        observers=[recorder],
+    )
     assert history.stop_reason == "diverged"
     assert history.message.startswith("diverged at epoch 40: ")
     assert "val_mse is inf" in history.message
@@ -338,8 +362,18 @@ def test_observers_are_called_in_order_with_the_values_of_the_history() -> None:
     X_val, Y_val = _regression_data(2, n=6)
     network = engine.MLP([3, 4, 2], np.random.default_rng(3))
     first, second = Recorder(), Recorder()
-    history = engine.train(network, engine.make_optimizer("momentum", 0.3), X, Y, epochs=6, batch_size=4,
-                           rng=np.random.default_rng(0), X_val=X_val, Y_val=Y_val, observers=[first, second])
+    history = engine.train(
+        network,
+        engine.make_optimizer("momentum", 0.3),
+        X,
+        Y,
+        epochs=6,
+        batch_size=4,
+        rng=np.random.default_rng(0),
+        X_val=X_val,
+        Y_val=Y_val,
+        observers=[first, second],
+    )
     for recorder in (first, second):
         assert recorder.events == [("begin",)] + [("epoch", e) for e in range(6)] + [("end",)]
         assert recorder.history is history
@@ -360,8 +394,16 @@ def test_without_gradient_observers_the_report_has_no_gradients() -> None:
     for batch_size, rng in ((None, None), (4, np.random.default_rng(0))):
         recorder = Recorder(wants_gradients=False)
         network = engine.MLP([3, 4, 2], np.random.default_rng(3))
-        engine.train(network, engine.make_optimizer("gd", 0.3), X, Y, epochs=2, batch_size=batch_size, rng=rng,
-                     observers=[recorder])
+        engine.train(
+            network,
+            engine.make_optimizer("gd", 0.3),
+            X,
+            Y,
+            epochs=2,
+            batch_size=batch_size,
+            rng=rng,
+            observers=[recorder],
+        )
         assert len(recorder.reports) == 2
         for report in recorder.reports:
             assert report["grad_weights"] is None and report["grad_biases"] is None
@@ -392,8 +434,16 @@ def test_minibatch_reported_gradient_is_the_mean_of_the_applied_batch_gradients(
     n, batch_size, lr, epochs, seed = 10, 4, 0.5, 3, 1234
     network = engine.MLP([3, 4, 2], np.random.default_rng(9), activation="sigmoid", output_activation="sigmoid")
     recorder = Recorder(wants_gradients=True)
-    history = engine.train(network, engine.make_optimizer("gd", lr), X, Y, epochs=epochs, batch_size=batch_size,
-                           rng=np.random.default_rng(seed), observers=[recorder])
+    history = engine.train(
+        network,
+        engine.make_optimizer("gd", lr),
+        X,
+        Y,
+        epochs=epochs,
+        batch_size=batch_size,
+        rng=np.random.default_rng(seed),
+        observers=[recorder],
+    )
 
     # Replay the epoch with an identical Generator: one permutation per epoch, batches in order.
     replica = np.random.default_rng(seed)
@@ -453,17 +503,27 @@ def test_mse_and_accuracy_metrics_with_a_softmax_classifier() -> None:
     Y_val = np.eye(3)[labels_val]
     network = engine.MLP([4, 6, 3], np.random.default_rng(4), activation="tanh", output_activation="softmax")
     observer = _StartAndEndParams()
-    history = engine.train(network, engine.make_optimizer("adam", 0.05), X, Y, epochs=5, loss="cross_entropy",
-                           X_val=X_val, Y_val=Y_val, metrics=["mse", "accuracy"], observers=[observer])
-    assert set(history.metrics) == {"train_loss", "train_mse", "train_accuracy", "val_loss", "val_mse",
-                                    "val_accuracy"}
+    history = engine.train(
+        network,
+        engine.make_optimizer("adam", 0.05),
+        X,
+        Y,
+        epochs=5,
+        loss="cross_entropy",
+        X_val=X_val,
+        Y_val=Y_val,
+        metrics=["mse", "accuracy"],
+        observers=[observer],
+    )
+    assert set(history.metrics) == {"train_loss", "train_mse", "train_accuracy", "val_loss", "val_mse", "val_accuracy"}
     probe = engine.MLP([4, 6, 3], np.random.default_rng(0), activation="tanh", output_activation="softmax")
     for epoch in range(5):
         # Full batch: train metrics at the epoch's start weights, validation at its end weights.
         probe.params[...] = observer.start[epoch]
         output = probe.predict(X)
         assert history.metrics["train_loss"][epoch] == pytest.approx(
-            -np.mean(np.sum(Y * np.log(output), axis=1)), rel=1e-12)
+            -np.mean(np.sum(Y * np.log(output), axis=1)), rel=1e-12
+        )
         assert history.metrics["train_mse"][epoch] == pytest.approx(np.mean((output - Y) ** 2), rel=1e-12)
         assert history.metrics["train_accuracy"][epoch] == np.mean(output.argmax(axis=1) == labels)
         probe.params[...] = observer.end[epoch]
@@ -479,9 +539,15 @@ def test_accuracy_of_a_single_sigmoid_output_thresholds_at_one_half() -> None:
     # x = [-2, -1, 1, 2, 3], y = [0, 1, 1, 0, 1]: correct on rows 0, 2, 4 -> accuracy 3/5.
     network = engine.MLP([1, 1], np.random.default_rng(0), output_activation="sigmoid")
     network.params[...] = [1.0, 0.0]
-    history = engine.train(network, engine.make_optimizer("gd", 1e-12), [[-2.0], [-1.0], [1.0], [2.0], [3.0]],
-                           [0.0, 1.0, 1.0, 0.0, 1.0], epochs=1, loss="binary_cross_entropy",
-                           metrics=["accuracy", "mse"])
+    history = engine.train(
+        network,
+        engine.make_optimizer("gd", 1e-12),
+        [[-2.0], [-1.0], [1.0], [2.0], [3.0]],
+        [0.0, 1.0, 1.0, 0.0, 1.0],
+        epochs=1,
+        loss="binary_cross_entropy",
+        metrics=["accuracy", "mse"],
+    )
     assert history.metrics["train_accuracy"] == [0.6]
     a = 1.0 / (1.0 + np.exp(-np.array([-2.0, -1.0, 1.0, 2.0, 3.0])))
     y = np.array([0.0, 1.0, 1.0, 0.0, 1.0])
@@ -494,8 +560,9 @@ def test_accuracy_of_a_single_sigmoid_output_thresholds_at_one_half() -> None:
 def test_requested_mse_metric_is_reported_even_when_the_loss_is_mse() -> None:
     X, Y = _regression_data(1)
     network = engine.MLP([3, 4, 2], np.random.default_rng(3))
-    history = engine.train(network, engine.make_optimizer("gd", 0.3), X, Y, epochs=2, loss="mse",
-                           X_val=X, Y_val=Y, metrics=["mse"])
+    history = engine.train(
+        network, engine.make_optimizer("gd", 0.3), X, Y, epochs=2, loss="mse", X_val=X, Y_val=Y, metrics=["mse"]
+    )
     assert history.metrics["train_mse"] == history.metrics["train_loss"]
     assert history.metrics["val_mse"] == history.metrics["val_loss"]
 
@@ -505,16 +572,28 @@ def test_saturation_with_a_huge_learning_rate_stops_as_diverged() -> None:
     ever becoming NaN. The loop calls that divergence after `saturation_patience` stuck epochs."""
     X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], float)
     Y = np.array([[0], [1], [1], [0]], float)
-    history = engine.train(engine.MLP([2, 4, 1], np.random.default_rng(0)), engine.make_optimizer("gd", 1e4),
-                           X, Y, epochs=500, saturation_patience=15)
+    history = engine.train(
+        engine.MLP([2, 4, 1], np.random.default_rng(0)),
+        engine.make_optimizer("gd", 1e4),
+        X,
+        Y,
+        epochs=500,
+        saturation_patience=15,
+    )
     assert history.stop_reason == "diverged"
     assert "saturated" in history.message and "layer 2" in history.message
     assert history.epochs_run < 50
     assert all(np.isfinite(history.metrics["train_loss"]))
     # A sensible rate that converges is never taken for saturation, nor is a run with the check off.
     for lr, patience in ((2.0, 15), (1e4, 0)):
-        history = engine.train(engine.MLP([2, 4, 1], np.random.default_rng(0)), engine.make_optimizer("gd", lr),
-                               X, Y, epochs=500, saturation_patience=patience)
+        history = engine.train(
+            engine.MLP([2, 4, 1], np.random.default_rng(0)),
+            engine.make_optimizer("gd", lr),
+            X,
+            Y,
+            epochs=500,
+            saturation_patience=patience,
+        )
         assert history.stop_reason == "completed", history.message
 
 
@@ -546,8 +625,17 @@ def test_a_stop_request_ends_training_after_the_current_mini_batch() -> None:
         return len(asked) == 2 * 4 + 3  # four batches per epoch: the third batch of epoch 2
 
     log = _EpochLog()
-    history = engine.train(network, engine.make_optimizer("gd", 0.5), X, Y, epochs=10, batch_size=10,
-                           rng=np.random.default_rng(2), observers=[log], stop_requested=stop_requested)
+    history = engine.train(
+        network,
+        engine.make_optimizer("gd", 0.5),
+        X,
+        Y,
+        epochs=10,
+        batch_size=10,
+        rng=np.random.default_rng(2),
+        observers=[log],
+        stop_requested=stop_requested,
+    )
     assert history.stop_reason == "interrupted"
     assert history.epochs_run == 2 and len(history.metrics["train_loss"]) == 2
     assert log.epochs == [0, 1] and log.ended is history
@@ -558,8 +646,9 @@ def test_a_stop_request_ends_training_after_the_current_mini_batch() -> None:
 def test_a_stop_request_in_full_batch_training_records_no_further_epoch() -> None:
     network = engine.MLP([2, 2, 1], np.random.default_rng(0))
     calls = iter([False, False, False, True])
-    history = engine.train(network, engine.make_optimizer("gd", 1.0), XOR_X, XOR_Y, epochs=100,
-                           stop_requested=lambda: next(calls))
+    history = engine.train(
+        network, engine.make_optimizer("gd", 1.0), XOR_X, XOR_Y, epochs=100, stop_requested=lambda: next(calls)
+    )
     assert (history.stop_reason, history.epochs_run) == ("interrupted", 3)
 
 

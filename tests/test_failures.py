@@ -77,9 +77,15 @@ SATURATING = ("optimizer.lr=1e4", "trainer.epochs=500")
 def failed_trainings(tmp_path_factory: pytest.TempPathFactory, make_store) -> dict[str, tuple[Any, Finished]]:
     base = tmp_path_factory.mktemp("diverge")
     stores = {name: make_store(f"diverge-{name}") for name in ("diverging", "saturating")}
-    jobs = {name: (lambda name=name, overrides=overrides: (stores[name], cli(*overrides, "tracking.tensors_every=10",
-                                                                               cwd=base / name, uri=stores[name].uri)))
-            for name, overrides in (("diverging", DIVERGING), ("saturating", SATURATING))}
+    jobs = {
+        name: (
+            lambda name=name, overrides=overrides: (
+                stores[name],
+                cli(*overrides, "tracking.tensors_every=10", cwd=base / name, uri=stores[name].uri),
+            )
+        )
+        for name, overrides in (("diverging", DIVERGING), ("saturating", SATURATING))
+    }
     return run_parallel(jobs)
 
 
@@ -88,8 +94,9 @@ def assert_every_metric_finite(store: Any, run: Any) -> None:
         for metric in client(store).get_metric_history(run.info.run_id, key):
             assert math.isfinite(metric.value) and abs(metric.value) < 1.7e308, (key, metric.step, metric.value)
     # And in the raw table (1.797e308 is how MLflow stores inf; is_nan marks NaN).
-    bad = query(store.db, "SELECT key, step, value FROM metrics WHERE is_nan OR value != value "
-                          "OR abs(value) >= 1.7e308")
+    bad = query(
+        store.db, "SELECT key, step, value FROM metrics WHERE is_nan OR value != value OR abs(value) >= 1.7e308"
+    )
     assert bad == []
 
 
@@ -133,8 +140,10 @@ def crashes(tmp_path_factory: pytest.TempPathFactory, make_store) -> dict[str, t
     stores = {name: make_store(f"crash-{name}") for name in ("sweep", "single")}
     common = ("trainer.epochs=50", "tracking.tensors_every=0")
     jobs = {
-        "sweep": lambda: (stores["sweep"], cli("-m", "seed=0,1", *common, cwd=base / "sweep",
-                                               uri=stores["sweep"].uri, env=CRASH)),
+        "sweep": lambda: (
+            stores["sweep"],
+            cli("-m", "seed=0,1", *common, cwd=base / "sweep", uri=stores["sweep"].uri, env=CRASH),
+        ),
         "single": lambda: (stores["single"], cli(*common, cwd=base / "single", uri=stores["single"].uri, env=CRASH)),
     }
     return run_parallel(jobs)
@@ -182,14 +191,19 @@ def test_doctor_marks_runs_of_dead_processes_killed_and_nothing_else(tmp_path: P
     dead = Background(*LONG_RUN, "tracking.tensors_every=0", cwd=cwd, uri=store.uri, label="dead")
     alive = Background(*LONG_RUN, "tracking.tensors_every=0", "seed=1", cwd=cwd, uri=store.uri, label="alive")
     try:
+
         def logging_runs() -> dict[str, int]:
-            rows = query(store.db, "SELECT r.run_uuid, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-                                   "AND t.key = 'bprun.pid' JOIN latest_metrics m ON m.run_uuid = r.run_uuid "
-                                   "AND m.key = 'train_mse'")
+            rows = query(
+                store.db,
+                "SELECT r.run_uuid, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                "AND t.key = 'bprun.pid' JOIN latest_metrics m ON m.run_uuid = r.run_uuid "
+                "AND m.key = 'train_mse'",
+            )
             return {run_id: int(pid) for run_id, pid in rows}
 
-        pids = wait_until(lambda: len(logging_runs()) == 2 and logging_runs(), START_TIMEOUT,
-                          "both runs logging", interval=0.2)
+        pids = wait_until(
+            lambda: len(logging_runs()) == 2 and logging_runs(), START_TIMEOUT, "both runs logging", interval=0.2
+        )
         by_pid = {pid: run_id for run_id, pid in pids.items()}
         dead_id, alive_id = by_pid[dead.pid], by_pid[alive.pid]
         dead.popen.send_signal(signal.SIGKILL)
@@ -222,17 +236,22 @@ def test_doctor_marks_runs_of_dead_processes_killed_and_nothing_else(tmp_path: P
             alive.wait(alive.signal(signal.SIGINT), PROMPT_EXIT_SECONDS)
 
 
-def test_sigkill_leaves_tensors_that_load_and_the_doctor_ends_them_with_the_metrics(tmp_path: Path,
-                                                                                   make_store) -> None:
+def test_sigkill_leaves_tensors_that_load_and_the_doctor_ends_them_with_the_metrics(tmp_path: Path, make_store) -> None:
     """SIGKILL mid-training: every tensor file loads as it is (its header counts only records
     written), holds at least the epochs whose metrics were flushed, and after bprun-doctor ends
     exactly where the metrics end."""
     store = make_store("sigkill-tensors")
-    process = Background("dataset=digits", "trainer.epochs=1000000", "tracking.tensors_every=1",
-                         cwd=tmp_path / "cwd", uri=store.uri)
+    process = Background(
+        "dataset=digits", "trainer.epochs=1000000", "tracking.tensors_every=1", cwd=tmp_path / "cwd", uri=store.uri
+    )
     try:
-        wait_until(lambda: (query(store.db, "SELECT count(*) FROM metrics WHERE key = 'train_mse'") or [(0,)])[0][0] >= 2,
-                   START_TIMEOUT, "metrics flushed", process, interval=0.1)
+        wait_until(
+            lambda: (query(store.db, "SELECT count(*) FROM metrics WHERE key = 'train_mse'") or [(0,)])[0][0] >= 2,
+            START_TIMEOUT,
+            "metrics flushed",
+            process,
+            interval=0.1,
+        )
         process.popen.send_signal(signal.SIGKILL)
         process.popen.wait(timeout=30)
     finally:
@@ -272,9 +291,23 @@ def unreachable(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
     ports = {"refused": refused_port, "silent": silent.getsockname()[1]}
     cases = {(name, how): ["-m", "seed=0,1"] if how == "sweep" else [] for name in ports for how in ("run", "sweep")}
     try:
-        return run_parallel({case: (lambda case=case: (base / "-".join(case), cli(
-            *cases[case], f"tracking.uri=http://127.0.0.1:{ports[case[0]]}", "trainer.epochs=5",
-            cwd=base / "-".join(case), timeout=60))) for case in cases})
+        return run_parallel(
+            {
+                case: (
+                    lambda case=case: (
+                        base / "-".join(case),
+                        cli(
+                            *cases[case],
+                            f"tracking.uri=http://127.0.0.1:{ports[case[0]]}",
+                            "trainer.epochs=5",
+                            cwd=base / "-".join(case),
+                            timeout=60,
+                        ),
+                    )
+                )
+                for case in cases
+            }
+        )
     finally:
         silent.close()
 
@@ -300,8 +333,14 @@ def test_offline_runs_sync_to_the_server_once_and_completely(tmp_path: Path, sto
     server_uri = f"sqlite:///{server.directory / 'server.db'}"
     offline_uri = f"sqlite:///{cwd.resolve() / 'mlflow-offline.db'}"
 
-    trained = cli("tracking.offline=true", f"tracking.uri={server_uri}", "trainer.epochs=30", "tracking.tensors_every=10",
-                  cwd=cwd, timeout=CLI_TIMEOUT)
+    trained = cli(
+        "tracking.offline=true",
+        f"tracking.uri={server_uri}",
+        "trainer.epochs=30",
+        "tracking.tensors_every=10",
+        cwd=cwd,
+        timeout=CLI_TIMEOUT,
+    )
     assert trained.returncode == 0, trained.output
     assert (cwd / "mlflow-offline.db").is_file()
     assert not (server.directory / "server.db").exists()
@@ -332,8 +371,10 @@ def test_offline_runs_sync_to_the_server_once_and_completely(tmp_path: Path, sto
     assert set(copy.data.metrics) == set(source.data.metrics)
 
     def histories(store_client: Any, run: Any) -> dict[str, list[tuple]]:
-        return {key: sorted((m.step, m.timestamp, m.value) for m in store_client.get_metric_history(run.info.run_id, key))
-                for key in run.data.metrics}
+        return {
+            key: sorted((m.step, m.timestamp, m.value) for m in store_client.get_metric_history(run.info.run_id, key))
+            for key in run.data.metrics
+        }
 
     source_histories = histories(source_client, source)
     assert len(source_histories["train_mse"]) == 30
@@ -341,8 +382,11 @@ def test_offline_runs_sync_to_the_server_once_and_completely(tmp_path: Path, sto
 
     def files(store_client: Any, run: Any, directory: Path) -> dict[str, str]:
         local = Path(store_client.download_artifacts(run.info.run_id, "", str(directory)))
-        return {str(path.relative_to(local)): hashlib.sha256(path.read_bytes()).hexdigest()
-                for path in sorted(local.rglob("*")) if path.is_file()}
+        return {
+            str(path.relative_to(local)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(local.rglob("*"))
+            if path.is_file()
+        }
 
     source_files = files(source_client, source, tmp_path / "a")
     assert "tensors/epochs.npy" in source_files and "plots/learning_curves.png" in source_files
@@ -380,8 +424,9 @@ def readonly_folder(tmp_path: Path):
 
 
 @pytest.mark.parametrize("sweep", [[], ["-m", "seed=0,1"]], ids=["run", "sweep"])
-def test_a_read_only_store_folder_is_refused_before_anything_is_written(readonly_folder: Path, tmp_path: Path,
-                                                                         sweep: list[str]) -> None:
+def test_a_read_only_store_folder_is_refused_before_anything_is_written(
+    readonly_folder: Path, tmp_path: Path, sweep: list[str]
+) -> None:
     database = readonly_folder / "mlflow.db"
     result = cli(*sweep, f"tracking.uri=sqlite:///{database}", "trainer.epochs=5", cwd=tmp_path / "cwd", timeout=120)
     assert result.returncode == 2, result.output
@@ -423,8 +468,12 @@ def test_a_damaged_database_is_refused_in_one_line_by_every_command(damage: str,
             database.write(b"\xff" * 3000)
         expected = "malformed"
     before = hashlib.sha256(store.db.read_bytes()).hexdigest()
-    for command, arguments in [(None, ["trainer.epochs=5"]), (None, ["-m", "seed=0,1", "trainer.epochs=5"]),
-                               ("runner.commands.doctor", []), ("runner.commands.report", ["--all-runs"])]:
+    for command, arguments in [
+        (None, ["trainer.epochs=5"]),
+        (None, ["-m", "seed=0,1", "trainer.epochs=5"]),
+        ("runner.commands.doctor", []),
+        ("runner.commands.report", ["--all-runs"]),
+    ]:
         result = cli(*arguments, cwd=tmp_path / "cwd", uri=store.uri, timeout=120, module=command or "runner")
         assert result.returncode == 2, (command, result.output)
         assert expected in result.stderr, (command, result.output)
@@ -435,8 +484,9 @@ def test_a_damaged_database_is_refused_in_one_line_by_every_command(damage: str,
 
 
 @pytest.mark.parametrize("how", ["write fails with ENOSPC", "1 MB free"])
-def test_a_full_disk_is_refused_before_the_database_is_created(how: str, tmp_path: Path, compose,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_is_refused_before_the_database_is_created(
+    how: str, tmp_path: Path, compose, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import tempfile
 
     from runner.core.run import run
@@ -447,6 +497,7 @@ def test_a_full_disk_is_refused_before_the_database_is_created(how: str, tmp_pat
         monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**10, 10**10 - 2**20, 2**20))
         expected = r"only 1 MB free"
     else:
+
         def no_space(*args: Any, **kwargs: Any) -> Any:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -469,8 +520,14 @@ def test_a_disk_filling_up_during_a_run_gives_a_clear_error(tmp_path: Path) -> N
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         database = disk / "mlflow.db"
-        result = cli("model.hidden=[512,512]", "trainer.epochs=200", "tracking.tensors_every=1",
-                     cwd=tmp_path / "cwd", uri=f"sqlite:///{database}", timeout=180)
+        result = cli(
+            "model.hidden=[512,512]",
+            "trainer.epochs=200",
+            "tracking.tensors_every=1",
+            cwd=tmp_path / "cwd",
+            uri=f"sqlite:///{database}",
+            timeout=180,
+        )
         integrity = query(database, "PRAGMA integrity_check")
         statuses = [row[0] for row in query(database, "SELECT status FROM runs")]
         # Every tensor file the run got to write loads, and they all hold the same epochs.
@@ -481,8 +538,7 @@ def test_a_disk_filling_up_during_a_run_gives_a_clear_error(tmp_path: Path) -> N
     assert result.returncode not in (0, None), result.output
     assert integrity == [("ok",)]  # no half-written database
     # MLflow logs its own database error above; what bprun says last is one clear line.
-    assert result.stderr.strip().splitlines()[-1].startswith("bprun: training stopped: No space left"), \
-        result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("bprun: training stopped: No space left"), result.output
     # KNOWN LIMIT: with the store's own disk full, SQLite may not be able to write the final status
     # either; the run then shows RUNNING until bprun-doctor marks it KILLED (README).
     assert len(statuses) == 1, statuses
@@ -505,8 +561,12 @@ BAD_CSVS = [
     ("missing target column", "no_target.csv", "a,b,z\n1,2,3\n4,5,6\n7,8,9\n", ["'y'"]),
     ("too few samples to split", "one_sample.csv", "a,b,y\n1,2,3\n", ["1 sample", "val_fraction"]),
     # Standardizing 1e308 overflows: refused as too large, not a FAILED run after a NaN.
-    ("huge feature value", "huge_feature.csv", "a,b,y\n1,2,3\n1e308,5,6\n7,8,9\n4,5,6\n",
-     ["row 2", "'a'", "too large"]),
+    (
+        "huge feature value",
+        "huge_feature.csv",
+        "a,b,y\n1,2,3\n1e308,5,6\n7,8,9\n4,5,6\n",
+        ["row 2", "'a'", "too large"],
+    ),
     ("huge target value", "huge_target.csv", "a,b,y\n1,2,3\n4,5,-1e300\n7,8,9\n4,5,6\n", ["row 2", "'y'", "too large"]),
     ("gzip bytes under a .csv name", "compressed.csv", None, ["gzip-compressed"]),
     ("latin-1 text", "latin1.csv", None, ["not UTF-8", "0xe9"]),
@@ -532,8 +592,10 @@ def bad_data(tmp_path_factory: pytest.TempPathFactory, make_store) -> dict[str, 
             path.write_bytes(BINARY_CSVS[filename])
         store = make_store(f"bad-data-{index}")
         overrides = ("dataset=csv", f"dataset.path={path}", "dataset.targets=[y]", "trainer.epochs=3")
-        jobs[name] = (lambda store=store, overrides=overrides, index=index:
-                      (store, cli(*overrides, cwd=base / f"cwd{index}", uri=store.uri, timeout=120)))
+        jobs[name] = lambda store=store, overrides=overrides, index=index: (
+            store,
+            cli(*overrides, cwd=base / f"cwd{index}", uri=store.uri, timeout=120),
+        )
     return run_parallel(jobs)
 
 
@@ -565,8 +627,14 @@ def test_bad_cells_are_described_as_written(bad_data, name: str, written: str | 
 # 9. Concurrency: 4 workers, 16 jobs, one fresh SQLite file, five times
 # =============================================================================================
 CONCURRENCY_EPOCHS = 200
-CONCURRENT_SWEEP = ("-m", "hydra.launcher.n_jobs=4", "optimizer.lr=0.5,1,2,4",
-                    "seed=0,1,2,3", f"trainer.epochs={CONCURRENCY_EPOCHS}", "tracking.tensors_every=0")
+CONCURRENT_SWEEP = (
+    "-m",
+    "hydra.launcher.n_jobs=4",
+    "optimizer.lr=0.5,1,2,4",
+    "seed=0,1,2,3",
+    f"trainer.epochs={CONCURRENCY_EPOCHS}",
+    "tracking.tensors_every=0",
+)
 
 
 # Not strict: the bug shows up in some sweeps only (3 of 26 on this machine; 0, 1 or 2 of the five
@@ -577,8 +645,11 @@ def test_four_workers_lose_no_run_and_no_metric_point(attempt: int, tmp_path: Pa
     assert not store.db.exists()
     result = cli(*CONCURRENT_SWEEP, cwd=tmp_path / "cwd", uri=store.uri, timeout=CLI_TIMEOUT)
     runs = store.runs()
-    not_finished = {run.info.run_id: (run.info.status, run.data.tags.get("failure_reason", "")[:300])
-                    for run in runs if run.info.status != "FINISHED"}
+    not_finished = {
+        run.info.run_id: (run.info.status, run.data.tags.get("failure_reason", "")[:300])
+        for run in runs
+        if run.info.status != "FINISHED"
+    }
     assert result.returncode == 0, (not_finished, result.output)
     parents = [run for run in runs if PARENT_TAG not in run.data.tags]
     assert len(parents) == 1, [(run.info.run_name, run.info.status) for run in runs]
@@ -587,7 +658,8 @@ def test_four_workers_lose_no_run_and_no_metric_point(attempt: int, tmp_path: Pa
     assert len(runs) == 17 and len(children) == 16
     assert {run.info.status for run in runs} == {"FINISHED"}
     assert {(run.data.params["optimizer.lr"], run.data.params["seed"]) for run in children} == {
-        (lr, seed) for lr in ("0.5", "1", "2", "4") for seed in ("0", "1", "2", "3")}
+        (lr, seed) for lr in ("0.5", "1", "2", "4") for seed in ("0", "1", "2", "3")
+    }
     experiment = client(store).get_experiment_by_name(EXPERIMENT)
     assert {run.info.experiment_id for run in runs} == {experiment.experiment_id}
     assert client(store).search_runs(["0"]) == []  # nothing in Default
@@ -595,8 +667,9 @@ def test_four_workers_lose_no_run_and_no_metric_point(attempt: int, tmp_path: Pa
         steps = [metric.step for metric in history(store, run)]
         assert steps == list(range(CONCURRENCY_EPOCHS)), (run.info.run_id, len(steps))
     # The raw table agrees: 16 x 200 train_mse rows, no duplicate.
-    assert query(store.db, "SELECT count(*), count(DISTINCT run_uuid || ':' || step) FROM metrics "
-                           "WHERE key = 'train_mse'") == [(16 * CONCURRENCY_EPOCHS, 16 * CONCURRENCY_EPOCHS)]
+    assert query(
+        store.db, "SELECT count(*), count(DISTINCT run_uuid || ':' || step) FROM metrics WHERE key = 'train_mse'"
+    ) == [(16 * CONCURRENCY_EPOCHS, 16 * CONCURRENCY_EPOCHS)]
 
 
 # =============================================================================================
@@ -619,12 +692,26 @@ def untrusted(tmp_path_factory: pytest.TempPathFactory, make_store) -> dict[str,
         "# @package _global_\n"
         "trainer:\n  epochs: 3\n"
         "hydra:\n  callbacks:\n    shared:\n"
-        f"      _target_: os.makedirs\n      _args_: ['{markers['preset hydra callback']}']\n")
+        f"      _target_: os.makedirs\n      _args_: ['{markers['preset hydra callback']}']\n"
+    )
     cases["preset hydra callback"] = ("--config-dir", str(base / "presets"), "experiment=shared")
     stores = {name: make_store(f"untrusted-{index}") for index, name in enumerate(cases)}
-    jobs = {name: (lambda name=name: (stores[name], cli(*cases[name], "trainer.epochs=3", cwd=base / re.sub(r"\W", "_", name),
-                                                         uri=stores[name].uri, timeout=120), markers[name]))
-            for name in cases}
+    jobs = {
+        name: (
+            lambda name=name: (
+                stores[name],
+                cli(
+                    *cases[name],
+                    "trainer.epochs=3",
+                    cwd=base / re.sub(r"\W", "_", name),
+                    uri=stores[name].uri,
+                    timeout=120,
+                ),
+                markers[name],
+            )
+        )
+        for name in cases
+    }
     return run_parallel(jobs)
 
 
@@ -698,7 +785,8 @@ def test_doctor_on_a_full_disk_says_so_in_one_line(tmp_path: Path) -> None:
         result = cli("--tracking-uri", uri, cwd=tmp_path / "cwd", module="runner.commands.doctor")
         assert result.returncode == 1, result.output
         assert result.stderr.strip().splitlines() == [
-            f"bprun-doctor: could not mark {stale.info.run_id} ({stale.info.run_name}) KILLED: the disk is full"]
+            f"bprun-doctor: could not mark {stale.info.run_id} ({stale.info.run_name}) KILLED: the disk is full"
+        ]
         assert "marked KILLED" not in result.stdout
         (folder / "filler").unlink()
         assert store.get_run(stale.info.run_id).info.status == "RUNNING"

@@ -34,8 +34,13 @@ EPOCHS = 1500
 MODES = {
     "run": ("dataset=xor", f"trainer.epochs={EPOCHS}", "tracking.tensors_every=1"),
     "sweep": ("-m", "seed=0,1,2", f"trainer.epochs={EPOCHS}", "tracking.tensors_every=1"),
-    "sweep-workers": ("-m", "hydra.launcher.n_jobs=2", "seed=0,1,2", f"trainer.epochs={EPOCHS}",
-                      "tracking.tensors_every=1"),
+    "sweep-workers": (
+        "-m",
+        "hydra.launcher.n_jobs=2",
+        "seed=0,1,2",
+        f"trainer.epochs={EPOCHS}",
+        "tracking.tensors_every=1",
+    ),
 }
 # Long enough to reach past the end of the slowest mode on a busy machine now and then.
 LONGEST_DELAY = {"run": 5.0, "sweep": 9.0, "sweep-workers": 7.0}
@@ -52,8 +57,10 @@ class Trial:
 
     @property
     def name(self) -> str:
-        return (f"{self.number:02d}-{self.mode}-{signal.Signals(self.signum).name}"
-                f"{'-group' if self.group else ''}-{self.delay:.2f}s")
+        return (
+            f"{self.number:02d}-{self.mode}-{signal.Signals(self.signum).name}"
+            f"{'-group' if self.group else ''}-{self.delay:.2f}s"
+        )
 
 
 def trials() -> list[Trial]:
@@ -61,8 +68,15 @@ def trials() -> list[Trial]:
     planned = []
     for number in range(TRIALS):
         mode = list(MODES)[number % len(MODES)]
-        planned.append(Trial(number, mode, SIGNALS[(number // len(MODES)) % len(SIGNALS)], chosen.random() < 0.5,
-                             round(chosen.uniform(0.0, LONGEST_DELAY[mode]), 2)))
+        planned.append(
+            Trial(
+                number,
+                mode,
+                SIGNALS[(number // len(MODES)) % len(SIGNALS)],
+                chosen.random() < 0.5,
+                round(chosen.uniform(0.0, LONGEST_DELAY[mode]), 2),
+            )
+        )
     return planned
 
 
@@ -84,17 +98,24 @@ def play(trial: Trial, base: Path, store: Any) -> dict[str, Any]:
     doctor = None
     if trial.signum == signal.SIGKILL and store.db.exists():
         doctor = cli(cwd=cwd, uri=store.uri, module="runner.commands.doctor")
-    return {"result": result, "ended_by_itself": ended_by_itself, "leftovers": leftovers, "doctor": doctor,
-            "integrity": query(store.db, "PRAGMA integrity_check") if store.db.exists() else [("ok",)],
-            "runs": store.runs(), "store": store}
+    return {
+        "result": result,
+        "ended_by_itself": ended_by_itself,
+        "leftovers": leftovers,
+        "doctor": doctor,
+        "integrity": query(store.db, "PRAGMA integrity_check") if store.db.exists() else [("ok",)],
+        "runs": store.runs(),
+        "store": store,
+    }
 
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory, make_store) -> dict[Trial, dict[str, Any]]:
     base = tmp_path_factory.mktemp("fuzz")
     planned = trials()
-    outcomes = run_parallel({trial: (lambda trial=trial: play(trial, base, make_store(f"fuzz-{trial.number:02d}")))
-                             for trial in planned})
+    outcomes = run_parallel(
+        {trial: (lambda trial=trial: play(trial, base, make_store(f"fuzz-{trial.number:02d}"))) for trial in planned}
+    )
     return outcomes
 
 
@@ -151,8 +172,9 @@ def check(trial: Trial, outcome: dict[str, Any], scratch: Path) -> list[str]:
                     problems.append(f"{label}: {path.name} does not load: {error}")
                     continue
                 if path.name == "epochs.npy" and steps and (len(array) == 0 or array[-1] != steps[-1]):
-                    problems.append(f"{label}: tensors end at epoch {array[-1] if len(array) else None}, "
-                                    f"metrics at {steps[-1]}")
+                    problems.append(
+                        f"{label}: tensors end at epoch {array[-1] if len(array) else None}, metrics at {steps[-1]}"
+                    )
     return problems
 
 
@@ -163,7 +185,7 @@ def test_a_signal_at_any_moment_leaves_an_intact_and_true_store(fuzzed, record_p
         counts[f"{trial.mode:13} {signal.Signals(trial.signum).name:7} {describe(outcome)}"] += 1
         problems = check(trial, outcome, tmp_path)
         if problems:
-            failures[trial.name] = problems + [outcome["result"].output]
+            failures[trial.name] = [*problems, outcome["result"].output]
     summary = "\n".join(f"{count:3}  {what}" for what, count in sorted(counts.items()))
     record_property("fuzz outcomes", f"{len(fuzzed)} trials (seed {SEED}):\n{summary}")
     assert len(fuzzed) >= 30

@@ -27,7 +27,8 @@ class Recorder:
 def test_the_installed_hydra_is_one_the_refusal_was_checked_against() -> None:
     assert version("hydra-core") in CHECKED_HYDRA_VERSIONS, (
         f"hydra-core {version('hydra-core')} is installed but the callback refusal was checked against "
-        f"{CHECKED_HYDRA_VERSIONS}: run these tests against it, then add it to CHECKED_HYDRA_VERSIONS")
+        f"{CHECKED_HYDRA_VERSIONS}: run these tests against it, then add it to CHECKED_HYDRA_VERSIONS"
+    )
 
 
 def test_a_foreign_callback_is_refused_before_it_is_instantiated() -> None:
@@ -48,6 +49,8 @@ def test_bprun_s_own_callback_is_still_instantiated() -> None:
     from hydra._internal.callbacks import Callbacks
 
     refuse_foreign_callbacks()
-    ours = OmegaConf.create({"hydra": {"callbacks": {"bprun": {"_target_": "runner.hydra_app.callbacks.BprunCallback"}}}})
+    ours = OmegaConf.create(
+        {"hydra": {"callbacks": {"bprun": {"_target_": "runner.hydra_app.callbacks.BprunCallback"}}}}
+    )
     callbacks = Callbacks(ours)
     assert [type(callback).__name__ for callback in callbacks.callbacks] == ["BprunCallback"]

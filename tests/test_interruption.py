@@ -21,9 +21,10 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -89,18 +90,22 @@ SCENARIOS = {
     "run-end-pressed-twice": Scenario((f"trainer.epochs={SHORT_EPOCHS}",), point="run-end", presses=2),
     # a sweep in bprun's process
     "sweep-parent-created": Scenario(("-m", "seed=0,1", "trainer.epochs=5"), point="sweep-start"),
-    "sweep-second-job-training": Scenario(("-m", "trainer.epochs=50,1000000,50", "tracking.tensors_every=1"),
-                                          logging=2),
-    "sweep-summary-sigterm": Scenario(("-m", "seed=0,1", "trainer.epochs=20"), signal.SIGTERM, group=False,
-                                      point="sweep-summary"),
+    "sweep-second-job-training": Scenario(
+        ("-m", "trainer.epochs=50,1000000,50", "tracking.tensors_every=1"), logging=2
+    ),
+    "sweep-summary-sigterm": Scenario(
+        ("-m", "seed=0,1", "trainer.epochs=20"), signal.SIGTERM, group=False, point="sweep-summary"
+    ),
     # a sweep on two worker processes
     "workers-startup-pressed-twice": Scenario(("-m", *PARALLEL, "seed=0,1,2", *ENDLESS), point="startup", presses=2),
     "workers-parent-created": Scenario(("-m", *PARALLEL, "seed=0,1,2", *ENDLESS), point="sweep-start"),
     "workers-training": Scenario(("-m", *PARALLEL, "seed=0,1,2,3", *ENDLESS), logging=2),
-    "workers-training-sigterm": Scenario(("-m", *PARALLEL, "seed=0,1,2,3", *ENDLESS), signal.SIGTERM, group=False,
-                                         logging=2),
-    "workers-training-sigkill": Scenario(("-m", *PARALLEL, "seed=0,1,2,3", *ENDLESS), signal.SIGKILL, group=False,
-                                         logging=2),
+    "workers-training-sigterm": Scenario(
+        ("-m", *PARALLEL, "seed=0,1,2,3", *ENDLESS), signal.SIGTERM, group=False, logging=2
+    ),
+    "workers-training-sigkill": Scenario(
+        ("-m", *PARALLEL, "seed=0,1,2,3", *ENDLESS), signal.SIGKILL, group=False, logging=2
+    ),
 }
 
 
@@ -115,13 +120,22 @@ def play(name: str, scenario: Scenario, base: Path, store: Any) -> Outcome:
         if scenario.point is not None:
             wait_until(marker.exists, START_TIMEOUT, f"the point {scenario.point}", process)
         else:
-            wait_until(lambda: runs_logging(store.db) >= scenario.logging, START_TIMEOUT,
-                       f"{scenario.logging} run(s) logging", process, interval=0.1)
+            wait_until(
+                lambda: runs_logging(store.db) >= scenario.logging,
+                START_TIMEOUT,
+                f"{scenario.logging} run(s) logging",
+                process,
+                interval=0.1,
+            )
         sent = process.signal(scenario.signal, group=scenario.group)
         for _ in range(scenario.presses - 1):  # once bprun has said it is stopping, if it still runs
             try:
-                wait_until(lambda: "stopping at the next safe point" in process.stderr_so_far(), 30,
-                           "bprun's notice of the signal", process)
+                wait_until(
+                    lambda: "stopping at the next safe point" in process.stderr_so_far(),
+                    30,
+                    "bprun's notice of the signal",
+                    process,
+                )
                 process.signal(scenario.signal, group=scenario.group)
             except (ScenarioError, ProcessLookupError):
                 if process.running():
@@ -138,15 +152,17 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, make_store) -> dict[str, 
     base = tmp_path_factory.mktemp("interruption")
     jobs: dict[str, Callable[[], Outcome]] = {
         name: (lambda name=name, scenario=scenario: play(name, scenario, base, make_store(f"interrupt-{name}")))
-        for name, scenario in SCENARIOS.items()}
+        for name, scenario in SCENARIOS.items()
+    }
     return run_parallel(jobs)
 
 
 def assert_consistent(outcome: Outcome, allow_running_parent: bool = False) -> None:
     """What every scenario must leave: see the module docstring."""
     result, scenario = outcome.result, outcome.scenario
-    assert result.returncode == (-scenario.signal if scenario.signal == signal.SIGKILL else 128 + scenario.signal), \
+    assert result.returncode == (-scenario.signal if scenario.signal == signal.SIGKILL else 128 + scenario.signal), (
         outcome.output
+    )
     assert "Traceback" not in result.stdout + result.stderr, outcome.output
     assert outcome.leftovers == [], outcome.leftovers
     for run in outcome.runs:
@@ -180,6 +196,7 @@ def test_every_interruption_leaves_a_consistent_store_and_no_process(outcomes: d
 
 # --- a single run ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["run-startup-imports", "run-job-start-sigterm"])
 def test_a_signal_before_the_run_exists_leaves_nothing(outcomes: dict[str, Outcome], name: str) -> None:
     outcome = outcomes[name]
@@ -212,6 +229,7 @@ def test_ctrl_c_twice_at_the_end_of_a_run_lets_the_run_end_finished(outcomes: di
 
 # --- a sweep in bprun's process ----------------------------------------------------------------
 
+
 def test_a_signal_once_the_parent_exists_ends_it_killed_before_any_job(outcomes: dict[str, Outcome]) -> None:
     outcome = outcomes["sweep-parent-created"]
     (parent,) = outcome.parents()
@@ -223,7 +241,9 @@ def test_ctrl_c_in_the_second_job_keeps_the_first_and_never_starts_the_third(out
     outcome = outcomes["sweep-second-job-training"]
     children = outcome.children()
     assert [(run.info.status, run.data.params["trainer.epochs"]) for run in children] == [
-        ("FINISHED", "50"), ("KILLED", "1000000")], outcome.output
+        ("FINISHED", "50"),
+        ("KILLED", "1000000"),
+    ], outcome.output
     (parent,) = outcome.parents()
     assert parent.info.status == "KILLED"
     for run in children:  # the completed run's plots and the interrupted one's
@@ -241,6 +261,7 @@ def test_sigterm_during_the_summary_lets_the_sweep_end_with_it(outcomes: dict[st
 
 
 # --- a sweep on worker processes ---------------------------------------------------------------
+
 
 def test_ctrl_c_while_the_workers_start_leaves_nothing(outcomes: dict[str, Outcome]) -> None:
     outcome = outcomes["workers-startup-pressed-twice"]
@@ -278,20 +299,30 @@ def test_sigkill_of_bprun_ends_its_workers_and_their_runs(outcomes: dict[str, Ou
 
 # --- a worker killed by the system ---------------------------------------------------------------
 
+
 def test_a_parallel_sweep_whose_worker_is_killed_ends_failed(tmp_path: Path, make_store) -> None:
     """A worker killed by the system (the OOM killer, say): the sweep stops with one message; the
     other worker ends its run, the parent ends FAILED, nothing stays RUNNING or alive."""
     store = make_store("worker-killed")
     process = Background("-m", *PARALLEL, "seed=0,1,2,3", *ENDLESS, cwd=tmp_path, uri=store.uri)
     try:
+
         def running_run_pids() -> list[int]:
-            rows = query(store.db, "SELECT t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-                                   "AND t.key = 'bprun.pid' JOIN latest_metrics m ON m.run_uuid = r.run_uuid "
-                                   "AND m.key = 'train_mse' WHERE r.status = 'RUNNING'")
+            rows = query(
+                store.db,
+                "SELECT t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                "AND t.key = 'bprun.pid' JOIN latest_metrics m ON m.run_uuid = r.run_uuid "
+                "AND m.key = 'train_mse' WHERE r.status = 'RUNNING'",
+            )
             return sorted(int(pid) for (pid,) in rows)
 
-        pids = wait_until(lambda: len(running_run_pids()) >= 2 and running_run_pids(), START_TIMEOUT,
-                          "two jobs logging", process, interval=0.1)
+        pids = wait_until(
+            lambda: len(running_run_pids()) >= 2 and running_run_pids(),
+            START_TIMEOUT,
+            "two jobs logging",
+            process,
+            interval=0.1,
+        )
         if process.pid in pids:
             raise ScenarioError("the jobs ran in bprun's process, not in workers")
         killed = time.monotonic()

@@ -8,6 +8,7 @@ import base64
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -15,26 +16,35 @@ from runner.tracking.metrics_endpoint import MAX_VALUES_PER_REQUEST, PATH, BadRe
 
 
 def body(**changes):
-    return {"run_id": "abc", "keys": ["train_mse", "layer1/weight_norm"], "values": [0.5, 2],
-            "timestamps": [1000, 1000], "steps": [0, 0], **changes}
+    return {
+        "run_id": "abc",
+        "keys": ["train_mse", "layer1/weight_norm"],
+        "values": [0.5, 2],
+        "timestamps": [1000, 1000],
+        "steps": [0, 0],
+        **changes,
+    }
 
 
 def test_a_good_body_gives_the_rows_to_store() -> None:
     assert parse(body()) == ("abc", [("train_mse", 0.5, 1000, 0), ("layer1/weight_norm", 2.0, 1000, 0)])
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"run_id": None}, "run_id string"),
-    ({"values": [0.5]}, "lists of one length"),
-    ({"steps": "0,0"}, "lists of one length"),
-    ({"keys": ["train_mse", "bad|name"]}, "invalid metric name 'bad|name'"),
-    ({"keys": ["train_mse", ""]}, "invalid metric name ''"),
-    ({"values": [0.5, float("nan")]}, "value nan is not a finite number"),
-    ({"values": [0.5, "1"]}, "value '1' is not a finite number"),
-    ({"values": [0.5, True]}, "value True is not a finite number"),
-    ({"steps": [0, 1.5]}, "timestamp and step must be integers"),
-    ({"timestamps": [1000, None]}, "timestamp and step must be integers"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"run_id": None}, "run_id string"),
+        ({"values": [0.5]}, "lists of one length"),
+        ({"steps": "0,0"}, "lists of one length"),
+        ({"keys": ["train_mse", "bad|name"]}, "invalid metric name 'bad|name'"),
+        ({"keys": ["train_mse", ""]}, "invalid metric name ''"),
+        ({"values": [0.5, float("nan")]}, "value nan is not a finite number"),
+        ({"values": [0.5, "1"]}, "value '1' is not a finite number"),
+        ({"values": [0.5, True]}, "value True is not a finite number"),
+        ({"steps": [0, 1.5]}, "timestamp and step must be integers"),
+        ({"timestamps": [1000, None]}, "timestamp and step must be integers"),
+    ],
+)
 def test_a_bad_body_is_refused_with_the_bad_value(changes: dict, message: str) -> None:
     with pytest.raises(BadRequest, match=message) as refused:
         parse(body(**changes))
@@ -57,7 +67,7 @@ class Recorder(BaseHTTPRequestHandler):
     server does), and records every request."""
 
     has_endpoint = True
-    seen: list[tuple[str, str, str | None, dict | None]] = []  # (method, path, Authorization, body)
+    seen: ClassVar[list[tuple[str, str, str | None, dict | None]]] = []  # (method, path, Authorization, body)
 
     def do_GET(self) -> None:
         self.seen.append(("GET", self.path, self.headers.get("Authorization"), None))
@@ -105,8 +115,19 @@ def test_a_run_sends_its_values_to_the_endpoint_with_mlflows_credentials(stand_i
     basic = "Basic " + base64.b64encode(b"alice:secret").decode()
     assert Recorder.seen == [
         ("GET", PATH, basic, None),
-        ("POST", PATH, basic, {"run_id": "abc", "keys": ["train_mse", "train_mse"], "values": [0.5, 0.25],
-                               "timestamps": [1000, 1001], "steps": [0, 1]})]
+        (
+            "POST",
+            PATH,
+            basic,
+            {
+                "run_id": "abc",
+                "keys": ["train_mse", "train_mse"],
+                "values": [0.5, 0.25],
+                "timestamps": [1000, 1001],
+                "steps": [0, 1],
+            },
+        ),
+    ]
 
 
 def test_a_server_without_the_endpoint_means_log_batch(stand_in) -> None:

@@ -22,22 +22,39 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
-                   check=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
+        check=True,
+        timeout=600,
+    )
     (path,) = out.glob("backprop_runner-*.whl")
     return path
 
 
 def test_the_wheel_ships_configs_data_and_console_scripts(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    for expected in ("runner/conf/config.yaml", "runner/conf/model/mlp.yaml", "runner/conf/hydra/sweeper/optuna.yaml",
-                     "runner/conf/experiment/iris_classifier.yaml", "runner/conf/hydra/launcher/local.yaml",
-                     "hydra_plugins/bprun/__init__.py", "runner/data/iris.csv",
-                     "runner/data/diabetes.csv", "runner/data/digits.csv.gz", "engine/network.py"):
+    for expected in (
+        "runner/conf/config.yaml",
+        "runner/conf/model/mlp.yaml",
+        "runner/conf/hydra/sweeper/optuna.yaml",
+        "runner/conf/experiment/iris_classifier.yaml",
+        "runner/conf/hydra/launcher/local.yaml",
+        "hydra_plugins/bprun/__init__.py",
+        "runner/data/iris.csv",
+        "runner/data/diabetes.csv",
+        "runner/data/digits.csv.gz",
+        "engine/network.py",
+    ):
         assert expected in names, expected
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for script in ("bprun = runner.commands.bprun:main", "bprun-report =", "bprun-rerun =", "bprun-doctor =", "bprun-sync ="):
+    for script in (
+        "bprun = runner.commands.bprun:main",
+        "bprun-report =",
+        "bprun-rerun =",
+        "bprun-doctor =",
+        "bprun-sync =",
+    ):
         assert script in text
 
 
@@ -49,10 +66,20 @@ def test_bprun_runs_from_the_unpacked_wheel(wheel: Path, tmp_path: Path) -> None
     environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     environment["PYTHONPATH"] = str(unpacked)  # ahead of the editable install's finder
     result = subprocess.run(
-        [sys.executable, "-c", "import runner, sys; assert runner.__file__.startswith(sys.argv[1]), runner.__file__;"
-         "from runner.commands.bprun import main; sys.argv = ['bprun', 'dataset=iris', 'trainer.epochs=3', 'tracking=none']; main()",
-         str(unpacked)],
-        cwd=work, env=environment, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-c",
+            "import runner, sys; assert runner.__file__.startswith(sys.argv[1]), runner.__file__;"
+            "from runner.commands.bprun import main; "
+            "sys.argv = ['bprun', 'dataset=iris', 'trainer.epochs=3', 'tracking=none']; main()",
+            str(unpacked),
+        ],
+        cwd=work,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "completed 3 epochs" in result.stdout
 
@@ -62,4 +89,3 @@ def test_the_installed_extras_are_consistent() -> None:
     no broken requirement in it (the ray extra's cloudpickle 2 included)."""
     checked = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=300)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-

@@ -20,8 +20,12 @@ def _history(epochs: int = 200, layers: int = LAYERS, classification: bool = Tru
     e = np.arange(epochs, dtype=float)
     metrics = {"train_mse": 0.25 * np.exp(-e / 30) + 1e-3, "val_mse": 0.25 * np.exp(-e / 35) + 3e-3}
     if classification:
-        metrics |= {"train_loss": 0.7 * np.exp(-e / 40) + 0.02, "val_loss": 0.7 * np.exp(-e / 45) + 0.05,
-                    "train_accuracy": 1 - 0.5 * np.exp(-e / 20), "val_accuracy": 0.95 - 0.45 * np.exp(-e / 25)}
+        metrics |= {
+            "train_loss": 0.7 * np.exp(-e / 40) + 0.02,
+            "val_loss": 0.7 * np.exp(-e / 45) + 0.05,
+            "train_accuracy": 1 - 0.5 * np.exp(-e / 20),
+            "val_accuracy": 0.95 - 0.45 * np.exp(-e / 25),
+        }
     for layer in range(1, layers + 1):
         metrics[f"layer{layer}/weight_norm"] = 2 + layer + 0.3 * layer * np.log1p(e)
         metrics[f"layer{layer}/bias_norm"] = 0.1 * layer * np.log1p(e + 1)
@@ -179,7 +183,7 @@ def test_single_epoch_shows_points_at_epoch_zero(tmp_path):
 
     figure = plots.learning_curves_figure(plots.load_series(history, None))
     for ax in figure.axes:
-        (train, validation) = ax.get_lines()
+        (train, _validation) = ax.get_lines()
         assert train.get_marker() == "o" and list(train.get_xdata()) == [0.0]
         ticks = [tick for tick in ax.get_xticks() if ax.get_xlim()[0] <= tick <= ax.get_xlim()[1]]
         assert ticks == [0.0]  # whole epochs only, not ±0.05
@@ -274,22 +278,28 @@ def _drawn_tick_labels(axis, renderer) -> list:
     low, high = sorted(axis.get_view_interval())
     slack = 1e-9 * (high - low)
     boxes = []
-    for locations, ticks in ((axis.get_majorticklocs(), axis.get_major_ticks()),
-                             (axis.get_minorticklocs(), axis.get_minor_ticks())):
+    for locations, ticks in (
+        (axis.get_majorticklocs(), axis.get_major_ticks()),
+        (axis.get_minorticklocs(), axis.get_minor_ticks()),
+    ):
         for location, tick in zip(locations, ticks):
             if low - slack <= location <= high + slack and tick.label1.get_visible() and tick.label1.get_text():
                 boxes.append(tick.label1.get_window_extent(renderer))
     return boxes
 
 
-@pytest.mark.parametrize("history", [_history(), _history(epochs=1), _awkward_history()],
-                         ids=["decaying", "single-epoch", "awkward"])
+@pytest.mark.parametrize(
+    "history", [_history(), _history(epochs=1), _awkward_history()], ids=["decaying", "single-epoch", "awkward"]
+)
 def test_no_text_leaves_the_figure_or_overlaps(history):
     series = plots.load_series(history, None)
     layers = plots.layer_numbers(series)
     colours = dict(zip(layers, plots.layer_colours(len(layers))))
-    figures = [plots.learning_curves_figure(series), plots.gradient_norms_figure(series, layers, colours),
-               plots.weight_norms_figure(series, layers, colours)]
+    figures = [
+        plots.learning_curves_figure(series),
+        plots.gradient_norms_figure(series, layers, colours),
+        plots.weight_norms_figure(series, layers, colours),
+    ]
     for figure in figures:
         figure.canvas.draw()
         renderer = figure.canvas.get_renderer()
@@ -312,11 +322,13 @@ def test_no_text_leaves_the_figure_or_overlaps(history):
             box = legend.get_window_extent(renderer)
             assert box.x1 <= inside.x1 and box.x0 >= previous_axes_box.x1
         title = figure._suptitle.get_window_extent(renderer)
-        assert title.y1 <= inside.y1 and not any(title.overlaps(ax.title.get_window_extent(renderer))
-                                                 for ax in figure.axes if ax.get_title())
+        assert title.y1 <= inside.y1 and not any(
+            title.overlaps(ax.title.get_window_extent(renderer)) for ax in figure.axes if ax.get_title()
+        )
 
 
 # --- the helper process bprun draws completed runs' plots in ---------------------------------
+
 
 def _other_history(epochs: int) -> dict[str, list[float]]:
     """Same layout as _history() but data that wants other scales: flat losses (linear), zero
@@ -330,8 +342,10 @@ def _other_history(epochs: int) -> dict[str, list[float]]:
     return metrics
 
 
-@pytest.mark.parametrize("first, second", [(_history(200), _other_history(60)), (_other_history(60), _history(200)),
-                                           (_history(200), _history(1))])
+@pytest.mark.parametrize(
+    "first, second",
+    [(_history(200), _other_history(60)), (_other_history(60), _history(200)), (_history(200), _history(1))],
+)
 def test_a_reused_figure_draws_what_a_new_one_draws(tmp_path: Path, first, second) -> None:
     plots.forget_figures()
     save_training_plots(first, tmp_path / "first")

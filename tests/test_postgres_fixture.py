@@ -15,7 +15,8 @@ def test_the_database_is_empty_and_mlflow_logs_and_reads_back_metrics(postgres_u
 
     with psycopg.connect(postgres_uri) as connection:
         tables = connection.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'").fetchone()[0]
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchone()[0]
     assert tables == 0
 
     client = MlflowClient(postgres_uri)

@@ -32,8 +32,16 @@ DATA_DIR = Path(runner.__file__).parent / "data"
 
 def git(directory: Path, *arguments: str) -> str:
     """Run git in ``directory`` with a throwaway identity; return stdout."""
-    command = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false",
-               *arguments]
+    command = [
+        "git",
+        "-c",
+        "user.name=test",
+        "-c",
+        "user.email=test@example.com",
+        "-c",
+        "commit.gpgsign=false",
+        *arguments,
+    ]
     return subprocess.run(command, cwd=directory, check=True, capture_output=True, text=True).stdout
 
 
@@ -104,9 +112,13 @@ def test_provenance_tags_in_this_checkout(tmp_path: Path) -> None:
     assert not any(name.startswith("cwd_git.") for name in tags)  # tmp_path is in no repository
 
     assert tags["version.python"] == ".".join(map(str, sys.version_info[:3]))
-    for tag, distribution in [("version.numpy", "numpy"), ("version.hydra_core", "hydra-core"),
-                              ("version.omegaconf", "omegaconf"), ("version.mlflow", "mlflow"),
-                              ("version.backprop_runner", "backprop-runner")]:
+    for tag, distribution in [
+        ("version.numpy", "numpy"),
+        ("version.hydra_core", "hydra-core"),
+        ("version.omegaconf", "omegaconf"),
+        ("version.mlflow", "mlflow"),
+        ("version.backprop_runner", "backprop-runner"),
+    ]:
         assert tags[tag] == metadata.version(distribution)
     assert tags["config.sha256"] == hashlib.sha256(b"model:\n  hidden: [8]\n").hexdigest()
 
@@ -177,8 +189,13 @@ def test_code_outside_a_checkout_has_an_unknown_commit(tmp_path: Path, monkeypat
 
 # --- pyfunc model --------------------------------------------------------------------------------
 def trained(dataset: Dataset, hidden: list[int], output_activation: str, loss: str, dtype: str = "float64") -> MLP:
-    network = MLP([dataset.n_inputs, *hidden, dataset.n_outputs], np.random.default_rng(7), activation="tanh",
-                  output_activation=output_activation, dtype=dtype)
+    network = MLP(
+        [dataset.n_inputs, *hidden, dataset.n_outputs],
+        np.random.default_rng(7),
+        activation="tanh",
+        output_activation=output_activation,
+        dtype=dtype,
+    )
     optimizer = make_optimizer("adam", 0.01, Schedule("constant", 1, 1.0, 0.0))
     train(network, optimizer, dataset.X_train, dataset.Y_train, epochs=30, loss=loss)
     return network
@@ -317,13 +334,19 @@ def test_saved_model_files_pin_requirements_and_describe_columns(tmp_path: Path,
     dataset, network = iris
     save_pyfunc_model(str(tmp_path / "model"), network, dataset)
     requirements = (tmp_path / "model" / "requirements.txt").read_text().split()
-    assert requirements == [f"{name}=={metadata.version(name)}"
-                            for name in ("numpy", "pandas", "mlflow", "cloudpickle", "backprop-runner")]
+    assert requirements == [
+        f"{name}=={metadata.version(name)}" for name in ("numpy", "pandas", "mlflow", "cloudpickle", "backprop-runner")
+    ]
     saved = Model.load(str(tmp_path / "model"))
     assert saved.signature.inputs.input_names() == dataset.feature_names
     assert saved.signature.outputs.input_names() == dataset.class_names
-    assert saved.metadata == {"task": "classification", "sizes": [4, 8, 3], "activation": "tanh",
-                              "output_activation": "softmax", "dtype": "float64"}
+    assert saved.metadata == {
+        "task": "classification",
+        "sizes": [4, 8, 3],
+        "activation": "tanh",
+        "output_activation": "softmax",
+        "dtype": "float64",
+    }
     example = json.loads((tmp_path / "model" / "input_example.json").read_text())
     assert example["columns"] == dataset.feature_names
     assert 4.0 < example["data"][0][0] < 8.0  # sepal length in cm: raw units, not standardized
@@ -356,9 +379,25 @@ def test_mlflow_models_predict_cli_gives_the_engines_predictions(tmp_path: Path)
 
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     completed = subprocess.run(
-        [str(mlflow_cli), "models", "predict", "-m", str(tmp_path / "model"), "-i", str(tmp_path / "input.csv"),
-         "-t", "csv", "--env-manager", "local", "-o", str(tmp_path / "out.json")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            str(mlflow_cli),
+            "models",
+            "predict",
+            "-m",
+            str(tmp_path / "model"),
+            "-i",
+            str(tmp_path / "input.csv"),
+            "-t",
+            "csv",
+            "--env-manager",
+            "local",
+            "-o",
+            str(tmp_path / "out.json"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     )
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -46,8 +46,7 @@ def _decay(start: float, end: float, epochs: int = EPOCHS) -> list[float]:
 JOBS = [
     Job("lr0.1-h4-moons", 0.1, [4], "moons", "FINISHED", _decay(0.3, 0.05), _decay(0.3, 0.04)),
     # Overfits: val_mse dips to 0.15 at epoch 3 and ends at 0.22, so best < final.
-    Job("lr0.01-h4-moons", 0.01, [4], "moons", "FINISHED", _decay(0.3, 0.2),
-        [0.3, 0.25, 0.2, 0.15, 0.18, 0.22]),
+    Job("lr0.01-h4-moons", 0.01, [4], "moons", "FINISHED", _decay(0.3, 0.2), [0.3, 0.25, 0.2, 0.15, 0.18, 0.22]),
     Job("lr1-h8x8-xor", 1.0, [8, 8], "xor", "FINISHED", _decay(0.3, 0.01), None),
     # Crashed after 4 epochs with the lowest val_mse of all, yet ranks last; no epochs_run tag,
     # so the report counts the epochs of its history.
@@ -70,17 +69,22 @@ class SweepStore:
     standalone_name: str
 
 
-def _log_job(client, experiment_id: str, job: Job, start_ms: int, parent_id: str | None,
-             run_number: int) -> str:
+def _log_job(client, experiment_id: str, job: Job, start_ms: int, parent_id: str | None, run_number: int) -> str:
     from mlflow.entities import Metric, Param
 
     tags = {"mlflow.parentRunId": parent_id} if parent_id else {}
     run = client.create_run(experiment_id, start_time=start_ms, run_name=job.name, tags=tags)
     run_id = run.info.run_id
     params = {
-        "optimizer.lr": format(job.lr, ".15g"), "optimizer.name": "gd", "model.hidden": json.dumps(job.hidden),
-        "dataset.name": job.dataset, "dataset.val_fraction": "0" if job.val_mse is None else "0.2",
-        "choice.dataset": job.dataset, "choice.model": "mlp", "choice.optimizer": "gd", "seed": "0",
+        "optimizer.lr": format(job.lr, ".15g"),
+        "optimizer.name": "gd",
+        "model.hidden": json.dumps(job.hidden),
+        "dataset.name": job.dataset,
+        "dataset.val_fraction": "0" if job.val_mse is None else "0.2",
+        "choice.dataset": job.dataset,
+        "choice.model": "mlp",
+        "choice.optimizer": "gd",
+        "seed": "0",
         # Differs between runs but says nothing about them: never a column.
         "tracking.run_name": f"run-{run_number}",
     }
@@ -101,13 +105,24 @@ def _log_job(client, experiment_id: str, job: Job, start_ms: int, parent_id: str
 def _create_parent(client, experiment_id: str, start_ms: int, jobs: list[Job]) -> str:
     from mlflow.entities import Param
 
-    parent = client.create_run(experiment_id, start_time=start_ms, run_name="sweep", tags={
-        "bprun.sweep": "true", "sweep.command": "bprun -m optimizer.lr=... model.hidden=... dataset=...",
-        "sweep.swept_keys": json.dumps(SWEPT_KEYS)})
-    values = {"optimizer.lr": sorted({job.lr for job in jobs}), "model.hidden": [[4], [8, 8]],
-              "dataset": sorted({job.dataset for job in jobs})}
-    client.log_batch(parent.info.run_id,
-                     params=[Param(f"sweep.{key}", json.dumps(value)) for key, value in values.items()])
+    parent = client.create_run(
+        experiment_id,
+        start_time=start_ms,
+        run_name="sweep",
+        tags={
+            "bprun.sweep": "true",
+            "sweep.command": "bprun -m optimizer.lr=... model.hidden=... dataset=...",
+            "sweep.swept_keys": json.dumps(SWEPT_KEYS),
+        },
+    )
+    values = {
+        "optimizer.lr": sorted({job.lr for job in jobs}),
+        "model.hidden": [[4], [8, 8]],
+        "dataset": sorted({job.dataset for job in jobs}),
+    }
+    client.log_batch(
+        parent.info.run_id, params=[Param(f"sweep.{key}", json.dumps(value)) for key, value in values.items()]
+    )
     return parent.info.run_id
 
 
@@ -127,12 +142,14 @@ def sweep_store(make_store) -> SweepStore:
     _log_job(client, experiment_id, standalone, old_start + 20_000, None, 0)
 
     parent_id = _create_parent(client, experiment_id, START_MS, JOBS)
-    child_ids = {job.name: _log_job(client, experiment_id, job, START_MS + 10_000 * (number + 1), parent_id,
-                                    number + 1)
-                 for number, job in enumerate(JOBS)}
+    child_ids = {
+        job.name: _log_job(client, experiment_id, job, START_MS + 10_000 * (number + 1), parent_id, number + 1)
+        for number, job in enumerate(JOBS)
+    }
     client.set_terminated(parent_id, "FAILED", end_time=START_MS + 60_000)
-    return SweepStore(store.uri, store.db, experiment_id, parent_id, child_ids, old_parent_id, old_job.name,
-                      standalone.name)
+    return SweepStore(
+        store.uri, store.db, experiment_id, parent_id, child_ids, old_parent_id, old_job.name, standalone.name
+    )
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +163,7 @@ def sweep_table(sweep_store: SweepStore):
 
 # --- finding runs ----------------------------------------------------------------------------
 
+
 def test_finds_the_latest_sweep_and_its_children(sweep_store: SweepStore) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -157,13 +175,15 @@ def test_finds_the_latest_sweep_and_its_children(sweep_store: SweepStore) -> Non
     assert {run.info.run_id for run in children} == set(sweep_store.child_ids.values())
     assert [run.info.run_name for run in children] == [job.name for job in JOBS]  # oldest first
     assert [run.info.run_name for run in search.sweep_children(client, sweep_store.old_parent_id)] == [
-        sweep_store.old_child_name]
+        sweep_store.old_child_name
+    ]
 
     every_run = {run.info.run_name for run in search.experiment_runs(client, sweep_store.experiment_id)}
     assert every_run == {*sweep_store.child_ids, sweep_store.old_child_name, sweep_store.standalone_name}
 
 
 # --- the table -------------------------------------------------------------------------------
+
 
 def test_runs_table_has_one_row_per_job_with_values_read_back(sweep_store: SweepStore, sweep_table) -> None:
     table, histories = sweep_table
@@ -207,8 +227,12 @@ def test_a_job_that_failed_before_its_run_existed_is_a_row_read_from_its_overrid
 
     client = MlflowClient(sweep_store.uri)
     overrides = ["optimizer.lr=0.5", "model.hidden=[8,8]", "dataset=moons"]
-    table, _ = report_table.runs_table(client, search.sweep_children(client, sweep_store.old_parent_id), SWEPT_KEYS,
-                                       unrecorded=[(overrides, "invalid input")])
+    table, _ = report_table.runs_table(
+        client,
+        search.sweep_children(client, sweep_store.old_parent_id),
+        SWEPT_KEYS,
+        unrecorded=[(overrides, "invalid input")],
+    )
     assert len(table) == 2
     row = report_table.rank_runs(table).iloc[-1]
     assert row["run_name"] == " ".join(overrides) and row["status"] == "FAILED" and row["run_id"] == ""
@@ -248,6 +272,7 @@ def test_format_table_lists_the_ranked_runs(sweep_table) -> None:
 
 
 # --- files -----------------------------------------------------------------------------------
+
 
 def _assert_real_png(path: Path, min_width: int = 500, min_height: int = 350) -> None:
     from matplotlib import image
@@ -292,15 +317,19 @@ def test_write_report_keeps_top_k_and_colours_by_a_category(sweep_table, tmp_pat
         reports.write_report(table, histories, tmp_path, color_by="optimizer.momentum")
 
 
-def test_a_diverged_run_does_not_flatten_the_learning_curves(sweep_store: SweepStore, sweep_table,
-                                                              tmp_path: Path) -> None:
+def test_a_diverged_run_does_not_flatten_the_learning_curves(
+    sweep_store: SweepStore, sweep_table, tmp_path: Path
+) -> None:
     """A diverging run logs values up to about 1e306 before it stops; drawn as they are on a log
     axis they overflow matplotlib's transform (a RuntimeWarning, an error here)."""
     table, histories = sweep_table
     failed_id = sweep_store.child_ids["lr10-h8x8-moons"]
-    diverged = {**histories, failed_id: {
-        name: MetricHistory(np.arange(4.0), np.array([0.3, 5.0, 1e150, 1e306]))
-        for name in ("train_mse", "val_mse")}}
+    diverged = {
+        **histories,
+        failed_id: {
+            name: MetricHistory(np.arange(4.0), np.array([0.3, 5.0, 1e150, 1e306])) for name in ("train_mse", "val_mse")
+        },
+    }
     reports.write_report(table, diverged, tmp_path)
     _assert_real_png(tmp_path / "learning_curves.png")
 
@@ -313,7 +342,11 @@ def test_learning_curves_name_the_metric_they_draw(sweep_store: SweepStore, swee
     axes = mixed.axes[0]
     assert axes.get_ylabel() == "val_mse"
     assert sorted(line.get_linestyle() for line in axes.get_lines() if len(line.get_xdata()) > 1) == [
-        "-", "-", "-", "--"]
+        "-",
+        "-",
+        "-",
+        "--",
+    ]
     assert "train_mse (no validation split)" in [text.get_text() for text in axes.get_legend().get_texts()]
 
     xor_only = table[table["run_id"] == sweep_store.child_ids["lr1-h8x8-xor"]]
@@ -328,16 +361,22 @@ def _tick_labels(figure, axis) -> list[tuple[str, object]]:
     """The visible tick labels of ``axis`` as drawn: (text, window extent)."""
     renderer = figure.canvas.get_renderer()
     figure.draw(renderer)
-    return [(label.get_text(), label.get_window_extent(renderer)) for label in axis.get_ticklabels()
-            if label.get_visible() and label.get_text()]
+    return [
+        (label.get_text(), label.get_window_extent(renderer))
+        for label in axis.get_ticklabels()
+        if label.get_visible() and label.get_text()
+    ]
 
 
-@pytest.mark.parametrize(("values", "labelled"), [
-    # A grid: every swept value is labelled.
-    ([1.0, 0.1, 0.01, 10.0], ["0.01", "0.1", "1", "10"]),
-    # An Optuna search put two trials 2% apart and a third close by: the labels must not overlap.
-    ([0.224, 0.229, 0.0164, 0.255], ["0.0164", "0.255"]),
-])
+@pytest.mark.parametrize(
+    ("values", "labelled"),
+    [
+        # A grid: every swept value is labelled.
+        ([1.0, 0.1, 0.01, 10.0], ["0.01", "0.1", "1", "10"]),
+        # An Optuna search put two trials 2% apart and a third close by: the labels must not overlap.
+        ([0.224, 0.229, 0.0164, 0.255], ["0.0164", "0.255"]),
+    ],
+)
 def test_swept_values_label_their_axis_without_overlapping(sweep_table, values, labelled) -> None:
     table, histories = sweep_table
     table = table.assign(**{"optimizer.lr": values})
@@ -351,17 +390,23 @@ def test_swept_values_label_their_axis_without_overlapping(sweep_table, values, 
         if len(labelled) == 4:
             assert texts == labelled
         boxes = [box for _, box in drawn]
-        overlapping = [(texts[i], texts[j]) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
-                       if boxes[i].overlaps(boxes[j])]
+        overlapping = [
+            (texts[i], texts[j])
+            for i in range(len(boxes))
+            for j in range(i + 1, len(boxes))
+            if boxes[i].overlaps(boxes[j])
+        ]
         assert not overlapping, texts
 
 
 # --- command line ----------------------------------------------------------------------------
 
+
 def test_main_reports_a_sweep_by_parent_id(sweep_store: SweepStore, tmp_path: Path, capsys) -> None:
     output = tmp_path / "by-parent"
-    code = report_command.main(["--parent", sweep_store.parent_id, "--tracking-uri", sweep_store.uri,
-                        "--output", str(output), "--top-k", "2"])
+    code = report_command.main(
+        ["--parent", sweep_store.parent_id, "--tracking-uri", sweep_store.uri, "--output", str(output), "--top-k", "2"]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert sweep_store.parent_id in out
@@ -372,8 +417,9 @@ def test_main_reports_a_sweep_by_parent_id(sweep_store: SweepStore, tmp_path: Pa
     assert str(output / "moons" / "learning_curves.png") in out
 
 
-def test_main_defaults_to_the_latest_sweep(sweep_store: SweepStore, tmp_path: Path, capsys,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_main_defaults_to_the_latest_sweep(
+    sweep_store: SweepStore, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sweep_store.uri)
     assert report_command.main([]) == 0
@@ -381,13 +427,25 @@ def test_main_defaults_to_the_latest_sweep(sweep_store: SweepStore, tmp_path: Pa
     assert all(name in out for name in EXPECTED_ORDER)
     assert sweep_store.old_child_name not in out and sweep_store.standalone_name not in out
     default_output = tmp_path / "reports" / sweep_store.parent_id
-    assert len(pd.read_csv(default_output / "moons" / "runs.csv")) + len(pd.read_csv(default_output / "xor" / "runs.csv")) \
-        == len(JOBS)
+    assert len(pd.read_csv(default_output / "moons" / "runs.csv")) + len(
+        pd.read_csv(default_output / "xor" / "runs.csv")
+    ) == len(JOBS)
 
 
 def test_main_reports_a_whole_experiment(sweep_store: SweepStore, tmp_path: Path, capsys) -> None:
-    code = report_command.main(["--experiment", EXPERIMENT, "--all-runs", "--tracking-uri", sweep_store.uri,
-                        "--output", str(tmp_path), "--metric", "train_mse"])
+    code = report_command.main(
+        [
+            "--experiment",
+            EXPERIMENT,
+            "--all-runs",
+            "--tracking-uri",
+            sweep_store.uri,
+            "--output",
+            str(tmp_path),
+            "--metric",
+            "train_mse",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert sweep_store.standalone_name in out and sweep_store.old_child_name in out
@@ -398,22 +456,37 @@ def test_main_reports_a_whole_experiment(sweep_store: SweepStore, tmp_path: Path
 
 
 def test_runs_of_different_data_sets_are_ranked_apart_and_runs_without_the_metric_not_at_all(
-        sweep_store: SweepStore, tmp_path: Path, capsys) -> None:
-    code = report_command.main(["--parent", sweep_store.parent_id, "--tracking-uri", sweep_store.uri,
-                                "--output", str(tmp_path), "--metric", "val_mse"])
+    sweep_store: SweepStore, tmp_path: Path, capsys
+) -> None:
+    code = report_command.main(
+        [
+            "--parent",
+            sweep_store.parent_id,
+            "--tracking-uri",
+            sweep_store.uri,
+            "--output",
+            str(tmp_path),
+            "--metric",
+            "val_mse",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     sections = out.split("data set ")[1:]
     assert [section.split(":", 1)[0] for section in sections] == ["moons", "xor"]
     moons_rows = [line.split() for line in sections[0].splitlines() if "-moons" in line]
-    assert [(row[0], row[1]) for row in moons_rows] == [("1", "lr0.1-h4-moons"), ("2", "lr0.01-h4-moons"),
-                                                         ("-", "lr10-h8x8-moons")]  # FAILED: listed, not ranked
+    assert [(row[0], row[1]) for row in moons_rows] == [
+        ("1", "lr0.1-h4-moons"),
+        ("2", "lr0.01-h4-moons"),
+        ("-", "lr10-h8x8-moons"),
+    ]  # FAILED: listed, not ranked
     xor_rows = [line.split() for line in sections[1].splitlines() if "-xor" in line]
     assert [(row[0], row[1]) for row in xor_rows] == [("1", "lr1-h8x8-xor")]
 
 
-def test_main_refuses_a_missing_store_without_creating_it(tmp_path: Path, capsys,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_main_refuses_a_missing_store_without_creating_it(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert report_command.main([]) == 2
@@ -442,14 +515,18 @@ def test_main_leaves_a_file_that_is_not_a_store_untouched(tmp_path: Path, capsys
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    (["--parent", "0123456789abcdef0123456789abcdef"], "no run"),
-    (["--experiment", "no-such-experiment"], "no experiment 'no-such-experiment'"),
-    (["--color-by", "optimizer.momentum"], "not a swept key"),
-    (["--metric", "val_accuracy"], "no run has a value of 'val_accuracy'"),
-])
-def test_main_explains_what_is_missing(sweep_store: SweepStore, tmp_path: Path, capsys, arguments: list[str],
-                                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--parent", "0123456789abcdef0123456789abcdef"], "no run"),
+        (["--experiment", "no-such-experiment"], "no experiment 'no-such-experiment'"),
+        (["--color-by", "optimizer.momentum"], "not a swept key"),
+        (["--metric", "val_accuracy"], "no run has a value of 'val_accuracy'"),
+    ],
+)
+def test_main_explains_what_is_missing(
+    sweep_store: SweepStore, tmp_path: Path, capsys, arguments: list[str], message: str
+) -> None:
     code = report_command.main([*arguments, "--tracking-uri", sweep_store.uri, "--output", str(tmp_path / "out")])
     assert code == 2
     assert message in capsys.readouterr().err

@@ -37,13 +37,25 @@ SWEEP_ENVIRONMENT = ("BPRUN_PARENT_RUN_ID", "BPRUN_EXPERIMENT_ID", "BPRUN_TRACKI
 # would otherwise generate different data, which a rerun rightly refuses.
 ORIGINALS = {
     "moons_gd_full_batch": ("dataset=moons", "dataset.seed=11", "optimizer=gd", "optimizer.lr=2"),
-    "iris_momentum_mini_batch": ("dataset=iris", "optimizer=momentum", "optimizer.lr=0.1",
-                                 "trainer.batch_size=16"),
-    "csv_nesterov_mini_batch": ("dataset=csv", f"dataset.path={CSV_NAME}", "dataset.targets=[y]",
-                                "optimizer=nesterov", "optimizer.lr=0.2", "trainer.batch_size=8"),
+    "iris_momentum_mini_batch": ("dataset=iris", "optimizer=momentum", "optimizer.lr=0.1", "trainer.batch_size=16"),
+    "csv_nesterov_mini_batch": (
+        "dataset=csv",
+        f"dataset.path={CSV_NAME}",
+        "dataset.targets=[y]",
+        "optimizer=nesterov",
+        "optimizer.lr=0.2",
+        "trainer.batch_size=8",
+    ),
 }
-SWEEP = ("-m", "hydra.launcher.n_jobs=2", "dataset=circles", "optimizer=adam",
-         "trainer.batch_size=32", "optimizer.lr=0.1,0.5", "trainer.epochs=20")
+SWEEP = (
+    "-m",
+    "hydra.launcher.n_jobs=2",
+    "dataset=circles",
+    "optimizer=adam",
+    "trainer.batch_size=32",
+    "optimizer.lr=0.1,0.5",
+    "trainer.epochs=20",
+)
 UNTRACKED = ("tracking=none", "dataset=xor", "trainer.epochs=200", "optimizer.lr=2")
 
 
@@ -60,13 +72,22 @@ def test_identical_histories_and_weights_compare_identical() -> None:
 
 def test_first_difference_is_the_earliest_epoch_and_largest_is_over_everything() -> None:
     comparison = Comparison(tolerance=0.0)
-    original = {"train_mse": {0: 0.5, 1: 0.25, 2: 0.125}, "val_mse": {0: 0.5, 1: 0.25, 2: 0.25},
-                "train_accuracy": {0: 0.5, 1: 0.5, 2: 0.75}}
-    rerun = {"train_mse": {0: 0.5, 1: 0.25, 2: 0.126}, "val_mse": {0: 0.5, 1: 0.2500001, 2: 0.25},
-             "train_accuracy": {0: 0.5, 1: 0.75, 2: 0.75}}
+    original = {
+        "train_mse": {0: 0.5, 1: 0.25, 2: 0.125},
+        "val_mse": {0: 0.5, 1: 0.25, 2: 0.25},
+        "train_accuracy": {0: 0.5, 1: 0.5, 2: 0.75},
+    }
+    rerun = {
+        "train_mse": {0: 0.5, 1: 0.25, 2: 0.126},
+        "val_mse": {0: 0.5, 1: 0.2500001, 2: 0.25},
+        "train_accuracy": {0: 0.5, 1: 0.75, 2: 0.75},
+    }
     compare_histories(original, rerun, comparison)
-    compare_weights({"W1": np.zeros((2, 2)), "b1": np.zeros(2)},
-                    {"W1": np.array([[0.0, 0.002], [0.0, 0.0]]), "b1": np.zeros(2)}, comparison)
+    compare_weights(
+        {"W1": np.zeros((2, 2)), "b1": np.zeros(2)},
+        {"W1": np.array([[0.0, 0.002], [0.0, 0.0]]), "b1": np.zeros(2)},
+        comparison,
+    )
     # Epoch 1 is the earliest; of the two metrics differing there, the mse is named first.
     assert (comparison.first.epoch, comparison.first.where) == (1, "val_mse")
     assert (comparison.first.original, comparison.first.rerun) == (0.25, 0.2500001)
@@ -88,8 +109,9 @@ def test_tolerance_is_a_strict_bound_on_the_absolute_difference() -> None:
 
 def test_missing_epochs_metrics_and_weights_are_differences() -> None:
     comparison = Comparison(tolerance=1.0)
-    compare_histories({"train_mse": {0: 0.5, 1: 0.4, 2: 0.3}, "val_mse": {0: 0.5}},
-                      {"train_mse": {0: 0.5, 1: 0.4}}, comparison)
+    compare_histories(
+        {"train_mse": {0: 0.5, 1: 0.4, 2: 0.3}, "val_mse": {0: 0.5}}, {"train_mse": {0: 0.5, 1: 0.4}}, comparison
+    )
     compare_weights({"W1": np.zeros((2, 3)), "b1": np.zeros(3)}, {"W1": np.zeros((3, 2))}, comparison)
     assert (comparison.first.epoch, comparison.first.where, comparison.first.rerun) == (2, "train_mse", None)
     assert "the rerun has no val_mse" in comparison.mismatches
@@ -102,27 +124,51 @@ def test_missing_epochs_metrics_and_weights_are_differences() -> None:
 
 
 def test_provenance_warnings_list_every_differing_tag_old_to_new() -> None:
-    original = {"git.commit": "aaa", "git.dirty": "false", "version.numpy": "2.4.6", "config.sha256": "x",
-                "cwd_git.commit": "c", "blas.threads": "1"}
-    current = {"git.commit": "bbb", "git.dirty": "false", "version.numpy": "2.4.6", "config.sha256": "y",
-               "cwd_git.commit": "d", "blas.threads": "1", "version.mlflow": "3.17.2"}
+    original = {
+        "git.commit": "aaa",
+        "git.dirty": "false",
+        "version.numpy": "2.4.6",
+        "config.sha256": "x",
+        "cwd_git.commit": "c",
+        "blas.threads": "1",
+    }
+    current = {
+        "git.commit": "bbb",
+        "git.dirty": "false",
+        "version.numpy": "2.4.6",
+        "config.sha256": "y",
+        "cwd_git.commit": "d",
+        "blas.threads": "1",
+        "version.mlflow": "3.17.2",
+    }
     assert provenance_warnings(original, current) == [
-        "git.commit: aaa -> bbb", "version.mlflow: not recorded -> 3.17.2"]
+        "git.commit: aaa -> bbb",
+        "version.mlflow: not recorded -> 3.17.2",
+    ]
 
 
 # --- helpers for the end-to-end tests ------------------------------------------------------------
 def _environment(**extra: str) -> dict[str, str]:
     """The inherited environment without anything that would redirect a run (a store, a sweep)."""
-    environment = {key: value for key, value in os.environ.items()
-                   if key not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR", *SWEEP_ENVIRONMENT)}
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR", *SWEEP_ENVIRONMENT)
+    }
     environment["PYTHONDONTWRITEBYTECODE"] = "1"
     environment.update(extra)
     return environment
 
 
 def _python(*arguments: str, cwd: Path, **environment: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *arguments], cwd=cwd, env=_environment(**environment),
-                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_SECONDS)
+    return subprocess.run(
+        [sys.executable, *arguments],
+        cwd=cwd,
+        env=_environment(**environment),
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_SECONDS,
+    )
 
 
 def _output(result: subprocess.CompletedProcess[str]) -> str:
@@ -187,8 +233,9 @@ def _history(client: Any, run_id: str, name: str) -> list[tuple[int, float]]:
 def _weights(uri: str, run_id: str, directory: Path) -> dict[str, np.ndarray]:
     import mlflow.artifacts
 
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="weights.npz",
-                                               dst_path=str(directory / run_id), tracking_uri=uri)
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="weights.npz", dst_path=str(directory / run_id), tracking_uri=uri
+    )
     with np.load(path) as archive:
         return {name: archive[name] for name in archive.files}
 
@@ -217,9 +264,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         store = {"MLFLOW_TRACKING_URI": uri} if tracked else {}
         return lambda: Original(name, cwd, _python("-m", "runner", *overrides, *budget, cwd=cwd, **store))
 
-    made = _in_parallel([original("sweep", SWEEP)]
-                        + [original(name, overrides) for name, overrides in ORIGINALS.items()]
-                        + [original("untracked", UNTRACKED, tracked=False)])
+    made = _in_parallel(
+        [original("sweep", SWEEP)]
+        + [original(name, overrides) for name, overrides in ORIGINALS.items()]
+        + [original("untracked", UNTRACKED, tracked=False)]
+    )
     sweep, *singles, untracked = made
     originals = {made_run.name: made_run for made_run in singles}
     for made_run in originals.values():
@@ -233,17 +282,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     sweep_child = json.loads((job_folder / "mlflow_run.json").read_text())["run_id"]
 
     moons, iris, csv = (originals[name] for name in ORIGINALS)
-    reruns = dict(zip(
-        [*ORIGINALS, "sweep"],
-        _in_parallel([
-            # The default store: ./mlflow.db in the directory the command starts in.
-            lambda: _python("-m", "runner.commands.rerun", moons.run_id, cwd=base),
-            lambda: _python("-m", "runner.commands.rerun", iris.run_id, "--tracking-uri", uri, cwd=elsewhere),
-            # Started elsewhere: the CSV's relative path must still find the original's file.
-            lambda: _python("-m", "runner.commands.rerun", csv.run_id, cwd=elsewhere, MLFLOW_TRACKING_URI=uri),
-            # The job folder's .hydra: mlflow_run.json beside it names the run and the store.
-            lambda: _python("-m", "runner.commands.rerun", str(job_folder / ".hydra"), cwd=elsewhere),
-        ])))
+    reruns = dict(
+        zip(
+            [*ORIGINALS, "sweep"],
+            _in_parallel(
+                [
+                    # The default store: ./mlflow.db in the directory the command starts in.
+                    lambda: _python("-m", "runner.commands.rerun", moons.run_id, cwd=base),
+                    lambda: _python("-m", "runner.commands.rerun", iris.run_id, "--tracking-uri", uri, cwd=elsewhere),
+                    # Started elsewhere: the CSV's relative path must still find the original's file.
+                    lambda: _python("-m", "runner.commands.rerun", csv.run_id, cwd=elsewhere, MLFLOW_TRACKING_URI=uri),
+                    # The job folder's .hydra: mlflow_run.json beside it names the run and the store.
+                    lambda: _python("-m", "runner.commands.rerun", str(job_folder / ".hydra"), cwd=elsewhere),
+                ]
+            ),
+        )
+    )
     return World(base, uri, originals, sweep, sweep_child, job_folder, untracked, reruns)
 
 
@@ -256,8 +310,9 @@ def test_rerun_is_identical_and_recorded_beside_the_original(world: World, case:
     original_id = world.sweep_child if case == "sweep" else world.originals[case].run_id
     client = world.client()
     epochs = client.get_run(original_id).data.tags["epochs_run"]
-    assert result.stdout.splitlines()[0] == f"identical ({epochs} epoch(s) and the final weights compared)", \
-        _output(result)
+    assert result.stdout.splitlines()[0] == f"identical ({epochs} epoch(s) and the final weights compared)", _output(
+        result
+    )
 
     (new,) = world.runs_tagged("rerun_of", original_id)
     original = client.get_run(original_id)
@@ -312,7 +367,8 @@ def test_perturbed_rerun_from_a_hydra_folder_differs_from_epoch_0(world: World, 
     assert first.original != first.rerun
     assert report.summary().startswith(
         f"different: first at epoch 0 in train_mse (original {first.original!r}, rerun {first.rerun!r}); "
-        "largest absolute difference ")
+        "largest absolute difference "
+    )
     new = world.client().get_run(report.rerun_run_id)
     assert new.data.tags["rerun_of"] == moons.run_id
     assert new.data.tags["rerun.result"] == "different"
@@ -336,13 +392,19 @@ def test_changed_weights_are_different_unless_within_tolerance(world: World, mon
 
     assert main([iris.run_id]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert re.fullmatch(r"different: every compared metric agrees but the final weights differ; "
-                        r"largest absolute difference 1e-09 \(layer2 weights\) "
-                        r"\(\d+ epoch\(s\) and the final weights compared\)", lines[0]), lines
+    assert re.fullmatch(
+        r"different: every compared metric agrees but the final weights differ; "
+        r"largest absolute difference 1e-09 \(layer2 weights\) "
+        r"\(\d+ epoch\(s\) and the final weights compared\)",
+        lines[0],
+    ), lines
     assert main([iris.run_id, "--tolerance", "1e-6"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert re.fullmatch(r"identical within tolerance 1e-06 \(\d+ epoch\(s\) and the final weights compared\): "
-                        r"largest absolute difference 1e-09 \(layer2 weights\)", lines[0]), lines
+    assert re.fullmatch(
+        r"identical within tolerance 1e-06 \(\d+ epoch\(s\) and the final weights compared\): "
+        r"largest absolute difference 1e-09 \(layer2 weights\)",
+        lines[0],
+    ), lines
     assert len(world.runs_tagged("rerun_of", iris.run_id)) == 3
 
 
@@ -361,7 +423,9 @@ def test_changed_csv_is_refused_with_both_fingerprints_and_provenance_warned(wor
     rows[5] = ",".join(cells)
     table.write_text("\n".join(rows) + "\n")
 
-    result = _python("-m", "runner.commands.rerun", csv.run_id, "--tracking-uri", world.uri, cwd=world.base / "elsewhere")
+    result = _python(
+        "-m", "runner.commands.rerun", csv.run_id, "--tracking-uri", world.uri, cwd=world.base / "elsewhere"
+    )
     assert result.returncode == 2, _output(result)
     assert result.stdout == ""
     assert "refusing to rerun" in result.stderr and str(table) in result.stderr
@@ -402,7 +466,7 @@ def test_bad_sources_are_errors(world: World) -> None:
     with pytest.raises(RerunError, match=f"no run {'f' * 32} in {re.escape(world.uri)}"):
         rerun("f" * 32, tracking_uri=world.uri)
     sweep_folder = world.sweep_job_folder.parent
-    with pytest.raises(RerunError, match="is a whole sweep; pass one job's folder: .*/0, .*/1"):
+    with pytest.raises(RerunError, match=r"is a whole sweep; pass one job's folder: .*/0, .*/1"):
         rerun(str(sweep_folder))
     with pytest.raises(RerunError, match="neither an existing folder nor an MLflow run id"):
         rerun("outputs/no-such-folder")
@@ -449,8 +513,10 @@ def test_a_killed_original_is_compared_over_the_epochs_it_logged(tmp_path: Path,
     assert (original.info.status, original.data.tags["epochs_run"]) == ("KILLED", "30")
     report = rerun(original.info.run_id, tracking_uri=store.uri)
     assert report.identical and report.comparison.epochs_compared == 30
-    assert report.summary() == ("identical (30 epoch(s) compared; the original was KILLED after 30 epoch(s), "
-                                "so only those, and no final weights, are compared)")
+    assert report.summary() == (
+        "identical (30 epoch(s) compared; the original was KILLED after 30 epoch(s), "
+        "so only those, and no final weights, are compared)"
+    )
 
 
 # --- the same config in 20 fresh processes ---------------------------------------------------------
@@ -481,17 +547,31 @@ def test_same_config_in_fresh_processes_gives_identical_histories_and_weights(tm
     import runner.hydra_app.app  # noqa: F401  (registers the schemas conf/ builds on)
 
     with initialize_config_module(config_module="runner.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "tracking=none", "dataset=moons", "optimizer=adam", "optimizer.lr=0.01", "model.hidden=[64,64]",
-            "trainer.batch_size=32", "trainer.epochs=40"])
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                "tracking=none",
+                "dataset=moons",
+                "optimizer=adam",
+                "optimizer.lr=0.01",
+                "model.hidden=[64,64]",
+                "trainer.batch_size=32",
+                "trainer.epochs=40",
+            ],
+        )
     config_path = tmp_path / "config.yaml"
     OmegaConf.save(cfg, config_path)
     script = tmp_path / "fingerprint.py"
     script.write_text(DETERMINISM_SCRIPT)
 
     def job(number: int):
-        return lambda: _python(str(script), str(config_path), cwd=tmp_path, PYTHONHASHSEED=str(number),
-                               OPENBLAS_NUM_THREADS=str(1 + number % 2))
+        return lambda: _python(
+            str(script),
+            str(config_path),
+            cwd=tmp_path,
+            PYTHONHASHSEED=str(number),
+            OPENBLAS_NUM_THREADS=str(1 + number % 2),
+        )
 
     results = _in_parallel([job(number) for number in range(FRESH_PROCESSES)])
     for result in results:

@@ -60,10 +60,26 @@ class Server:
         environment.pop("MLFLOW_TRACKING_URI", None)
         with open(self.folder / "server.log", "a") as log:
             self.process = subprocess.Popen(
-                [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-                 "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination", str(self.folder / "art"),
-                 *(["--app-name", "bprun"] if self.endpoint else [])],
-                stdout=log, stderr=log, env=environment, start_new_session=True)
+                [
+                    str(mlflow),
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "1",
+                    "--backend-store-uri",
+                    f"sqlite:///{self.db}",
+                    "--artifacts-destination",
+                    str(self.folder / "art"),
+                    *(["--app-name", "bprun"] if self.endpoint else []),
+                ],
+                stdout=log,
+                stderr=log,
+                env=environment,
+                start_new_session=True,
+            )
 
         def healthy() -> bool:
             try:
@@ -88,13 +104,27 @@ def play(name: str, base: Path) -> dict[str, Any]:
     server.start()
     staging = cwd / "tmp"
     staging.mkdir(parents=True)
-    process = Background(*SCENARIOS[name], f"tracking.uri={server.uri}", f"tracking.http_timeout={HTTP_TIMEOUT}",
-                         f"tracking.http_retries={HTTP_RETRIES}", cwd=cwd, uri=None, env={"TMPDIR": str(staging)})
+    process = Background(
+        *SCENARIOS[name],
+        f"tracking.uri={server.uri}",
+        f"tracking.http_timeout={HTTP_TIMEOUT}",
+        f"tracking.http_retries={HTTP_RETRIES}",
+        cwd=cwd,
+        uri=None,
+        env={"TMPDIR": str(staging)},
+    )
     logging_runs = 2 if name == "sweep" else 1
     try:
-        wait_until(lambda: server.db.exists() and query(
-            server.db, "SELECT count(DISTINCT run_uuid) FROM metrics")[0][0] >= logging_runs,
-            START_TIMEOUT, f"{logging_runs} run(s) logging to the server", process, interval=0.1)
+        wait_until(
+            lambda: (
+                server.db.exists()
+                and query(server.db, "SELECT count(DISTINCT run_uuid) FROM metrics")[0][0] >= logging_runs
+            ),
+            START_TIMEOUT,
+            f"{logging_runs} run(s) logging to the server",
+            process,
+            interval=0.1,
+        )
         killed = server.kill()
         result = process.wait(killed, timeout=EXIT_BOUND_SECONDS + 60)
         leftovers = process.leftovers()
@@ -108,20 +138,32 @@ def play(name: str, base: Path) -> dict[str, Any]:
         store = MlflowClient(server.uri)
         ids = [e.experiment_id for e in store.search_experiments(view_type=ViewType.ALL)]
         runs = store.search_runs(ids, run_view_type=ViewType.ALL)
-        steps = {run.info.run_id: sorted(m.step for m in store.get_metric_history(run.info.run_id, "train_mse"))
-                 for run in runs}
+        steps = {
+            run.info.run_id: sorted(m.step for m in store.get_metric_history(run.info.run_id, "train_mse"))
+            for run in runs
+        }
         configs = {}
         for run in runs:
             if "bprun.sweep" not in run.data.tags:
-                local = store.download_artifacts(run.info.run_id, "config.yaml", str(cwd / "downloaded" / run.info.run_id))
+                local = store.download_artifacts(
+                    run.info.run_id, "config.yaml", str(cwd / "downloaded" / run.info.run_id)
+                )
                 configs[run.info.run_id] = Path(local).read_text()
         doctor = cli("--tracking-uri", server.uri, cwd=cwd, module="runner.commands.doctor")
         after_doctor = {run.info.run_id: run.info.status for run in store.search_runs(ids, run_view_type=ViewType.ALL)}
     finally:
         server.kill()
-    return {"result": result, "leftovers": leftovers, "runs": runs, "steps": steps, "configs": configs,
-            "server_log": (server.folder / "server.log").read_text(),
-            "doctor": doctor, "after_doctor": after_doctor, "staging": staging}
+    return {
+        "result": result,
+        "leftovers": leftovers,
+        "runs": runs,
+        "steps": steps,
+        "configs": configs,
+        "server_log": (server.folder / "server.log").read_text(),
+        "doctor": doctor,
+        "after_doctor": after_doctor,
+        "staging": staging,
+    }
 
 
 def test_a_run_logs_every_value_to_mlflows_own_server_which_has_no_metrics_endpoint(tmp_path: Path) -> None:

@@ -50,18 +50,24 @@ SWEEP_TAG = "bprun.sweep"
 PARENT_TAG = "mlflow.parentRunId"
 
 GRID_EPOCHS = 50
-GRID = ("optimizer.lr=0.5,2.0", "model.hidden=[4],[8]", f"trainer.epochs={GRID_EPOCHS}",
-        "tracking.tensors_every=0")
+GRID = ("optimizer.lr=0.5,2.0", "model.hidden=[4],[8]", f"trainer.epochs={GRID_EPOCHS}", "tracking.tensors_every=0")
 GRID_COMBINATIONS = {(0.5, "[4]"), (0.5, "[8]"), (2.0, "[4]"), (2.0, "[8]")}
 WORKERS = ("hydra.launcher.n_jobs=2",)
 
 OPTUNA_EPOCHS = 300
-OPTUNA = ("hydra/sweeper=optuna", "hydra.sweeper.n_trials=6", "hydra.sweeper.seed=0",
-          "optimizer.lr=tag(log,interval(0.5,8))", "model.hidden=choice([4],[8])",
-          f"trainer.epochs={OPTUNA_EPOCHS}", "tracking.tensors_every=0")
+OPTUNA = (
+    "hydra/sweeper=optuna",
+    "hydra.sweeper.n_trials=6",
+    "hydra.sweeper.seed=0",
+    "optimizer.lr=tag(log,interval(0.5,8))",
+    "model.hidden=choice([4],[8])",
+    f"trainer.epochs={OPTUNA_EPOCHS}",
+    "tracking.tensors_every=0",
+)
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Sweep:
@@ -83,15 +89,18 @@ RunSweep = Callable[..., Sweep]
 
 
 @pytest.fixture(scope="session")
-def run_sweep(run_cli: Callable[..., subprocess.CompletedProcess[str]],
-              store_at: Callable[[Path], Any]) -> RunSweep:
+def run_sweep(run_cli: Callable[..., subprocess.CompletedProcess[str]], store_at: Callable[[Path], Any]) -> RunSweep:
     """``run_sweep(directory, *overrides)``: ``bprun -m <overrides>`` with ``directory`` as the
     working directory and a fresh store in it; the single sweep parent and its children."""
     return lambda directory, *overrides: _run_sweep(run_cli, store_at, directory, *overrides)
 
 
-def _run_sweep(run_cli: Callable[..., subprocess.CompletedProcess[str]], store_at: Callable[[Path], Any],
-               directory: Path, *overrides: str) -> Sweep:
+def _run_sweep(
+    run_cli: Callable[..., subprocess.CompletedProcess[str]],
+    store_at: Callable[[Path], Any],
+    directory: Path,
+    *overrides: str,
+) -> Sweep:
     store = store_at(directory)
     assert not store.db.exists(), "each sweep starts on a fresh SQLite file"
     result = run_cli("-m", *overrides, cwd=directory, env={"MLFLOW_TRACKING_URI": store.uri})
@@ -99,8 +108,10 @@ def _run_sweep(run_cli: Callable[..., subprocess.CompletedProcess[str]], store_a
     parents = [run for run in runs if run.data.tags.get(SWEEP_TAG) == "true"]
     assert len(parents) == 1, f"expected one sweep parent, found {len(parents)}\n{result.stdout}\n{result.stderr}"
     parent = parents[0]
-    children = sorted((run for run in runs if run.data.tags.get(PARENT_TAG) == parent.info.run_id),
-                      key=lambda run: (run.info.start_time, run.info.run_id))
+    children = sorted(
+        (run for run in runs if run.data.tags.get(PARENT_TAG) == parent.info.run_id),
+        key=lambda run: (run.info.start_time, run.info.run_id),
+    )
     return Sweep(directory, store, result, parent, children, runs)
 
 
@@ -129,6 +140,7 @@ def assert_non_trivial_png(path: Path) -> None:
 
 
 # --- 1. a grid with the basic launcher -------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def basic_grid(run_sweep: RunSweep, tmp_path_factory: pytest.TempPathFactory) -> Sweep:
@@ -194,24 +206,30 @@ def test_basic_grid_is_one_parent_with_four_finished_children(basic_grid: Sweep)
 
 
 def test_jobs_that_differ_only_in_keys_outside_the_default_name_get_names_that_tell_them_apart(
-        tmp_path: Path, run_sweep: RunSweep) -> None:
+    tmp_path: Path, run_sweep: RunSweep
+) -> None:
     sweep = run_sweep(tmp_path, "seed=0,1", "trainer.epochs=3,4", "model.activation=tanh", "optimizer.lr=0.4")
     assert sweep.result.returncode == 0, sweep.output
     names = sorted(child.info.run_name for child in sweep.children)
     assert names == [f"seed{seed}-epochs{epochs}-xor-gd-lr0.4-h8" for seed in (0, 1) for epochs in (3, 4)]
     for child in sweep.children:  # each name says the job's own values first
-        assert child.info.run_name.startswith(f"seed{child.data.params['seed']}-epochs{child.data.params['trainer.epochs']}-")
+        assert child.info.run_name.startswith(
+            f"seed{child.data.params['seed']}-epochs{child.data.params['trainer.epochs']}-"
+        )
     assert sweep.parent.info.run_name == "seed x epochs sweep (4 jobs)"
 
 
-@pytest.mark.parametrize(("values", "name"), [
-    ({"seed": 1}, "seed1-base"),
-    ({"trainer.epochs": 20, "seed": 0}, "epochs20-seed0-base"),
-    ({"model.activation": "tanh"}, "activation_tanh-base"),
-    ({"optimizer.lr": 0.5, "model.hidden": [4, 4], "dataset": "moons"}, "base"),  # already in every name
-    ({"model.seed": 1, "seed": 2}, "model.seed1-seed2-base"),  # the same last part: whole keys
-    ({"trainer.batch_size": None}, "batch_size_None-base"),
-])
+@pytest.mark.parametrize(
+    ("values", "name"),
+    [
+        ({"seed": 1}, "seed1-base"),
+        ({"trainer.epochs": 20, "seed": 0}, "epochs20-seed0-base"),
+        ({"model.activation": "tanh"}, "activation_tanh-base"),
+        ({"optimizer.lr": 0.5, "model.hidden": [4, 4], "dataset": "moons"}, "base"),  # already in every name
+        ({"model.seed": 1, "seed": 2}, "model.seed1-seed2-base"),  # the same last part: whole keys
+        ({"trainer.batch_size": None}, "batch_size_None-base"),
+    ],
+)
 def test_a_jobs_name_starts_with_its_swept_values(values: dict, name: str) -> None:
     from runner.sweeps.naming import job_name
 
@@ -228,9 +246,11 @@ def test_a_parents_name_starts_with_what_varies() -> None:
 
 # --- 2. the same grid with parallel workers --------------------------------------------------
 
+
 @pytest.mark.parametrize("attempt", [1, 2, 3])
-def test_a_grid_on_two_workers_on_a_fresh_store(attempt: int, tmp_path: Path, basic_grid: Sweep,
-                                                run_sweep: RunSweep) -> None:
+def test_a_grid_on_two_workers_on_a_fresh_store(
+    attempt: int, tmp_path: Path, basic_grid: Sweep, run_sweep: RunSweep
+) -> None:
     """Parallel first use of a fresh SQLite file can corrupt it and drop runs into the Default
     experiment; three fresh stores in a row must all come out whole. The store's path carries
     characters a Hydra override treats specially."""
@@ -274,26 +294,43 @@ def test_a_grid_on_two_workers_on_a_fresh_store(attempt: int, tmp_path: Path, ba
         assert job_sweep.tracking_uri == sweep.store.uri
 
 
-@pytest.mark.parametrize("uri", ["sqlite:////tmp/a b/x=1,y:2/mlflow.db", "http://user:p%40ss@127.0.0.1:5000",
-                                 "file:///tmp/[x]", "sqlite:////tmp/it's/mlflow.db", "sqlite:////tmp/${x}/$y.db",
-                                 "file:///C:\\x\\", "sqlite:////tmp/%27%25/mlflow.db"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "sqlite:////tmp/a b/x=1,y:2/mlflow.db",
+        "http://user:p%40ss@127.0.0.1:5000",
+        "file:///tmp/[x]",
+        "sqlite:////tmp/it's/mlflow.db",
+        "sqlite:////tmp/${x}/$y.db",
+        "file:///C:\\x\\",
+        "sqlite:////tmp/%27%25/mlflow.db",
+    ],
+)
 def test_a_job_composed_with_its_sweeps_overrides_reads_the_sweep_back(uri: str) -> None:
     from hydra import compose, initialize_config_module
 
-    sweep = SweepRun("0123abcd", "7", uri, sync_target=f"{uri}-target",
-                     http_settings=(("MLFLOW_HTTP_REQUEST_TIMEOUT", "5"),))
+    sweep = SweepRun(
+        "0123abcd", "7", uri, sync_target=f"{uri}-target", http_settings=(("MLFLOW_HTTP_REQUEST_TIMEOUT", "5"),)
+    )
     with initialize_config_module(config_module="runner.conf", version_base="1.3"):
-        job = compose(config_name="config", overrides=["optimizer.lr=0.5", *sweep.job_overrides()],
-                      return_hydra_config=True)
+        job = compose(
+            config_name="config", overrides=["optimizer.lr=0.5", *sweep.job_overrides()], return_hydra_config=True
+        )
     assert SweepRun.from_job_environment(job.hydra.job.env_set) == sweep
     assert job.optimizer.lr == 0.5
 
 
 # --- 3. failed jobs --------------------------------------------------------------------------
 
+
 def test_a_diverging_job_fails_alone_and_the_sweep_exits_non_zero(tmp_path: Path, run_sweep: RunSweep) -> None:
-    sweep = run_sweep(tmp_path, "model.output_activation=identity", "optimizer.lr=0.5,1e6",
-                      "trainer.epochs=60", "tracking.tensors_every=0")
+    sweep = run_sweep(
+        tmp_path,
+        "model.output_activation=identity",
+        "optimizer.lr=0.5,1e6",
+        "trainer.epochs=60",
+        "tracking.tensors_every=0",
+    )
     assert sweep.result.returncode != 0, sweep.output
     assert len(sweep.children) == 2, sweep.output
     by_lr = {float(child.data.params["optimizer.lr"]): child for child in sweep.children}
@@ -310,15 +347,17 @@ def test_a_diverging_job_fails_alone_and_the_sweep_exits_non_zero(tmp_path: Path
     assert sweep.parent.data.tags["sweep.jobs"] == "2"
 
     # The summary table on stdout lists the failed run with its reason.
-    failed_lines = [line for line in sweep.result.stdout.splitlines()
-                    if diverged.info.run_name in line and "FAILED" in line]
+    failed_lines = [
+        line for line in sweep.result.stdout.splitlines() if diverged.info.run_name in line and "FAILED" in line
+    ]
     assert failed_lines, sweep.output
     assert "diverged at epoch" in failed_lines[0]
 
 
 @pytest.mark.parametrize("bad", ["optimizer.lr=0.5,-1", "optimizer.lr=0.5,${model.activation}"])
-def test_a_value_that_does_not_validate_stops_the_sweep_before_anything_runs(bad: str, tmp_path: Path,
-                                                                              run_cli, store_at) -> None:
+def test_a_value_that_does_not_validate_stops_the_sweep_before_anything_runs(
+    bad: str, tmp_path: Path, run_cli, store_at
+) -> None:
     store = store_at(tmp_path)
     result = run_cli("-m", bad, "trainer.epochs=5", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": store.uri})
     assert result.returncode == 2, result.stderr
@@ -330,11 +369,18 @@ def test_a_value_that_does_not_validate_stops_the_sweep_before_anything_runs(bad
 def test_a_job_whose_data_cannot_be_read_fails_alone_and_is_listed(tmp_path: Path, run_sweep: RunSweep) -> None:
     (tmp_path / "good.csv").write_text("x,y\n" + "".join(f"{i},{i % 2}\n" for i in range(20)))
     (tmp_path / "bad.csv").write_text("x,y\n1,0\n2,oops\n" + "".join(f"{i},{i % 2}\n" for i in range(20)))
-    sweep = run_sweep(tmp_path, "dataset=csv", "dataset.path=good.csv,bad.csv", "dataset.targets=[y]",
-                      "trainer.epochs=5", "tracking.tensors_every=0")
+    sweep = run_sweep(
+        tmp_path,
+        "dataset=csv",
+        "dataset.path=good.csv,bad.csv",
+        "dataset.targets=[y]",
+        "trainer.epochs=5",
+        "tracking.tensors_every=0",
+    )
     assert sweep.result.returncode == 1, sweep.output
-    assert "job #1 failed: bad.csv: data row 2, column 'y'" in sweep.result.stderr.replace(str(tmp_path) + "/", ""), \
+    assert "job #1 failed: bad.csv: data row 2, column 'y'" in sweep.result.stderr.replace(str(tmp_path) + "/", ""), (
         sweep.output
+    )
     assert statuses(sweep) == ["FINISHED"], "the failed job has no run"
     assert sweep.parent.info.status == "FAILED"
     assert (sweep.parent.data.tags["sweep.jobs"], sweep.parent.data.tags["sweep.failed_jobs"]) == ("2", "1")
@@ -345,22 +391,37 @@ def test_a_job_whose_data_cannot_be_read_fails_alone_and_is_listed(tmp_path: Pat
 
 @pytest.mark.parametrize("launcher", [(), WORKERS], ids=["in-process", "workers"])
 def test_a_sweep_whose_overrides_do_not_compose_leaves_nothing_in_the_store(
-        launcher: tuple[str, ...], tmp_path: Path, run_cli, store_at) -> None:
+    launcher: tuple[str, ...], tmp_path: Path, run_cli, store_at
+) -> None:
     store = store_at(tmp_path)
-    result = run_cli("-m", "dataset=xor", "optimizer=gd,bogus", "trainer.epochs=5", *launcher,
-                     cwd=tmp_path, env={"MLFLOW_TRACKING_URI": store.uri})
+    result = run_cli(
+        "-m",
+        "dataset=xor",
+        "optimizer=gd,bogus",
+        "trainer.epochs=5",
+        *launcher,
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": store.uri},
+    )
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == ("bprun: optimizer=bogus: no such option; choose one of adam, gd, momentum, "
-                                     "nesterov"), result.stderr
+    assert result.stderr.strip() == (
+        "bprun: optimizer=bogus: no such option; choose one of adam, gd, momentum, nesterov"
+    ), result.stderr
     assert not store.db.exists(), "no parent run, not even a store, for a sweep that cannot start"
 
 
-def test_a_sweep_stopped_by_an_error_between_batches_ends_its_parent_failed(
-        tmp_path: Path, run_cli, store_at) -> None:
+def test_a_sweep_stopped_by_an_error_between_batches_ends_its_parent_failed(tmp_path: Path, run_cli, store_at) -> None:
     # One job per batch: the first runs, then the second fails to compose and Hydra stops.
     store = store_at(tmp_path)
-    result = run_cli("-m", "dataset=xor", "optimizer=gd,bogus", "trainer.epochs=5", "hydra.sweeper.max_batch_size=1",
-                     cwd=tmp_path, env={"MLFLOW_TRACKING_URI": store.uri})
+    result = run_cli(
+        "-m",
+        "dataset=xor",
+        "optimizer=gd,bogus",
+        "trainer.epochs=5",
+        "hydra.sweeper.max_batch_size=1",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": store.uri},
+    )
     assert result.returncode == 2, result.stderr
     assert "bprun: optimizer=bogus: no such option" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
@@ -373,6 +434,7 @@ def test_a_sweep_stopped_by_an_error_between_batches_ends_its_parent_failed(
 
 
 # --- 4. clean values -------------------------------------------------------------------------
+
 
 def test_hydra_float_range_is_logged_as_typed(tmp_path: Path, run_sweep: RunSweep) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -397,40 +459,50 @@ def test_hydra_float_range_is_logged_as_typed(tmp_path: Path, run_sweep: RunSwee
     assert "0.30000000000000004" not in sweep.parent.data.params["sweep.optimizer.lr"]
 
     (child,) = [child for child in sweep.children if child.data.params["optimizer.lr"] == "0.3"]
-    config_path = Path(sweep.store.client().download_artifacts(child.info.run_id, "config.yaml",
-                                                               str(tmp_path / "artifacts")))
+    config_path = Path(
+        sweep.store.client().download_artifacts(child.info.run_id, "config.yaml", str(tmp_path / "artifacts"))
+    )
     text = config_path.read_text()
     assert "0.30000000000000004" not in text
     assert yaml.safe_load(text)["optimizer"]["lr"] == 0.3
     # Hydra's log of the jobs, the job's overrides and its Hydra folder say 0.3 too.
     assert "optimizer.lr=0.3 " in sweep.result.stdout and "0.30000000000000004" not in sweep.result.stdout
-    overrides = yaml.safe_load(Path(sweep.store.client().download_artifacts(
-        child.info.run_id, "overrides.yaml", str(tmp_path / "overrides"))).read_text())
+    overrides = yaml.safe_load(
+        Path(
+            sweep.store.client().download_artifacts(child.info.run_id, "overrides.yaml", str(tmp_path / "overrides"))
+        ).read_text()
+    )
     assert "optimizer.lr=0.3" in overrides
 
 
 # --- starting the workers -------------------------------------------------------------------
 
+
 def test_the_worker_preload_imports_what_a_job_needs() -> None:
     """The fork server ignores a preload that fails to import (the workers would silently start
     cold): import it for real, in a fresh interpreter."""
-    check = ("import sys, runner.sweeps.worker_preload\n"
-             "needed = ('mlflow', 'matplotlib', 'hydra', 'runner.core.tracked', 'runner.sweeps.local_launcher')\n"
-             "assert all(name in sys.modules for name in needed), [n for n in needed if n not in sys.modules]\n")
+    check = (
+        "import sys, runner.sweeps.worker_preload\n"
+        "needed = ('mlflow', 'matplotlib', 'hydra', 'runner.core.tracked', 'runner.sweeps.local_launcher')\n"
+        "assert all(name in sys.modules for name in needed), [n for n in needed if n not in sys.modules]\n"
+    )
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize(("arguments", "requested"), [
-    (["-m", "hydra.launcher.n_jobs=2", "optimizer.lr=0.1,1"], True),
-    (["--multirun", "hydra/launcher=local", "hydra.launcher.n_jobs=4"], True),
-    (["hydra.launcher.n_jobs=2", "optimizer.lr=0.1"], False),  # a single run
-    (["-m", "optimizer.lr=0.1,1"], False),  # one job at a time, in bprun's process
-    (["-m", "hydra.launcher.n_jobs=2", "hydra.launcher.n_jobs=1"], False),  # the last one counts
-    (["-m", "hydra.launcher.n_jobs=2", "hydra/launcher=basic"], False),  # another launcher
-    (["-m", "hydra.launcher.n_jobs=2", "--cfg", "job"], False),  # prints, runs nothing
-    (["-m", "hydra.launcher.n_jobs=2", "--help"], False),
-])
+@pytest.mark.parametrize(
+    ("arguments", "requested"),
+    [
+        (["-m", "hydra.launcher.n_jobs=2", "optimizer.lr=0.1,1"], True),
+        (["--multirun", "hydra/launcher=local", "hydra.launcher.n_jobs=4"], True),
+        (["hydra.launcher.n_jobs=2", "optimizer.lr=0.1"], False),  # a single run
+        (["-m", "optimizer.lr=0.1,1"], False),  # one job at a time, in bprun's process
+        (["-m", "hydra.launcher.n_jobs=2", "hydra.launcher.n_jobs=1"], False),  # the last one counts
+        (["-m", "hydra.launcher.n_jobs=2", "hydra/launcher=basic"], False),  # another launcher
+        (["-m", "hydra.launcher.n_jobs=2", "--cfg", "job"], False),  # prints, runs nothing
+        (["-m", "hydra.launcher.n_jobs=2", "--help"], False),
+    ],
+)
 def test_the_fork_server_starts_first_thing_only_for_parallel_workers(arguments, requested) -> None:
     assert parallel_workers_requested(arguments) is requested
 
@@ -438,15 +510,18 @@ def test_the_fork_server_starts_first_thing_only_for_parallel_workers(arguments,
 def test_bprun_can_start_the_fork_server_before_importing_anything_but_the_standard_library() -> None:
     """Its point: Hydra and the app import meanwhile. (So do the signal handlers: a Ctrl-C while
     the rest imports is recorded, not a traceback.)"""
-    check = ("import sys, runner.commands.bprun\n"
-             "third_party = sorted({name.partition('.')[0] for name in sys.modules} - set(sys.stdlib_module_names)"
-             " - {'runner', '__main__', '__mp_main__', '_distutils_hack'})\n"
-             "assert not [name for name in third_party if not name.startswith('__editable__')], third_party\n")
+    check = (
+        "import sys, runner.commands.bprun\n"
+        "third_party = sorted({name.partition('.')[0] for name in sys.modules} - set(sys.stdlib_module_names)"
+        " - {'runner', '__main__', '__mp_main__', '_distutils_hack'})\n"
+        "assert not [name for name in third_party if not name.startswith('__editable__')], third_party\n"
+    )
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
 
 # --- 5. Optuna -------------------------------------------------------------------------------
+
 
 def optuna_results(sweep: Sweep) -> dict[str, Any]:
     found = list((sweep.cwd / "outputs" / "multirun").rglob("optimization_results.yaml"))
@@ -504,7 +579,8 @@ def test_optuna_sweep_reports_the_best_child(optuna_sweep: Sweep) -> None:
 
 
 def test_optuna_sweep_with_the_same_seed_proposes_the_same_trials(
-        optuna_sweep: Sweep, tmp_path: Path, run_sweep: RunSweep) -> None:
+    optuna_sweep: Sweep, tmp_path: Path, run_sweep: RunSweep
+) -> None:
     again = run_sweep(tmp_path, *OPTUNA)
     assert again.result.returncode == 0, again.output
 
@@ -513,12 +589,14 @@ def test_optuna_sweep_with_the_same_seed_proposes_the_same_trials(
 
     assert trials(again) == trials(optuna_sweep)
     assert len(set(trials(again))) == 6
-    assert [c.data.metrics["train_mse"] for c in again.children] == \
-        [c.data.metrics["train_mse"] for c in optuna_sweep.children]
+    assert [c.data.metrics["train_mse"] for c in again.children] == [
+        c.data.metrics["train_mse"] for c in optuna_sweep.children
+    ]
     assert optuna_results(again) == optuna_results(optuna_sweep)
 
 
 # --- 6. bprun-report -------------------------------------------------------------------------
+
 
 def test_report_on_the_latest_sweep(basic_grid: Sweep, tmp_path: Path) -> None:
     import pandas as pd
@@ -527,8 +605,21 @@ def test_report_on_the_latest_sweep(basic_grid: Sweep, tmp_path: Path) -> None:
     environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     environment["PYTHONDONTWRITEBYTECODE"] = "1"
     result = subprocess.run(
-        [sys.executable, "-m", "runner.commands.report", "--tracking-uri", basic_grid.store.uri, "--output", str(output)],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "runner.commands.report",
+            "--tracking-uri",
+            basic_grid.store.uri,
+            "--output",
+            str(output),
+        ],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert basic_grid.parent.info.run_id in result.stdout  # the latest sweep by default
 
@@ -539,8 +630,9 @@ def test_report_on_the_latest_sweep(basic_grid: Sweep, tmp_path: Path) -> None:
     # Ranked by final val_mse, which xor lacks: train_mse stands in, lowest first.
     finals = table["final_train_mse"].to_numpy(dtype=float)
     assert np.all(np.diff(finals) >= 0), finals
-    assert sorted(zip(table["optimizer.lr"].astype(float), table["model.hidden"].astype(str))) == \
-        sorted(GRID_COMBINATIONS)
+    assert sorted(zip(table["optimizer.lr"].astype(float), table["model.hidden"].astype(str))) == sorted(
+        GRID_COMBINATIONS
+    )
     by_run = {child.info.run_id: child.data.metrics["train_mse"] for child in basic_grid.children}
     for run_id, value in zip(table["run_id"], finals):
         assert math.isclose(value, by_run[run_id], rel_tol=1e-12)
@@ -560,8 +652,15 @@ def test_a_cluster_launcher_without_its_extra_names_the_extra_to_install(monkeyp
     from runner.sweeps import cluster_configs
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name.startswith(
-        ("hydra_plugins.hydra_ray_launcher", "hydra_plugins.hydra_submitit_launcher")) else real_find_spec(name, *rest))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *rest: (
+            None
+            if name.startswith(("hydra_plugins.hydra_ray_launcher", "hydra_plugins.hydra_submitit_launcher"))
+            else real_find_spec(name, *rest)
+        ),
+    )
     assert cluster_configs.missing_extra("ray") == "ray"
     assert cluster_configs.missing_extra("submitit_slurm") == "slurm"
     assert cluster_configs.missing_extra("submitit_local") == "slurm"

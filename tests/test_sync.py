@@ -34,8 +34,10 @@ def histories(uri: str, run: Any) -> dict[str, list[tuple]]:
     from mlflow.tracking import MlflowClient
 
     store = MlflowClient(uri)
-    return {key: sorted((m.step, m.timestamp, m.value) for m in store.get_metric_history(run.info.run_id, key))
-            for key in run.data.metrics}
+    return {
+        key: sorted((m.step, m.timestamp, m.value) for m in store.get_metric_history(run.info.run_id, key))
+        for key in run.data.metrics
+    }
 
 
 def assert_synced_once_and_completely(offline_uri: str, server_uri: str) -> None:
@@ -61,8 +63,15 @@ def assert_synced_once_and_completely(offline_uri: str, server_uri: str) -> None
 
 def offline_sweep(cwd: Path, server_uri: str) -> str:
     """An offline sweep of a parent and ``SWEEP_JOBS`` jobs meant for ``server_uri``."""
-    done = cli("-m", f"seed={','.join(map(str, range(SWEEP_JOBS)))}", "tracking.offline=true",
-               f"tracking.uri={server_uri}", f"trainer.epochs={EPOCHS}", "tracking.tensors_every=5", cwd=cwd)
+    done = cli(
+        "-m",
+        f"seed={','.join(map(str, range(SWEEP_JOBS)))}",
+        "tracking.offline=true",
+        f"tracking.uri={server_uri}",
+        f"trainer.epochs={EPOCHS}",
+        "tracking.tensors_every=5",
+        cwd=cwd,
+    )
     assert done.returncode == 0, done.output
     offline_uri = f"sqlite:///{cwd.resolve() / 'mlflow-offline.db'}"
     assert len(all_runs(offline_uri)) == SWEEP_JOBS + 1
@@ -76,8 +85,13 @@ def stopped_sync(name: str, base: Path, point: str, number: int) -> dict[str, An
     server_uri = f"sqlite:///{(base / name / 'server' / 'mlflow.db').resolve()}"
     offline_uri = offline_sweep(cwd, server_uri)
     marker = cwd / "at-the-point"
-    first = Background(cwd=cwd, uri=None, label="first-sync", module=SYNC,
-                       env={"BPRUN_TEST_SIGNAL_POINT": point, "BPRUN_TEST_SIGNAL_MARKER": str(marker)})
+    first = Background(
+        cwd=cwd,
+        uri=None,
+        label="first-sync",
+        module=SYNC,
+        env={"BPRUN_TEST_SIGNAL_POINT": point, "BPRUN_TEST_SIGNAL_MARKER": str(marker)},
+    )
     try:
         wait_until(marker.exists, START_TIMEOUT, f"the point {point}", first)
         stopped = first.wait(first.signal(number))
@@ -85,8 +99,14 @@ def stopped_sync(name: str, base: Path, point: str, number: int) -> dict[str, An
         first.kill_everything()
     after_first = all_runs(server_uri, active_only=False)
     second = cli(cwd=cwd, module=SYNC)
-    return {"offline": offline_uri, "server": server_uri, "first": stopped, "after_first": after_first,
-            "second": second, "third": cli(cwd=cwd, module=SYNC)}
+    return {
+        "offline": offline_uri,
+        "server": server_uri,
+        "first": stopped,
+        "after_first": after_first,
+        "second": second,
+        "third": cli(cwd=cwd, module=SYNC),
+    }
 
 
 STOPS = {
@@ -163,10 +183,12 @@ def test_runs_that_have_not_ended_are_skipped_with_the_reason_and_uploaded_once_
     meant_for = {"bprun.sync_target": server_uri}
     # A run still training (this process), a run whose process died, a finished job of the first.
     training = offline.create_run(experiment, run_name="training", tags={**meant_for, **process_tags()})
-    dead = offline.create_run(experiment, run_name="dead", tags={
-        **meant_for, "bprun.host": os.uname().nodename, "bprun.pid": "999999999", "bprun.process_start": "1"})
-    job = offline.create_run(experiment, run_name="job",
-                             tags={**meant_for, PARENT_TAG: training.info.run_id})
+    dead = offline.create_run(
+        experiment,
+        run_name="dead",
+        tags={**meant_for, "bprun.host": os.uname().nodename, "bprun.pid": "999999999", "bprun.process_start": "1"},
+    )
+    job = offline.create_run(experiment, run_name="job", tags={**meant_for, PARENT_TAG: training.info.run_id})
     for step in range(5):
         offline.log_metric(job.info.run_id, "train_mse", 1.0 / (step + 1), step=step)
     offline.set_terminated(job.info.run_id, "FINISHED")
@@ -175,10 +197,13 @@ def test_runs_that_have_not_ended_are_skipped_with_the_reason_and_uploaded_once_
     assert first.returncode == 0, first.output
     lines = first.stdout.splitlines()
     assert f"skipped  {training.info.run_id} (training): still RUNNING: it is uploaded by a sync after it ends" in lines
-    assert any(line.startswith(f"skipped  {dead.info.run_id} (dead): RUNNING, but its process is gone: bprun-doctor")
-               for line in lines), first.output
-    assert (f"skipped  {job.info.run_id} (job): its sweep's parent run {training.info.run_id} is not uploaded yet"
-            in lines), first.output
+    assert any(
+        line.startswith(f"skipped  {dead.info.run_id} (dead): RUNNING, but its process is gone: bprun-doctor")
+        for line in lines
+    ), first.output
+    assert (
+        f"skipped  {job.info.run_id} (job): its sweep's parent run {training.info.run_id} is not uploaded yet" in lines
+    ), first.output
     assert "bprun-sync: 0 run(s) uploaded, 3 skipped" in first.stdout
     assert not (tmp_path / "server" / "mlflow.db").exists() or all_runs(server_uri) == []
 

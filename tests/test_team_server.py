@@ -35,11 +35,26 @@ def free_port() -> int:
 def server(postgres_uri: str, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
     folder = tmp_path_factory.mktemp("team-server")
     port = free_port()
-    process = Background("--store", postgres_uri, "--artifacts", str(folder / "artifacts"), "--port", str(port),
-                         cwd=folder, uri=None, label="server", module="runner.commands.server")
+    process = Background(
+        "--store",
+        postgres_uri,
+        "--artifacts",
+        str(folder / "artifacts"),
+        "--port",
+        str(port),
+        cwd=folder,
+        uri=None,
+        label="server",
+        module="runner.commands.server",
+    )
     try:
-        wait_until(lambda: "bprun-server: serving" in process.output_so_far(), START_TIMEOUT,
-                   "bprun-server serving", process, interval=0.1)
+        wait_until(
+            lambda: "bprun-server: serving" in process.output_so_far(),
+            START_TIMEOUT,
+            "bprun-server serving",
+            process,
+            interval=0.1,
+        )
         yield f"http://127.0.0.1:{port}", process, folder
     finally:
         process.kill_everything()
@@ -63,8 +78,16 @@ def experiment_runs(uri: str, name: str) -> list[Any]:
 def team_sweep(server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     uri, _, _ = server
     cwd = tmp_path_factory.mktemp("team-sweep")
-    result = cli("-m", "hydra.launcher.n_jobs=2", f"seed={','.join(map(str, SEEDS))}", f"trainer.epochs={SWEEP_EPOCHS}",
-                 "tracking=server", f"tracking.uri={uri}", "tracking.experiment=team-sweep", cwd=cwd)
+    result = cli(
+        "-m",
+        "hydra.launcher.n_jobs=2",
+        f"seed={','.join(map(str, SEEDS))}",
+        f"trainer.epochs={SWEEP_EPOCHS}",
+        "tracking=server",
+        f"tracking.uri={uri}",
+        "tracking.experiment=team-sweep",
+        cwd=cwd,
+    )
     return {"result": result, "runs": experiment_runs(uri, "team-sweep"), "cwd": cwd}
 
 
@@ -117,7 +140,9 @@ def test_the_server_takes_the_runs_metrics_through_its_endpoint(team_sweep, serv
     bad = {"run_id": child.info.run_id, "keys": ["train_mse"], "values": ["high"], "timestamps": [1], "steps": [99]}
     refused = requests.post(endpoint, json=bad, timeout=30)
     assert refused.status_code == 400 and refused.json() == {
-        "error_code": "INVALID_PARAMETER_VALUE", "message": "metric train_mse: value 'high' is not a finite number"}
+        "error_code": "INVALID_PARAMETER_VALUE",
+        "message": "metric train_mse: value 'high' is not a finite number",
+    }
     missing = requests.post(endpoint, json={**bad, "run_id": "0" * 32, "values": [1.0]}, timeout=30)
     assert missing.status_code == 404 and missing.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
     steps = [metric.step for metric in client(uri).get_metric_history(child.info.run_id, "train_mse")]
@@ -137,10 +162,20 @@ def test_sweeps_and_runs_from_several_processes_at_once_lose_nothing(server, tmp
     commands = {
         "sweep-a": ("-m", "seed=0,1,2", "trainer.epochs=20", "tracking.experiment=team-a"),
         "sweep-b": ("-m", "hydra.launcher.n_jobs=2", "seed=0,1,2,3", "trainer.epochs=20", "tracking.experiment=team-b"),
-        **{f"run-{number}": (f"seed={number}", "trainer.epochs=20", "tracking.experiment=team-c") for number in range(3)},
+        **{
+            f"run-{number}": (f"seed={number}", "trainer.epochs=20", "tracking.experiment=team-c")
+            for number in range(3)
+        },
     }
-    results = run_parallel({name: (lambda name=name: cli(*commands[name], "tracking=server", f"tracking.uri={uri}",
-                                                         cwd=tmp_path / name)) for name in commands}, workers=5)
+    results = run_parallel(
+        {
+            name: (
+                lambda name=name: cli(*commands[name], "tracking=server", f"tracking.uri={uri}", cwd=tmp_path / name)
+            )
+            for name in commands
+        },
+        workers=5,
+    )
     for name, result in results.items():
         assert result.returncode == 0, (name, result.output)
     expected = {"team-a": (1, 3), "team-b": (1, 4), "team-c": (0, 3)}  # (parents, jobs or runs)
@@ -159,10 +194,13 @@ def test_sweeps_and_runs_from_several_processes_at_once_lose_nothing(server, tmp
                 assert run.data.tags[PARENT_TAG] == sweep_parents[0].info.run_id
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    (["--store", "mysql://db/mlflow"], "--store mysql://db/mlflow: not a store this command runs"),
-    (["--port", "70000"], "--port 70000: it must be between 1 and 65535"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--store", "mysql://db/mlflow"], "--store mysql://db/mlflow: not a store this command runs"),
+        (["--port", "70000"], "--port 70000: it must be between 1 and 65535"),
+    ],
+)
 def test_bprun_server_refuses_what_it_cannot_serve(arguments: list[str], message: str, tmp_path: Path) -> None:
     result = cli(*arguments, cwd=tmp_path, module="runner.commands.server")
     assert result.returncode == 2, result.output
@@ -194,8 +232,13 @@ def test_the_server_ends_with_bprun_server_however_it_ends(how: str, tmp_path: P
     port = free_port()
     process = Background("--port", str(port), cwd=tmp_path, uri=None, label="server", module="runner.commands.server")
     try:
-        wait_until(lambda: "bprun-server: serving" in process.output_so_far(), START_TIMEOUT,
-                   "bprun-server serving", process, interval=0.1)
+        wait_until(
+            lambda: "bprun-server: serving" in process.output_so_far(),
+            START_TIMEOUT,
+            "bprun-server serving",
+            process,
+            interval=0.1,
+        )
         assert processes_serving(port)
         sent = process.signal(getattr(signal, how))
         finished = process.wait(sent)
@@ -210,8 +253,16 @@ def test_report_doctor_and_load_tensors_read_the_server(team_sweep, server, tmp_
     from runner.tracking.tensors import load_tensors
 
     uri, _, _ = server
-    report = cli("--experiment", "team-sweep", "--tracking-uri", uri, "--output", str(tmp_path / "report"),
-                 cwd=tmp_path, module="runner.commands.report")
+    report = cli(
+        "--experiment",
+        "team-sweep",
+        "--tracking-uri",
+        uri,
+        "--output",
+        str(tmp_path / "report"),
+        cwd=tmp_path,
+        module="runner.commands.report",
+    )
     assert report.returncode == 0, report.output
     jobs = [run for run in team_sweep["runs"] if run.data.tags.get("bprun.sweep") != "true"]
     assert all(job.info.run_name in report.stdout for job in jobs), report.output

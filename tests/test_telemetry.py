@@ -3,6 +3,7 @@ provenance, the model, and what a failed or interrupted run keeps."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -35,8 +36,9 @@ class Recorder(Observer):
 
 
 def tracked(compose, store, *overrides, observer=None):
-    cfg = compose(["dataset=iris", "model.hidden=[6,5]", f"trainer.epochs={EPOCHS}", "trainer.batch_size=32",
-                   *overrides])
+    cfg = compose(
+        ["dataset=iris", "model.hidden=[6,5]", f"trainer.epochs={EPOCHS}", "trainer.batch_size=32", *overrides]
+    )
     return run(cfg, tracking_uri=store.uri, observers=[observer] if observer else [])
 
 
@@ -67,7 +69,7 @@ def test_tensors_equal_the_engines_own_weights_and_gradients(iris_run):
     tensors = load_tensors(result.run_id, store.uri)
     assert tensors["epochs"].tolist() == list(range(EPOCHS))
     sizes = result.network.sizes
-    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+    for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes), start=1):
         assert tensors[f"layer{layer}.weights"].shape == (EPOCHS, fan_in, fan_out)
         assert tensors[f"layer{layer}.grad_weights"].shape == (EPOCHS, fan_in, fan_out)
         assert tensors[f"layer{layer}.biases"].shape == (EPOCHS, fan_out)
@@ -87,8 +89,9 @@ def test_plots_are_non_trivial_images(iris_run):
     directory = store.directory / "downloaded"
     import mlflow.artifacts
 
-    local = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="plots",
-                                                tracking_uri=store.uri, dst_path=str(directory))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=result.run_id, artifact_path="plots", tracking_uri=store.uri, dst_path=str(directory)
+    )
     for name in ("learning_curves.png", "gradient_norms.png", "weight_norms.png"):
         image = matplotlib.image.imread(f"{local}/{name}")
         assert image.shape[0] > 200 and image.shape[1] > 300
@@ -166,16 +169,21 @@ def test_a_diverged_run_is_failed_with_its_reason_and_no_non_finite_metric(compo
     assert failed.data.tags["failure_reason"].startswith("diverged at epoch")
     for key in failed.data.metrics:
         # MLflow would store an inf as 1.797e308: nothing that large (or NaN) may have been sent.
-        assert all(math.isfinite(m.value) and abs(m.value) < 1.7e308
-                   for m in client.get_metric_history(failed.info.run_id, key)), key
+        assert all(
+            math.isfinite(m.value) and abs(m.value) < 1.7e308
+            for m in client.get_metric_history(failed.info.run_id, key)
+        ), key
 
 
-@pytest.mark.parametrize(("epochs", "every", "kept"), [
-    (251, None, [*range(0, 250, 3), 250]),  # at most 100 evenly spaced epochs, and the last
-    (50, None, list(range(50))),  # short runs keep every epoch
-    (10, 4, [0, 4, 8, 9]),  # every 4th and the last
-    (9, 4, [0, 4, 8]),  # the last is on the schedule
-])
+@pytest.mark.parametrize(
+    ("epochs", "every", "kept"),
+    [
+        (251, None, [*range(0, 250, 3), 250]),  # at most 100 evenly spaced epochs, and the last
+        (50, None, list(range(50))),  # short runs keep every epoch
+        (10, 4, [0, 4, 8, 9]),  # every 4th and the last
+        (9, 4, [0, 4, 8]),  # the last is on the schedule
+    ],
+)
 def test_the_tensors_keep_a_bounded_number_of_epochs_and_the_last(epochs, every, kept, compose, tmp_path, store_at):
     store = store_at(tmp_path / "store")
     recorder = Recorder()

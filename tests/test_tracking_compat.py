@@ -36,7 +36,8 @@ CASES = {
 def test_the_installed_mlflow_is_one_the_writer_was_checked_against() -> None:
     assert version("mlflow") in CHECKED_MLFLOW_VERSIONS, (
         f"MLflow {version('mlflow')} is installed but the direct SQLite writer was checked against "
-        f"{CHECKED_MLFLOW_VERSIONS}: run these tests against it, then add it to CHECKED_MLFLOW_VERSIONS")
+        f"{CHECKED_MLFLOW_VERSIONS}: run these tests against it, then add it to CHECKED_MLFLOW_VERSIONS"
+    )
 
 
 def _new_run(uri: str, name: str) -> str:
@@ -46,10 +47,14 @@ def _new_run(uri: str, name: str) -> str:
 
 def _stored(database, run_id: str) -> tuple[list[tuple], list[tuple]]:
     with sqlite3.connect(database) as connection:
-        metrics = sorted(connection.execute(
-            "SELECT key, value, timestamp, step, is_nan FROM metrics WHERE run_uuid = ?", (run_id,)))
-        latest = sorted(connection.execute(
-            "SELECT key, value, timestamp, step, is_nan FROM latest_metrics WHERE run_uuid = ?", (run_id,)))
+        metrics = sorted(
+            connection.execute("SELECT key, value, timestamp, step, is_nan FROM metrics WHERE run_uuid = ?", (run_id,))
+        )
+        latest = sorted(
+            connection.execute(
+                "SELECT key, value, timestamp, step, is_nan FROM latest_metrics WHERE run_uuid = ?", (run_id,)
+            )
+        )
     return metrics, latest
 
 
@@ -87,9 +92,18 @@ def _stored_sql(uri: str, run_id: str) -> tuple[list[tuple], list[tuple]]:
     engine = sqlalchemy.create_engine(uri)
     try:
         with engine.connect() as connection:
-            return tuple(sorted(tuple(row) for row in connection.execute(sqlalchemy.text(
-                f"SELECT key, value, timestamp, step, is_nan FROM {table} WHERE run_uuid = :run"), {"run": run_id}))
-                for table in ("metrics", "latest_metrics"))
+            return tuple(
+                sorted(
+                    tuple(row)
+                    for row in connection.execute(
+                        sqlalchemy.text(
+                            f"SELECT key, value, timestamp, step, is_nan FROM {table} WHERE run_uuid = :run"
+                        ),
+                        {"run": run_id},
+                    )
+                )
+                for table in ("metrics", "latest_metrics")
+            )
     finally:
         engine.dispose()
 

@@ -21,8 +21,7 @@ from runner.process.errors import EXIT_FAILED, EXIT_INVALID, CommandError, Comma
 from runner.sweeps import WORKER_PRELOAD
 
 # Hydra's flags that print something instead of running jobs.
-NO_JOB_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc",
-                "--shell-completion"}
+NO_JOB_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion"}
 
 
 def main() -> None:
@@ -33,13 +32,20 @@ def main() -> None:
     # Hydra's own tree (hydra.callbacks...), which Hydra instantiates before any job sees it.
     targets = [argument for argument in arguments if "_target_" in argument]
     if targets:
-        print(f"bprun: refusing {', '.join(targets)}: configs are plain data and are never instantiated; "
-              "remove '_target_'", file=sys.stderr)
+        print(
+            f"bprun: refusing {', '.join(targets)}: configs are plain data and are never instantiated; "
+            "remove '_target_'",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_INVALID)
     if {"-sc", "--shell-completion"} & set(arguments) and not any(
-            argument.startswith(("install=", "uninstall=", "query=")) for argument in arguments):
-        print("bprun: --shell-completion needs what to do: install=bash (or zsh, fish), uninstall=bash or "
-              "query=...; for example: eval \"$(bprun -sc install=bash)\"", file=sys.stderr)
+        argument.startswith(("install=", "uninstall=", "query=")) for argument in arguments
+    ):
+        print(
+            "bprun: --shell-completion needs what to do: install=bash (or zsh, fish), uninstall=bash or "
+            'query=...; for example: eval "$(bprun -sc install=bash)"',
+            file=sys.stderr,
+        )
         sys.exit(EXIT_INVALID)
     if parallel_workers_requested(arguments):
         start_forkserver(WORKER_PRELOAD)

@@ -25,16 +25,18 @@ STOP_REASON = "killed"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bprun-doctor", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tracking-uri", help="store to check (default: MLFLOW_TRACKING_URI, "
-                        "else sqlite:///<current directory>/mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="store to check (default: MLFLOW_TRACKING_URI, else sqlite:///<current directory>/mlflow.db)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="only list stale runs, change nothing")
     arguments = parser.parse_args(argv)
     uri = arguments.tracking_uri or resolve_tracking_uri(None, os.getcwd())
     quiet_mlflow()
     # (lazy: --help and argument errors answer at once, without MLflow's second of imports)
-    from runner.tracking.store import open_store
-
     from mlflow.exceptions import MlflowException
+
+    from runner.tracking.store import open_store
 
     try:
         client = open_store(uri)
@@ -53,16 +55,23 @@ def _check(client, uri: str, dry_run: bool) -> int:
     from runner.tracking.liveness import is_stale
 
     experiment_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    running = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", run_view_type=ViewType.ALL,
-                                 max_results=50000) if experiment_ids else []
+    running = (
+        client.search_runs(
+            experiment_ids, "attributes.status = 'RUNNING'", run_view_type=ViewType.ALL, max_results=50000
+        )
+        if experiment_ids
+        else []
+    )
     marked = unknown = 0
     for run in running:
         stale = is_stale(run.data.tags)
         name = f"{run.info.run_id} ({run.info.run_name})"
         if stale is None:
             unknown += 1
-            print(f"unknown  {name}: started on {run.data.tags.get(names.HOST, 'an unknown host')}, "
-                  "cannot check its process from here")
+            print(
+                f"unknown  {name}: started on {run.data.tags.get(names.HOST, 'an unknown host')}, "
+                "cannot check its process from here"
+            )
         elif stale:
             marked += 1
             if not dry_run:
@@ -94,7 +103,9 @@ def _end_killed(client, run) -> None:
             repair_tensors(tensors, epochs - 1)
         client.set_tag(run.info.run_id, names.EPOCHS_RUN, str(epochs))
         client.set_tag(run.info.run_id, names.STOP_REASON, STOP_REASON)
-    client.set_tag(run.info.run_id, names.FAILURE_REASON, "its process ended without closing the run (found by bprun-doctor)")
+    client.set_tag(
+        run.info.run_id, names.FAILURE_REASON, "its process ended without closing the run (found by bprun-doctor)"
+    )
     client.set_terminated(run.info.run_id, "KILLED")
 
 

@@ -8,8 +8,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from runner.commands.common import quiet_mlflow
 from runner.core.schema import TrackingConfig
@@ -29,23 +30,34 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bprun-report",
         description="Compare the runs of a sweep (the latest one by default) or of a whole experiment: "
-                    "a ranked table, CSV, Markdown and plots.")
+        "a ranked table, CSV, Markdown and plots.",
+    )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--parent", metavar="RUN_ID", help="the sweep's parent run id")
-    which.add_argument("--experiment", metavar="NAME",
-                       help=f"the experiment whose latest sweep to report (default: {DEFAULT_EXPERIMENT})")
-    parser.add_argument("--all-runs", action="store_true",
-                        help="report every run of the experiment, not only its latest sweep")
-    parser.add_argument("--metric", default=DEFAULT_METRIC,
-                        help="metric to rank and plot by (default: %(default)s; train_<x> stands in "
-                             "for val_<x> where a run has no validation split)")
+    which.add_argument(
+        "--experiment",
+        metavar="NAME",
+        help=f"the experiment whose latest sweep to report (default: {DEFAULT_EXPERIMENT})",
+    )
+    parser.add_argument(
+        "--all-runs", action="store_true", help="report every run of the experiment, not only its latest sweep"
+    )
+    parser.add_argument(
+        "--metric",
+        default=DEFAULT_METRIC,
+        help="metric to rank and plot by (default: %(default)s; train_<x> stands in "
+        "for val_<x> where a run has no validation split)",
+    )
     parser.add_argument("--top-k", type=_positive_int, metavar="N", help="keep only the N best runs")
-    parser.add_argument("--color-by", metavar="KEY", help="swept key that colours the learning curves "
-                                                          "(default: the first swept key)")
-    parser.add_argument("--output", metavar="DIR", type=Path,
-                        help="output folder (default: reports/<parent run id or experiment name>)")
-    parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    parser.add_argument(
+        "--color-by", metavar="KEY", help="swept key that colours the learning curves (default: the first swept key)"
+    )
+    parser.add_argument(
+        "--output", metavar="DIR", type=Path, help="output folder (default: reports/<parent run id or experiment name>)"
+    )
+    parser.add_argument(
+        "--tracking-uri", metavar="URI", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)"
+    )
     return parser
 
 
@@ -60,8 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``bprun-report`` command. Returns 0, or 2 when there is nothing to report."""
     args = _parser().parse_args(argv)
     if args.all_runs and args.parent:
-        print("bprun-report: error: --all-runs reports an experiment, not a sweep (drop --parent)",
-              file=sys.stderr)
+        print("bprun-report: error: --all-runs reports an experiment, not a sweep (drop --parent)", file=sys.stderr)
         return EXIT_INVALID
     uri = args.tracking_uri or resolve_tracking_uri(None, os.getcwd())
     quiet_mlflow()
@@ -118,8 +129,9 @@ def _report(args: argparse.Namespace, uri: str) -> None:
         else:
             parent = find_latest_sweep(client, [experiment.experiment_id])
             if parent is None:
-                raise NothingToReport(f"no sweep in experiment {name!r} in {uri} "
-                                  f"(--all-runs reports its runs one by one)")
+                raise NothingToReport(
+                    f"no sweep in experiment {name!r} in {uri} (--all-runs reports its runs one by one)"
+                )
             runs = sweep_children(client, parent.info.run_id)
             heading = _sweep_heading(client, parent)
             output_name = parent.info.run_id
@@ -131,15 +143,17 @@ def _report(args: argparse.Namespace, uri: str) -> None:
         raise NothingToReport(f"experiment {args.experiment or DEFAULT_EXPERIMENT!r} holds no runs")
 
     groups = by_dataset(runs)
-    tables = {dataset: runs_table(client, group, swept_keys, metrics=[args.metric])
-              for dataset, group in groups.items()}
+    tables = {
+        dataset: runs_table(client, group, swept_keys, metrics=[args.metric]) for dataset, group in groups.items()
+    }
     if all(ranking_values(table, args.metric).isna().all() for table, _ in tables.values()):
         logged = sorted({name for run in runs for name in run.data.metrics if "/" not in name})
         raise NothingToReport(f"no run has a value of {args.metric!r}; logged: {', '.join(logged) or 'nothing'}")
     keys = sorted({key for table, _ in tables.values() for key in swept_columns(table)})
     if args.color_by and clean_key(args.color_by) not in keys:
-        raise NothingToReport(f"--color-by {args.color_by!r} is not a swept key; choose one of "
-                          f"{', '.join(keys) or '(none)'}")
+        raise NothingToReport(
+            f"--color-by {args.color_by!r} is not a swept key; choose one of {', '.join(keys) or '(none)'}"
+        )
 
     output = args.output if args.output is not None else Path("reports") / reports.file_part(output_name)
     print(heading)
@@ -148,8 +162,9 @@ def _report(args: argparse.Namespace, uri: str) -> None:
         # One section per data set: their metrics are not comparable.
         folder = output if len(tables) == 1 else output / reports.file_part(dataset)
         color_by = args.color_by if args.color_by and clean_key(args.color_by) in swept_columns(table) else None
-        written += reports.write_report(table, histories, folder, metric=args.metric, color_by=color_by,
-                                        top_k=args.top_k)
+        written += reports.write_report(
+            table, histories, folder, metric=args.metric, color_by=color_by, top_k=args.top_k
+        )
         print()
         if len(tables) > 1:
             print(f"data set {dataset}:")
@@ -172,8 +187,9 @@ def _parse_swept_keys(text: str | None) -> list[str] | None:
 def _sweep_heading(client: Any, parent: Any) -> str:
     experiment = client.get_experiment(parent.info.experiment_id)
     command = parent.data.tags.get(names.SWEEP_COMMAND)
-    lines = [f"Sweep {parent.info.run_id} ({parent.info.run_name}, {parent.info.status}) "
-             f"in experiment {experiment.name!r}"]
+    lines = [
+        f"Sweep {parent.info.run_id} ({parent.info.run_name}, {parent.info.status}) in experiment {experiment.name!r}"
+    ]
     if command:
         lines.append(f"  {command}")
     return "\n".join(lines)

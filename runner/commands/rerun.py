@@ -27,16 +27,26 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bprun-rerun",
         description="Re-execute a tracked bprun run from its MLflow record and check that it gives the same "
-                    "metrics and weights. Exit 0 identical, 1 different, 2 cannot rerun (or the data "
-                    "changed), 3 nothing to compare (an untracked run's folder).")
-    parser.add_argument("source", metavar="RUN_ID_OR_FOLDER",
-                        help="an MLflow run id, or a Hydra output folder (outputs/<date>/<time>, its .hydra, "
-                             "or a multirun job folder)")
-    parser.add_argument("--tolerance", type=_tolerance, default=0.0,
-                        help="values differ when |a - b| > TOLERANCE (default 0: bit for bit)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="the store holding the run (default: the folder's mlflow_run.json, else "
-                             "MLFLOW_TRACKING_URI, else sqlite:///<current directory>/mlflow.db)")
+        "metrics and weights. Exit 0 identical, 1 different, 2 cannot rerun (or the data "
+        "changed), 3 nothing to compare (an untracked run's folder).",
+    )
+    parser.add_argument(
+        "source",
+        metavar="RUN_ID_OR_FOLDER",
+        help="an MLflow run id, or a Hydra output folder (outputs/<date>/<time>, its .hydra, or a multirun job folder)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=_tolerance,
+        default=0.0,
+        help="values differ when |a - b| > TOLERANCE (default 0: bit for bit)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="the store holding the run (default: the folder's mlflow_run.json, else "
+        "MLFLOW_TRACKING_URI, else sqlite:///<current directory>/mlflow.db)",
+    )
     return parser
 
 
@@ -49,8 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_mlflow()
     try:
         with command_logging("bprun-rerun", reruns.log):
-            report = reruns.rerun(arguments.source, tracking_uri=arguments.tracking_uri,
-                                  tolerance=arguments.tolerance)
+            report = reruns.rerun(arguments.source, tracking_uri=arguments.tracking_uri, tolerance=arguments.tolerance)
     except reruns.RerunError as error:
         print(f"bprun-rerun: {error}", file=sys.stderr)
         return reruns.EXIT_CANNOT_RERUN
@@ -59,8 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.exit_code
     print(report.summary())
     if report.rerun_run_id:
-        print(f"  run {report.original_run_id} rerun as {report.rerun_run_id} in {report.tracking_uri} "
-              f"(experiment {report.experiment!r})")
+        print(
+            f"  run {report.original_run_id} rerun as {report.rerun_run_id} in {report.tracking_uri} "
+            f"(experiment {report.experiment!r})"
+        )
     return report.exit_code
 
 

@@ -40,18 +40,33 @@ START_TIMEOUT_SECONDS = 120.0
 
 def parser() -> argparse.ArgumentParser:
     arguments = argparse.ArgumentParser(prog="bprun-server", description=__doc__.split("\n\n")[0])
-    arguments.add_argument("--store", default="sqlite:///bprun-server/mlflow.db",
-                           help="the backend store: postgresql://user:password@host:port/database, or a "
-                                "sqlite:/// file (default: ./bprun-server/mlflow.db)")
-    arguments.add_argument("--artifacts", default="bprun-server/artifacts", type=Path,
-                           help="the folder the server keeps and serves artifacts in (default: ./bprun-server/artifacts)")
-    arguments.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    arguments.add_argument(
+        "--store",
+        default="sqlite:///bprun-server/mlflow.db",
+        help="the backend store: postgresql://user:password@host:port/database, or a "
+        "sqlite:/// file (default: ./bprun-server/mlflow.db)",
+    )
+    arguments.add_argument(
+        "--artifacts",
+        default="bprun-server/artifacts",
+        type=Path,
+        help="the folder the server keeps and serves artifacts in (default: ./bprun-server/artifacts)",
+    )
+    arguments.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
+    )
     arguments.add_argument("--port", default=5000, type=int)
-    arguments.add_argument("--allowed-hosts", help="Host headers the server accepts, comma-separated "
-                           "(default: the bound address and localhost, with the port)")
+    arguments.add_argument(
+        "--allowed-hosts",
+        help="Host headers the server accepts, comma-separated "
+        "(default: the bound address and localhost, with the port)",
+    )
     arguments.add_argument("--workers", default=2, type=int, help="web server worker processes (default: 2)")
-    arguments.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
-                           help=f"experiment to create for training runs (default: {DEFAULT_EXPERIMENT})")
+    arguments.add_argument(
+        "--experiment",
+        default=DEFAULT_EXPERIMENT,
+        help=f"experiment to create for training runs (default: {DEFAULT_EXPERIMENT})",
+    )
     return arguments
 
 
@@ -63,34 +78,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bprun-server: {problem}", file=sys.stderr)
         return EXIT_INVALID
     if not _is_loopback(arguments.host):
-        print(f"bprun-server: warning: binding to {arguments.host}: anyone who can reach this port can read and "
-              "change every run, since MLflow's server has no authentication of its own; put a reverse proxy "
-              "with authentication in front of it (docs/team.md)", file=sys.stderr)
+        print(
+            f"bprun-server: warning: binding to {arguments.host}: anyone who can reach this port can read and "
+            "change every run, since MLflow's server has no authentication of its own; put a reverse proxy "
+            "with authentication in front of it (docs/team.md)",
+            file=sys.stderr,
+        )
     store = _absolute_store(arguments.store)
     arguments.artifacts.mkdir(parents=True, exist_ok=True)
     address = f"http://{'127.0.0.1' if arguments.host in ('0.0.0.0', '::') else arguments.host}:{arguments.port}"
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", store,
-               "--artifacts-destination", str(arguments.artifacts.resolve()), "--serve-artifacts",
-               "--host", arguments.host, "--port", str(arguments.port), "--workers", str(arguments.workers),
-               "--app-name", APP_NAME,
-               "--allowed-hosts", arguments.allowed_hosts or _allowed_hosts(arguments.host, arguments.port)]
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--backend-store-uri",
+        store,
+        "--artifacts-destination",
+        str(arguments.artifacts.resolve()),
+        "--serve-artifacts",
+        "--host",
+        arguments.host,
+        "--port",
+        str(arguments.port),
+        "--workers",
+        str(arguments.workers),
+        "--app-name",
+        APP_NAME,
+        "--allowed-hosts",
+        arguments.allowed_hosts or _allowed_hosts(arguments.host, arguments.port),
+    ]
     environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     process = service.start(command, environment)
     try:
         if not _wait_until_healthy(address, process):
             if interruption.requested():
                 return 128 + interruption.requested()
-            print(f"bprun-server: the server did not start (exit {process.poll()}); see its output above",
-                  file=sys.stderr)
+            print(
+                f"bprun-server: the server did not start (exit {process.poll()}); see its output above", file=sys.stderr
+            )
             return EXIT_FAILED
         quiet_mlflow()
         from runner.tracking.store import ensure_experiment  # (lazy: MLflow, once the server answers)
 
         experiment_id = ensure_experiment(address, arguments.experiment)
-        print(f"bprun-server: serving {store} at {address} (artifacts in {arguments.artifacts.resolve()})\n"
-              f"  runs go here with: export MLFLOW_TRACKING_URI={address}   (or bprun tracking=server "
-              f"tracking.uri={address})\n"
-              f"  dashboard: {address}/#/experiments/{experiment_id}?{MODEL_TRAINING_VIEW}", flush=True)
+        print(
+            f"bprun-server: serving {store} at {address} (artifacts in {arguments.artifacts.resolve()})\n"
+            f"  runs go here with: export MLFLOW_TRACKING_URI={address}   (or bprun tracking=server "
+            f"tracking.uri={address})\n"
+            f"  dashboard: {address}/#/experiments/{experiment_id}?{MODEL_TRAINING_VIEW}",
+            flush=True,
+        )
         while process.poll() is None and not interruption.requested():
             time.sleep(0.2)
         if process.poll() is not None:
@@ -105,8 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check(arguments: argparse.Namespace) -> str | None:
     scheme = arguments.store.partition("://")[0].split("+")[0]
     if scheme not in ("postgresql", "sqlite"):
-        return (f"--store {arguments.store}: not a store this command runs; give postgresql://user:password@host:port/"
-                "database or sqlite:///path/to/mlflow.db")
+        return (
+            f"--store {arguments.store}: not a store this command runs; give postgresql://user:password@host:port/"
+            "database or sqlite:///path/to/mlflow.db"
+        )
     if scheme == "postgresql":
         try:
             import psycopg  # noqa: F401  (SQLAlchemy's driver for postgresql:// URIs)
@@ -124,7 +162,7 @@ def _absolute_store(store: str) -> str:
     prefix = "sqlite:///"
     if not store.startswith(prefix):
         return store
-    database = Path(store[len(prefix):]).resolve()
+    database = Path(store[len(prefix) :]).resolve()
     database.parent.mkdir(parents=True, exist_ok=True)
     return f"{prefix}{database}"
 

@@ -19,10 +19,17 @@ from runner.tracking.destination import OFFLINE_DATABASE, StoreUnavailable, sqli
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bprun-sync", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--offline-store", default=f"sqlite:///{Path(os.getcwd(), OFFLINE_DATABASE)}",
-                        help=f"the offline store (default: ./{OFFLINE_DATABASE})")
-    parser.add_argument("--to", dest="target", help="upload only the runs meant for this tracking URI "
-                        "(default: every pending run, each to the server it was meant for)")
+    parser.add_argument(
+        "--offline-store",
+        default=f"sqlite:///{Path(os.getcwd(), OFFLINE_DATABASE)}",
+        help=f"the offline store (default: ./{OFFLINE_DATABASE})",
+    )
+    parser.add_argument(
+        "--to",
+        dest="target",
+        help="upload only the runs meant for this tracking URI "
+        "(default: every pending run, each to the server it was meant for)",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds the server may take to answer")
     arguments = parser.parse_args(argv)
     interruption.install(report=True, stopping_line="bprun-sync: stopping once the run being uploaded is complete")
@@ -35,8 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with _only_sync_of(database) as other:
         if other:
-            print(f"bprun-sync: another bprun-sync is uploading from {database}; wait for it to end",
-                  file=sys.stderr)
+            print(f"bprun-sync: another bprun-sync is uploading from {database}; wait for it to end", file=sys.stderr)
             return EXIT_INVALID
         try:
             result = sync(arguments.offline_store, arguments.target, arguments.timeout, report=print)
@@ -76,6 +82,7 @@ def _only_sync_of(database: Path | None) -> Iterator[bool]:
             yield True
             return
         yield False
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -95,10 +95,12 @@ def _moons(rng: np.random.Generator, n: int, noise: float) -> tuple[np.ndarray, 
     outer = n // 2
     angle_outer = np.linspace(0.0, np.pi, outer)
     angle_inner = np.linspace(0.0, np.pi, n - outer)
-    X = np.vstack([
-        np.column_stack([np.cos(angle_outer), np.sin(angle_outer)]),
-        np.column_stack([1.0 - np.cos(angle_inner), 0.5 - np.sin(angle_inner)]),
-    ])
+    X = np.vstack(
+        [
+            np.column_stack([np.cos(angle_outer), np.sin(angle_outer)]),
+            np.column_stack([1.0 - np.cos(angle_inner), 0.5 - np.sin(angle_inner)]),
+        ]
+    )
     X += rng.normal(0.0, noise, X.shape)
     return X, np.repeat([0, 1], [outer, n - outer])
 
@@ -143,8 +145,9 @@ def _generate(config: DatasetConfig, rng: np.random.Generator) -> tuple[np.ndarr
 
 
 # --- CSV files -------------------------------------------------------------------------------
-def read_table(path: str, features: list[str] | None, targets: list[str], task: str
-               ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], list[str], list[str]]:
+def read_table(
+    path: str, features: list[str] | None, targets: list[str], task: str
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str], list[str], list[str]]:
     """Read a CSV with a header row; return features, targets, their names, the class names
     and the integer feature columns, or raise DataError.
 
@@ -218,8 +221,10 @@ def _check_text(path: str) -> None:
                 if header is not None and row and len(row) < len(header):
                     raise DataError(f"{path}: data row {number} has {len(row)} cell(s), the header {len(header)}")
     except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at position "
-                        f"{error.start}); save it as UTF-8") from None
+        raise DataError(
+            f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at position "
+            f"{error.start}); save it as UTF-8"
+        ) from None
 
 
 def _numeric(frame, path: str) -> np.ndarray:
@@ -250,7 +255,7 @@ def _builtin_path(filename: str) -> str:
 # --- splitting and scaling -------------------------------------------------------------------
 def _split(X: np.ndarray, Y: np.ndarray, val_fraction: float, rng: np.random.Generator, source: str):
     n = X.shape[0]
-    n_val = int(round(n * val_fraction))
+    n_val = round(n * val_fraction)
     if val_fraction > 0 and (n_val < 1 or n - n_val < 1):
         raise DataError(
             f"{source}: {n} sample(s) cannot be split with dataset.val_fraction={val_fraction} "
@@ -272,7 +277,12 @@ def load_dataset(config: DatasetConfig, data_rng: np.random.Generator, split_rng
     integer_features: list[str] = []
     if config.name in BUILTIN_FILES or config.name == "csv":
         if config.name == "csv":
-            path, features, targets, task = os.path.abspath(config.path), config.features, list(config.targets), config.task
+            path, features, targets, task = (
+                os.path.abspath(config.path),
+                config.features,
+                list(config.targets),
+                config.task,
+            )
         else:
             filename, target, task = BUILTIN_FILES[config.name]
             path, features, targets = _builtin_path(filename), None, [target]
@@ -284,8 +294,19 @@ def load_dataset(config: DatasetConfig, data_rng: np.random.Generator, split_rng
         target_names = ["y"] if Y.shape[1] == 1 else [f"class_{c}" for c in class_names]
         source = f"generated {config.name}(n_samples={config.n_samples}, noise={config.noise})"
     X_train, Y_train, X_val, Y_val = _split(X, Y, config.val_fraction, split_rng, source)
-    dataset = Dataset(config.name, task, X_train, Y_train, X_val, Y_val, feature_names, target_names,
-                      class_names, source=source, integer_features=integer_features)
+    dataset = Dataset(
+        config.name,
+        task,
+        X_train,
+        Y_train,
+        X_val,
+        Y_val,
+        feature_names,
+        target_names,
+        class_names,
+        source=source,
+        integer_features=integer_features,
+    )
     if config.standardize:
         mean = X_train.mean(axis=0)
         scale = X_train.std(axis=0)

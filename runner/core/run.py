@@ -17,7 +17,7 @@ its current mini-batch with every completed epoch logged.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from omegaconf import DictConfig
 from threadpoolctl import threadpool_limits
@@ -43,33 +43,56 @@ from runner.tracking.destination import Destination
 __all__ = ["Launch", "ParentRun", "RunResult", "TrainingFailed", "run", "run_training"]
 
 
-def run_training(settings: ExperimentConfig, destination: Destination | None, *, parent: ParentRun | None = None,
-                 launch: Launch = Launch(), dataset: Dataset | None = None,
-                 observers: Sequence[Observer] = ()) -> RunResult:
+def run_training(
+    settings: ExperimentConfig,
+    destination: Destination | None,
+    *,
+    parent: ParentRun | None = None,
+    launch: Launch | None = None,
+    dataset: Dataset | None = None,
+    observers: Sequence[Observer] = (),
+) -> RunResult:
     """Train the network ``settings`` describe; track it at ``destination`` (a child of
     ``parent`` when given); return the result. See the module docstring for how it ends.
 
     ``dataset`` replaces the one the settings name (reruns load it first to check it);
     ``observers`` see every epoch (a progress bar, tests)."""
+    launch = launch or Launch()
     interruption.check()  # nothing has started: stopping here leaves nothing behind
     if dataset is None:
         dataset = load_data(settings)
     generators = make_generators(settings)
     model, trainer = settings.model, settings.trainer
-    network = MLP([dataset.n_inputs, *model.hidden, dataset.n_outputs], generators["init"],
-                  activation=model.activation, output_activation=model.output_activation,
-                  init=model.init, init_std=model.init_std, dtype=trainer.dtype)
+    network = MLP(
+        [dataset.n_inputs, *model.hidden, dataset.n_outputs],
+        generators["init"],
+        activation=model.activation,
+        output_activation=model.output_activation,
+        init=model.init,
+        init_std=model.init_std,
+        dtype=trainer.dtype,
+    )
     early_stopping = None
     if trainer.early_stopping.enabled:
         stopping = trainer.early_stopping
         early_stopping = EarlyStopping(stopping.patience, stopping.min_delta, stopping.restore_best_weights)
-    training = Training(network, build_optimizer(settings), dataset, dict(
-        epochs=trainer.epochs, loss=trainer.loss, batch_size=trainer.batch_size, rng=generators["shuffle"],
-        X_val=dataset.X_val, Y_val=dataset.Y_val,
-        metrics=["mse"] + (["accuracy"] if dataset.task == "classification" else []),
-        early_stopping=early_stopping, saturation_patience=trainer.saturation_patience,
-        stop_requested=interruption.requested,
-    ))
+    training = Training(
+        network,
+        build_optimizer(settings),
+        dataset,
+        {
+            "epochs": trainer.epochs,
+            "loss": trainer.loss,
+            "batch_size": trainer.batch_size,
+            "rng": generators["shuffle"],
+            "X_val": dataset.X_val,
+            "Y_val": dataset.Y_val,
+            "metrics": ["mse"] + (["accuracy"] if dataset.task == "classification" else []),
+            "early_stopping": early_stopping,
+            "saturation_patience": trainer.saturation_patience,
+            "stop_requested": interruption.requested,
+        },
+    )
     # A fixed thread count: OpenBLAS sums in another order at another count (results drift by 1e-13).
     with threadpool_limits(limits=trainer.blas_threads, user_api="blas"):
         if destination is None:
@@ -81,15 +104,24 @@ def run_training(settings: ExperimentConfig, destination: Destination | None, *,
             result = tracked_training(settings, destination, parent, launch, training, observers)
     if result.history.stop_reason == "interrupted":
         epochs = f"after {result.history.epochs_run} complete epoch(s)"
-        interruption.check(f"run {result.run_id} ended KILLED {epochs}, each one logged" if result.run_id
-                           else f"training stopped {epochs} (untracked)")
+        interruption.check(
+            f"run {result.run_id} ended KILLED {epochs}, each one logged"
+            if result.run_id
+            else f"training stopped {epochs} (untracked)"
+        )
     if result.history.stop_reason == "diverged":
         raise TrainingFailed(result.history.message, result.run_id)
     return result
 
 
-def run(cfg: DictConfig | dict, *, tracking_uri: str | None = None, start_dir: str | None = None,
-        dataset: Dataset | None = None, observers: Sequence[Observer] = ()) -> RunResult:
+def run(
+    cfg: DictConfig | dict,
+    *,
+    tracking_uri: str | None = None,
+    start_dir: str | None = None,
+    dataset: Dataset | None = None,
+    observers: Sequence[Observer] = (),
+) -> RunResult:
     """Validate a composed config and run it: the Python way to ``bprun``'s single run.
 
     The run is tracked as the config's ``tracking`` settings say (``tracking_uri`` overrides the

@@ -8,7 +8,6 @@ unknown keys already fail while Hydra composes. ``runner.core.validation`` check
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from omegaconf import MISSING
 
@@ -71,7 +70,7 @@ class DatasetConfig:
     name: str = MISSING
     val_fraction: float = 0.2
     standardize: bool = True  # features: zero mean, unit variance (training-split statistics)
-    seed: Optional[int] = None  # None: derived from the top-level seed
+    seed: int | None = None  # None: derived from the top-level seed
 
 
 @dataclass
@@ -88,15 +87,15 @@ class SpiralsDatasetConfig(SyntheticDatasetConfig):
 @dataclass
 class CsvDatasetConfig(DatasetConfig):
     path: str = MISSING
-    features: Optional[list[str]] = None  # None: every column that is not a target
+    features: list[str] | None = None  # None: every column that is not a target
     targets: list[str] = MISSING
     task: str = "regression"  # or classification (one target column of labels, one-hot encoded)
 
 
 DATASET_SCHEMAS: dict[str, type[DatasetConfig]] = {
-    **{name: SyntheticDatasetConfig for name in SYNTHETIC_DATASETS},
+    **dict.fromkeys(SYNTHETIC_DATASETS, SyntheticDatasetConfig),
     "spirals": SpiralsDatasetConfig,
-    **{name: DatasetConfig for name in BUILTIN_DATASETS},
+    **dict.fromkeys(BUILTIN_DATASETS, DatasetConfig),
     "csv": CsvDatasetConfig,
 }
 
@@ -113,7 +112,7 @@ class EarlyStoppingConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 1000
-    batch_size: Optional[int] = None  # None: full batch
+    batch_size: int | None = None  # None: full batch
     dtype: str = "float64"
     loss: str = "mse"
     # Fixed, not "whatever the machine has": OpenBLAS sums in a different order per thread count
@@ -127,12 +126,12 @@ class TrainerConfig:
 @dataclass
 class TrackingConfig:
     enabled: bool = True
-    uri: Optional[str] = None  # None: sqlite:///<directory bprun started in>/mlflow.db
+    uri: str | None = None  # None: sqlite:///<directory bprun started in>/mlflow.db
     experiment: str = "backprop-runner"
-    run_name: Optional[str] = None  # None: built from the data set, optimizer and overrides
+    run_name: str | None = None  # None: built from the data set, optimizer and overrides
     # Full weight/gradient tensors every n-th epoch and the last; None: at most TENSOR_SNAPSHOTS
     # evenly spaced epochs and the last; 0: never.
-    tensors_every: Optional[int] = None
+    tensors_every: int | None = None
     offline: bool = False  # keep runs in a local store (mlflow-offline.db); upload later with bprun-sync
     http_timeout: float = 5.0  # seconds an http(s) tracking server may take to answer
     http_retries: int = 2

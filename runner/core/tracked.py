@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import yaml
@@ -31,8 +31,14 @@ from runner.tracking.tensors import TensorWriter, snapshot_spacing
 log = logging.getLogger(__name__)
 
 
-def tracked_training(settings: ExperimentConfig, destination: Destination, parent: ParentRun | None,
-                     launch: Launch, training: Training, observers: Sequence[Observer]) -> RunResult:
+def tracked_training(
+    settings: ExperimentConfig,
+    destination: Destination,
+    parent: ParentRun | None,
+    launch: Launch,
+    training: Training,
+    observers: Sequence[Observer],
+) -> RunResult:
     """Train inside a new MLflow run at ``destination``: metrics every epoch, tensors streamed
     into the artifact folder, then plots, weights and the model. Plots and tensors are also
     written when training fails or is interrupted."""
@@ -43,8 +49,14 @@ def tracked_training(settings: ExperimentConfig, destination: Destination, paren
     params["model.layer_sizes"] = network.sizes
     params.update({f"{names.CHOICE_PARAM_PREFIX}{group}": option for group, option in launch.choices.items()})
     fingerprint = dataset.fingerprint()
-    tags = {names.DATASET: dataset.name, names.TASK: dataset.task, names.DATA_SOURCE: dataset.source,
-            names.DATA_SHA256: fingerprint, **provenance_tags(config_yaml, launch.start_dir), **launch.tags}
+    tags = {
+        names.DATASET: dataset.name,
+        names.TASK: dataset.task,
+        names.DATA_SOURCE: dataset.source,
+        names.DATA_SHA256: fingerprint,
+        **provenance_tags(config_yaml, launch.start_dir),
+        **launch.tags,
+    }
     if destination.sync_target:
         tags[names.SYNC_TARGET] = destination.sync_target
     if parent is None:
@@ -59,8 +71,10 @@ def tracked_training(settings: ExperimentConfig, destination: Destination, paren
     run_name = launch.run_name or tracking.run_name or default_run_name(settings)
     history: History | None = None
     with TrackedRun(destination.uri, experiment_id, run_name, params, tags) as run:
-        text_artifacts = {names.CONFIG_ARTIFACT: config_yaml,
-                          names.OVERRIDES_ARTIFACT: yaml.safe_dump(list(launch.overrides))}
+        text_artifacts = {
+            names.CONFIG_ARTIFACT: config_yaml,
+            names.OVERRIDES_ARTIFACT: yaml.safe_dump(list(launch.overrides)),
+        }
         source = project_git_state()
         if source is not None and source.dirty:
             # The commit alone does not give back the code that ran; the diff does.
@@ -70,14 +84,17 @@ def tracked_training(settings: ExperimentConfig, destination: Destination, paren
         if launch.output_dir is not None:
             launch.output_dir.mkdir(parents=True, exist_ok=True)
             (launch.output_dir / names.RUN_POINTER_FILE).write_text(
-                run_pointer(run.run_id, destination.uri, experiment_id))
+                run_pointer(run.run_id, destination.uri, experiment_id)
+            )
         run.log_dataset(dataset.name, dataset.X_train, dataset.Y_train, fingerprint)
         epoch_metrics = EpochMetrics(run, settings.trainer.loss)
         tensor_writer = None
         if tracking.tensors_every != 0:
-            tensor_writer = TensorWriter(run.artifact_dir / names.TENSORS_ARTIFACT,
-                                         snapshot_spacing(tracking.tensors_every, settings.trainer.epochs),
-                                         settings.trainer.epochs)
+            tensor_writer = TensorWriter(
+                run.artifact_dir / names.TENSORS_ARTIFACT,
+                snapshot_spacing(tracking.tensors_every, settings.trainer.epochs),
+                settings.trainer.epochs,
+            )
             run.before_flush.append(tensor_writer.sync)
         try:
             # Tensors first: by the time an epoch's metrics are flushed its tensors are written.
@@ -97,8 +114,16 @@ def tracked_training(settings: ExperimentConfig, destination: Destination, paren
         else:
             _save_model(run, network, dataset)
         artifact_bytes = sum(path.stat().st_size for path in run.artifact_dir.rglob("*") if path.is_file())
-    return RunResult(final_metrics(history, settings.trainer.loss), history, network, dataset,
-                     run.run_id, destination.uri, experiment_id, artifact_bytes)
+    return RunResult(
+        final_metrics(history, settings.trainer.loss),
+        history,
+        network,
+        dataset,
+        run.run_id,
+        destination.uri,
+        experiment_id,
+        artifact_bytes,
+    )
 
 
 def _save_plots(epoch_metrics: EpochMetrics, run: TrackedRun, completed: bool) -> None:

@@ -4,9 +4,9 @@ arguments, the result, and how a run was started."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -120,8 +120,14 @@ class Training:
     arguments: dict
 
     def run(self, observers: Sequence[Observer]) -> History:
-        return train(self.network, self.optimizer, self.dataset.X_train, self.dataset.Y_train,
-                     observers=list(observers), **self.arguments)
+        return train(
+            self.network,
+            self.optimizer,
+            self.dataset.X_train,
+            self.dataset.Y_train,
+            observers=list(observers),
+            **self.arguments,
+        )
 
 
 def run_pointer(run_id: str, uri: str, experiment_id: str) -> str:

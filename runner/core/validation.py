@@ -106,42 +106,71 @@ def _problems(settings: ExperimentConfig) -> list[str]:
             need(limit.allows(value), key, value, limit.describe())
 
     model, optimizer, dataset, trainer = settings.model, settings.optimizer, settings.dataset, settings.trainer
-    need(all(size >= 1 for size in model.hidden), "model.hidden", model.hidden,
-         "every hidden layer size must be an integer >= 1 ([] for no hidden layer)")
+    need(
+        all(size >= 1 for size in model.hidden),
+        "model.hidden",
+        model.hidden,
+        "every hidden layer size must be an integer >= 1 ([] for no hidden layer)",
+    )
     choice("model.activation", model.activation, [a for a in ACTIVATIONS if a != "softmax"])
     choice("model.output_activation", model.output_activation, ACTIVATIONS)
     choice("model.init", model.init, INITIALIZERS)
     choice("optimizer.schedule.name", optimizer.schedule.name, SCHEDULE_NAMES)
     if LIMITS["lr"].allows(optimizer.lr):
-        need(optimizer.schedule.min_lr <= optimizer.lr, "optimizer.schedule.min_lr", optimizer.schedule.min_lr,
-             f"it must lie in [0, optimizer.lr={optimizer.lr}]")
+        need(
+            optimizer.schedule.min_lr <= optimizer.lr,
+            "optimizer.schedule.min_lr",
+            optimizer.schedule.min_lr,
+            f"it must lie in [0, optimizer.lr={optimizer.lr}]",
+        )
     if isinstance(dataset, CsvDatasetConfig):
-        need(os.path.isfile(dataset.path), "dataset.path", dataset.path,
-             f"no such file (relative paths start from {os.getcwd()})")
+        need(
+            os.path.isfile(dataset.path),
+            "dataset.path",
+            dataset.path,
+            f"no such file (relative paths start from {os.getcwd()})",
+        )
         need(len(dataset.targets) >= 1, "dataset.targets", dataset.targets, "name at least one target column")
         for key, columns in (("dataset.features", dataset.features or []), ("dataset.targets", dataset.targets)):
             twice = sorted({column for column in columns if columns.count(column) > 1})
             need(not twice, key, columns, f"it names {', '.join(map(repr, twice))} more than once")
         both = sorted(set(dataset.features or []) & set(dataset.targets))
-        need(not both, "dataset.features", dataset.features,
-             f"{', '.join(map(repr, both))} cannot be a feature and a target")
+        need(
+            not both,
+            "dataset.features",
+            dataset.features,
+            f"{', '.join(map(repr, both))} cannot be a feature and a target",
+        )
         choice("dataset.task", dataset.task, CSV_TASKS)
         if dataset.task == "classification":
-            need(len(dataset.targets) == 1, "dataset.targets", dataset.targets,
-                 "classification takes exactly one column of class labels")
+            need(
+                len(dataset.targets) == 1,
+                "dataset.targets",
+                dataset.targets,
+                "classification takes exactly one column of class labels",
+            )
     choice("trainer.dtype", trainer.dtype, DTYPES)
     choice("trainer.loss", trainer.loss, LOSSES)
     required = REQUIRED_OUTPUT_ACTIVATION.get(trainer.loss)
     if required is not None and model.output_activation != required:
-        problems.append(f"trainer.loss={trainer.loss!r} needs model.output_activation='{required}', "
-                        f"got {model.output_activation!r}")
+        problems.append(
+            f"trainer.loss={trainer.loss!r} needs model.output_activation='{required}', got {model.output_activation!r}"
+        )
     if trainer.early_stopping.enabled and dataset.val_fraction == 0:
         problems.append("trainer.early_stopping.enabled=True needs a validation split: set dataset.val_fraction > 0")
-    need(0 < len(settings.tracking.experiment.strip()) <= MAX_EXPERIMENT_NAME, "tracking.experiment",
-         settings.tracking.experiment, f"name an MLflow experiment (1 to {MAX_EXPERIMENT_NAME} characters)")
+    need(
+        0 < len(settings.tracking.experiment.strip()) <= MAX_EXPERIMENT_NAME,
+        "tracking.experiment",
+        settings.tracking.experiment,
+        f"name an MLflow experiment (1 to {MAX_EXPERIMENT_NAME} characters)",
+    )
     if settings.tracking.run_name is not None:
-        need(len(settings.tracking.run_name) <= MAX_RUN_NAME, "tracking.run_name", settings.tracking.run_name,
-             f"at most {MAX_RUN_NAME} characters")
+        need(
+            len(settings.tracking.run_name) <= MAX_RUN_NAME,
+            "tracking.run_name",
+            settings.tracking.run_name,
+            f"at most {MAX_RUN_NAME} characters",
+        )
     return problems
 
 
@@ -182,21 +211,26 @@ def validate(cfg: DictConfig | dict) -> ExperimentConfig:
     optimizer_name = raw.get("optimizer", {}).get("name") if isinstance(raw.get("optimizer"), dict) else None
     dataset_name = raw.get("dataset", {}).get("name") if isinstance(raw.get("dataset"), dict) else None
     if optimizer_name not in OPTIMIZER_SCHEMAS:
-        raise ConfigError(f"optimizer.name={optimizer_name!r} is not allowed: choose one of {_allowed(OPTIMIZER_SCHEMAS)}")
+        raise ConfigError(
+            f"optimizer.name={optimizer_name!r} is not allowed: choose one of {_allowed(OPTIMIZER_SCHEMAS)}"
+        )
     if dataset_name not in DATASET_SCHEMAS:
         raise ConfigError(f"dataset.name={dataset_name!r} is not allowed: choose one of {_allowed(DATASET_SCHEMAS)}")
 
     # Merging into a fresh schema for the chosen options catches what '+key=value' slipped past
     # composition: unknown keys, wrong types, missing values.
-    schema = OmegaConf.structured(ExperimentConfig(
-        optimizer=OPTIMIZER_SCHEMAS[optimizer_name](), dataset=DATASET_SCHEMAS[dataset_name]()))
+    schema = OmegaConf.structured(
+        ExperimentConfig(optimizer=OPTIMIZER_SCHEMAS[optimizer_name](), dataset=DATASET_SCHEMAS[dataset_name]())
+    )
     try:
         # Merge the plain container: a typed DictConfig merges its extra keys in silently.
         merged = OmegaConf.merge(schema, OmegaConf.create(raw))
         missing = sorted(OmegaConf.missing_keys(merged))
         if missing:
-            raise ConfigError(f"{', '.join(missing)}: required but not set (???); set it on the command line, "
-                              f"for example {missing[0]}=...")
+            raise ConfigError(
+                f"{', '.join(missing)}: required but not set (???); set it on the command line, "
+                f"for example {missing[0]}=..."
+            )
         settings: ExperimentConfig = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"

@@ -66,10 +66,13 @@ def run_job(cfg: DictConfig) -> float | None:
         if in_sweep:
             print(f"bprun: job #{state.job.num} failed: {type(error).__name__}: {error}", file=sys.stderr)
         elif out_of_space(error):
-            raise CommandExit(DiskFull(
-                "training stopped: No space left on device (or the store's disk is full); the database is intact "
-                "and keeps what was logged; bprun-doctor marks the run KILLED if its status could not be "
-                "written")) from None
+            raise CommandExit(
+                DiskFull(
+                    "training stopped: No space left on device (or the store's disk is full); the database is intact "
+                    "and keeps what was logged; bprun-doctor marks the run KILLED if its status could not be "
+                    "written"
+                )
+            ) from None
         raise
     print(summary(result, in_sweep))
     record.info("%s", summary(result, in_sweep=False))
@@ -89,17 +92,26 @@ def _run(cfg: DictConfig, state: DictConfig, in_sweep: bool) -> RunResult:
         parent = ParentRun(sweep.run_id, sweep.experiment_id)
     elif tracking.enabled:
         target = Destination.configured(tracking, state.runtime.cwd)
-    choices = {group: str(option) for group, option in state.runtime.choices.items()
-               if not group.startswith(("hydra/", "schema/")) and option is not None}
+    choices = {
+        group: str(option)
+        for group, option in state.runtime.choices.items()
+        if not group.startswith(("hydra/", "schema/")) and option is not None
+    }
     run_name = None
     if sweep is not None and sweep.swept_keys and not tracking.run_name:
-        values = {key: choices[key] if key in choices else OmegaConf.select(cfg, key.lstrip("+~"))
-                  for key in sweep.swept_keys}
+        values = {
+            key: choices[key] if key in choices else OmegaConf.select(cfg, key.lstrip("+~")) for key in sweep.swept_keys
+        }
         run_name = job_name(default_run_name(settings), values)
     requeue_of = state.job.env_set.get(names.ENV_REQUEUE_OF)  # set by a cluster launcher that requeued the job
-    launch = Launch(overrides=tuple(state.overrides.task), choices=choices, run_name=run_name,
-                    output_dir=Path(state.runtime.output_dir), start_dir=state.runtime.cwd,
-                    tags={names.REQUEUE_OF: str(requeue_of)} if requeue_of else {})
+    launch = Launch(
+        overrides=tuple(state.overrides.task),
+        choices=choices,
+        run_name=run_name,
+        output_dir=Path(state.runtime.output_dir),
+        start_dir=state.runtime.cwd,
+        tags={names.REQUEUE_OF: str(requeue_of)} if requeue_of else {},
+    )
     observers: list[Observer] = []
     if os.environ.get(names.ENV_CRASH_AT_EPOCH):
         observers.append(_CrashAt(int(os.environ[names.ENV_CRASH_AT_EPOCH])))

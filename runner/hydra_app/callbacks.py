@@ -31,10 +31,13 @@ class BprunCallback(Callback):
         check_output_folder(config.hydra.sweep.dir)
         sweeper = config.hydra.sweeper.get("_target_")
         if config.tracking.enabled and sweeper not in TRACKING_SWEEPERS:
-            raise CommandExit(UntrackedSweeper(
-                f"hydra.sweeper._target_={sweeper} does not track a sweep as one MLflow parent run with its "
-                "jobs nested under it; use hydra/sweeper=grid (the default) or hydra/sweeper=optuna, or "
-                "tracking=none"))
+            raise CommandExit(
+                UntrackedSweeper(
+                    f"hydra.sweeper._target_={sweeper} does not track a sweep as one MLflow parent run with its "
+                    "jobs nested under it; use hydra/sweeper=grid (the default) or hydra/sweeper=optuna, or "
+                    "tracking=none"
+                )
+            )
 
 
 def check_output_folder(folder: str) -> None:
@@ -45,6 +48,9 @@ def check_output_folder(folder: str) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".bprun-write-check-"):
             pass
     except OSError as error:
-        raise CommandExit(OutputFolderUnwritable(
-            f"cannot write the output folder {folder}: {error.strerror}; nothing was trained "
-            "(set hydra.run.dir / hydra.sweep.dir elsewhere)")) from None
+        raise CommandExit(
+            OutputFolderUnwritable(
+                f"cannot write the output folder {folder}: {error.strerror}; nothing was trained "
+                "(set hydra.run.dir / hydra.sweep.dir elsewhere)"
+            )
+        ) from None

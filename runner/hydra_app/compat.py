@@ -38,18 +38,27 @@ def refuse_foreign_callbacks() -> None:
 
         original_init = hydra_callbacks.Callbacks.__init__
     except (ImportError, AttributeError) as error:
-        raise RuntimeError(f"bprun cannot check hydra.callbacks with hydra-core {version('hydra-core')} "
-                           f"({error}); install hydra-core {CHECKED_HYDRA_VERSIONS[-1]}") from None
+        raise RuntimeError(
+            f"bprun cannot check hydra.callbacks with hydra-core {version('hydra-core')} "
+            f"({error}); install hydra-core {CHECKED_HYDRA_VERSIONS[-1]}"
+        ) from None
     if getattr(original_init, "bprun_checked", False):
         return
 
     def checked_init(self: Any, config: DictConfig | None = None, *args: Any, **kwargs: Any) -> None:
         entries = OmegaConf.select(config, "hydra.callbacks") if config is not None else None
-        foreign = [f"hydra.callbacks.{name}._target_={entry.get('_target_')}"
-                   for name, entry in (entries or {}).items() if entry.get("_target_") not in ALLOWED_CALLBACKS]
+        foreign = [
+            f"hydra.callbacks.{name}._target_={entry.get('_target_')}"
+            for name, entry in (entries or {}).items()
+            if entry.get("_target_") not in ALLOWED_CALLBACKS
+        ]
         if foreign:
-            raise CommandExit(ForeignCallback(f"refusing {', '.join(foreign)}: configs are plain data and are "
-                                              "never instantiated; remove '_target_'"))
+            raise CommandExit(
+                ForeignCallback(
+                    f"refusing {', '.join(foreign)}: configs are plain data and are "
+                    "never instantiated; remove '_target_'"
+                )
+            )
         original_init(self, config, *args, **kwargs)
 
     checked_init.bprun_checked = True  # type: ignore[attr-defined]

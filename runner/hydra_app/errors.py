@@ -29,7 +29,7 @@ def describe(error: BaseException) -> str:
     if isinstance(error, ConfigCompositionException) and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         key = cause.full_key or str(cause.key)
         parent = cause.parent_node
-        keys = sorted(str(name) for name in parent.keys() if name != "hydra") if isinstance(parent, DictConfig) else []
+        keys = sorted(str(name) for name in parent if name != "hydra") if isinstance(parent, DictConfig) else []
         owner = key.rpartition(".")[0]
         where = f"the keys of {owner}" if owner else "the top-level keys"
         return f"{key}: no such key{_closest(key.rpartition('.')[2], keys, owner)}; {where} are {', '.join(keys)}"

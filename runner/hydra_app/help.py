@@ -17,8 +17,9 @@ def config_groups() -> dict[str, list[str]]:
     groups = {}
     for folder in sorted(tree.iterdir(), key=lambda entry: entry.name):
         if folder.is_dir() and folder.name not in ("hydra", "__pycache__"):
-            groups[folder.name] = sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir()
-                                         if entry.name.endswith(".yaml"))
+            groups[folder.name] = sorted(
+                entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml")
+            )
     return groups
 
 

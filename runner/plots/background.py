@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED = 2
 
-_active: "PlotHelper | None" = None
+_active: PlotHelper | None = None
 
 
 class PlotHelper:

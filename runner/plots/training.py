@@ -17,9 +17,10 @@ from __future__ import annotations
 import functools
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -78,8 +79,9 @@ class _Series:
 LayerPanel = list[tuple[int, int, str]]
 
 
-def save_training_plots(metrics: dict[str, Sequence[float]], directory: Path,
-                        steps: Sequence[int] | None = None) -> list[Path]:
+def save_training_plots(
+    metrics: dict[str, Sequence[float]], directory: Path, steps: Sequence[int] | None = None
+) -> list[Path]:
     """Write the charts of ``metrics`` into ``directory`` (created if needed) and return the
     paths written, in the order learning curves, gradient norms, weight norms.
 
@@ -109,6 +111,7 @@ def save_training_plots(metrics: dict[str, Sequence[float]], directory: Path,
 
 # --- data ------------------------------------------------------------------------------------
 
+
 def load_series(metrics: dict[str, Sequence[float]], steps: Sequence[int] | None) -> dict[str, _Series]:
     """Every series with at least one finite value, as float arrays with their epochs."""
     all_epochs = None if steps is None else np.asarray(steps, dtype=float).ravel()
@@ -135,7 +138,7 @@ def layer_numbers(series: dict[str, _Series]) -> list[int]:
     numbers = set()
     for name in series:
         prefix, slash, _ = name.partition("/")
-        digits = prefix[len(LAYER_PREFIX):]
+        digits = prefix[len(LAYER_PREFIX) :]
         if slash and prefix.startswith(LAYER_PREFIX) and digits.isdigit():
             numbers.add(int(digits))
     return sorted(numbers)
@@ -147,9 +150,12 @@ def layer_colours(count: int) -> list[Any]:
 
 
 def _layer_panel(series: dict[str, _Series], layers: list[int], statistics: tuple[str, ...]) -> LayerPanel:
-    return [(layer, index, f"{LAYER_PREFIX}{layer}/{statistic}")
-            for layer in layers for index, statistic in enumerate(statistics)
-            if f"{LAYER_PREFIX}{layer}/{statistic}" in series]
+    return [
+        (layer, index, f"{LAYER_PREFIX}{layer}/{statistic}")
+        for layer in layers
+        for index, statistic in enumerate(statistics)
+        if f"{LAYER_PREFIX}{layer}/{statistic}" in series
+    ]
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -218,12 +224,23 @@ def _hashable(value: Any) -> Any:
 def learning_curves_figure(series: dict[str, _Series]) -> Figure | None:
     panels = []
     for metric, title, label in LEARNING_PANELS:
-        lines = tuple(_line(f"{prefix}_{metric}", label=split_label, linestyle=style)
-                      for prefix, split_label, style in SPLITS if f"{prefix}_{metric}" in series)
+        lines = tuple(
+            _line(f"{prefix}_{metric}", label=split_label, linestyle=style)
+            for prefix, split_label, style in SPLITS
+            if f"{prefix}_{metric}" in series
+        )
         if lines:
             # An explicit "best" legend location also keeps matplotlib from warning that it is slow.
-            panels.append(_Panel(title, label, lines, legend=True,
-                                 ylim=(-0.02, 1.02) if metric == "accuracy" else None, log_from_decades=1.0))
+            panels.append(
+                _Panel(
+                    title,
+                    label,
+                    lines,
+                    legend=True,
+                    ylim=(-0.02, 1.02) if metric == "accuracy" else None,
+                    log_from_decades=1.0,
+                )
+            )
     return _figure(_Layout("Learning curves", tuple(panels), markers=_short(series)), series) if panels else None
 
 
@@ -232,14 +249,20 @@ def gradient_norms_figure(series: dict[str, _Series], layers: list[int], layer_c
         (("grad_weight_norm", "grad_bias_norm"), "Gradient L2 norm", "L2 norm of the epoch's gradient"),
         (("update_ratio",), "Update ratio ‖Δw‖ / ‖w‖", "‖Δw‖ / ‖w‖ over the epoch"),
     )
-    panels = [(panel, title, label) for statistics, title, label in candidates
-              if (panel := _layer_panel(series, layers, statistics))]
+    panels = [
+        (panel, title, label)
+        for statistics, title, label in candidates
+        if (panel := _layer_panel(series, layers, statistics))
+    ]
     if not panels:
         return None
     entries = _layer_legend_entries([line for panel, _, _ in panels for line in panel], layer_colour)
-    layout = _Layout("Gradients and updates per layer",
-                     tuple(_layer_axes(panel, title, label, layer_colour) for panel, title, label in panels),
-                     entries, markers=_short(series))
+    layout = _Layout(
+        "Gradients and updates per layer",
+        tuple(_layer_axes(panel, title, label, layer_colour) for panel, title, label in panels),
+        entries,
+        markers=_short(series),
+    )
     return _figure(layout, series)
 
 
@@ -247,8 +270,13 @@ def weight_norms_figure(series: dict[str, _Series], layers: list[int], layer_col
     panel = _layer_panel(series, layers, ("weight_norm", "bias_norm"))
     if not panel:
         return None
-    layout = _Layout("Parameter norms per layer", (_layer_axes(panel, "", "L2 norm after the epoch", layer_colour),),
-                     _layer_legend_entries(panel, layer_colour), axes_titles=False, markers=_short(series))
+    layout = _Layout(
+        "Parameter norms per layer",
+        (_layer_axes(panel, "", "L2 norm after the epoch", layer_colour),),
+        _layer_legend_entries(panel, layer_colour),
+        axes_titles=False,
+        markers=_short(series),
+    )
     return _figure(layout, series)
 
 
@@ -287,8 +315,9 @@ def _figure(layout: _Layout, series: dict[str, _Series]) -> Figure:
 
 
 def _build(layout: _Layout) -> _Built:
-    handles = [Line2D([], [], color=colour, linestyle=style, label=label)
-               for label, colour, style in layout.legend_entries]
+    handles = [
+        Line2D([], [], color=colour, linestyle=style, label=label) for label, colour, style in layout.legend_entries
+    ]
     figure, axes = _new_figure(len(layout.panels), layout.title, handles, layout.axes_titles)
     lines = []
     markers = {"marker": "o", "markersize": 3} if layout.markers else {}
@@ -325,8 +354,9 @@ def _scale_to(ax: Axes, panel: _Panel, data: list[_Series]) -> None:
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
 
 
-def _new_figure(panels: int, title: str, legend_handles: list[Any] | None = None,
-                axes_titles: bool = True) -> tuple[Figure, list[Axes]]:
+def _new_figure(
+    panels: int, title: str, legend_handles: list[Any] | None = None, axes_titles: bool = True
+) -> tuple[Figure, list[Axes]]:
     """A figure of ``panels`` side-by-side axes on its own Agg canvas, with the figure legend
     ``legend_handles`` (if any) right of the axes."""
     legend_columns = math.ceil(len(legend_handles) / LEGEND_ROWS) if legend_handles else 0
@@ -335,17 +365,28 @@ def _new_figure(panels: int, title: str, legend_handles: list[Any] | None = None
     height = BOTTOM + AXES_HEIGHT + (TOP if axes_titles else TOP_WITHOUT_AXES_TITLES)
     figure = new_figure((width, height))
     axes = list(figure.subplots(1, panels, squeeze=False)[0])
-    figure.subplots_adjust(left=LEFT / width, right=axes_right / width, bottom=BOTTOM / height,
-                           top=(BOTTOM + AXES_HEIGHT) / height, wspace=PANEL_GAP / AXES_WIDTH)
+    figure.subplots_adjust(
+        left=LEFT / width,
+        right=axes_right / width,
+        bottom=BOTTOM / height,
+        top=(BOTTOM + AXES_HEIGHT) / height,
+        wspace=PANEL_GAP / AXES_WIDTH,
+    )
     figure.suptitle(title, y=1 - 0.06 / height, va="top", fontsize="large")
     if legend_handles:
-        figure.legend(handles=legend_handles, loc="upper left", ncols=legend_columns, fontsize="small",
-                      bbox_to_anchor=((axes_right + LEGEND_GAP) / width, (BOTTOM + AXES_HEIGHT) / height),
-                      borderaxespad=0.0)
+        figure.legend(
+            handles=legend_handles,
+            loc="upper left",
+            ncols=legend_columns,
+            fontsize="small",
+            bbox_to_anchor=((axes_right + LEGEND_GAP) / width, (BOTTOM + AXES_HEIGHT) / height),
+            borderaxespad=0.0,
+        )
     return figure, axes
 
 
 # --- axes ------------------------------------------------------------------------------------
+
 
 def _set_y_scale(ax: Axes, lines: list[_Series], log_from_decades: float) -> None:
     """Log y when every value is positive and they span at least ``log_from_decades``. When some
@@ -382,7 +423,7 @@ def power_of_ten_label(value: float, _position: int | None = None) -> str:
     if value == 0:
         return "0"
     exponent = round(math.log10(abs(value)))
-    if not math.isclose(abs(value), 10.0 ** exponent, rel_tol=1e-9):
+    if not math.isclose(abs(value), 10.0**exponent, rel_tol=1e-9):
         return plain_label(value)
     return ("−" if value < 0 else "") + "10" + str(exponent).translate(SUPERSCRIPTS)
 

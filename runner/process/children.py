@@ -93,15 +93,23 @@ class ChildPool:
     lifeline and signal handlers are in place. With ``quiet_signals`` a worker ignores SIGINT and
     SIGTERM (it stops only through its lifeline); otherwise it records them as bprun does."""
 
-    def __init__(self, workers: int, start_method: str = "forkserver",
-                 initializer: Callable[..., None] | None = None, initargs: tuple = (),
-                 quiet_signals: bool = False) -> None:
+    def __init__(
+        self,
+        workers: int,
+        start_method: str = "forkserver",
+        initializer: Callable[..., None] | None = None,
+        initargs: tuple = (),
+        quiet_signals: bool = False,
+    ) -> None:
         context = multiprocessing.get_context(start_method)
         self._lifeline, self._lifeline_writer = context.Pipe(duplex=False)
         self._stopped_on_purpose = context.RawValue("b", 0)
         self._executor = ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_start_worker,
-            initargs=(self._lifeline, self._stopped_on_purpose, quiet_signals, initializer, initargs))
+            workers,
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(self._lifeline, self._stopped_on_purpose, quiet_signals, initializer, initargs),
+        )
         self._closed = False
 
     def submit(self, function: Callable[..., T], *arguments: Any) -> Future[T]:
@@ -132,15 +140,19 @@ class ChildPool:
 _calling = threading.Lock()
 
 
-def _start_worker(lifeline: Any, stopped_on_purpose: Any, quiet_signals: bool,
-                  initializer: Callable[..., None] | None, initargs: tuple) -> None:
+def _start_worker(
+    lifeline: Any,
+    stopped_on_purpose: Any,
+    quiet_signals: bool,
+    initializer: Callable[..., None] | None,
+    initargs: tuple,
+) -> None:
     if quiet_signals:
         interruption.ignore()
     else:
         interruption.install()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, interruption.SIGNALS)
-    threading.Thread(target=_watch_lifeline, args=(lifeline, stopped_on_purpose), name="lifeline",
-                     daemon=True).start()
+    threading.Thread(target=_watch_lifeline, args=(lifeline, stopped_on_purpose), name="lifeline", daemon=True).start()
     if initializer is not None:
         initializer(*initargs)
 

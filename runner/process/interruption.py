@@ -53,8 +53,9 @@ def _record(signum: int, frame: object) -> None:
         _received = signum
     if _report_signals:
         # os.write, not print: print is not reentrant, and the main thread may be printing.
-        text = (f"\n{_stopping_line}\n" if first else
-                "\nbprun: already stopping; the runs are being ended, please wait\n")
+        text = (
+            f"\n{_stopping_line}\n" if first else "\nbprun: already stopping; the runs are being ended, please wait\n"
+        )
         try:
             os.write(2, text.encode())
         except OSError:

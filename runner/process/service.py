@@ -28,8 +28,9 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 def start(command: Sequence[str], environment: dict[str, str], **options: Any) -> subprocess.Popen:
     """``command`` in a session of its own, ending when this process ends; ``options`` go to
     ``subprocess.Popen`` (``cwd``, ``stdout``, ...)."""
-    return subprocess.Popen(list(command), env=environment, start_new_session=True, preexec_fn=_die_with_parent,
-                            **options)
+    return subprocess.Popen(
+        list(command), env=environment, start_new_session=True, preexec_fn=_die_with_parent, **options
+    )
 
 
 def stop(process: subprocess.Popen, grace_seconds: float = 15.0) -> int:

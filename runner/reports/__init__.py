@@ -28,9 +28,14 @@ RUNS_MARKDOWN = "runs.md"
 LEARNING_CURVES = "learning_curves.png"
 
 
-def write_report(table: pd.DataFrame, histories: Histories, output_dir: str | os.PathLike,
-                 metric: str = DEFAULT_METRIC, color_by: str | None = None,
-                 top_k: int | None = None) -> list[Path]:
+def write_report(
+    table: pd.DataFrame,
+    histories: Histories,
+    output_dir: str | os.PathLike,
+    metric: str = DEFAULT_METRIC,
+    color_by: str | None = None,
+    top_k: int | None = None,
+) -> list[Path]:
     """Rank ``table`` by ``metric`` (see ``rank_runs``), keep ``top_k`` rows, and write into
     ``output_dir`` (created if needed): ``runs.csv``, ``runs.md``, ``learning_curves.png`` and
     one ``final_<metric>_vs_<key>.png`` per numeric swept key with at least two values.
@@ -40,8 +45,7 @@ def write_report(table: pd.DataFrame, histories: Histories, output_dir: str | os
     """
     ranked = rank_runs(table, metric, top_k)
     keys = swept_columns(ranked)
-    color_key = clean_key(color_by) if color_by else next(
-        (key for key in keys if ranked[key].nunique() > 1), None)
+    color_key = clean_key(color_by) if color_by else next((key for key in keys if ranked[key].nunique() > 1), None)
     if color_key is not None and color_key not in keys:
         raise ValueError(f"color_by={color_by!r} is not a swept key; choose one of {', '.join(keys) or '(none)'}")
 
@@ -54,15 +58,17 @@ def write_report(table: pd.DataFrame, histories: Histories, output_dir: str | os
     written.append(csv_path)
 
     markdown_path = directory / RUNS_MARKDOWN
-    markdown_path.write_text(f"Runs ranked by {sort_description(ranked, metric)}.\n\n"
-                             f"{markdown_table(ranked, metric)}\n")
+    markdown_path.write_text(
+        f"Runs ranked by {sort_description(ranked, metric)}.\n\n{markdown_table(ranked, metric)}\n"
+    )
     written.append(markdown_path)
 
     figures = [(LEARNING_CURVES, learning_curves_figure(ranked, histories, metric, color_key))]
     for key in keys:
         if is_numeric(ranked, key) and ranked[key].nunique() > 1:
-            figures.append((f"final_{file_part(metric)}_vs_{file_part(key)}.png",
-                            final_vs_key_figure(ranked, metric, key)))
+            figures.append(
+                (f"final_{file_part(metric)}_vs_{file_part(key)}.png", final_vs_key_figure(ranked, metric, key))
+            )
     for file_name, figure in figures:
         path = directory / file_name
         save_png(figure, path)
@@ -72,5 +78,3 @@ def write_report(table: pd.DataFrame, histories: Histories, output_dir: str | os
 
 def file_part(name: str) -> str:
     return re.sub(r"[^\w.\-]+", "_", name)
-
-

@@ -36,7 +36,7 @@ LABELLED_VALUES_UP_TO = 10
 # the last one labelled: an Optuna search puts trials close together (0.224, 0.229).
 X_LABEL_GAP = 0.1  # the x axis of a final-vs-key chart: room for a label like 0.0891
 COLOUR_BAR_LABEL_GAP = 0.05  # the vertical colour bar: room for a line of text
-FAILED_STYLE = dict(marker="x", color="#d62728", markersize=9, markeredgewidth=2.2, linestyle="none")
+FAILED_STYLE = {"marker": "x", "color": "#d62728", "markersize": 9, "markeredgewidth": 2.2, "linestyle": "none"}
 
 
 def _wants_log(key: str, values: np.ndarray) -> bool:
@@ -95,11 +95,16 @@ def _colouring(ranked: pd.DataFrame, key: str | None) -> _Colouring:
         norm = LogNorm(low, high) if _wants_log(key, finite) else Normalize(low, high)
         colours = [SEQUENTIAL(norm(value)) if np.isfinite(value) else "0.6" for value in values]
         distinct = sorted(set(finite.tolist()))
-        ticks = (_labelled_values(distinct, isinstance(norm, LogNorm), COLOUR_BAR_LABEL_GAP)
-                 if len(distinct) <= LABELLED_VALUES_UP_TO else None)
+        ticks = (
+            _labelled_values(distinct, isinstance(norm, LogNorm), COLOUR_BAR_LABEL_GAP)
+            if len(distinct) <= LABELLED_VALUES_UP_TO
+            else None
+        )
         return _Colouring(colours, mappable=ScalarMappable(norm, SEQUENTIAL), ticks=ticks, title=key)
-    labels = ["(none)" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-              for value in column]
+    labels = [
+        "(none)" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+        for value in column
+    ]
     categories = sorted(set(labels))
     palette = dict(zip(categories, categorical_colours(len(categories))))
     handles = [Line2D([], [], color=palette[category], label=category) for category in categories]
@@ -119,8 +124,7 @@ def _curve(histories: Histories, run_id: str, metric: str) -> tuple[MetricHistor
     return None, False
 
 
-def learning_curves_figure(ranked: pd.DataFrame, histories: Histories, metric: str,
-                            color_key: str | None) -> Figure:
+def learning_curves_figure(ranked: pd.DataFrame, histories: Histories, metric: str, color_key: str | None) -> Figure:
 
     figure = new_figure(LEARNING_CURVES_SIZE, layout="constrained")
     ax = figure.subplots()
@@ -135,8 +139,7 @@ def learning_curves_figure(ranked: pd.DataFrame, histories: Histories, metric: s
     all_fallback = bool(curves) and all(fallback for _, _, fallback, _ in curves)
     shown = fallback_metric(metric) if all_fallback else metric
     # Accuracies stay linear: they live in [0, 1] and their interesting part is near 1.
-    limits = _curve_limits([(history, failed) for _, history, _, failed in curves],
-                           log=not higher_is_better(metric))
+    limits = _curve_limits([(history, failed) for _, history, _, failed in curves], log=not higher_is_better(metric))
 
     # Worst first, so that the best runs are drawn on top; the best one a little thicker.
     for position, history, fallback, failed in reversed(curves):
@@ -145,10 +148,18 @@ def learning_curves_figure(ranked: pd.DataFrame, histories: Histories, metric: s
             # A diverged run leaves the chart at the top instead of stretching the axis over
             # 300 decades (which also overflows the log transform).
             values = np.minimum(values, limits.clip)
-        style = dict(marker="o", markersize=3) if values.size <= MARKERS_UP_TO else {}
+        style = {"marker": "o", "markersize": 3} if values.size <= MARKERS_UP_TO else {}
         dashed = fallback and not all_fallback
-        ax.plot(history.steps, values, color=colouring.colours[position], linestyle="--" if dashed else "-",
-                linewidth=2.6 if position == 0 else 1.4, alpha=0.9, zorder=3 if position == 0 else 2, **style)
+        ax.plot(
+            history.steps,
+            values,
+            color=colouring.colours[position],
+            linestyle="--" if dashed else "-",
+            linewidth=2.6 if position == 0 else 1.4,
+            alpha=0.9,
+            zorder=3 if position == 0 else 2,
+            **style,
+        )
         if failed:
             last = np.flatnonzero(np.isfinite(values))[-1]
             if limits is not None and values[last] > limits.high:
@@ -175,11 +186,13 @@ def learning_curves_figure(ranked: pd.DataFrame, histories: Histories, metric: s
     # What line styles and markers mean, then the colours.
     style_handles = []
     if len(ranked):
-        style_handles.append(Line2D([], [], color="0.3", linewidth=2.6,
-                                    label=f"best: {_shorten(str(ranked['run_name'].iloc[0]), 28)}"))
+        style_handles.append(
+            Line2D([], [], color="0.3", linewidth=2.6, label=f"best: {_shorten(str(ranked['run_name'].iloc[0]), 28)}")
+        )
     if any(fallback for _, _, fallback, _ in curves) and not all_fallback:
-        style_handles.append(Line2D([], [], color="0.3", linestyle="--",
-                                    label=f"{fallback_metric(metric)} (no validation split)"))
+        style_handles.append(
+            Line2D([], [], color="0.3", linestyle="--", label=f"{fallback_metric(metric)} (no validation split)")
+        )
     if any(failed for _, _, _, failed in curves):
         style_handles.append(Line2D([], [], label="failed (last epoch)", **FAILED_STYLE))
     if colouring.mappable is not None:
@@ -193,8 +206,9 @@ def learning_curves_figure(ranked: pd.DataFrame, histories: Histories, metric: s
         if len(handles) > room:
             more = Line2D([], [], linestyle="none", label=f"... {len(handles) - room + 1} more")
             handles = [*handles[: room - 1], more]
-        figure.legend(handles=handles, loc="outside right upper", fontsize="small", title=colouring.title,
-                      title_fontsize="small")
+        figure.legend(
+            handles=handles, loc="outside right upper", fontsize="small", title=colouring.title, title_fontsize="small"
+        )
     # Inside the axes, bottom left: curves start high and fall later, so that corner is usually
     # empty (the top edge holds the crosses of runs that diverged).
     ax.legend(handles=style_handles, loc="lower left", fontsize="small", framealpha=0.85)
@@ -250,9 +264,8 @@ def final_vs_key_figure(ranked: pd.DataFrame, metric: str, key: str) -> Figure:
 
     others = _distinguishing_keys(ranked, [column for column in swept_columns(ranked) if column != key])
     # The legend's title names the other keys; each entry lists their values.
-    group_labels = [", ".join(display_value(ranked[column].iloc[i]) for column in others)
-                    for i in range(len(ranked))]
-    groups = sorted(set(label for label, keep in zip(group_labels, usable) if keep))
+    group_labels = [", ".join(display_value(ranked[column].iloc[i]) for column in others) for i in range(len(ranked))]
+    groups = sorted({label for label, keep in zip(group_labels, usable) if keep})
     if len(groups) > LABELLED_VALUES_UP_TO:  # too many lines to tell apart: one line through all
         groups, group_labels = [""], [""] * len(ranked)
     colours = dict(zip(groups, categorical_colours(len(groups))))
@@ -264,8 +277,7 @@ def final_vs_key_figure(ranked: pd.DataFrame, metric: str, key: str) -> Figure:
         # A line through the mean at each x (repeats, e.g. seeds, stay visible as points).
         xs = np.unique(x[members])
         means = np.array([y[members & (x == value)].mean() for value in xs])
-        ax.plot(xs, means, color=colour, linewidth=1.4, marker="o", markersize=6, alpha=0.85,
-                label=group or None)
+        ax.plot(xs, means, color=colour, linewidth=1.4, marker="o", markersize=6, alpha=0.85, label=group or None)
         if members.sum() > xs.size:
             ax.plot(x[members], y[members], color=colour, marker="o", markersize=4, alpha=0.5, linestyle="none")
 
@@ -283,8 +295,14 @@ def final_vs_key_figure(ranked: pd.DataFrame, metric: str, key: str) -> Figure:
     marks = failed & np.isfinite(x)  # a run without a value of the key has no place on this axis
     if marks.any():
         # x in data coordinates, y in axes coordinates: the top edge whatever the y scale.
-        ax.plot(x[marks], np.full(marks.sum(), 0.97), transform=ax.get_xaxis_transform(),
-                label=f"failed / no value ({int(marks.sum())})", zorder=4, **FAILED_STYLE)
+        ax.plot(
+            x[marks],
+            np.full(marks.sum(), 0.97),
+            transform=ax.get_xaxis_transform(),
+            label=f"failed / no value ({int(marks.sum())})",
+            zorder=4,
+            **FAILED_STYLE,
+        )
     if not usable.any():
         ax.text(0.5, 0.5, "no finished run has a value", transform=ax.transAxes, ha="center", color="0.4")
 
@@ -297,8 +315,7 @@ def final_vs_key_figure(ranked: pd.DataFrame, metric: str, key: str) -> Figure:
     grid(ax)
     handles, _ = ax.get_legend_handles_labels()
     if handles:
-        figure.legend(loc="outside right upper", fontsize="small", title=_keys_title(others),
-                      title_fontsize="small")
+        figure.legend(loc="outside right upper", fontsize="small", title=_keys_title(others), title_fontsize="small")
     return figure
 
 
@@ -327,5 +344,3 @@ def display_value(value: Any) -> str:
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.6g}"
     return "-" if value is None else str(value)
-
-

@@ -30,9 +30,10 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import mlflow.artifacts
 import numpy as np
@@ -154,7 +155,9 @@ class RerunReport:
         largest = ""
         if comparison.largest_where is not None:
             largest = f"largest absolute difference {comparison.largest:.3g} ({comparison.largest_where})"
-        extent = f"{comparison.epochs_compared} epoch(s)" + (" and the final weights" if comparison.weights_compared else "")
+        extent = f"{comparison.epochs_compared} epoch(s)" + (
+            " and the final weights" if comparison.weights_compared else ""
+        )
         extent += f" compared; {comparison.note}" if comparison.note else " compared"
         if comparison.identical:
             if not largest:
@@ -163,8 +166,10 @@ class RerunReport:
         parts = []
         first = comparison.first
         if first is not None:
-            parts.append(f"first at epoch {first.epoch} in {first.where} "
-                         f"(original {_show(first.original)}, rerun {_show(first.rerun)})")
+            parts.append(
+                f"first at epoch {first.epoch} in {first.where} "
+                f"(original {_show(first.original)}, rerun {_show(first.rerun)})"
+            )
         elif comparison.weights_differ:
             parts.append("every compared metric agrees but the final weights differ")
         if largest:
@@ -195,8 +200,9 @@ def _differs(original: float, rerun: float, tolerance: float) -> tuple[bool, flo
     return difference > tolerance, difference
 
 
-def compare_histories(original: dict[str, dict[int, float]], rerun: dict[str, dict[int, float]],
-                      comparison: Comparison) -> None:
+def compare_histories(
+    original: dict[str, dict[int, float]], rerun: dict[str, dict[int, float]], comparison: Comparison
+) -> None:
     """Compare ``{metric: {epoch: value}}`` of every metric the original has, into ``comparison``.
 
     The first difference is the lowest epoch at which any metric differs by more than the
@@ -229,8 +235,9 @@ def _array_label(name: str) -> str:
     return f"layer{match.group(2)} {'weights' if match.group(1) == 'W' else 'biases'}"
 
 
-def compare_weights(original: dict[str, np.ndarray] | None, rerun: dict[str, np.ndarray] | None,
-                    comparison: Comparison) -> None:
+def compare_weights(
+    original: dict[str, np.ndarray] | None, rerun: dict[str, np.ndarray] | None, comparison: Comparison
+) -> None:
     """Compare the final weight arrays (``W1, b1, ...``) elementwise into ``comparison``."""
     if original is None and rerun is None:
         return  # neither run saved weights (both diverged): the statuses tell the rest
@@ -300,10 +307,15 @@ def _locate(source: str, tracking_uri: str | None) -> _Origin:
         if (folder / ".hydra" / "config.yaml").is_file():
             return _Origin(None, None, folder)
         if (folder / "multirun.yaml").is_file():
-            jobs = sorted(p.name for p in folder.iterdir() if (p / ".hydra").is_dir() or (p / "mlflow_run.json").is_file())
-            raise RerunError(f"{folder} is a whole sweep; pass one job's folder: "
-                             + ", ".join(str(folder / job) for job in jobs))
-        raise RerunError(f"{folder} is not a Hydra output folder: it has neither mlflow_run.json nor .hydra/config.yaml")
+            jobs = sorted(
+                p.name for p in folder.iterdir() if (p / ".hydra").is_dir() or (p / "mlflow_run.json").is_file()
+            )
+            raise RerunError(
+                f"{folder} is a whole sweep; pass one job's folder: " + ", ".join(str(folder / job) for job in jobs)
+            )
+        raise RerunError(
+            f"{folder} is not a Hydra output folder: it has neither mlflow_run.json nor .hydra/config.yaml"
+        )
     if not RUN_ID_PATTERN.match(source):
         raise RerunError(f"{source!r} is neither an existing folder nor an MLflow run id (32 hex digits)")
     return _Origin(source, tracking_uri or resolve_tracking_uri(None, os.getcwd()))
@@ -381,11 +393,12 @@ def _diff_by_file(patch: str) -> dict[str, str]:
     return files
 
 
-def _uncommitted_changes_warning(original_tags: dict[str, str], current_tags: dict[str, str],
-                                 download) -> str | None:
+def _uncommitted_changes_warning(original_tags: dict[str, str], current_tags: dict[str, str], download) -> str | None:
     """Same commit, both dirty: the tags agree, yet the code may not. Compare the diffs file by file."""
-    if not (original_tags.get("git.dirty") == current_tags.get("git.dirty") == "true"
-            and original_tags.get("git.commit") == current_tags.get("git.commit")):
+    if not (
+        original_tags.get("git.dirty") == current_tags.get("git.dirty") == "true"
+        and original_tags.get("git.commit") == current_tags.get("git.commit")
+    ):
         return None
     recorded = download(names.GIT_DIFF_ARTIFACT)
     state = project_git_state()
@@ -395,8 +408,10 @@ def _uncommitted_changes_warning(original_tags: dict[str, str], current_tags: di
     changed = sorted(name for name in set(then) | set(now) if then.get(name) != now.get(name))
     if not changed:
         return None
-    return (f"git.diff: the uncommitted changes differ from the original's (artifact git_diff.patch) in "
-            f"{', '.join(changed)}")
+    return (
+        f"git.diff: the uncommitted changes differ from the original's (artifact git_diff.patch) in "
+        f"{', '.join(changed)}"
+    )
 
 
 def _current_provenance(settings: ExperimentConfig) -> dict[str, str]:
@@ -411,8 +426,9 @@ def _warn(report_warnings: list[str], message: str) -> None:
 
 
 # --- the rerun -------------------------------------------------------------------------------
-def rerun(source: str, *, tracking_uri: str | None = None, tolerance: float = 0.0,
-          overrides: Sequence[str] = ()) -> RerunReport:
+def rerun(
+    source: str, *, tracking_uri: str | None = None, tolerance: float = 0.0, overrides: Sequence[str] = ()
+) -> RerunReport:
     """Re-execute a tracked run from its record and compare the result with the original.
 
     ``source`` is a run id or a Hydra output folder. The store is ``tracking_uri`` when given,
@@ -448,13 +464,22 @@ def _rerun_untracked(source: str, origin: _Origin, overrides: Sequence[str]) -> 
     settings = _validated(cfg, str(origin.folder))
     dataset = _load_data(settings, str(origin.folder))
     result = run_training(settings, None, dataset=dataset)
-    return RerunReport(source, None, None, None, None, None, metrics=result.metrics,
-                       not_compared_reason=f"{origin.folder} has no mlflow_run.json (the run was not tracked), "
-                                           "so its .hydra/config.yaml was rerun untracked")
+    return RerunReport(
+        source,
+        None,
+        None,
+        None,
+        None,
+        None,
+        metrics=result.metrics,
+        not_compared_reason=f"{origin.folder} has no mlflow_run.json (the run was not tracked), "
+        "so its .hydra/config.yaml was rerun untracked",
+    )
 
 
-def _rerun_tracked(source: str, origin: _Origin, client: MlflowClient, tolerance: float,
-                   overrides: Sequence[str], scratch: Path) -> RerunReport:
+def _rerun_tracked(
+    source: str, origin: _Origin, client: MlflowClient, tolerance: float, overrides: Sequence[str], scratch: Path
+) -> RerunReport:
     uri, run_id = origin.tracking_uri, origin.run_id
     try:
         original = client.get_run(run_id)
@@ -468,8 +493,10 @@ def _rerun_tracked(source: str, origin: _Origin, client: MlflowClient, tolerance
 
     config_path = download(names.CONFIG_ARTIFACT)
     if config_path is None:
-        raise RerunError(f"run {run_id} has no config.yaml artifact: it was not made by bprun, or failed before "
-                         "training started; there is nothing to rerun")
+        raise RerunError(
+            f"run {run_id} has no config.yaml artifact: it was not made by bprun, or failed before "
+            "training started; there is nothing to rerun"
+        )
     cfg = _load_config(Path(config_path), overrides)
     # Into the original's experiment (its store comes in as tracking_uri) and tracked, whatever
     # the config says: the rerun is compared with, and filed beside, the original.
@@ -483,7 +510,7 @@ def _rerun_tracked(source: str, origin: _Origin, client: MlflowClient, tolerance
 
     warnings: list[str] = []
     current = _current_provenance(settings)
-    for line in provenance_warnings({k: v for k, v in tags.items()}, current):
+    for line in provenance_warnings(dict(tags.items()), current):
         _warn(warnings, line)
     changed_code = _uncommitted_changes_warning(tags, current, download)
     if changed_code:
@@ -497,21 +524,29 @@ def _rerun_tracked(source: str, origin: _Origin, client: MlflowClient, tolerance
         original_source = tags.get(names.DATA_SOURCE, NOT_RECORDED)
         now = "" if dataset.source == original_source else f" (read now from {dataset.source})"
         cause = (f"the overrides {' '.join(overrides)} change it, or " if overrides else "") + (
-            "the file changed since the run" if os.path.isfile(dataset.source) else
-            "the code generating it changed since the run")
+            "the file changed since the run"
+            if os.path.isfile(dataset.source)
+            else "the code generating it changed since the run"
+        )
         raise RerunRefused(
             f"refusing to rerun {run_id}: the data differ from the data it trained on ({cause}), "
             "so the rerun could not reproduce it.\n"
             f"  data source: {original_source}{now}\n"
             f"  data.sha256 of the original: {recorded}\n"
-            f"  data.sha256 now:             {dataset.fingerprint()}")
+            f"  data.sha256 now:             {dataset.fingerprint()}"
+        )
 
     # What there is to compare, before anything is trained.
-    histories = {name: _history(client, run_id, name) for name in original.data.metrics
-                 if name.startswith(COMPARED_METRIC_PREFIXES)}
+    histories = {
+        name: _history(client, run_id, name)
+        for name in original.data.metrics
+        if name.startswith(COMPARED_METRIC_PREFIXES)
+    }
     if not any(histories.values()):
-        raise RerunRefused(f"run {run_id} has no metric history to compare a rerun with (it ended before its first "
-                           "epoch was logged); nothing was rerun")
+        raise RerunRefused(
+            f"run {run_id} has no metric history to compare a rerun with (it ended before its first "
+            "epoch was logged); nothing was rerun"
+        )
 
     extra_tags = {names.RERUN_OF: run_id}
     if overrides:
@@ -532,22 +567,28 @@ def _rerun_tracked(source: str, origin: _Origin, client: MlflowClient, tolerance
     if stopped_early:
         # Interrupted or killed: its history is a prefix of what the config trains; compare that.
         last = max((max(history) for history in histories.values() if history), default=-1)
-        histories_of_rerun = {name: {epoch: value for epoch, value in _history(client, rerun_id, name).items()
-                                     if epoch <= last} for name in histories if name in new.data.metrics}
-        comparison.note = (f"the original was KILLED after {last + 1} epoch(s), so only those, and no final "
-                           "weights, are compared")
+        histories_of_rerun = {
+            name: {epoch: value for epoch, value in _history(client, rerun_id, name).items() if epoch <= last}
+            for name in histories
+            if name in new.data.metrics
+        }
+        comparison.note = (
+            f"the original was KILLED after {last + 1} epoch(s), so only those, and no final weights, are compared"
+        )
     else:
         histories_of_rerun = {name: _history(client, rerun_id, name) for name in histories if name in new.data.metrics}
         if original.info.status != new.info.status:
             comparison.mismatches.append(f"status: original {original.info.status}, rerun {new.info.status}")
         old_epochs, new_epochs = tags.get(names.EPOCHS_RUN), new.data.tags.get(names.EPOCHS_RUN)
         if old_epochs != new_epochs:
-            comparison.mismatches.append(f"the original ran {old_epochs or 'an unknown number of'} epochs, "
-                                         f"the rerun {new_epochs}")
+            comparison.mismatches.append(
+                f"the original ran {old_epochs or 'an unknown number of'} epochs, the rerun {new_epochs}"
+            )
     compare_histories(histories, histories_of_rerun, comparison)
     if not stopped_early:
-        compare_weights(_weights(download(names.WEIGHTS_ARTIFACT)),
-                        _weights(download(names.WEIGHTS_ARTIFACT, rerun_id)), comparison)
+        compare_weights(
+            _weights(download(names.WEIGHTS_ARTIFACT)), _weights(download(names.WEIGHTS_ARTIFACT, rerun_id)), comparison
+        )
         comparison.weights_compared = True
 
     report = RerunReport(source, run_id, rerun_id, uri, experiment.name, comparison, warnings, metrics)
@@ -561,8 +602,9 @@ def _download(run_id: str, artifact: str, uri: str, directory: Path) -> str | No
     """Local path of one artifact of a run, or None when the run has no such artifact."""
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(directory),
-                                                   tracking_uri=uri)
+        return mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact, dst_path=str(directory), tracking_uri=uri
+        )
     except (MlflowException, OSError):
         return None
 

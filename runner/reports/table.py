@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,9 +41,10 @@ Histories = dict[str, dict[str, MetricHistory]]
 
 # --- the table -------------------------------------------------------------------------------
 
+
 def fallback_metric(metric: str) -> str | None:
     """``train_<x>`` for ``val_<x>``: what a run without a validation split has instead."""
-    return "train_" + metric[len("val_"):] if metric.startswith("val_") else None
+    return "train_" + metric[len("val_") :] if metric.startswith("val_") else None
 
 
 def higher_is_better(metric: str) -> bool:
@@ -59,8 +61,9 @@ def table_metrics(metrics: Iterable[str] = ()) -> list[str]:
     return metric_names
 
 
-def fetch_histories(client: MlflowClient, runs: Sequence[Run], metrics: Iterable[str],
-                    histories: Histories | None = None) -> Histories:
+def fetch_histories(
+    client: MlflowClient, runs: Sequence[Run], metrics: Iterable[str], histories: Histories | None = None
+) -> Histories:
     """The histories of ``metrics`` for ``runs``: one ``get_metric_history`` call per run and
     metric the run actually logged (its latest values list them), none for histories already in
     ``histories``, which is filled in and returned."""
@@ -75,9 +78,14 @@ def fetch_histories(client: MlflowClient, runs: Sequence[Run], metrics: Iterable
     return histories
 
 
-def runs_table(client: MlflowClient, runs: Sequence[Run], swept_keys: Sequence[str] | None = None,
-               metrics: Iterable[str] = (), histories: Histories | None = None,
-               unrecorded: Sequence[tuple[Sequence[str], str]] = ()) -> tuple[pd.DataFrame, Histories]:
+def runs_table(
+    client: MlflowClient,
+    runs: Sequence[Run],
+    swept_keys: Sequence[str] | None = None,
+    metrics: Iterable[str] = (),
+    histories: Histories | None = None,
+    unrecorded: Sequence[tuple[Sequence[str], str]] = (),
+) -> tuple[pd.DataFrame, Histories]:
     """One row per run, in the order given, and the metric histories read to build it.
 
     Columns: ``run_id``, ``run_name``, ``status``; one per swept key (``swept_keys`` as typed,
@@ -99,9 +107,11 @@ def runs_table(client: MlflowClient, runs: Sequence[Run], swept_keys: Sequence[s
     if swept_keys is None:
         swept = differing_params(runs)
     else:
-        swept = {clean_key(key): [_swept_value(run, clean_key(key)) for run in runs]
-                 + [_override_value(overrides, clean_key(key)) for overrides, _ in unrecorded]
-                 for key in swept_keys}
+        swept = {
+            clean_key(key): [_swept_value(run, clean_key(key)) for run in runs]
+            + [_override_value(overrides, clean_key(key)) for overrides, _ in unrecorded]
+            for key in swept_keys
+        }
     missing = [None] * len(unrecorded)
     columns: dict[str, Any] = {
         "run_id": [run.info.run_id for run in runs] + [""] * len(unrecorded),
@@ -116,9 +126,13 @@ def runs_table(client: MlflowClient, runs: Sequence[Run], swept_keys: Sequence[s
         columns[f"best_{name}"] = [h.best(higher_is_better(name)) if h else math.nan for h in run_histories]
     columns["epochs_run"] = pd.array([_epochs_run(run, histories) for run in runs] + missing, dtype="Int64")
     columns["stop_reason"] = [run.data.tags.get(names.STOP_REASON) for run in runs] + missing
-    columns["duration_s"] = [(run.info.end_time - run.info.start_time) / 1000
-                             if run.info.end_time and run.info.start_time else math.nan for run in runs] + [math.nan] * len(unrecorded)
-    columns["failure_reason"] = [run.data.tags.get(names.FAILURE_REASON) for run in runs] + [reason for _, reason in unrecorded]
+    columns["duration_s"] = [
+        (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time and run.info.start_time else math.nan
+        for run in runs
+    ] + [math.nan] * len(unrecorded)
+    columns["failure_reason"] = [run.data.tags.get(names.FAILURE_REASON) for run in runs] + [
+        reason for _, reason in unrecorded
+    ]
     table = pd.DataFrame(columns)
     for name in ("run_name", "stop_reason", "failure_reason"):
         table[name] = table[name].astype("str")  # also when every value is missing
@@ -172,13 +186,16 @@ def differing_params(runs: Sequence[Run]) -> dict[str, list[str | None]]:
     different defaults, which are not separate dimensions of the comparison.
     """
     param_names = sorted({name for run in runs for name in run.data.params})
-    values = {name: [run.data.params.get(name) for run in runs] for name in param_names
-              if not name.startswith(IGNORED_PARAM_PREFIXES) and name not in DERIVED_PARAMS}
+    values = {
+        name: [run.data.params.get(name) for run in runs]
+        for name in param_names
+        if not name.startswith(IGNORED_PARAM_PREFIXES) and name not in DERIVED_PARAMS
+    }
     differing = {name: column for name, column in values.items() if len(set(column)) > 1}
     selectors: dict[str, str] = {}
     for name in differing:
         if name.startswith(names.CHOICE_PARAM_PREFIX):
-            selectors[name[len(names.CHOICE_PARAM_PREFIX):]] = name
+            selectors[name[len(names.CHOICE_PARAM_PREFIX) :]] = name
     for name in differing:
         group, _, rest = name.partition(".")
         if rest == "name":
@@ -186,7 +203,7 @@ def differing_params(runs: Sequence[Run]) -> dict[str, list[str | None]]:
     columns: dict[str, list[str | None]] = {}
     for name, column in differing.items():
         if name.startswith(names.CHOICE_PARAM_PREFIX):
-            columns[name[len(names.CHOICE_PARAM_PREFIX):]] = column
+            columns[name[len(names.CHOICE_PARAM_PREFIX) :]] = column
             continue
         selector = selectors.get(name.partition(".")[0])
         if selector and selector != name and _is_function_of(differing[selector], column):
@@ -234,8 +251,11 @@ _FIXED_COLUMNS = ("run_id", "run_name", "status", "epochs_run", "stop_reason", "
 
 def swept_columns(table: pd.DataFrame) -> list[str]:
     """The table's swept-key columns (everything but the fixed and the metric columns)."""
-    return [column for column in table.columns
-            if column not in _FIXED_COLUMNS and not column.startswith(("final_", "best_"))]
+    return [
+        column
+        for column in table.columns
+        if column not in _FIXED_COLUMNS and not column.startswith(("final_", "best_"))
+    ]
 
 
 def _final_values(table: pd.DataFrame, metric: str) -> pd.Series:
@@ -283,6 +303,7 @@ def sort_description(table: pd.DataFrame, metric: str) -> str:
 
 # --- text ------------------------------------------------------------------------------------
 
+
 def _format_cell(column: str, value: Any) -> str:
     """Compact text for one value: metrics to 5 significant digits, durations to 0.1 s."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
@@ -300,8 +321,14 @@ def _display_table(table: pd.DataFrame, columns: Sequence[str]) -> list[list[str
     rows = []
     for record in table[list(columns)].itertuples(index=False):
         cells = [_format_cell(column, value) for column, value in zip(columns, record)]
-        rows.append([cell if column != "failure_reason" or len(cell) <= FAILURE_REASON_WIDTH
-                     else cell[: FAILURE_REASON_WIDTH - 1] + "…" for column, cell in zip(columns, cells)])
+        rows.append(
+            [
+                cell
+                if column != "failure_reason" or len(cell) <= FAILURE_REASON_WIDTH
+                else cell[: FAILURE_REASON_WIDTH - 1] + "…"
+                for column, cell in zip(columns, cells)
+            ]
+        )
     return rows
 
 
@@ -317,10 +344,23 @@ def _present_columns(table: pd.DataFrame, metric: str, compact: bool) -> list[st
     metric_columns = [column for column in table.columns if column.startswith(("final_", "best_"))]
     # The ranked metric, its fallback, then the others in table order (the sort is stable).
     metric_columns.sort(key=lambda column: {metric: 0, fallback_metric(metric): 1}.get(column.split("_", 1)[1], 2))
-    shown = [column for column in metric_columns if table[column].notna().any()
-             and not (compact and column.startswith("best_") and column[len("best_"):] not in ranked_by)]
-    return ([*([] if compact else ["run_id"]), "run_name", "status", *swept_columns(table), *shown,
-             "epochs_run", "stop_reason", "duration_s", "failure_reason"])
+    shown = [
+        column
+        for column in metric_columns
+        if table[column].notna().any()
+        and not (compact and column.startswith("best_") and column[len("best_") :] not in ranked_by)
+    ]
+    return [
+        *([] if compact else ["run_id"]),
+        "run_name",
+        "status",
+        *swept_columns(table),
+        *shown,
+        "epochs_run",
+        "stop_reason",
+        "duration_s",
+        "failure_reason",
+    ]
 
 
 def format_table(table: pd.DataFrame, metric: str = DEFAULT_METRIC, top_k: int | None = None) -> str:
@@ -331,18 +371,25 @@ def format_table(table: pd.DataFrame, metric: str = DEFAULT_METRIC, top_k: int |
     header = ["#", *columns]
     # Runs without the metric (or failed) are listed after the ranked ones, without a rank.
     unranked = (ranking_values(ranked, metric).isna() | ranked["status"].isin(UNSUCCESSFUL)).to_numpy()
-    rows = [["-" if unranked[index] else str(index + 1), *cells]
-            for index, cells in enumerate(_display_table(ranked, columns))]
+    rows = [
+        ["-" if unranked[index] else str(index + 1), *cells]
+        for index, cells in enumerate(_display_table(ranked, columns))
+    ]
     right = [True, *(is_numeric(ranked, column) for column in columns)]
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(cell.rjust(width) if align else cell.ljust(width)
-                         for cell, width, align in zip(cells, widths, right)).rstrip()
+        return "  ".join(
+            cell.rjust(width) if align else cell.ljust(width) for cell, width, align in zip(cells, widths, right)
+        ).rstrip()
 
     shown = f"top {len(ranked)} of {len(table)}" if top_k is not None and top_k < len(table) else f"{len(table)}"
-    lines = [f"{shown} run{'' if len(table) == 1 else 's'}, ranked by {sort_description(table, metric)}", line(header),
-             line(["-" * width for width in widths]), *map(line, rows)]
+    lines = [
+        f"{shown} run{'' if len(table) == 1 else 's'}, ranked by {sort_description(table, metric)}",
+        line(header),
+        line(["-" * width for width in widths]),
+        *map(line, rows),
+    ]
     return "\n".join(lines)
 
 
@@ -354,9 +401,6 @@ def markdown_table(ranked: pd.DataFrame, metric: str = DEFAULT_METRIC) -> str:
     def escape(cell: str) -> str:
         return cell.replace("\\", "\\\\").replace("|", "\\|")
 
-    lines = ["| " + " | ".join(columns) + " |",
-             "|" + "|".join("---:" if align else "---" for align in right) + "|"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if align else "---" for align in right) + "|"]
     lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in _display_table(ranked, columns)]
     return "\n".join(lines)
-
-

@@ -92,13 +92,14 @@ class SubmititSlurmConf(SubmititConf):
     setup: list[str] | None = None  # shell lines run before the job (module load ..., source venv)
 
 
-CLUSTER_LAUNCHERS = {"ray": RayLauncherConf, "submitit_local": SubmititLocalConf,
-                     "submitit_slurm": SubmititSlurmConf}
+CLUSTER_LAUNCHERS = {"ray": RayLauncherConf, "submitit_local": SubmititLocalConf, "submitit_slurm": SubmititSlurmConf}
 
 # The extra that brings each option's Hydra plugin, and the plugin's package.
-EXTRAS = {"ray": ("ray", "hydra_plugins.hydra_ray_launcher"),
-          "submitit_local": ("slurm", "hydra_plugins.hydra_submitit_launcher"),
-          "submitit_slurm": ("slurm", "hydra_plugins.hydra_submitit_launcher")}
+EXTRAS = {
+    "ray": ("ray", "hydra_plugins.hydra_ray_launcher"),
+    "submitit_local": ("slurm", "hydra_plugins.hydra_submitit_launcher"),
+    "submitit_slurm": ("slurm", "hydra_plugins.hydra_submitit_launcher"),
+}
 
 
 def missing_extra(launcher_option: str) -> str | None:

@@ -32,8 +32,11 @@ class SweepRun:
 
     def job_environment(self) -> dict[str, str]:
         """The variables a job of this sweep gets (see ``from_job_environment``)."""
-        environment = {names.ENV_PARENT_RUN_ID: self.run_id, names.ENV_EXPERIMENT_ID: self.experiment_id,
-                       names.ENV_SWEEP_TRACKING_URI: _encode(self.tracking_uri)}
+        environment = {
+            names.ENV_PARENT_RUN_ID: self.run_id,
+            names.ENV_EXPERIMENT_ID: self.experiment_id,
+            names.ENV_SWEEP_TRACKING_URI: _encode(self.tracking_uri),
+        }
         if self.sync_target:
             environment[names.ENV_SWEEP_SYNC_TARGET] = _encode(self.sync_target)
         environment.update(self.http_settings)
@@ -46,18 +49,25 @@ class SweepRun:
         return [f"++hydra.job.env_set.{name}='{value}'" for name, value in self.job_environment().items()]
 
     @classmethod
-    def from_job_environment(cls, environment: Mapping[str, str]) -> "SweepRun | None":
+    def from_job_environment(cls, environment: Mapping[str, str]) -> SweepRun | None:
         """The sweep a job belongs to, from its ``hydra.job.env_set``; None outside a sweep."""
         if not environment.get(names.ENV_PARENT_RUN_ID):
             return None
         sync_target = environment.get(names.ENV_SWEEP_SYNC_TARGET)
-        http = tuple((name, str(environment[name])) for name in (names.ENV_HTTP_TIMEOUT, names.ENV_HTTP_RETRIES)
-                     if name in environment)
+        http = tuple(
+            (name, str(environment[name]))
+            for name in (names.ENV_HTTP_TIMEOUT, names.ENV_HTTP_RETRIES)
+            if name in environment
+        )
         swept = _decode(str(environment.get(names.ENV_SWEPT_KEYS, "")))
-        return cls(str(environment[names.ENV_PARENT_RUN_ID]), str(environment[names.ENV_EXPERIMENT_ID]),
-                   _decode(str(environment[names.ENV_SWEEP_TRACKING_URI])),
-                   _decode(str(sync_target)) if sync_target else None, http,
-                   tuple(key for key in swept.split(",") if key))
+        return cls(
+            str(environment[names.ENV_PARENT_RUN_ID]),
+            str(environment[names.ENV_EXPERIMENT_ID]),
+            _decode(str(environment[names.ENV_SWEEP_TRACKING_URI])),
+            _decode(str(sync_target)) if sync_target else None,
+            http,
+            tuple(key for key in swept.split(",") if key),
+        )
 
 
 def _encode(text: str) -> str:

@@ -20,7 +20,6 @@ from omegaconf import OmegaConf
 from runner.core.validation import clean_value
 from runner.sweeps.sweeper import TrackedSweeper
 
-
 _FLOAT = re.compile(r"^[+-]?\d*\.\d+([eE][+-]?\d+)?$")
 
 
@@ -46,8 +45,10 @@ class GridSweeper(TrackedSweeper):
             key = override.get_key_element()
             if override.is_sweep_override():
                 if not override.is_discrete_sweep():
-                    raise HydraException(f"{override.input_line}: the grid sweeper takes lists of values; "
-                                         "search intervals with hydra/sweeper=optuna")
+                    raise HydraException(
+                        f"{override.input_line}: the grid sweeper takes lists of values; "
+                        "search intervals with hydra/sweeper=optuna"
+                    )
                 choices[key] = [f"{key}={short_float(value)}" for value in override.sweep_string_iterator()]
             else:
                 choices[key] = [f"{key}={override.get_value_element_as_str()}"]

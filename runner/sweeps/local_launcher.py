@@ -118,8 +118,12 @@ class LocalLauncher(Launcher):
         try:
             return [future.result() for future in futures]
         except BrokenProcessPool as error:
-            raise CommandExit(WorkerLost(f"a worker process of the sweep ended abruptly ({error}); the sweep "
-                                         "stopped (was it killed by the system, out of memory?)")) from None
+            raise CommandExit(
+                WorkerLost(
+                    f"a worker process of the sweep ended abruptly ({error}); the sweep "
+                    "stopped (was it killed by the system, out of memory?)"
+                )
+            ) from None
 
     def call(self, function: Callable[..., T], *arguments: Any) -> T:
         """``function(*arguments)`` in a worker if this launcher has them (their MLflow is
@@ -146,8 +150,9 @@ class LocalLauncher(Launcher):
         return self._pool
 
 
-def compose_jobs(hydra_context: HydraContext, config: DictConfig,
-                 job_overrides: Sequence[Sequence[str]]) -> list[tuple[list[str], DictConfig]]:
+def compose_jobs(
+    hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]]
+) -> list[tuple[list[str], DictConfig]]:
     """``(overrides, composed config)`` of each job, as ``launch_composed`` takes them."""
     jobs = []
     for overrides in job_overrides:
@@ -167,5 +172,10 @@ def execute_job_in_worker(config: DictConfig, hydra_state: bytes) -> JobReturn:
 def execute_job(config: DictConfig, hydra_context: HydraContext, task_function: TaskFunction) -> JobReturn:
     """One job, as Hydra's launchers run it."""
     HydraConfig.instance().set_config(config)
-    return run_job(hydra_context=hydra_context, task_function=task_function, config=config,
-                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    return run_job(
+        hydra_context=hydra_context,
+        task_function=task_function,
+        config=config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, Transformer
@@ -52,8 +53,15 @@ def distribution(override: Override) -> Any:
 class OptunaSweeper(TrackedSweeper):
     """Minimizes (or maximizes) the jobs' objective with Optuna's TPE sampler."""
 
-    def __init__(self, n_trials: int = 20, n_jobs: int = 1, seed: int = 0, direction: str = "minimize",
-                 objective: str = "val_mse", params: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        n_trials: int = 20,
+        n_jobs: int = 1,
+        seed: int = 0,
+        direction: str = "minimize",
+        objective: str = "val_mse",
+        params: dict[str, str] | None = None,
+    ) -> None:
         if n_trials < 1 or n_jobs < 1:
             raise ValueError(f"hydra.sweeper.n_trials={n_trials} and n_jobs={n_jobs} must be >= 1")
         if direction not in ("minimize", "maximize"):
@@ -73,8 +81,10 @@ class OptunaSweeper(TrackedSweeper):
             else:
                 fixed.append(override.input_line)
         if not space:
-            raise ValueError("the Optuna sweeper needs a search space: for example "
-                             "'optimizer.lr=tag(log,interval(1e-3,3))' or 'model.activation=choice(tanh,relu)'")
+            raise ValueError(
+                "the Optuna sweeper needs a search space: for example "
+                "'optimizer.lr=tag(log,interval(1e-3,3))' or 'model.activation=choice(tanh,relu)'"
+            )
         return space, fixed
 
     def sweep(self, arguments: list[str]) -> None:
@@ -83,8 +93,15 @@ class OptunaSweeper(TrackedSweeper):
         space, fixed = self._search_space(arguments)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(direction=self.direction, sampler=optuna.samplers.TPESampler(seed=self.seed))
-        log.info("Optuna: %d trials, %d at a time, TPE seed %d, %s %s over %s", self.n_trials, self.n_jobs,
-                 self.seed, self.direction, self.objective, ", ".join(space))
+        log.info(
+            "Optuna: %d trials, %d at a time, TPE seed %d, %s %s over %s",
+            self.n_trials,
+            self.n_jobs,
+            self.seed,
+            self.direction,
+            self.objective,
+            ", ".join(space),
+        )
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -95,8 +112,10 @@ class OptunaSweeper(TrackedSweeper):
             while launched < self.n_trials:
                 trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - launched))]
                 # Values as the jobs will train and log them (15 significant digits, see clean_value).
-                batch = [[*fixed, *(f"{key}={clean_value(value)}" for key, value in trial.params.items())]
-                         for trial in trials]
+                batch = [
+                    [*fixed, *(f"{key}={clean_value(value)}" for key, value in trial.params.items())]
+                    for trial in trials
+                ]
                 results = self.launch_batch(batch)
                 for trial, result in zip(trials, results):
                     value = result.return_value if result.status == JobStatus.COMPLETED else None
@@ -115,17 +134,29 @@ class OptunaSweeper(TrackedSweeper):
             log.error("Optuna: no trial completed")
             return
         best = study.best_trial
-        results = {"objective": self.objective, "direction": self.direction, "best_value": best.value,
-                   "best_params": clean_value(best.params), "best_trial": best.number,
-                   "completed_trials": len(completed), "trials": len(study.trials)}
+        results = {
+            "objective": self.objective,
+            "direction": self.direction,
+            "best_value": best.value,
+            "best_params": clean_value(best.params),
+            "best_trial": best.number,
+            "completed_trials": len(completed),
+            "trials": len(study.trials),
+        }
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-        print(f"Optuna: best {self.objective} = {best.value:.6g} at trial {best.number}: "
-              + " ".join(f"{key}={value}" for key, value in results["best_params"].items()))
+        print(
+            f"Optuna: best {self.objective} = {best.value:.6g} at trial {best.number}: "
+            + " ".join(f"{key}={value}" for key, value in results["best_params"].items())
+        )
         if self.sweep_run is not None:
             from runner.sweeps.parent import tag_parent  # (lazy: MLflow)
 
-            self.call(tag_parent, self.sweep_run, {
-                "optuna.best_value": repr(results["best_value"]),
-                "optuna.best_params": json.dumps(results["best_params"]),
-                "optuna.best_trial": str(results["best_trial"]),
-            })
+            self.call(
+                tag_parent,
+                self.sweep_run,
+                {
+                    "optuna.best_value": repr(results["best_value"]),
+                    "optuna.best_params": json.dumps(results["best_params"]),
+                    "optuna.best_trial": str(results["best_trial"]),
+                },
+            )

@@ -13,10 +13,10 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -32,9 +32,10 @@ from runner.tracking.mlflow_run import log_params, lost_server
 from runner.tracking.search import sweep_children
 from runner.tracking.store import ensure_experiment
 
-
-ORPHAN_REASON = ("its job's process ended before the run did (killed by a signal, out of memory, or its "
-                 "worker or node lost); the epochs logged until then are kept")
+ORPHAN_REASON = (
+    "its job's process ended before the run did (killed by a signal, out of memory, or its "
+    "worker or node lost); the epochs logged until then are kept"
+)
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,26 @@ class SweepSummary:
     unrecorded: list[JobOutcome] = field(default_factory=list)
 
 
-def parent_request(destination: Destination, experiment: str, swept: dict[str, Any], sweep_dir: str,
-                   command: list[str] | None = None, jobs: int | None = None) -> ParentRequest:
+def parent_request(
+    destination: Destination,
+    experiment: str,
+    swept: dict[str, Any],
+    sweep_dir: str,
+    command: list[str] | None = None,
+    jobs: int | None = None,
+) -> ParentRequest:
     """The parent run of a sweep of ``jobs`` jobs over ``swept`` (``{key: values}``, or a search
     space's text) tracked at ``destination``."""
     command = command if command is not None else ["bprun", *sys.argv[1:]]
-    varying = tuple(key for key, values in swept.items()
-                    if not isinstance(values, list) or len({repr(value) for value in values}) > 1)
+    varying = tuple(
+        key
+        for key, values in swept.items()
+        if not isinstance(values, list) or len({repr(value) for value in values}) > 1
+    )
     return ParentRequest(
-        destination=destination, experiment=experiment, varying=varying,
+        destination=destination,
+        experiment=experiment,
+        varying=varying,
         run_name=parent_name(varying, jobs),
         tags={
             **process_tags(),  # bprun-doctor checks whether the sweep still runs
@@ -97,9 +109,12 @@ def create_parent(request: ParentRequest) -> SweepRun:
     client = MlflowClient(destination.uri)
     parent = client.create_run(experiment_id, run_name=request.run_name, tags=request.tags)
     log_params(client, parent.info.run_id, request.params)
-    http = tuple(http_settings(destination.http_timeout, destination.http_retries).items()) if destination.is_server else ()
-    return SweepRun(parent.info.run_id, experiment_id, destination.uri, destination.sync_target, http,
-                    request.varying)
+    http = (
+        tuple(http_settings(destination.http_timeout, destination.http_retries).items())
+        if destination.is_server
+        else ()
+    )
+    return SweepRun(parent.info.run_id, experiment_id, destination.uri, destination.sync_target, http, request.varying)
 
 
 @contextmanager
@@ -113,9 +128,11 @@ def reaching_server(sweep: SweepRun) -> Iterator[None]:
         reason = lost_server(error)
         if reason is None:
             raise
-        raise TrackingLost(f"lost the MLflow tracking server at {sweep.tracking_uri} ({reason}): the sweep's parent "
-                           f"run {sweep.run_id} stays RUNNING there until bprun-doctor marks it KILLED",
-                           sweep.run_id) from None
+        raise TrackingLost(
+            f"lost the MLflow tracking server at {sweep.tracking_uri} ({reason}): the sweep's parent "
+            f"run {sweep.run_id} stays RUNNING there until bprun-doctor marks it KILLED",
+            sweep.run_id,
+        ) from None
 
 
 def sweep_client(sweep: SweepRun) -> MlflowClient:
@@ -154,8 +171,14 @@ def finish_sweep(sweep: SweepRun, unrecorded: list[JobOutcome]) -> SweepSummary:
             texts = []
             with tempfile.TemporaryDirectory() as directory:
                 for number, (dataset, group) in enumerate(groups.items()):
-                    table, histories = runs_table(client, group, swept_keys, unrecorded=[
-                        (outcome.overrides, outcome.reason) for outcome in unrecorded] if number == 0 else [])
+                    table, histories = runs_table(
+                        client,
+                        group,
+                        swept_keys,
+                        unrecorded=[(outcome.overrides, outcome.reason) for outcome in unrecorded]
+                        if number == 0
+                        else [],
+                    )
                     folder = Path(directory) / (reports.file_part(dataset) if len(groups) > 1 else "")
                     reports.write_report(table, histories, folder)
                     texts.append((f"data set {dataset}:\n" if len(groups) > 1 else "") + format_table(table))

@@ -90,8 +90,13 @@ class RayLauncher(PluginRayLauncher):
         ray = import_ray()
         self._start_ray()
         here = local_addresses() | {ray.util.get_node_ip_address()}  # Ray's address for this machine
-        others = sorted({node["NodeManagerAddress"] for node in ray.nodes()
-                         if node.get("Alive") and not _is_here(node["NodeManagerAddress"], here)})
+        others = sorted(
+            {
+                node["NodeManagerAddress"]
+                for node in ray.nodes()
+                if node.get("Alive") and not _is_here(node["NodeManagerAddress"], here)
+            }
+        )
         if not others:
             return None
         return f"on other machines of the Ray cluster ({', '.join(others)})"
@@ -148,9 +153,12 @@ class RayLauncher(PluginRayLauncher):
             ray.init(**arguments)
         except Exception as error:  # no cluster at that address, an argument Ray refuses
             reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise CommandExit(InvalidInput(
-                f"hydra.launcher.ray.init: {call} failed, before any job was submitted: {type(error).__name__}: "
-                f"{reason}")) from None
+            raise CommandExit(
+                InvalidInput(
+                    f"hydra.launcher.ray.init: {call} failed, before any job was submitted: {type(error).__name__}: "
+                    f"{reason}"
+                )
+            ) from None
 
 
 def warm_up_worker() -> None:
@@ -161,8 +169,9 @@ def warm_up_worker() -> None:
     warm_up()
 
 
-def run_ray_job(hydra_state: tuple[HydraContext, TaskFunction, dict[Any, Any]], config: DictConfig,
-                launching_dir: str) -> JobReturn:
+def run_ray_job(
+    hydra_state: tuple[HydraContext, TaskFunction, dict[Any, Any]], config: DictConfig, launching_dir: str
+) -> JobReturn:
     """One job in a Ray worker, with the Hydra state of the launching process."""
     hydra_context, task_function, singleton_state = hydra_state
     with job_process(launching_dir):
@@ -195,8 +204,11 @@ def _result(task: Any, number: int) -> JobReturn:
         return ray.get(task)
     except ray.exceptions.RayTaskError as error:  # raised outside Hydra's job runner
         failure: BaseException = error.as_instanceof_cause()
-    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-            ray.exceptions.TaskCancelledError) as error:
+    except (
+        ray.exceptions.WorkerCrashedError,
+        ray.exceptions.NodeDiedError,
+        ray.exceptions.TaskCancelledError,
+    ) as error:
         failure = JobLost(f"job #{number}: its Ray worker ended before the job did ({type(error).__name__})")
     return failed_job(failure)
 
@@ -209,10 +221,13 @@ def _check_answers(address: str, call: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
     except OSError as error:
-        raise CommandExit(InvalidInput(
-            f"hydra.launcher.ray.init.address={address}: no Ray cluster answers there ({error}); start one "
-            "(ray start --head) or give its head's address, or null for a cluster of this machine; nothing was "
-            f"submitted ({call})")) from None
+        raise CommandExit(
+            InvalidInput(
+                f"hydra.launcher.ray.init.address={address}: no Ray cluster answers there ({error}); start one "
+                "(ray start --head) or give its head's address, or null for a cluster of this machine; nothing was "
+                f"submitted ({call})"
+            )
+        ) from None
 
 
 def _is_here(address: str, here: set[str]) -> bool:

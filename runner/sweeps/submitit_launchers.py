@@ -52,8 +52,14 @@ class _TrackedSubmitit:
     task_function: Any
     _EXECUTOR: str
 
-    def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str,
-                 singleton_state: dict[type, Singleton]) -> JobReturn:
+    def __call__(
+        self,
+        sweep_overrides: list[str],
+        job_dir_key: str,
+        job_num: int,
+        job_id: str,
+        singleton_state: dict[type, Singleton],
+    ) -> JobReturn:
         """One job, in the process submitit started for it (the plugin's job, with bprun's
         signal handling).
 
@@ -99,8 +105,9 @@ class _TrackedSubmitit:
         arguments = []
         for number, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info(f"\t#{number} : {' '.join(shown_overrides(overrides))}")
-            arguments.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}",
-                              Singleton.get_state()))
+            arguments.append(
+                (list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}", Singleton.get_state())
+            )
         interruption.check()
         # Local jobs are this process's children, in the terminal's process group: a Ctrl-C would
         # reach submitit's controller of each job, which kills its job a second later. The job
@@ -125,8 +132,9 @@ class _TrackedSubmitit:
             init[f"{self._EXECUTOR}_max_num_timeout"] = params.pop("max_num_timeout")
         executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
         shared = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(**{key if key in shared else f"{self._EXECUTOR}_{key}": value
-                                      for key, value in params.items()})
+        executor.update_parameters(
+            **{key if key in shared else f"{self._EXECUTOR}_{key}": value for key, value in params.items()}
+        )
         return executor
 
     def _stop(self, jobs: list[Any]) -> None:
@@ -177,9 +185,12 @@ def mark_requeued(output_dir: Path) -> str | None:
 
     client = MlflowClient(run["tracking_uri"])
     client.set_tag(run["run_id"], names.REQUEUED, "true")
-    client.set_tag(run["run_id"], names.FAILURE_REASON,
-                   "the cluster preempted the job or it reached its time limit: submitit requeued it, and its next "
-                   f"run (tagged {names.REQUEUE_OF}) starts again from the first epoch")
+    client.set_tag(
+        run["run_id"],
+        names.FAILURE_REASON,
+        "the cluster preempted the job or it reached its time limit: submitit requeued it, and its next "
+        f"run (tagged {names.REQUEUE_OF}) starts again from the first epoch",
+    )
     return str(run["run_id"])
 
 
@@ -187,5 +198,4 @@ def _result(job: Any, number: int) -> JobReturn:
     try:
         return job.results()[0]
     except Exception as error:  # the job died without a result (submitit's UncompletedJobError)
-        return failed_job(JobLost(f"job #{number} ({job.job_id}) ended without a result: "
-                                  f"{str(error).splitlines()[0]}"))
+        return failed_job(JobLost(f"job #{number} ({job.job_id}) ended without a result: {str(error).splitlines()[0]}"))

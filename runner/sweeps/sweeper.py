@@ -53,11 +53,15 @@ class TrackedSweeper(Sweeper):
         option = str(config.hydra.runtime.choices.get("hydra/launcher"))
         extra = missing_extra(option)
         if extra is not None:
-            raise CommandExit(InvalidInput(
-                f"hydra/launcher={option} needs the {extra} extra, which is not installed: pip install "
-                f"'backprop-runner[{extra}]' (docs/clusters.md says which extras go together)"))
+            raise CommandExit(
+                InvalidInput(
+                    f"hydra/launcher={option} needs the {extra} extra, which is not installed: pip install "
+                    f"'backprop-runner[{extra}]' (docs/clusters.md says which extras go together)"
+                )
+            )
         self.launcher: Launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config)
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
         self.sweep_run: SweepRun | None = None
         self._next_job = 0
         self._unrecorded: list[Any] = []  # JobOutcome of jobs that failed before their run existed
@@ -75,8 +79,10 @@ class TrackedSweeper(Sweeper):
             except interruption.Interrupted as stop:
                 # Every job has ended its own run (KILLED) by now; the launcher's workers are warm.
                 if self._end_stopped("KILLED", stop.verb):
-                    stop.ended = (f"the sweep's parent run {self.sweep_run.run_id} and its running jobs were "
-                                  "ended KILLED, every completed epoch logged")
+                    stop.ended = (
+                        f"the sweep's parent run {self.sweep_run.run_id} and its running jobs were "
+                        "ended KILLED, every completed epoch logged"
+                    )
                 raise
             except BaseException as error:
                 self._close_launcher()  # first: its workers end the runs of their jobs
@@ -84,8 +90,10 @@ class TrackedSweeper(Sweeper):
                     raise  # the store cannot be told anything more
                 reason = str(error) if isinstance(error, CommandExit) else f"{type(error).__name__}: {error}"
                 if self._end_stopped("FAILED", f"stopped by an error: {reason}"[:500]):
-                    print(f"bprun: the sweep's parent run {self.sweep_run.run_id} and its running jobs were "
-                          "ended FAILED", file=sys.stderr)
+                    print(
+                        f"bprun: the sweep's parent run {self.sweep_run.run_id} and its running jobs were ended FAILED",
+                        file=sys.stderr,
+                    )
                 raise
             self._finish()
         finally:
@@ -109,10 +117,14 @@ class TrackedSweeper(Sweeper):
         if self.sweep_run is None:
             return
         if self._server_lost is not None:  # asking the server again would only wait its timeout again
-            raise CommandExit(TrackingLost(
-                f"the sweep stopped: its tracking server at {self.sweep_run.tracking_uri} stopped answering (see "
-                f"the jobs above); its parent run {self.sweep_run.run_id} stays RUNNING there until bprun-doctor "
-                "marks it KILLED", self.sweep_run.run_id))
+            raise CommandExit(
+                TrackingLost(
+                    f"the sweep stopped: its tracking server at {self.sweep_run.tracking_uri} stopped answering (see "
+                    f"the jobs above); its parent run {self.sweep_run.run_id} stays RUNNING there until bprun-doctor "
+                    "marks it KILLED",
+                    self.sweep_run.run_id,
+                )
+            )
         interruption.test_point("sweep-summary")
         from runner.sweeps.parent import finish_sweep  # (lazy: MLflow)
 
@@ -121,11 +133,14 @@ class TrackedSweeper(Sweeper):
         except TrackingLost as error:  # one message; the store cannot be told anything more
             raise CommandExit(error) from None
         print(summary.table)
-        interruption.check(f"every job of the sweep had run; its parent run {self.sweep_run.run_id} was ended "
-                           f"{'FAILED' if summary.failed else 'FINISHED'} with the summary")
+        interruption.check(
+            f"every job of the sweep had run; its parent run {self.sweep_run.run_id} was ended "
+            f"{'FAILED' if summary.failed else 'FINISHED'} with the summary"
+        )
         if summary.failed:
-            raise CommandExit(SweepFailed(f"{summary.failed} of {summary.jobs} job(s) of the sweep failed; "
-                                          "see the summary above"))
+            raise CommandExit(
+                SweepFailed(f"{summary.failed} of {summary.jobs} job(s) of the sweep failed; see the summary above")
+            )
 
     # --- one batch -----------------------------------------------------------------------------
     def launch_batch(self, batch: Sequence[Sequence[str]]) -> Sequence[JobReturn]:
@@ -169,24 +184,34 @@ class TrackedSweeper(Sweeper):
         destination = Destination.configured(self.config.tracking, self.config.hydra.runtime.cwd)
         if where and not destination.is_server:
             option = self.config.hydra.runtime.choices.get("hydra/launcher")
-            raise CommandExit(JobsElsewhere(
-                f"hydra/launcher={option} runs jobs {where}, which cannot write to this machine's MLflow store "
-                f"{destination.uri}; track to a server that every machine reaches: tracking=server "
-                "tracking.uri=http://HOST:5000 (bprun-server starts one; docs/team.md, docs/clusters.md)"))
+            raise CommandExit(
+                JobsElsewhere(
+                    f"hydra/launcher={option} runs jobs {where}, which cannot write to this machine's MLflow store "
+                    f"{destination.uri}; track to a server that every machine reaches: tracking=server "
+                    "tracking.uri=http://HOST:5000 (bprun-server starts one; docs/team.md, docs/clusters.md)"
+                )
+            )
 
     def _start_parent(self) -> SweepRun:
         from runner.sweeps.parent import create_parent, parent_request  # (lazy: MLflow)
 
         tracking = self.config.tracking
         where = Destination.configured(tracking, self.config.hydra.runtime.cwd)
-        request = parent_request(where, tracking.experiment, swept_values(list(self.config.hydra.overrides.task)),
-                                 str(self.config.hydra.sweep.dir), jobs=self.planned_jobs)
+        request = parent_request(
+            where,
+            tracking.experiment,
+            swept_values(list(self.config.hydra.overrides.task)),
+            str(self.config.hydra.sweep.dir),
+            jobs=self.planned_jobs,
+        )
         try:
             sweep_run = self.call(create_parent, request)
         except CommandError as error:
             raise CommandExit(error) from None
-        print(f"bprun: sweep parent run {sweep_run.run_id} in {sweep_run.tracking_uri}\n"
-              f"  see it: {where_to_look(sweep_run.tracking_uri, sweep_run.experiment_id, sweep_run.run_id)}")
+        print(
+            f"bprun: sweep parent run {sweep_run.run_id} in {sweep_run.tracking_uri}\n"
+            f"  see it: {where_to_look(sweep_run.tracking_uri, sweep_run.experiment_id, sweep_run.run_id)}"
+        )
         return sweep_run
 
     def _record(self, batch: Sequence[Sequence[str]], results: Sequence[JobReturn]) -> None:

@@ -31,13 +31,17 @@ METRIC_COLUMNS = {"key", "value", "timestamp", "run_uuid", "step", "is_nan"}
 
 # Portable SQL (SQLite >= 3.24, PostgreSQL): a value already stored is left alone, as
 # log_batch does; the latest value per key follows MLflow's rule (the largest (step, timestamp, value)).
-INSERT_METRICS = ("INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
-                  "VALUES ({key}, {value}, {timestamp}, {run_uuid}, {step}, false) ON CONFLICT DO NOTHING")
-UPSERT_LATEST = ("INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) "
-                 "VALUES ({key}, {value}, {timestamp}, {step}, false, {run_uuid}) ON CONFLICT (key, run_uuid) DO UPDATE SET "
-                 "value = excluded.value, timestamp = excluded.timestamp, step = excluded.step, is_nan = false "
-                 "WHERE (excluded.step, excluded.timestamp, excluded.value) > "
-                 "(latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)")
+INSERT_METRICS = (
+    "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
+    "VALUES ({key}, {value}, {timestamp}, {run_uuid}, {step}, false) ON CONFLICT DO NOTHING"
+)
+UPSERT_LATEST = (
+    "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) "
+    "VALUES ({key}, {value}, {timestamp}, {step}, false, {run_uuid}) ON CONFLICT (key, run_uuid) DO UPDATE SET "
+    "value = excluded.value, timestamp = excluded.timestamp, step = excluded.step, is_nan = false "
+    "WHERE (excluded.step, excluded.timestamp, excluded.value) > "
+    "(latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)"
+)
 
 
 def latest_values(values: list[MetricRow]) -> list[MetricRow]:
@@ -59,7 +63,7 @@ class SqliteMetricWriter:
         self.connection = sqlite3.connect(database, timeout=60.0, isolation_level=None)
 
     @classmethod
-    def open(cls, database: Path) -> "SqliteMetricWriter | None":
+    def open(cls, database: Path) -> SqliteMetricWriter | None:
         """A writer for ``database``, or None where MLflow's own API must be used instead."""
         if version("mlflow") not in CHECKED_MLFLOW_VERSIONS:
             return None
@@ -101,7 +105,8 @@ _NAMED = {name: f":{name}" for name in ("key", "value", "timestamp", "run_uuid",
 _POSTGRES_INSERT_METRICS = (
     "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) SELECT k, v, t, :run_uuid, s, false "
     "FROM unnest(CAST(:keys AS text[]), CAST(:values AS double precision[]), CAST(:timestamps AS bigint[]), "
-    "CAST(:steps AS bigint[])) AS given(k, v, t, s) ON CONFLICT DO NOTHING")
+    "CAST(:steps AS bigint[])) AS given(k, v, t, s) ON CONFLICT DO NOTHING"
+)
 
 
 class SqlMetricWriter:
@@ -118,7 +123,7 @@ class SqlMetricWriter:
         self._run = sqlalchemy.text("SELECT lifecycle_stage FROM runs WHERE run_uuid = :run_uuid")
 
     @classmethod
-    def open(cls, store_uri: str) -> "SqlMetricWriter | None":
+    def open(cls, store_uri: str) -> SqlMetricWriter | None:
         """A writer for the store at ``store_uri`` (a SQLAlchemy URI), or None where MLflow's
         own API must be used instead."""
         import sqlalchemy
@@ -149,10 +154,14 @@ class SqlMetricWriter:
             keys, numbers, timestamps, steps = (list(column) for column in zip(*values))
             rows: Any = {"run_uuid": run_id, "keys": keys, "values": numbers, "timestamps": timestamps, "steps": steps}
         else:
-            rows = [{"key": key, "value": value, "timestamp": timestamp, "run_uuid": run_id, "step": step}
-                    for key, value, timestamp, step in values]
-        latest = [{"key": key, "value": value, "timestamp": timestamp, "run_uuid": run_id, "step": step}
-                  for key, value, timestamp, step in latest_values(values)]
+            rows = [
+                {"key": key, "value": value, "timestamp": timestamp, "run_uuid": run_id, "step": step}
+                for key, value, timestamp, step in values
+            ]
+        latest = [
+            {"key": key, "value": value, "timestamp": timestamp, "run_uuid": run_id, "step": step}
+            for key, value, timestamp, step in latest_values(values)
+        ]
         with self.engine.begin() as connection:
             connection.execute(self._insert, rows)
             connection.execute(self._upsert, latest)

@@ -59,14 +59,18 @@ class Destination:
         return is_server(self.uri)
 
     @classmethod
-    def configured(cls, tracking: Any, start_dir: str) -> "Destination":
+    def configured(cls, tracking: Any, start_dir: str) -> Destination:
         """Where a run with the settings ``tracking`` (``uri``, ``offline``, ``http_timeout``,
         ``http_retries``) goes. Offline runs go to ``mlflow-offline.db`` in ``start_dir`` and
         remember the store they were meant for."""
         target = resolve_tracking_uri(tracking.uri, start_dir)
         if tracking.offline:
-            return cls(f"sqlite:///{Path(start_dir, OFFLINE_DATABASE).resolve()}", target,
-                       tracking.http_timeout, tracking.http_retries)
+            return cls(
+                f"sqlite:///{Path(start_dir, OFFLINE_DATABASE).resolve()}",
+                target,
+                tracking.http_timeout,
+                tracking.http_retries,
+            )
         return cls(target, None, tracking.http_timeout, tracking.http_retries)
 
 
@@ -87,11 +91,13 @@ def is_server(uri: str) -> bool:
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, else None."""
     prefix = "sqlite:///"
-    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
 
 
-SERVER_ADVICE = ("start the server, point tracking.uri or MLFLOW_TRACKING_URI elsewhere, or train with "
-                 "tracking.offline=true and upload later with bprun-sync")
+SERVER_ADVICE = (
+    "start the server, point tracking.uri or MLFLOW_TRACKING_URI elsewhere, or train with "
+    "tracking.offline=true and upload later with bprun-sync"
+)
 
 
 def check_store(target: Destination, server_advice: str = SERVER_ADVICE) -> None:
@@ -124,7 +130,7 @@ def _check_server(uri: str, timeout_seconds: float, advice: str) -> None:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_seconds).close()
     except urllib.error.HTTPError:
         return  # it answered: reachable, whatever it thinks of /health
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as error:
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
         reason = getattr(error, "reason", error)
         if isinstance(reason, (socket.timeout, TimeoutError)):
             reason = f"no answer within {timeout_seconds:g} s"
@@ -147,8 +153,10 @@ def _check_writable(database: Path) -> None:
         raise StoreUnavailable(f"cannot write the MLflow store {database}: {what}") from None
     _check_readable(database)
     if free < MIN_FREE_BYTES:
-        raise StoreUnavailable(f"cannot write the MLflow store {database}: only {free // 1024**2} MB free "
-                               f"on its disk (at least {MIN_FREE_BYTES // 1024**2} MB needed)")
+        raise StoreUnavailable(
+            f"cannot write the MLflow store {database}: only {free // 1024**2} MB free "
+            f"on its disk (at least {MIN_FREE_BYTES // 1024**2} MB needed)"
+        )
 
 
 def table_names(database: Path) -> set[str]:
@@ -167,8 +175,10 @@ def _check_readable(database: Path) -> None:
     try:
         table_names(database)
     except sqlite3.DatabaseError as error:
-        raise StoreUnavailable(f"cannot use the MLflow store {database}: {error}; move the file aside "
-                               "(or restore it from a backup) or point tracking.uri elsewhere") from None
+        raise StoreUnavailable(
+            f"cannot use the MLflow store {database}: {error}; move the file aside "
+            "(or restore it from a backup) or point tracking.uri elsewhere"
+        ) from None
 
 
 # The MLflow UI (3.x) opens an experiment on its GenAI views unless the page's address asks for

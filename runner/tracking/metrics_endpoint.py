@@ -27,7 +27,7 @@ import math
 import os
 import re
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 from runner.tracking.compat import MetricRow
 
@@ -44,7 +44,7 @@ METRIC_NAME = re.compile(r"^[/\w.\- :]{1,250}$")
 class MetricsEndpoint:
     """The metrics endpoint of the server at ``uri``, for a run's sender thread."""
 
-    _known: dict[str, bool] = {}  # server URI -> has the endpoint, asked once per process
+    _known: ClassVar[dict[str, bool]] = {}  # server URI -> has the endpoint, asked once per process
     _lock = threading.Lock()
 
     def __init__(self, uri: str) -> None:
@@ -54,7 +54,7 @@ class MetricsEndpoint:
         self._credentials = get_default_host_creds(uri)
 
     @classmethod
-    def of(cls, uri: str) -> "MetricsEndpoint | None":
+    def of(cls, uri: str) -> MetricsEndpoint | None:
         """The endpoint of the server at ``uri``, None when it has none (not bprun-server, or a
         store the endpoint does not write to). A server that does not answer raises as any
         MLflow call to it does."""
@@ -70,9 +70,16 @@ class MetricsEndpoint:
     def write(self, run_id: str, values: list[MetricRow]) -> None:
         """Store ``values`` (finite, at most ``MAX_VALUES_PER_REQUEST``) for ``run_id`` in one
         request; raises MLflow's ``MlflowException`` as ``log_batch`` does."""
-        self._request("POST", {"run_id": run_id, "keys": [row[0] for row in values],
-                               "values": [row[1] for row in values], "timestamps": [row[2] for row in values],
-                               "steps": [row[3] for row in values]})
+        self._request(
+            "POST",
+            {
+                "run_id": run_id,
+                "keys": [row[0] for row in values],
+                "values": [row[1] for row in values],
+                "timestamps": [row[2] for row in values],
+                "steps": [row[3] for row in values],
+            },
+        )
 
     def _request(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The JSON answer of a POST; of the GET, None unless it is the endpoint's answer (other
@@ -131,10 +138,15 @@ def parse(body: Any) -> tuple[str, list[MetricRow]]:
         raise BadRequest(400, "INVALID_PARAMETER_VALUE", "the body must be a JSON object with a run_id string")
     columns = [body.get(name) for name in ("keys", "values", "timestamps", "steps")]
     if not all(isinstance(column, list) for column in columns) or len({len(column) for column in columns}) != 1:
-        raise BadRequest(400, "INVALID_PARAMETER_VALUE", "keys, values, timestamps and steps must be lists of one length")
+        raise BadRequest(
+            400, "INVALID_PARAMETER_VALUE", "keys, values, timestamps and steps must be lists of one length"
+        )
     if len(columns[0]) > MAX_VALUES_PER_REQUEST:
-        raise BadRequest(400, "INVALID_PARAMETER_VALUE",
-                         f"{len(columns[0])} values in one request; at most {MAX_VALUES_PER_REQUEST} are accepted")
+        raise BadRequest(
+            400,
+            "INVALID_PARAMETER_VALUE",
+            f"{len(columns[0])} values in one request; at most {MAX_VALUES_PER_REQUEST} are accepted",
+        )
     rows = list(zip(*columns))
     checked: set[str] = set()  # each name matched once: a request holds thousands of values of a few metrics
     for key, value, timestamp, step in rows:
@@ -159,8 +171,11 @@ def create_app() -> Any:
     def metrics() -> Any:
         store = writer.get()
         if request.method == "GET":
-            return jsonify({"available": True, "max_values": MAX_VALUES_PER_REQUEST} if store is not None
-                           else {"available": False, "reason": writer.reason})
+            return jsonify(
+                {"available": True, "max_values": MAX_VALUES_PER_REQUEST}
+                if store is not None
+                else {"available": False, "reason": writer.reason}
+            )
         try:
             if store is None:
                 raise BadRequest(404, "ENDPOINT_NOT_FOUND", f"this server does not take metrics here: {writer.reason}")
@@ -169,8 +184,9 @@ def create_app() -> Any:
             if stage is None:
                 raise BadRequest(404, "RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found")
             if stage != "active":
-                raise BadRequest(400, "INVALID_STATE", f"The run {run_id} must be in the 'active' state. "
-                                 f"Current state is {stage}.")
+                raise BadRequest(
+                    400, "INVALID_STATE", f"The run {run_id} must be in the 'active' state. Current state is {stage}."
+                )
             store.write(run_id, values)
         except BadRequest as error:
             return jsonify({"error_code": error.code, "message": str(error)}), error.status

@@ -19,9 +19,10 @@ import shutil
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import mlflow.data
@@ -51,7 +52,8 @@ def lost_server(error: BaseException) -> str | None:
     seen: BaseException | None = error
     while seen is not None:
         if isinstance(seen, requests.exceptions.Timeout) or (
-                isinstance(seen, requests.exceptions.ConnectionError) and "timed out" in str(seen)):
+            isinstance(seen, requests.exceptions.ConnectionError) and "timed out" in str(seen)
+        ):
             return "no answer within the request timeout"
         if isinstance(seen, requests.exceptions.ConnectionError):
             cause = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(seen))
@@ -95,8 +97,9 @@ class TrackedRun:
     the traceback as ``traceback.txt``.
     """
 
-    def __init__(self, uri: str, experiment_id: str, run_name: str, params: dict[str, Any],
-                 tags: dict[str, str]) -> None:
+    def __init__(
+        self, uri: str, experiment_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]
+    ) -> None:
         self.uri = uri
         self.experiment_id = experiment_id
         self.client = MlflowClient(uri)
@@ -123,9 +126,8 @@ class TrackedRun:
         self._written_later: dict[str, Callable[[], None]] = {}
         self.run_id = ""
 
-    def __enter__(self) -> "TrackedRun":
-        run = self.client.create_run(self.experiment_id, run_name=self.run_name,
-                                     tags={**self._tags, **process_tags()})
+    def __enter__(self) -> TrackedRun:
+        run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags={**self._tags, **process_tags()})
         self.run_id = run.info.run_id
         local = urlparse(run.info.artifact_uri)
         if local.scheme == "file":
@@ -222,11 +224,15 @@ class TrackedRun:
 
     def _lost_message(self) -> str:
         kept = f"; what it wrote locally is kept in {self._staging}" if self._staging is not None else ""
-        return (f"lost the MLflow tracking server at {self.uri} ({self._lost}): run {self.run_id} ({self.run_name}) "
-                f"stays RUNNING there until bprun-doctor marks it KILLED{kept}")
+        return (
+            f"lost the MLflow tracking server at {self.uri} ({self._lost}): run {self.run_id} ({self.run_name}) "
+            f"stays RUNNING there until bprun-doctor marks it KILLED{kept}"
+        )
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self._to_server(self.client.log_batch, self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+        self._to_server(
+            self.client.log_batch, self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()]
+        )
 
     @property
     def artifact_dir(self) -> Path:
@@ -308,8 +314,9 @@ class TrackedRun:
         else:
             # Whoever handles the error can tell that a run holds it already.
             error.tracked_run_id = self.run_id  # type: ignore[attr-defined]
-            self.end("FAILED", f"{exc_type.__name__}: {error}",
-                     "".join(traceback.format_exception(exc_type, error, tb)))
+            self.end(
+                "FAILED", f"{exc_type.__name__}: {error}", "".join(traceback.format_exception(exc_type, error, tb))
+            )
 
     def end(self, status: str, failure_reason: str | None = None, traceback_text: str | None = None) -> None:
         """Write the last metrics, the failure reason (and traceback), upload staged artifacts,
@@ -357,6 +364,8 @@ class TrackedRun:
     def _keep_unsent_metrics(self) -> None:
         """The metrics the server never got, beside the staged artifacts, as CSV."""
         if self._staging is not None and self._pending:
-            lines = ["key,value,timestamp,step", *(f"{key},{value!r},{timestamp},{step}"
-                                                   for key, value, timestamp, step in self._pending)]
+            lines = [
+                "key,value,timestamp,step",
+                *(f"{key},{value!r},{timestamp},{step}" for key, value, timestamp, step in self._pending),
+            ]
             (self._staging / "metrics-not-sent.csv").write_text("\n".join(lines) + "\n")

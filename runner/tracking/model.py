@@ -109,11 +109,18 @@ class MLPModel(mlflow.pyfunc.PythonModel):
     def network(self) -> MLP:
         """The engine MLP carrying the saved parameters (built once, on first use)."""
         if self._network is None:
-            network = MLP(self.sizes, np.random.default_rng(0), activation=self.activation,
-                          output_activation=self.output_activation, dtype=self.dtype)
+            network = MLP(
+                self.sizes,
+                np.random.default_rng(0),
+                activation=self.activation,
+                output_activation=self.output_activation,
+                dtype=self.dtype,
+            )
             if self.params.shape != network.params.shape:
-                raise ValueError(f"{self.params.size} parameters do not fit a network of sizes {self.sizes} "
-                                 f"({network.n_params} parameters)")
+                raise ValueError(
+                    f"{self.params.size} parameters do not fit a network of sizes {self.sizes} "
+                    f"({network.n_params} parameters)"
+                )
             network.params[...] = self.params  # in place: the layer views point into this vector
             self._network = network
         return self._network
@@ -121,8 +128,7 @@ class MLPModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.network()
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
-                ) -> pd.DataFrame:
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Outputs for the rows of ``model_input``, which holds the raw (unstandardized) features.
 
         Columns are picked by name, so their order does not matter and other columns are ignored.
@@ -180,9 +186,18 @@ def output_names(dataset: TrainingData) -> list[str]:
 def model_from(network: MLP, dataset: TrainingData) -> MLPModel:
     """The pyfunc model for ``network`` trained on ``dataset`` (the parameters are copied)."""
     return MLPModel(
-        network.sizes, network.activation, network.output_activation, network.dtype.name, network.params,
-        dataset.feature_names, output_names(dataset), dataset.task,
-        dataset.feature_mean, dataset.feature_scale, dataset.target_offset, dataset.target_scale,
+        network.sizes,
+        network.activation,
+        network.output_activation,
+        network.dtype.name,
+        network.params,
+        dataset.feature_names,
+        output_names(dataset),
+        dataset.task,
+        dataset.feature_mean,
+        dataset.feature_scale,
+        dataset.target_offset,
+        dataset.target_scale,
     )
 
 
@@ -230,14 +245,21 @@ def save_pyfunc_model(path: str, network: MLP, dataset: TrainingData, *, input_e
     pyfunc_logger.setLevel(logging.ERROR)
     try:
         mlflow.pyfunc.save_model(
-            path=path, python_model=model, pip_requirements=pip_requirements(), signature=signature,
+            path=path,
+            python_model=model,
+            pip_requirements=pip_requirements(),
+            signature=signature,
             input_example=example,
-            metadata={"task": model.task, "sizes": model.sizes, "activation": model.activation,
-                      "output_activation": model.output_activation, "dtype": model.dtype},
+            metadata={
+                "task": model.task,
+                "sizes": model.sizes,
+                "activation": model.activation,
+                "output_activation": model.output_activation,
+                "dtype": model.dtype,
+            },
         )
     finally:
         pyfunc_logger.setLevel(level)
-
 
 
 def load_model(run_id: str, tracking_uri: str | None = None) -> mlflow.pyfunc.PyFuncModel:

@@ -17,7 +17,8 @@ string). Each one answers a question someone asks when a result cannot be reprod
 ``cwd_git.commit``, ``cwd_git.dirty``
     The same for the repository the command was started in, only when that is a *different*
     repository (a user's project that keeps its data and configs in git and calls ``bprun``).
-``version.python``, ``version.numpy``, ``version.hydra_core``, ``version.omegaconf``, ``version.mlflow``, ``version.backprop_runner``
+``version.python``, ``version.numpy``, ``version.hydra_core``, ``version.omegaconf``, ``version.mlflow``,
+``version.backprop_runner``
     Installed versions (``importlib.metadata``, so nothing heavy is imported); ``"unknown"``
     when a distribution is not installed. A different NumPy or BLAS can change results in the
     last bits.
@@ -64,8 +65,14 @@ VERSION_TAGS = {
 # These point git at another repository than the directory it runs in (they are set inside git
 # hooks, for example); the directory we pass must decide which repository we describe.
 _GIT_LOCATION_VARIABLES = (
-    "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX",
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
 )
 
 
@@ -87,7 +94,11 @@ def _run_git(directory: str | os.PathLike[str], *arguments: str) -> bytes | None
             # --no-optional-locks: `git status` would otherwise take index.lock to refresh the
             # index, and make a concurrent `git commit` in the same checkout fail.
             ["git", "--no-optional-locks", *arguments],
-            cwd=directory, env=environment, capture_output=True, timeout=GIT_TIMEOUT_SECONDS, check=False,
+            cwd=directory,
+            env=environment,
+            capture_output=True,
+            timeout=GIT_TIMEOUT_SECONDS,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):  # git not installed, no such directory, timeout
         return None
@@ -185,8 +196,7 @@ def blas_tags() -> dict[str, str]:
     entry = _numpy_blas()
     if entry is None:
         return {"blas.library": UNKNOWN, "blas.threads": UNKNOWN}
-    details = [f"{key}={entry[key]}" for key in ("internal_api", "threading_layer", "architecture")
-               if entry.get(key)]
+    details = [f"{key}={entry[key]}" for key in ("internal_api", "threading_layer", "architecture") if entry.get(key)]
     details.append(f"file={Path(entry.get('filepath', '')).name}")
     library = f"{entry.get('internal_api', UNKNOWN)} {entry.get('version') or UNKNOWN} ({', '.join(details)})"
     return {"blas.library": library, "blas.threads": str(entry.get("num_threads", UNKNOWN))}

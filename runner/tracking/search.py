@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -13,14 +13,19 @@ from runner.tracking import names
 PAGE_SIZE = 1000
 
 
-def search_all(client: MlflowClient, experiment_ids: Sequence[str], filter_string: str = "",
-               order_by: Sequence[str] = ("attributes.start_time ASC",)) -> list[Run]:
+def search_all(
+    client: MlflowClient,
+    experiment_ids: Sequence[str],
+    filter_string: str = "",
+    order_by: Sequence[str] = ("attributes.start_time ASC",),
+) -> list[Run]:
     """Every active run matching ``filter_string``, across result pages."""
     runs: list[Run] = []
     page_token = None
     while True:
-        page = client.search_runs(list(experiment_ids), filter_string, max_results=PAGE_SIZE,
-                                  order_by=list(order_by), page_token=page_token)
+        page = client.search_runs(
+            list(experiment_ids), filter_string, max_results=PAGE_SIZE, order_by=list(order_by), page_token=page_token
+        )
         runs.extend(page)
         page_token = page.token
         if not page_token:
@@ -29,8 +34,9 @@ def search_all(client: MlflowClient, experiment_ids: Sequence[str], filter_strin
 
 def find_latest_sweep(client: MlflowClient, experiment_ids: Sequence[str]) -> Run | None:
     """The most recently started sweep parent run, or None."""
-    found = client.search_runs(list(experiment_ids), f"tags.`{names.SWEEP}` = 'true'", max_results=1,
-                               order_by=["attributes.start_time DESC"])
+    found = client.search_runs(
+        list(experiment_ids), f"tags.`{names.SWEEP}` = 'true'", max_results=1, order_by=["attributes.start_time DESC"]
+    )
     return found[0] if found else None
 
 

@@ -38,7 +38,8 @@ def ensure_experiment(uri: str, name: str) -> str:
         location = (database.parent / ARTIFACTS_FOLDER).resolve().as_uri() if database else None
         try:
             experiment_id = client.create_experiment(
-                name, artifact_location=location, tags={names.EXPERIMENT_KIND: TRAINING_EXPERIMENT_KIND})
+                name, artifact_location=location, tags={names.EXPERIMENT_KIND: TRAINING_EXPERIMENT_KIND}
+            )
         except Exception:
             # Another process created it between the lookup and the create: use theirs.
             experiment = client.get_experiment_by_name(name)

@@ -63,8 +63,11 @@ def pending_runs(source: MlflowClient, target: str | None) -> list[Run]:
     if not experiment_ids:
         return []
     runs = source.search_runs(experiment_ids, f"tags.`{names.SYNC_TARGET}` != ''", max_results=50000)
-    runs = [run for run in runs if names.SYNCED_AS not in run.data.tags
-            and (target is None or run.data.tags[names.SYNC_TARGET] == target)]
+    runs = [
+        run
+        for run in runs
+        if names.SYNCED_AS not in run.data.tags and (target is None or run.data.tags[names.SYNC_TARGET] == target)
+    ]
     return sorted(runs, key=lambda run: (names.PARENT_RUN in run.data.tags, run.info.start_time))
 
 
@@ -73,14 +76,22 @@ def why_not_yet(run: Run) -> str | None:
     if run.info.status != RUNNING:
         return None
     if is_stale(run.data.tags):
-        return ("RUNNING, but its process is gone: bprun-doctor --tracking-uri <the offline store> "
-                "marks it KILLED, then it can be uploaded")
+        return (
+            "RUNNING, but its process is gone: bprun-doctor --tracking-uri <the offline store> "
+            "marks it KILLED, then it can be uploaded"
+        )
     return "still RUNNING: it is uploaded by a sync after it ends"
 
 
 def copies_in_target(target: MlflowClient, experiment_id: str, offline_id: str) -> list[Run]:
-    return list(target.search_runs([experiment_id], f"tags.`{names.SYNCED_FROM}` = '{offline_id}'",
-                                   run_view_type=ViewType.ACTIVE_ONLY, max_results=1000))
+    return list(
+        target.search_runs(
+            [experiment_id],
+            f"tags.`{names.SYNCED_FROM}` = '{offline_id}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+        )
+    )
 
 
 def copy_run(source: MlflowClient, run: Run, target_uri: str, parent_copy: str | None) -> tuple[str, bool]:
@@ -107,8 +118,11 @@ def copy_run(source: MlflowClient, run: Run, target_uri: str, parent_copy: str |
     params = [Param(key, value) for key, value in run.data.params.items()]
     for start in range(0, len(params), MAX_PARAMS_PER_CALL):
         target.log_batch(new_id, params=params[start : start + MAX_PARAMS_PER_CALL])
-    metrics = [Metric(m.key, m.value, m.timestamp, m.step)
-               for key in run.data.metrics for m in source.get_metric_history(run.info.run_id, key)]
+    metrics = [
+        Metric(m.key, m.value, m.timestamp, m.step)
+        for key in run.data.metrics
+        for m in source.get_metric_history(run.info.run_id, key)
+    ]
     for start in range(0, len(metrics), MAX_METRICS_PER_CALL):
         target.log_batch(new_id, metrics=metrics[start : start + MAX_METRICS_PER_CALL])
     with tempfile.TemporaryDirectory() as directory:
@@ -133,8 +147,12 @@ def _copy_of(source: MlflowClient, offline_id: str) -> str | None:
     return synced_as.rpartition("#")[2] if synced_as else None
 
 
-def sync(source_uri: str, target_uri: str | None = None, timeout_seconds: float = 10.0,
-         report: Callable[[str], None] = lambda line: None) -> SyncResult:
+def sync(
+    source_uri: str,
+    target_uri: str | None = None,
+    timeout_seconds: float = 10.0,
+    report: Callable[[str], None] = lambda line: None,
+) -> SyncResult:
     """Copy every pending offline run of ``source_uri`` that has ended, saying what it does
     through ``report``. Stops between two runs when interrupted (``runner.process.interruption``),
     raising ``Interrupted`` with what is done so far."""
@@ -144,15 +162,20 @@ def sync(source_uri: str, target_uri: str | None = None, timeout_seconds: float 
     not_uploaded: set[str] = set()
     checked: set[str] = set()
     for run in pending_runs(source, target_uri):
-        interruption.check(ended=f"{len(result.uploaded)} run(s) uploaded before it stopped; "
-                                 "bprun-sync uploads the rest when run again")
+        interruption.check(
+            ended=f"{len(result.uploaded)} run(s) uploaded before it stopped; "
+            "bprun-sync uploads the rest when run again"
+        )
         offline_id, label = run.info.run_id, f"{run.info.run_id} ({run.info.run_name})"
         parent = run.data.tags.get(names.PARENT_RUN)
         parent_copy = None
         if parent is not None:
             parent_copy = copies.get(parent) or (None if parent in not_uploaded else _copy_of(source, parent))
-        reason = (f"its sweep's parent run {parent} is not uploaded yet" if parent is not None and parent_copy is None
-                  else why_not_yet(run))
+        reason = (
+            f"its sweep's parent run {parent} is not uploaded yet"
+            if parent is not None and parent_copy is None
+            else why_not_yet(run)
+        )
         if reason is not None:
             result.skipped.append((offline_id, reason))
             not_uploaded.add(offline_id)
@@ -160,18 +183,24 @@ def sync(source_uri: str, target_uri: str | None = None, timeout_seconds: float 
             continue
         destination = target_uri or run.data.tags[names.SYNC_TARGET]
         if destination not in checked:
-            check_store(Destination(destination, http_timeout=timeout_seconds, http_retries=2),
-                        server_advice="start it (or pass --to another server) and run bprun-sync again")
+            check_store(
+                Destination(destination, http_timeout=timeout_seconds, http_retries=2),
+                server_advice="start it (or pass --to another server) and run bprun-sync again",
+            )
             checked.add(destination)
         try:
             copy_id, adopted = copy_run(source, run, destination, parent_copy)
         except Exception as error:
             first_line = (str(error).strip().splitlines() or [""])[0]
-            raise UploadFailed(f"uploading {label} to {destination} failed: {type(error).__name__}: {first_line}; "
-                               f"{len(result.uploaded)} run(s) uploaded before; bprun-sync replaces the "
-                               "partial copy when run again") from error
+            raise UploadFailed(
+                f"uploading {label} to {destination} failed: {type(error).__name__}: {first_line}; "
+                f"{len(result.uploaded)} run(s) uploaded before; bprun-sync replaces the "
+                "partial copy when run again"
+            ) from error
         copies[offline_id] = copy_id
         (result.adopted if adopted else result.uploaded).append((offline_id, copy_id))
-        report(f"{'found' if adopted else 'uploaded'} {label} as {copy_id}"
-               + (" (copied completely by an earlier sync)" if adopted else ""))
+        report(
+            f"{'found' if adopted else 'uploaded'} {label} as {copy_id}"
+            + (" (copied completely by an earlier sync)" if adopted else "")
+        )
     return result

@@ -60,8 +60,14 @@ class EpochMetrics(Observer):
         values = tracked_metrics(report.train, "train", self.loss)
         if report.validation is not None:
             values.update(tracked_metrics(report.validation, "val", self.loss))
-        layers = zip(report.weights, report.biases, report.grad_weights, report.grad_biases,
-                     self._previous_weights, self._difference)
+        layers = zip(
+            report.weights,
+            report.biases,
+            report.grad_weights,
+            report.grad_biases,
+            self._previous_weights,
+            self._difference,
+        )
         for number, (W, b, grad_W, grad_b, previous, difference) in enumerate(layers, start=1):
             weight_norm = _norm(W)
             np.subtract(W, previous, out=difference)

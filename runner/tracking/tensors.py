@@ -54,9 +54,12 @@ class _GrowingNpy:
         self.records = 0
         self._synced = -1
         self._record_bytes = self.dtype.itemsize * math.prod(record_shape)
-        self._file = open(path, "wb", buffering=0)
-        widest = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                  "shape": (max_records, *record_shape)}
+        self._file = open(path, "wb", buffering=0)  # noqa: SIM115 (open across appends; close() ends it)
+        widest = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (max_records, *record_shape),
+        }
         np.lib.format.write_array_header_1_0(self._file, widest)
         self._data_offset = self._file.tell()
         self.sync(0)
@@ -64,7 +67,7 @@ class _GrowingNpy:
     def append(self, record: np.ndarray) -> None:
         data = memoryview(np.ascontiguousarray(record, self.dtype)).cast("B")
         while data:  # a raw write may write less than asked
-            data = data[self._file.write(data):]
+            data = data[self._file.write(data) :]
         self.records += 1
 
     def sync(self, records: int) -> None:
@@ -115,11 +118,15 @@ class TensorWriter(Observer):
             shapes = dict(zip(TENSOR_KINDS, (W.shape, W.shape[1:], W.shape, W.shape[1:])))
             for kind, shape in shapes.items():  # in TENSOR_KINDS order, as on_epoch_end lists the arrays
                 self._files[f"layer{number}.{kind}"] = _GrowingNpy(
-                    self.directory / f"layer{number}.{kind}.npy", tuple(shape), network.dtype, max_records)
+                    self.directory / f"layer{number}.{kind}.npy", tuple(shape), network.dtype, max_records
+                )
 
     def on_epoch_end(self, report: EpochReport) -> None:
-        arrays = [layer_arrays[number] for number in range(len(report.weights))
-                  for layer_arrays in (report.weights, report.biases, report.grad_weights, report.grad_biases)]
+        arrays = [
+            layer_arrays[number]
+            for number in range(len(report.weights))
+            for layer_arrays in (report.weights, report.biases, report.grad_weights, report.grad_biases)
+        ]
         if report.epoch % self.every == 0:
             self._write(report.epoch, arrays)
             self._latest_epoch = None
@@ -236,6 +243,5 @@ def load_tensors(run_id: str, tracking_uri: str | None = None) -> dict[str, np.n
     create an empty one).
     """
     uri = existing_store(tracking_uri)
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.TENSORS_ARTIFACT,
-                                                tracking_uri=uri)
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.TENSORS_ARTIFACT, tracking_uri=uri)
     return read_tensors(local)

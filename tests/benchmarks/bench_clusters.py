@@ -42,9 +42,25 @@ def start_ray_cluster(folder: Path) -> str:
     port = probe.getsockname()[1]
     probe.close()
     ray = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-                    "--include-dashboard=false", "--temp-dir", str(folder), "--disable-usage-stats"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            ray,
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard=false",
+            "--temp-dir",
+            str(folder),
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return f"127.0.0.1:{port}"
 
 
@@ -63,9 +79,11 @@ def main() -> None:
     try:
         log("starting a 2-CPU Ray cluster on loopback (not timed)")
         address = start_ray_cluster(ray_folder)
-        launchers = {"basic": ["hydra/launcher=basic"],
-                     "ray": ["hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}"],
-                     "local, 2 workers": ["hydra.launcher.n_jobs=2"]}
+        launchers = {
+            "basic": ["hydra/launcher=basic"],
+            "ray": ["hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}"],
+            "local, 2 workers": ["hydra.launcher.n_jobs=2"],
+        }
         seconds: dict[str, list[float]] = {name: [] for name in launchers}
         ratios = []
         fingerprints = []
@@ -73,7 +91,7 @@ def main() -> None:
             scratch = Path(directory)
             os.chdir(scratch)
             log("warm-up (2 epochs, every launcher)")
-            for name, extra in launchers.items():
+            for extra in launchers.values():
                 sweep([*DIGITS_SWEEP, "trainer.epochs=2", *extra], scratch, "warm-up")
             for repeat in range(arguments.repeats):
                 names = list(launchers)
@@ -91,15 +109,28 @@ def main() -> None:
         shutil.rmtree(ray_folder, ignore_errors=True)
     ratio = median(seconds["basic"]) / median(seconds["ray"])
     weights_line, weights_verdict = weights_report(fingerprints, "weights identical across launchers")
-    lines = [f"### The 12-job digits grid (200 epochs, batch 32) by launcher, median of {arguments.repeats}", "",
-             "| launcher | sweep wall time, s | jobs/s | runs, s |", "| --- | ---: | ---: | --- |"]
+    lines = [
+        f"### The 12-job digits grid (200 epochs, batch 32) by launcher, median of {arguments.repeats}",
+        "",
+        "| launcher | sweep wall time, s | jobs/s | runs, s |",
+        "| --- | ---: | ---: | --- |",
+    ]
     for name, values in seconds.items():
-        lines.append(f"| {name} | {median(values):.2f} | {DIGITS_JOBS / median(values):.3f} | "
-                     f"{', '.join(f'{value:.2f}' for value in values)} |")
-    lines += ["", f"Ray against the basic launcher (ratio of medians): **{ratio:.2f}x** the throughput; per repeat: "
-              f"{', '.join(f'{value:.2f}x' for value in ratios)}.", weights_line]
-    verdicts = [f"Ray (2 CPUs) / basic launcher throughput: {ratio:.2f}x (target >= {TARGET_RATIO}x): "
-                + ("met" if ratio >= TARGET_RATIO else "NOT met"), weights_verdict]
+        lines.append(
+            f"| {name} | {median(values):.2f} | {DIGITS_JOBS / median(values):.3f} | "
+            f"{', '.join(f'{value:.2f}' for value in values)} |"
+        )
+    lines += [
+        "",
+        f"Ray against the basic launcher (ratio of medians): **{ratio:.2f}x** the throughput; per repeat: "
+        f"{', '.join(f'{value:.2f}x' for value in ratios)}.",
+        weights_line,
+    ]
+    verdicts = [
+        f"Ray (2 CPUs) / basic launcher throughput: {ratio:.2f}x (target >= {TARGET_RATIO}x): "
+        + ("met" if ratio >= TARGET_RATIO else "NOT met"),
+        weights_verdict,
+    ]
     environment_lines.append(f"- load average at the end {load_average()}")
     print_report("Cluster launcher benchmark", environment_lines, [lines], verdicts, str(REPOSITORY), started)
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import os
 import platform
 import shlex
@@ -47,9 +48,9 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -66,8 +67,14 @@ MATMUL_SIZE = 2048
 
 # (framework, case number) -> required ratio engine/peer; and the share of the matmul FLOP rate.
 TARGETS = {
-    ("torch", 1): 3.0, ("torch", 2): 2.0, ("torch", 3): 2.0, ("torch", 4): 1.0,
-    ("sklearn", 1): 2.0, ("sklearn", 2): 2.0, ("sklearn", 3): 2.0, ("sklearn", 4): 1.0,
+    ("torch", 1): 3.0,
+    ("torch", 2): 2.0,
+    ("torch", 3): 2.0,
+    ("torch", 4): 1.0,
+    ("sklearn", 1): 2.0,
+    ("sklearn", 2): 2.0,
+    ("sklearn", 3): 2.0,
+    ("sklearn", 4): 1.0,
 }
 FLOP_TARGET = 0.70
 FLOP_CASE = 4
@@ -131,7 +138,7 @@ def make_case(number: int) -> Case:
 def flops_per_sample(sizes: list[int]) -> int:
     """Multiply-adds x 2 of one forward and backward pass (no input gradient for layer 0)."""
     total = 0
-    for layer, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         products = 2 if layer == 0 else 3
         total += products * 2 * fan_in * fan_out
     return total
@@ -164,8 +171,15 @@ def run_engine(case: Case, seed: int) -> tuple[float, float]:
     shuffle_rng = np.random.default_rng(seed + 1)
     start = time.perf_counter()
     history = train(
-        network, optimizer, case.X, case.Y, epochs=case.epochs, loss="mse",
-        batch_size=case.batch_size, rng=shuffle_rng, observers=[watcher],
+        network,
+        optimizer,
+        case.X,
+        case.Y,
+        epochs=case.epochs,
+        loss="mse",
+        batch_size=case.batch_size,
+        rng=shuffle_rng,
+        observers=[watcher],
     )
     elapsed = time.perf_counter() - start
     if watcher.epochs_seen != case.epochs or history.stop_reason != "completed":
@@ -219,11 +233,21 @@ def run_sklearn(case: Case, seed: int) -> tuple[float, float]:
     from sklearn.neural_network import MLPRegressor
 
     model = MLPRegressor(
-        hidden_layer_sizes=tuple(case.sizes[1:-1]), activation="logistic", solver="sgd",
-        alpha=0.0, batch_size=case.batch_size, learning_rate="constant",
-        learning_rate_init=case.lr, momentum=0.0, nesterovs_momentum=False,
-        max_iter=case.epochs, shuffle=True, random_state=seed, early_stopping=False,
-        tol=0.0, n_iter_no_change=case.epochs + 1,  # never stop before max_iter
+        hidden_layer_sizes=tuple(case.sizes[1:-1]),
+        activation="logistic",
+        solver="sgd",
+        alpha=0.0,
+        batch_size=case.batch_size,
+        learning_rate="constant",
+        learning_rate_init=case.lr,
+        momentum=0.0,
+        nesterovs_momentum=False,
+        max_iter=case.epochs,
+        shuffle=True,
+        random_state=seed,
+        early_stopping=False,
+        tol=0.0,
+        n_iter_no_change=case.epochs + 1,  # never stop before max_iter
     )
     Y = case.Y.ravel() if case.Y.shape[1] == 1 else case.Y  # a column would raise a warning
     with warnings.catch_warnings():
@@ -281,7 +305,7 @@ class ProductsClock:
 
     def __init__(self, sizes: list[int], batch: int) -> None:
         rng = np.random.default_rng(0)
-        self.weights = [rng.standard_normal((fan_in, fan_out)) for fan_in, fan_out in zip(sizes[:-1], sizes[1:])]
+        self.weights = [rng.standard_normal((fan_in, fan_out)) for fan_in, fan_out in itertools.pairwise(sizes)]
         self.inputs = [rng.standard_normal((batch, width)) for width in sizes[:-1]]  # X, a_1, ...
         self.deltas = [rng.standard_normal((batch, width)) for width in sizes[1:]]
         self.outputs = [np.empty((batch, width)) for width in sizes[1:]]
@@ -312,8 +336,11 @@ def describe_environment() -> list[str]:
     import sklearn
     import torch
 
-    blas = [f"{i['internal_api']} {i['version']} ({i.get('architecture', '?')})"
-            for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+    blas = [
+        f"{i['internal_api']} {i['version']} ({i.get('architecture', '?')})"
+        for i in threadpool_info()
+        if i["user_api"] == "blas" and "numpy" in i["filepath"]
+    ]
     return [
         f"python {platform.python_version()}, numpy {np.__version__} [{', '.join(blas)}], "
         f"torch {torch.__version__}, scikit-learn {sklearn.__version__}",
@@ -347,9 +374,9 @@ def main(argv: list[str] | None = None) -> None:
             products.measure()  # warm-up, not kept
             products.seconds.clear()
         for case in cases:
-            for name, run in FRAMEWORKS.items():
+            for run in FRAMEWORKS.values():
                 run(case, seed=1)  # warm-up: imports, allocator, BLAS thread start
-            for repeat in range(args.repeats):
+            for _repeat in range(args.repeats):
                 # Frameworks take turns so that a slow phase of the machine hits all of them.
                 for name, run in FRAMEWORKS.items():
                     elapsed, loss = run(case, seed=1)
@@ -390,45 +417,70 @@ def main(argv: list[str] | None = None) -> None:
             )
 
     print()
-    print(f"medians of {args.repeats} timed runs after one warm-up; seconds per run [min, median, max] "
-          "and the last run's final-epoch training MSE:")
+    print(
+        f"medians of {args.repeats} timed runs after one warm-up; seconds per run [min, median, max] "
+        "and the last run's final-epoch training MSE:"
+    )
     for case in cases:
         for name in FRAMEWORKS:
             times = seconds[name, case.number]
-            print(f"  case {case.number} {name:8s} [{min(times):.4f}, {statistics.median(times):.4f}, "
-                  f"{max(times):.4f}] s   train mse {final_loss[name, case.number]:.6g}")
-    print("  (sklearn: identity output layer, its own initial weights and its own loss scaling "
-          "(half the MSE, gradients not divided by n_outputs) at the same lr, so its MSE is not "
-          "comparable)")
+            print(
+                f"  case {case.number} {name:8s} [{min(times):.4f}, {statistics.median(times):.4f}, "
+                f"{max(times):.4f}] s   train mse {final_loss[name, case.number]:.6g}"
+            )
+    print(
+        "  (sklearn: identity output layer, its own initial weights and its own loss scaling "
+        "(half the MSE, gradients not divided by n_outputs) at the same lr, so its MSE is not "
+        "comparable)"
+    )
     # On a shared machine other load only ever adds time, so the fastest run is the least
     # disturbed one; shown beside the medians, not instead of them.
-    print("ratios of the fastest runs: " + "; ".join(
-        f"case {case.number} engine/torch {min(seconds['torch', case.number]) / min(seconds['engine', case.number]):.2f}x, "
-        f"engine/sklearn {min(seconds['sklearn', case.number]) / min(seconds['engine', case.number]):.2f}x"
-        for case in cases))
+    print(
+        "ratios of the fastest runs: "
+        + "; ".join(
+            f"case {case.number} engine/torch "
+            f"{min(seconds['torch', case.number]) / min(seconds['engine', case.number]):.2f}x, engine/sklearn "
+            f"{min(seconds['sklearn', case.number]) / min(seconds['engine', case.number]):.2f}x"
+            for case in cases
+        )
+    )
 
     print()
-    print(f"numpy {MATMUL_SIZE}x{MATMUL_SIZE} float64 matmul: {matmul_rate / 1e9:.1f} GFLOP/s "
-          f"(median of {len(matmul.seconds)}, taken between the rounds of timed runs)")
+    print(
+        f"numpy {MATMUL_SIZE}x{MATMUL_SIZE} float64 matmul: {matmul_rate / 1e9:.1f} GFLOP/s "
+        f"(median of {len(matmul.seconds)}, taken between the rounds of timed runs)"
+    )
     if flop_case is not None:
         engine_rate = flops_per_sample(flop_case.sizes) * throughput("engine", flop_case)
         share = engine_rate / matmul_rate
-        print(f"engine on case {FLOP_CASE}: {engine_rate / 1e9:.1f} GFLOP/s = {100 * share:.0f}% of the "
-              f"matmul rate ({flops_per_sample(flop_case.sizes):,} FLOP/sample)")
-        fastest_share = (flops_per_sample(flop_case.sizes) * flop_case.n_samples * flop_case.epochs
-                         / min(seconds["engine", FLOP_CASE])) / (2.0 * MATMUL_SIZE**3 / min(matmul.seconds))
+        print(
+            f"engine on case {FLOP_CASE}: {engine_rate / 1e9:.1f} GFLOP/s = {100 * share:.0f}% of the "
+            f"matmul rate ({flops_per_sample(flop_case.sizes):,} FLOP/sample)"
+        )
+        fastest_share = (
+            flops_per_sample(flop_case.sizes)
+            * flop_case.n_samples
+            * flop_case.epochs
+            / min(seconds["engine", FLOP_CASE])
+        ) / (2.0 * MATMUL_SIZE**3 / min(matmul.seconds))
         print(f"  (fastest engine run against the fastest matmul: {100 * fastest_share:.0f}%)")
         ceiling = products.rate() / matmul_rate
-        print(f"the case's {flop_case.batch_size}-row batch, its matrix products alone (nothing else): "
-              f"{products.rate() / 1e9:.1f} GFLOP/s = {100 * ceiling:.0f}% of the matmul rate (median of "
-              f"{len(products.seconds)}): the ceiling of the share for an engine on NumPy's matmul; "
-              f"the engine reaches {100 * share / ceiling:.0f}% of it")
-        verdicts.append(f"case {FLOP_CASE} FLOP share {100 * share:.0f}%, target >= {100 * FLOP_TARGET:.0f}%: "
-                        + ("met" if share >= FLOP_TARGET else "NOT met"))
+        print(
+            f"the case's {flop_case.batch_size}-row batch, its matrix products alone (nothing else): "
+            f"{products.rate() / 1e9:.1f} GFLOP/s = {100 * ceiling:.0f}% of the matmul rate (median of "
+            f"{len(products.seconds)}): the ceiling of the share for an engine on NumPy's matmul; "
+            f"the engine reaches {100 * share / ceiling:.0f}% of it"
+        )
+        verdicts.append(
+            f"case {FLOP_CASE} FLOP share {100 * share:.0f}%, target >= {100 * FLOP_TARGET:.0f}%: "
+            + ("met" if share >= FLOP_TARGET else "NOT met")
+        )
 
     print()
-    print(f"load average (1 min) before/after: {load_before:.2f} / {load_after:.2f}"
-          + ("  -- other processes were busy: expect noisy times" if max(load_before, load_after) > 0.5 else ""))
+    print(
+        f"load average (1 min) before/after: {load_before:.2f} / {load_after:.2f}"
+        + ("  -- other processes were busy: expect noisy times" if max(load_before, load_after) > 0.5 else "")
+    )
     print()
     print("targets:")
     for verdict in verdicts:

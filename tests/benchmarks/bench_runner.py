@@ -76,10 +76,11 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from benchmark_common import REPOSITORY, bprun_executable, compose, describe_environment, log, median, print_report
@@ -87,7 +88,7 @@ from benchmark_common import REPOSITORY, bprun_executable, compose, describe_env
 if str(REPOSITORY) not in sys.path:  # running the file directly, without an installed package
     sys.path.insert(0, str(REPOSITORY))
 
-from engine import Observer  # noqa: E402  (cheap: numpy only)
+from engine import Observer
 
 TARGET_STARTUP_RATIO = 0.8
 TARGET_XOR_EXTRA_SECONDS = 0.5
@@ -97,15 +98,36 @@ TARGET_RSS_RATIO = 1.3
 
 XOR_OVERRIDES = ["dataset=xor", "trainer.epochs=1000"]
 XOR_EPOCHS = 1000
-DIGITS_OVERRIDES = ["dataset=digits", "model.hidden=[128,64]", "trainer.epochs=200", "trainer.batch_size=64",
-                    "tracking.tensors_every=1"]
+DIGITS_OVERRIDES = [
+    "dataset=digits",
+    "model.hidden=[128,64]",
+    "trainer.epochs=200",
+    "trainer.batch_size=64",
+    "tracking.tensors_every=1",
+]
 DIGITS_EPOCHS = 200
-LARGE_OVERRIDES = ["model.hidden=[512,256]", "trainer.epochs=20", "trainer.batch_size=256",
-                   "dataset.val_fraction=0", "tracking.tensors_every=1"]
+LARGE_OVERRIDES = [
+    "model.hidden=[512,256]",
+    "trainer.epochs=20",
+    "trainer.batch_size=256",
+    "dataset.val_fraction=0",
+    "tracking.tensors_every=1",
+]
 LARGE_SAMPLES, LARGE_FEATURES, LARGE_CLASSES = 8192, 784, 10
 
-HEAVY_PACKAGES = ("mlflow", "sqlalchemy", "alembic", "pandas", "pyarrow", "matplotlib", "scipy", "sklearn",
-                  "optuna", "threadpoolctl", "joblib")
+HEAVY_PACKAGES = (
+    "mlflow",
+    "sqlalchemy",
+    "alembic",
+    "pandas",
+    "pyarrow",
+    "matplotlib",
+    "scipy",
+    "sklearn",
+    "optuna",
+    "threadpoolctl",
+    "joblib",
+)
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MB = 1024 * 1024
 
@@ -190,7 +212,7 @@ class RssSampler:
         finally:
             os.close(descriptor)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -212,7 +234,7 @@ class GcMeter:
         else:
             self.pauses.append((self._start, time.perf_counter() - self._start, info.get("generation", -1)))
 
-    def __enter__(self) -> "GcMeter":
+    def __enter__(self) -> GcMeter:
         gc.callbacks.append(self._callback)
         return self
 
@@ -287,9 +309,15 @@ class Series:
         return median([getattr(run, name) for run in self.runs])
 
 
-def run_once(cfg: Any, start_dir: str, dataset: Any = None, extra: tuple[Observer, ...] = (),
-             sample_rss: bool = False, profiles: dict[str, cProfile.Profile] | None = None,
-             sampler: RssSampler | None = None) -> Measurement:
+def run_once(
+    cfg: Any,
+    start_dir: str,
+    dataset: Any = None,
+    extra: tuple[Observer, ...] = (),
+    sample_rss: bool = False,
+    profiles: dict[str, cProfile.Profile] | None = None,
+    sampler: RssSampler | None = None,
+) -> Measurement:
     """One ``run`` call, timed phase by phase (and its RSS sampled if asked)."""
     from runner.core.run import run
 
@@ -313,10 +341,17 @@ def run_once(cfg: Any, start_dir: str, dataset: Any = None, extra: tuple[Observe
             if sampler:
                 sampler.__exit__()
     return Measurement(
-        total=stop - start, before=clock.begin - start, epochs=clock.end - clock.begin, after=stop - clock.end,
-        cpu_total=cpu_stop - cpu_start, cpu_epochs=clock.cpu_end - clock.cpu_begin, cpu_after=cpu_stop - clock.cpu_end,
-        gc_epochs=collector.seconds_between(clock.begin, clock.end), gc_after=collector.seconds_between(clock.end, stop),
-        rss_before=rss_before, rss_peak=max(sampler.peak, rss_before) if sampler else 0,
+        total=stop - start,
+        before=clock.begin - start,
+        epochs=clock.end - clock.begin,
+        after=stop - clock.end,
+        cpu_total=cpu_stop - cpu_start,
+        cpu_epochs=clock.cpu_end - clock.cpu_begin,
+        cpu_after=cpu_stop - clock.cpu_end,
+        gc_epochs=collector.seconds_between(clock.begin, clock.end),
+        gc_after=collector.seconds_between(clock.end, stop),
+        rss_before=rss_before,
+        rss_peak=max(sampler.peak, rss_before) if sampler else 0,
         rss_per_second=sampler.samples / (stop - start) if sampler else 0.0,
         timeline=(start, clock, stop, collector),
     )
@@ -352,6 +387,7 @@ def instrumented() -> Iterator[tuple[list[SpanRecord], list[str]]]:
                 stack.pop()
                 count = len(kwargs.get("metrics") or ()) if name.endswith("log_batch") else 0
                 records.append(SpanRecord(name, start, seconds, depth, count))
+
         return timed
 
     for module_name, attribute in SPANS:
@@ -373,8 +409,7 @@ def instrumented() -> Iterator[tuple[list[SpanRecord], list[str]]]:
             setattr(owner, leaf, original)
 
 
-def breakdown_run(cfg: Any, start_dir: str, dataset: Any = None, memory: bool = False
-                  ) -> tuple[Measurement, list[str]]:
+def breakdown_run(cfg: Any, start_dir: str, dataset: Any = None, memory: bool = False) -> tuple[Measurement, list[str]]:
     """One tracked run with timing wrappers: seconds per function and phase, the phase left
     outside every wrapped function, collector pauses, and (``memory``) RSS by function."""
     phase_label = ["(before training)"]
@@ -407,25 +442,40 @@ def breakdown_run(cfg: Any, start_dir: str, dataset: Any = None, memory: bool = 
         if record.depth == 0:
             outermost[phase_of(record.start)] += record.seconds
     lengths = {phase: stop_ - start_ for phase, (start_, stop_) in bounds.items()}
-    lines = ["| function (inclusive; nested calls overlap) | calls | s before | s epochs | s after |",
-             "| --- | ---: | ---: | ---: | ---: |",
-             "| **whole phase** | | " + " | ".join(f"**{lengths[p]:.3f}**" for p in bounds) + " |"]
+    lines = [
+        "| function (inclusive; nested calls overlap) | calls | s before | s epochs | s after |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        "| **whole phase** | | " + " | ".join(f"**{lengths[p]:.3f}**" for p in bounds) + " |",
+    ]
     for name, row in table.items():
         lines.append(f"| `{name}` | {row['calls']} | {row['before']:.3f} | {row['epochs']:.3f} | {row['after']:.3f} |")
-    lines.append("| outside every wrapped function (engine, validation, config, ...) | | "
-                 + " | ".join(f"{lengths[p] - outermost[p]:.3f}" for p in bounds) + " |")
-    lines.append("| garbage-collector pauses (anywhere) | "
-                 f"{collector.count_between(start, stop)} | "
-                 + " | ".join(f"{collector.seconds_between(*bounds[p]):.3f}" for p in bounds) + " |")
+    lines.append(
+        "| outside every wrapped function (engine, validation, config, ...) | | "
+        + " | ".join(f"{lengths[p] - outermost[p]:.3f}" for p in bounds)
+        + " |"
+    )
+    lines.append(
+        "| garbage-collector pauses (anywhere) | "
+        f"{collector.count_between(start, stop)} | "
+        + " | ".join(f"{collector.seconds_between(*bounds[p]):.3f}" for p in bounds)
+        + " |"
+    )
     batches = table.get("client.MlflowClient.log_batch")
     if batches and metrics_sent:
         seconds = batches["before"] + batches["epochs"] + batches["after"]
-        lines.append(f"\n`MlflowClient.log_batch`: {batches['calls']} calls carrying {metrics_sent:,} metric values "
-                     f"took {seconds:.3f} s: {seconds / batches['calls'] * 1e3:.0f} ms per call, "
-                     f"{seconds / metrics_sent * 1e6:.0f} us per value.")
+        lines.append(
+            f"\n`MlflowClient.log_batch`: {batches['calls']} calls carrying {metrics_sent:,} metric values "
+            f"took {seconds:.3f} s: {seconds / batches['calls'] * 1e3:.0f} ms per call, "
+            f"{seconds / metrics_sent * 1e6:.0f} us per value."
+        )
     if sampler:
-        lines += ["", f"RSS while each function was the innermost one running (pre-run RSS {before / MB:.0f} MB):", "",
-                  "| innermost active function | peak RSS MB | above pre-run MB |", "| --- | ---: | ---: |"]
+        lines += [
+            "",
+            f"RSS while each function was the innermost one running (pre-run RSS {before / MB:.0f} MB):",
+            "",
+            "| innermost active function | peak RSS MB | above pre-run MB |",
+            "| --- | ---: | ---: |",
+        ]
         for where, peak in sorted(sampler.peak_by_label.items(), key=lambda item: -item[1])[:10]:
             lines.append(f"| `{where}` | {peak / MB:.0f} | {(peak - before) / MB:.1f} |")
     return run, lines
@@ -435,8 +485,11 @@ def profile_run(cfg: Any, start_dir: str, phases: tuple[tuple[str, str, int], ..
     """One tracked run under cProfile, phase by phase; ``phases`` = (phase, sort key, rows)."""
     profiles = {phase: cProfile.Profile() for phase in ("before", "epochs", "after")}
     run = run_once(cfg, start_dir, dataset=dataset, profiles=profiles)
-    lines = ["```", f"cProfile run (inflated by profiling): before {run.before:.3f} s, epochs {run.epochs:.3f} s, "
-             f"after {run.after:.3f} s"]
+    lines = [
+        "```",
+        f"cProfile run (inflated by profiling): before {run.before:.3f} s, epochs {run.epochs:.3f} s, "
+        f"after {run.after:.3f} s",
+    ]
     for phase, key, count in phases:
         lines.append(f"{phase}: top {count} by {'own time' if key == 'tottime' else 'cumulative time'}")
         lines.extend("  " + line for line in top_profile_lines(pstats.Stats(profiles[phase]), key, count))
@@ -462,6 +515,7 @@ def top_profile_lines(stats: pstats.Stats, key: str, count: int) -> list[str]:
 
 # --- part A -----------------------------------------------------------------------------------
 
+
 def part_a(repeats: int, work: Path) -> tuple[list[str], list[str]]:
     bprun = bprun_executable()
     commands = {
@@ -475,8 +529,7 @@ def part_a(repeats: int, work: Path) -> tuple[list[str], list[str]]:
 
     def once(argv: list[str]) -> float:
         start = time.perf_counter()
-        subprocess.run(argv, cwd=cwd, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       check=True)
+        subprocess.run(argv, cwd=cwd, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
         return time.perf_counter() - start
 
     for argv in commands.values():
@@ -488,41 +541,63 @@ def part_a(repeats: int, work: Path) -> tuple[list[str], list[str]]:
         for name in names[shift:] + names[:shift]:
             seconds[name].append(once(commands[name]))
     reference = median(seconds['python -c "import mlflow"'])
-    lines = [f"### A. Start-up: subprocess wall time, median of {repeats} after 1 warm-up each",
-             "", "| command | median s | min s | max s | ratio to import mlflow |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"### A. Start-up: subprocess wall time, median of {repeats} after 1 warm-up each",
+        "",
+        "| command | median s | min s | max s | ratio to import mlflow |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     verdicts = []
     for name, values in seconds.items():
         ratio = median(values) / reference
         lines.append(f"| `{name}` | {median(values):.3f} | {min(values):.3f} | {max(values):.3f} | {ratio:.2f} |")
         if name.startswith("bprun"):
             verdicts.append(verdict(f"A. `{name}` / `import mlflow`", ratio, TARGET_STARTUP_RATIO, "x"))
-    lines += ["", "What each command imports (one more run each under `python -X importtime`; the "
-              "seconds are inflated by it):", "",
-              "| command | modules loaded | heavy packages loaded | largest top-level imports, cumulative s |",
-              "| --- | ---: | --- | --- |"]
+    lines += [
+        "",
+        "What each command imports (one more run each under `python -X importtime`; the seconds are inflated by it):",
+        "",
+        "| command | modules loaded | heavy packages loaded | largest top-level imports, cumulative s |",
+        "| --- | ---: | --- | --- |",
+    ]
     for name, argv in commands.items():
         lines.append(import_profile(name, argv, cwd, environment))
-    lines += ["", "Where `bprun --help` spends its time after the imports (cProfile of `main()` in a subprocess; "
-              "inflated by profiling):", "", "```", *help_profile(cwd, environment), "```"]
+    lines += [
+        "",
+        "Where `bprun --help` spends its time after the imports (cProfile of `main()` in a subprocess; "
+        "inflated by profiling):",
+        "",
+        "```",
+        *help_profile(cwd, environment),
+        "```",
+    ]
     return lines, verdicts
 
 
 def help_profile(cwd: Path, environment: dict[str, str], count: int = 10) -> list[str]:
-    code = ("import cProfile, pstats, sys, time\n"
-            "sys.argv = ['bprun', '--help']\n"
-            "start = time.perf_counter()\n"
-            "from runner.commands.bprun import main\n"
-            "imported = time.perf_counter()\n"
-            "profile = cProfile.Profile()\n"
-            "profile.enable()\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "profile.disable()\n"
-            "done = time.perf_counter()\n"
-            "sys.stderr.write(f'import runner.commands.bprun {imported - start:.3f} s, main() {done - imported:.3f} s\\n')\n"
-            "pstats.Stats(profile, stream=sys.stderr).sort_stats('cumulative').print_stats(%d)\n" % (count + 4))
-    completed = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=environment, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    code = (
+        "import cProfile, pstats, sys, time\n"
+        "sys.argv = ['bprun', '--help']\n"
+        "start = time.perf_counter()\n"
+        "from runner.commands.bprun import main\n"
+        "imported = time.perf_counter()\n"
+        "profile = cProfile.Profile()\n"
+        "profile.enable()\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "profile.disable()\n"
+        "done = time.perf_counter()\n"
+        "sys.stderr.write(f'import runner.commands.bprun {imported - start:.3f} s, '\n"
+        "                 f'main() {done - imported:.3f} s\\n')\n"
+        f"pstats.Stats(profile, stream=sys.stderr).sort_stats('cumulative').print_stats({count + 4})\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines = []
     for line in completed.stderr.splitlines():
         if line.startswith("import runner.commands.bprun"):
@@ -548,13 +623,21 @@ def import_profile(name: str, argv: list[str], cwd: Path, environment: dict[str,
     if argv[0] == sys.executable:
         code = f"import mlflow, sys, json; json.dump(sorted(sys.modules), open({str(report)!r}, 'w'))"
     else:
-        code = ("import sys, json\n"
-                f"sys.argv = ['bprun', *{argv[1:]!r}]\n"
-                "from runner.commands.bprun import main\n"
-                "try:\n    main()\nexcept SystemExit:\n    pass\n"
-                f"json.dump(sorted(sys.modules), open({str(report)!r}, 'w'))\n")
-    completed = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=cwd, env=environment,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        code = (
+            "import sys, json\n"
+            f"sys.argv = ['bprun', *{argv[1:]!r}]\n"
+            "from runner.commands.bprun import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            f"json.dump(sorted(sys.modules), open({str(report)!r}, 'w'))\n"
+        )
+    completed = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        cwd=cwd,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     modules = json.loads(report.read_text()) if report.exists() else []
     report.unlink(missing_ok=True)
     heavy = [package for package in HEAVY_PACKAGES if package in modules]
@@ -589,7 +672,7 @@ def part_b(repeats: int, work: Path, first_imports: dict[str, float], profile: b
 
     series = {"local": Series(), "none": Series()}
     for repeat in range(repeats):
-        for variant in (("local", "none") if repeat % 2 == 0 else ("none", "local")):
+        for variant in ("local", "none") if repeat % 2 == 0 else ("none", "local"):
             series[variant].runs.append(run_once(local_cfg if variant == "local" else none_cfg, str(store)))
     local, none = series["local"], series["none"]
 
@@ -607,37 +690,58 @@ def part_b(repeats: int, work: Path, first_imports: dict[str, float], profile: b
     import_seconds = time_imports_in_subprocess(new_modules)
 
     extra = local.med("total") - none.med("total")
-    lines = [f"### B. 1000-epoch xor in one process: median of {repeats} after 1 warm-up each", "",
-             "| tracking | total s | before training s | epochs s | after training s | total CPU s | "
-             "epochs CPU s | GC pauses in epochs s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"### B. 1000-epoch xor in one process: median of {repeats} after 1 warm-up each",
+        "",
+        "| tracking | total s | before training s | epochs s | after training s | total CPU s | "
+        "epochs CPU s | GC pauses in epochs s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, values in series.items():
-        lines.append(f"| {name} | {values.med('total'):.3f} | {values.med('before'):.3f} | {values.med('epochs'):.3f} | "
-                     f"{values.med('after'):.3f} | {values.med('cpu_total'):.3f} | {values.med('cpu_epochs'):.3f} | "
-                     f"{values.med('gc_epochs'):.3f} |")
-    difference = {name: local.med(name) - none.med(name)
-                  for name in ("total", "before", "epochs", "after", "cpu_total", "cpu_epochs", "gc_epochs")}
-    lines.append("| **local - none** | **{total:.3f}** | {before:.3f} | {epochs:.3f} | {after:.3f} | {cpu_total:.3f} | "
-                 "{cpu_epochs:.3f} | {gc_epochs:.3f} |".format(**difference))
-    lines += ["", f"Where the extra {extra:.2f} s goes: run creation before training (store lookup, run, params, "
-              f"provenance, data set input, text artifacts) {difference['before']:.3f} s; per-epoch logging "
-              f"{difference['epochs']:.3f} s ({difference['epochs'] / XOR_EPOCHS * 1e3:.2f} ms/epoch); "
-              f"end-of-run work (last flush, plots, model, end of run) {difference['after']:.3f} s.",
-              "", "First calls (excluded above):", "", "| what | s |", "| --- | ---: |",
-              f"| `import runner.hydra_app.app, runner.core.tracked` before any call | {first_imports['runner']:.3f} |",
-              f"| first Hydra compose | {first_imports['compose']:.3f} |",
-              f"| first `run`, tracking=local, fresh store | {first_local.total:.3f} |",
-              f"| &nbsp; of which inside `ensure_experiment` (store creation, with the imports it triggers) | "
-              f"{first_store:.3f} |",
-              f"| &nbsp; first-call overhead = first local - median local | {first_local.total - local.med('total'):.3f} |",
-              f"| store creation on another fresh SQLite file, everything already imported (median of 3) | "
-              f"{warm_store_seconds:.3f} |",
-              f"| the {len(new_modules)} modules the first tracked call imported, timed in a fresh subprocess "
-              f"after `import runner.commands.bprun` | {import_seconds:.3f} |",
-              f"| first `run`, tracking=none | {first_none.total:.3f} |"]
+        lines.append(
+            f"| {name} | {values.med('total'):.3f} | {values.med('before'):.3f} | {values.med('epochs'):.3f} | "
+            f"{values.med('after'):.3f} | {values.med('cpu_total'):.3f} | {values.med('cpu_epochs'):.3f} | "
+            f"{values.med('gc_epochs'):.3f} |"
+        )
+    difference = {
+        name: local.med(name) - none.med(name)
+        for name in ("total", "before", "epochs", "after", "cpu_total", "cpu_epochs", "gc_epochs")
+    }
+    lines.append(
+        "| **local - none** | **{total:.3f}** | {before:.3f} | {epochs:.3f} | {after:.3f} | {cpu_total:.3f} | "
+        "{cpu_epochs:.3f} | {gc_epochs:.3f} |".format(**difference)
+    )
+    lines += [
+        "",
+        f"Where the extra {extra:.2f} s goes: run creation before training (store lookup, run, params, "
+        f"provenance, data set input, text artifacts) {difference['before']:.3f} s; per-epoch logging "
+        f"{difference['epochs']:.3f} s ({difference['epochs'] / XOR_EPOCHS * 1e3:.2f} ms/epoch); "
+        f"end-of-run work (last flush, plots, model, end of run) {difference['after']:.3f} s.",
+        "",
+        "First calls (excluded above):",
+        "",
+        "| what | s |",
+        "| --- | ---: |",
+        f"| `import runner.hydra_app.app, runner.core.tracked` before any call | {first_imports['runner']:.3f} |",
+        f"| first Hydra compose | {first_imports['compose']:.3f} |",
+        f"| first `run`, tracking=local, fresh store | {first_local.total:.3f} |",
+        f"| &nbsp; of which inside `ensure_experiment` (store creation, with the imports it triggers) | "
+        f"{first_store:.3f} |",
+        f"| &nbsp; first-call overhead = first local - median local | {first_local.total - local.med('total'):.3f} |",
+        f"| store creation on another fresh SQLite file, everything already imported (median of 3) | "
+        f"{warm_store_seconds:.3f} |",
+        f"| the {len(new_modules)} modules the first tracked call imported, timed in a fresh subprocess "
+        f"after `import runner.commands.bprun` | {import_seconds:.3f} |",
+        f"| first `run`, tracking=none | {first_none.total:.3f} |",
+    ]
     heavy = sorted({name.split(".")[0] for name in new_modules} & set(HEAVY_PACKAGES))
     lines.append(f"\nHeavy packages the first tracked call imported: {', '.join(heavy) or '(none)'}.")
-    lines += ["", "Breakdown of one more tracked xor run (timing wrappers):", "", *breakdown_run(local_cfg, str(store))[1]]
+    lines += [
+        "",
+        "Breakdown of one more tracked xor run (timing wrappers):",
+        "",
+        *breakdown_run(local_cfg, str(store))[1],
+    ]
     if profile:
         lines += ["", *profile_run(local_cfg, str(store), (("epochs", "tottime", 8), ("after", "cumulative", 8)))]
     verdicts = [verdict("B. xor 1000 epochs, local - none", extra, TARGET_XOR_EXTRA_SECONDS, " s")]
@@ -647,16 +751,24 @@ def part_b(repeats: int, work: Path, first_imports: dict[str, float], profile: b
 def time_imports_in_subprocess(modules: list[str]) -> float:
     """Seconds to import ``modules`` (in the order first seen) in a fresh interpreter that has
     already imported the app and the tracked run, like this process before its first call."""
-    code = ("import importlib, sys, time, warnings\nwarnings.simplefilter('ignore')\n"
-            "import runner.hydra_app.app, runner.core.tracked\n"
-            f"names = {modules!r}\n"
-            "start = time.perf_counter()\n"
-            "for name in names:\n"
-            "    if name in sys.modules:\n        continue\n"
-            "    try:\n        importlib.import_module(name)\n    except Exception:\n        pass\n"
-            "print(time.perf_counter() - start)\n")
-    completed = subprocess.run([sys.executable, "-c", code], env=clean_environment(), cwd=tempfile.gettempdir(),
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    code = (
+        "import importlib, sys, time, warnings\nwarnings.simplefilter('ignore')\n"
+        "import runner.hydra_app.app, runner.core.tracked\n"
+        f"names = {modules!r}\n"
+        "start = time.perf_counter()\n"
+        "for name in names:\n"
+        "    if name in sys.modules:\n        continue\n"
+        "    try:\n        importlib.import_module(name)\n    except Exception:\n        pass\n"
+        "print(time.perf_counter() - start)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code],
+        env=clean_environment(),
+        cwd=tempfile.gettempdir(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         return float(completed.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -666,16 +778,20 @@ def time_imports_in_subprocess(modules: list[str]) -> float:
 # --- parts C and D ----------------------------------------------------------------------------
 def memory_and_time_table(series: dict[str, Series], reference: str = "none") -> list[str]:
     base = series[reference]
-    lines = ["| tracking | total s | before s | epochs s | after s | epochs / none | epochs CPU s | CPU / none | "
-             "GC in epochs s | pre-run RSS MB | peak RSS MB | peak / none | growth MB |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| tracking | total s | before s | epochs s | after s | epochs / none | epochs CPU s | CPU / none | "
+        "GC in epochs s | pre-run RSS MB | peak RSS MB | peak / none | growth MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, values in series.items():
         lines.append(
             f"| {name} | {values.med('total'):.3f} | {values.med('before'):.3f} | {values.med('epochs'):.3f} | "
             f"{values.med('after'):.3f} | {values.med('epochs') / base.med('epochs'):.2f} | "
             f"{values.med('cpu_epochs'):.3f} | {values.med('cpu_epochs') / base.med('cpu_epochs'):.2f} | "
-            f"{values.med('gc_epochs'):.3f} | {values.med('rss_before') / MB:.0f} | {values.med('rss_peak') / MB:.0f} | "
-            f"{values.med('rss_peak') / base.med('rss_peak'):.2f} | {values.med('growth') / MB:.1f} |")
+            f"{values.med('gc_epochs'):.3f} | {values.med('rss_before') / MB:.0f} | "
+            f"{values.med('rss_peak') / MB:.0f} | "
+            f"{values.med('rss_peak') / base.med('rss_peak'):.2f} | {values.med('growth') / MB:.1f} |"
+        )
     rate = median([run.rss_per_second for values in series.values() for run in values.runs])
     lines.append(f"\nRSS sampled about {rate:.0f} times a second (the sampler needs the GIL between samples).")
     return lines
@@ -684,10 +800,15 @@ def memory_and_time_table(series: dict[str, Series], reference: str = "none") ->
 def part_c(repeats: int, work: Path, profile: bool) -> tuple[list[str], list[str]]:
     store = work / "digits"
     store.mkdir()
-    configs = {"local": compose([*DIGITS_OVERRIDES, "tracking=local"]),
-               "none": compose([*DIGITS_OVERRIDES, "tracking=none"])}
-    variants = {"local": (configs["local"], ()), "none": (configs["none"], ()),
-                "none + gradients": (configs["none"], (GradientWanter(),))}
+    configs = {
+        "local": compose([*DIGITS_OVERRIDES, "tracking=local"]),
+        "none": compose([*DIGITS_OVERRIDES, "tracking=none"]),
+    }
+    variants = {
+        "local": (configs["local"], ()),
+        "none": (configs["none"], ()),
+        "none + gradients": (configs["none"], (GradientWanter(),)),
+    }
     for cfg, extra in variants.values():
         run_once(cfg, str(store), extra=extra)  # warm-up
     series = {name: Series() for name in variants}
@@ -700,25 +821,40 @@ def part_c(repeats: int, work: Path, profile: bool) -> tuple[list[str], list[str
     local, none, gradients = series["local"], series["none"], series["none + gradients"]
     epoch_ratio = local.med("epochs") / none.med("epochs")
     rss_ratio = local.med("rss_peak") / none.med("rss_peak")
-    lines = [f"### C. 64-128-64-10 on digits, 200 epochs, batch 64, tensors every epoch: "
-             f"median of {repeats} after 1 warm-up each", "", *memory_and_time_table(series), "",
-             "`none + gradients` is tracking=none plus an observer that only asks for the epoch gradients, "
-             "which the engine then accumulates: the engine's share of the telemetry cost.", "",
-             f"Epochs, local over none: {(local.med('epochs') - none.med('epochs')) / DIGITS_EPOCHS * 1e3:.2f} ms/epoch "
-             f"wall, {(local.med('cpu_epochs') - none.med('cpu_epochs')) / DIGITS_EPOCHS * 1e3:.2f} ms/epoch CPU; "
-             f"of which gradient accumulation "
-             f"{(gradients.med('cpu_epochs') - none.med('cpu_epochs')) / DIGITS_EPOCHS * 1e3:.2f} ms/epoch CPU. "
-             f"After the last epoch: {local.med('after'):.3f} s."]
+    lines = [
+        f"### C. 64-128-64-10 on digits, 200 epochs, batch 64, tensors every epoch: "
+        f"median of {repeats} after 1 warm-up each",
+        "",
+        *memory_and_time_table(series),
+        "",
+        "`none + gradients` is tracking=none plus an observer that only asks for the epoch gradients, "
+        "which the engine then accumulates: the engine's share of the telemetry cost.",
+        "",
+        f"Epochs, local over none: {(local.med('epochs') - none.med('epochs')) / DIGITS_EPOCHS * 1e3:.2f} ms/epoch "
+        f"wall, {(local.med('cpu_epochs') - none.med('cpu_epochs')) / DIGITS_EPOCHS * 1e3:.2f} ms/epoch CPU; "
+        f"of which gradient accumulation "
+        f"{(gradients.med('cpu_epochs') - none.med('cpu_epochs')) / DIGITS_EPOCHS * 1e3:.2f} ms/epoch CPU. "
+        f"After the last epoch: {local.med('after'):.3f} s.",
+    ]
     lines += fresh_process_rss(work)
-    lines += ["", "Breakdown of one more tracked run (timing wrappers):", "",
-              *breakdown_run(configs["local"], str(store), memory=True)[1]]
+    lines += [
+        "",
+        "Breakdown of one more tracked run (timing wrappers):",
+        "",
+        *breakdown_run(configs["local"], str(store), memory=True)[1],
+    ]
     if profile:
-        lines += ["", *profile_run(configs["local"], str(store), (("epochs", "tottime", 10), ("after", "cumulative", 12)))]
-    verdicts = [verdict("C. digits epochs local/none", epoch_ratio, TARGET_EPOCH_RATIO, "x")
-                + f" (main-thread CPU: {local.med('cpu_epochs') / none.med('cpu_epochs'):.2f}x)",
-                verdict("C. digits work after the last epoch", local.med("after"), TARGET_AFTER_SECONDS, " s"),
-                verdict("C. digits peak RSS local/none, same process", rss_ratio, TARGET_RSS_RATIO, "x")
-                + f" (growth above pre-run: {local.med('growth') / MB:.1f} MB vs {none.med('growth') / MB:.1f} MB)"]
+        lines += [
+            "",
+            *profile_run(configs["local"], str(store), (("epochs", "tottime", 10), ("after", "cumulative", 12))),
+        ]
+    verdicts = [
+        verdict("C. digits epochs local/none", epoch_ratio, TARGET_EPOCH_RATIO, "x")
+        + f" (main-thread CPU: {local.med('cpu_epochs') / none.med('cpu_epochs'):.2f}x)",
+        verdict("C. digits work after the last epoch", local.med("after"), TARGET_AFTER_SECONDS, " s"),
+        verdict("C. digits peak RSS local/none, same process", rss_ratio, TARGET_RSS_RATIO, "x")
+        + f" (growth above pre-run: {local.med('growth') / MB:.1f} MB vs {none.med('growth') / MB:.1f} MB)",
+    ]
     return lines, verdicts
 
 
@@ -734,23 +870,35 @@ def fresh_process_rss(work: Path) -> list[str]:
     report = cwd / "vmhwm.txt"
     peaks = {}
     for tracking in ("none", "local"):
-        code = ("import atexit, sys\n"
-                "def report():\n"
-                "    for line in open('/proc/self/status'):\n"
-                "        if line.startswith('VmHWM:'):\n"
-                f"            open({str(report)!r}, 'w').write(line.split()[1])\n"
-                "atexit.register(report)\n"
-                f"sys.argv = ['bprun', *{[*DIGITS_OVERRIDES, f'tracking={tracking}']!r}]\n"
-                "from runner.commands.bprun import main\n"
-                "main()\n")
+        code = (
+            "import atexit, sys\n"
+            "def report():\n"
+            "    for line in open('/proc/self/status'):\n"
+            "        if line.startswith('VmHWM:'):\n"
+            f"            open({str(report)!r}, 'w').write(line.split()[1])\n"
+            "atexit.register(report)\n"
+            f"sys.argv = ['bprun', *{[*DIGITS_OVERRIDES, f'tracking={tracking}']!r}]\n"
+            "from runner.commands.bprun import main\n"
+            "main()\n"
+        )
         report.unlink(missing_ok=True)
-        subprocess.run([sys.executable, "-c", code], cwd=cwd, env=clean_environment(),
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=cwd,
+            env=clean_environment(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         peaks[tracking] = int(report.read_text()) * 1024 if report.exists() else float("nan")
-    return ["", "Supplementary: whole `bprun` processes with the same overrides (imports included; "
-            "tracking=none never imports mlflow), one run each, peak RSS (`VmHWM`):", "",
-            "| tracking | peak RSS MB | ratio to none |", "| --- | ---: | ---: |",
-            *(f"| {name} | {peak / MB:.0f} | {peak / peaks['none']:.2f} |" for name, peak in peaks.items())]
+    return [
+        "",
+        "Supplementary: whole `bprun` processes with the same overrides (imports included; "
+        "tracking=none never imports mlflow), one run each, peak RSS (`VmHWM`):",
+        "",
+        "| tracking | peak RSS MB | ratio to none |",
+        "| --- | ---: | ---: |",
+        *(f"| {name} | {peak / MB:.0f} | {peak / peaks['none']:.2f} |" for name, peak in peaks.items()),
+    ]
 
 
 def large_dataset():
@@ -760,7 +908,12 @@ def large_dataset():
     X = rng.standard_normal((LARGE_SAMPLES, LARGE_FEATURES))
     Y = np.eye(LARGE_CLASSES)[rng.integers(0, LARGE_CLASSES, size=LARGE_SAMPLES)]
     return Dataset(
-        name="random784", task="classification", X_train=X, Y_train=Y, X_val=None, Y_val=None,
+        name="random784",
+        task="classification",
+        X_train=X,
+        Y_train=Y,
+        X_val=None,
+        Y_val=None,
         feature_names=[f"x{i}" for i in range(LARGE_FEATURES)],
         target_names=[f"class_{c}" for c in range(LARGE_CLASSES)],
         class_names=[str(c) for c in range(LARGE_CLASSES)],
@@ -772,15 +925,17 @@ def part_d(repeats: int, work: Path) -> tuple[list[str], list[str]]:
     store = work / "large"
     store.mkdir()
     dataset = large_dataset()
-    configs = {"local": compose([*LARGE_OVERRIDES, "tracking=local"]),
-               "none": compose([*LARGE_OVERRIDES, "tracking=none"])}
+    configs = {
+        "local": compose([*LARGE_OVERRIDES, "tracking=local"]),
+        "none": compose([*LARGE_OVERRIDES, "tracking=none"]),
+    }
     # Warm-up on one epoch: the same shapes and code paths at a twentieth of the cost.
     for name in ("local", "none"):
         run_once(compose([*LARGE_OVERRIDES, f"tracking={name}", "trainer.epochs=1"]), str(store), dataset=dataset)
     series = {"local": Series(), "none": Series()}
     breakdown: list[str] = []
     for repeat in range(repeats):
-        for name in (("local", "none") if repeat % 2 == 0 else ("none", "local")):
+        for name in ("local", "none") if repeat % 2 == 0 else ("none", "local"):
             if name == "local" and repeat == repeats - 1:
                 # The last tracked run doubles as the breakdown run (the wrappers cost microseconds).
                 run, breakdown = breakdown_run(configs[name], str(store), dataset=dataset, memory=True)
@@ -791,16 +946,22 @@ def part_d(repeats: int, work: Path) -> tuple[list[str], list[str]]:
     rss_ratio = local.med("rss_peak") / none.med("rss_peak")
     runs = {path.parent for path in store.rglob("tensors/layer1.weights.npy")}
     biggest = max((sum(file.stat().st_size for file in run.glob("*.npy")) for run in runs), default=0)
-    lines = [f"### D. 784-512-256-10 on {LARGE_SAMPLES} generated samples, 20 epochs, batch 256, tensors every "
-             f"epoch: median of {repeats} after a 1-epoch warm-up each", "",
-             *memory_and_time_table(series), "",
-             f"Tensor files of one 20-epoch tracked run: {biggest / MB:.0f} MB. The training data X alone is "
-             f"{dataset.X_train.nbytes / MB:.0f} MB."]
+    lines = [
+        f"### D. 784-512-256-10 on {LARGE_SAMPLES} generated samples, 20 epochs, batch 256, tensors every "
+        f"epoch: median of {repeats} after a 1-epoch warm-up each",
+        "",
+        *memory_and_time_table(series),
+        "",
+        f"Tensor files of one 20-epoch tracked run: {biggest / MB:.0f} MB. The training data X alone is "
+        f"{dataset.X_train.nbytes / MB:.0f} MB.",
+    ]
     lines += ["", "Breakdown of the last tracked run above (timing wrappers, RSS by function):", "", *breakdown]
-    verdicts = [verdict("D. 784-512-256-10 peak RSS local/none, same process", rss_ratio, TARGET_RSS_RATIO, "x")
-                + f" (growth above pre-run: {local.med('growth') / MB:.1f} MB vs {none.med('growth') / MB:.1f} MB)",
-                f"D. 784-512-256-10 epochs local/none: {local.med('epochs') / none.med('epochs'):.2f}x wall, "
-                f"{local.med('cpu_epochs') / none.med('cpu_epochs'):.2f}x main-thread CPU (no target)"]
+    verdicts = [
+        verdict("D. 784-512-256-10 peak RSS local/none, same process", rss_ratio, TARGET_RSS_RATIO, "x")
+        + f" (growth above pre-run: {local.med('growth') / MB:.1f} MB vs {none.med('growth') / MB:.1f} MB)",
+        f"D. 784-512-256-10 epochs local/none: {local.med('epochs') / none.med('epochs'):.2f}x wall, "
+        f"{local.med('cpu_epochs') / none.med('cpu_epochs'):.2f}x main-thread CPU (no target)",
+    ]
     return lines, verdicts
 
 
@@ -811,10 +972,15 @@ def verdict(label: str, value: float, target: float, unit: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="timed repeats per variant in parts A-C (A uses at least 5); default 5")
-    parser.add_argument("--large-repeats", type=int, default=None,
-                        help="timed repeats per variant in part D (tens of seconds each); default min(repeats, 2)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed repeats per variant in parts A-C (A uses at least 5); default 5"
+    )
+    parser.add_argument(
+        "--large-repeats",
+        type=int,
+        default=None,
+        help="timed repeats per variant in part D (tens of seconds each); default min(repeats, 2)",
+    )
     parser.add_argument("--parts", nargs="+", default=["A", "B", "C", "D"], choices=["A", "B", "C", "D"])
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile runs of parts B and C")
     args = parser.parse_args(argv)
@@ -827,7 +993,8 @@ def main(argv: list[str] | None = None) -> None:
     warnings.simplefilter("ignore", DeprecationWarning)  # SQLAlchemy 2.1 + MLflow's store: harmless, not ours
     environment_lines = describe_environment(
         ("mlflow", "hydra-core", "numpy", "SQLAlchemy", "matplotlib"),
-        " (other work on the machine inflates wall times; CPU columns are the steadier cross-check)")
+        " (other work on the machine inflates wall times; CPU columns are the steadier cross-check)",
+    )
     started = time.perf_counter()
     sections: list[list[str]] = []
     verdicts: list[str] = []
@@ -844,8 +1011,9 @@ def main(argv: list[str] | None = None) -> None:
             first_imports = {}
             if set(parts) & {"B", "C", "D"}:
                 start = time.perf_counter()
+                import runner.core.tracked
                 import runner.hydra_app.app  # noqa: F401  (registers the schemas)
-                import runner.core.tracked  # noqa: F401
+
                 first_imports["runner"] = time.perf_counter() - start
                 start = time.perf_counter()
                 compose(XOR_OVERRIDES)

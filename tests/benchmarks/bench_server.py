@@ -79,16 +79,36 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
-from bench_runner import (DIGITS_EPOCHS, DIGITS_OVERRIDES, SPANS, TARGET_EPOCH_RATIO, Measurement, Series,
-                          breakdown_run, instrumented, memory_and_time_table, run_once, verdict)
+from bench_runner import (
+    DIGITS_EPOCHS,
+    DIGITS_OVERRIDES,
+    SPANS,
+    TARGET_EPOCH_RATIO,
+    Measurement,
+    Series,
+    breakdown_run,
+    instrumented,
+    memory_and_time_table,
+    run_once,
+    verdict,
+)
 from bench_sweeps import XOR_FIXED, XOR_JOBS, XOR_LRS, XOR_SEEDS, XOR_SWEEP, environment, sweep, training_seconds
-from benchmark_common import (REPOSITORY, bprun_executable, compose, describe_environment, load_average, log, median,
-                              print_report)
+from benchmark_common import (
+    REPOSITORY,
+    bprun_executable,
+    compose,
+    describe_environment,
+    load_average,
+    log,
+    median,
+    print_report,
+)
 
 from runner.process import service
 
@@ -210,8 +230,17 @@ def team_server(database_uri: str, folder: Path) -> Iterator[Server]:
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = folder / "server.log"
-    command = [sys.executable, "-m", "runner.commands.server", "--store", database_uri,
-               "--artifacts", str(folder / "artifacts"), "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "runner.commands.server",
+        "--store",
+        database_uri,
+        "--artifacts",
+        str(folder / "artifacts"),
+        "--port",
+        str(port),
+    ]
     server_environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     with open(log_path, "wb") as output:
         # It ends with this script, however this script ends.
@@ -222,13 +251,17 @@ def team_server(database_uri: str, folder: Path) -> Iterator[Server]:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while "bprun-server: serving" not in log_path.read_text(errors="replace"):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"bprun-server did not start (exit {process.poll()}):\n"
-                                 f"{log_path.read_text(errors='replace')[-3000:]}")
+                raise SystemExit(
+                    f"bprun-server did not start (exit {process.poll()}):\n"
+                    f"{log_path.read_text(errors='replace')[-3000:]}"
+                )
             time.sleep(0.1)
         seen.update(descendants([process.pid]))
         server = Server(f"http://127.0.0.1:{port}", process, database_uri, postmaster_pid(database_uri), log_path)
-        log(f"bprun-server serving at {server.uri} after {time.perf_counter() - started:.1f} s "
-            f"({len(seen)} processes; PostgreSQL postmaster {server.postmaster or 'not on this machine'})")
+        log(
+            f"bprun-server serving at {server.uri} after {time.perf_counter() - started:.1f} s "
+            f"({len(seen)} processes; PostgreSQL postmaster {server.postmaster or 'not on this machine'})"
+        )
         yield server
     finally:
         seen.update(descendants([process.pid]))
@@ -248,8 +281,11 @@ def stop_server(process: subprocess.Popen, seen: set[int]) -> None:
             continue
     deadline = time.monotonic() + SERVER_STOP_SECONDS
     while True:
-        left = [pid for pid in seen if pid != process.pid and Path(f"/proc/{pid}").exists()
-                and _state(pid) not in ("Z", "X")]
+        left = [
+            pid
+            for pid in seen
+            if pid != process.pid and Path(f"/proc/{pid}").exists() and _state(pid) not in ("Z", "X")
+        ]
         if not left:
             return
         if time.monotonic() > deadline:
@@ -286,7 +322,7 @@ def endpoint_of(url: str) -> str:
         return "mlflow-artifacts/artifacts/<file>"
     for prefix in ("/api/2.0/mlflow/", "/api/3.0/mlflow/", "/ajax-api/2.0/mlflow/"):
         if path.startswith(prefix):
-            return path[len(prefix):]
+            return path[len(prefix) :]
     return path
 
 
@@ -317,8 +353,16 @@ def http_recorder() -> Iterator[list[Request]]:
         try:
             return original(session, method, url, *args, **keywords)
         finally:
-            requests_made.append(Request(start, time.perf_counter() - start, time.thread_time() - cpu, method.upper(),
-                                         endpoint_of(url), _sent_bytes(keywords)))
+            requests_made.append(
+                Request(
+                    start,
+                    time.perf_counter() - start,
+                    time.thread_time() - cpu,
+                    method.upper(),
+                    endpoint_of(url),
+                    _sent_bytes(keywords),
+                )
+            )
 
     requests.Session.request = request
     try:
@@ -355,8 +399,9 @@ def request_table(requests_made: list[Request], timelines: list[Any], jobs: int 
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     totals = {phase: [0, 0.0] for phase in PHASES}
     for made in requests_made:
-        row = rows.setdefault((made.method, made.endpoint),
-                              {"bytes": 0, "cpu": 0.0, **{p: [0, 0.0] for p in (*PHASES, "outside")}})
+        row = rows.setdefault(
+            (made.method, made.endpoint), {"bytes": 0, "cpu": 0.0, **{p: [0, 0.0] for p in (*PHASES, "outside")}}
+        )
         phase = phase_of(made.start, timelines)
         row[phase][0] += 1
         row[phase][1] += made.seconds
@@ -365,20 +410,27 @@ def request_table(requests_made: list[Request], timelines: list[Any], jobs: int 
         if phase in totals:
             totals[phase][0] += 1
             totals[phase][1] += made.seconds
-    lines = ["| HTTP request | " + " | ".join(f"{phase}: calls{per}, ms{per}" for phase in PHASES)
-             + f" | ms per call | of which client CPU | kB sent{per} |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| HTTP request | "
+        + " | ".join(f"{phase}: calls{per}, ms{per}" for phase in PHASES)
+        + f" | ms per call | of which client CPU | kB sent{per} |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     ordered = sorted(rows.items(), key=lambda item: -sum(item[1][p][1] for p in PHASES))
     for (method, endpoint), row in ordered:
         calls = sum(row[p][0] for p in PHASES)
         seconds = sum(row[p][1] for p in PHASES)
-        lines.append(f"| `{method} {endpoint}` | "
-                     + " | ".join(f"{row[p][0] / jobs:.1f}, {row[p][1] / jobs * 1e3:.0f}" if row[p][0] else ""
-                                  for p in PHASES)
-                     + f" | {seconds / calls * 1e3 if calls else 0:.1f} | {row['cpu'] / calls * 1e3 if calls else 0:.1f} | "
-                     f"{row['bytes'] / jobs / 1024:.0f} |")
-    lines.append("| **all requests** | " + " | ".join(f"**{totals[p][0] / jobs:.1f}, {totals[p][1] / jobs * 1e3:.0f}**"
-                                                    for p in PHASES) + " | | | |")
+        lines.append(
+            f"| `{method} {endpoint}` | "
+            + " | ".join(f"{row[p][0] / jobs:.1f}, {row[p][1] / jobs * 1e3:.0f}" if row[p][0] else "" for p in PHASES)
+            + f" | {seconds / calls * 1e3 if calls else 0:.1f} | {row['cpu'] / calls * 1e3 if calls else 0:.1f} | "
+            f"{row['bytes'] / jobs / 1024:.0f} |"
+        )
+    lines.append(
+        "| **all requests** | "
+        + " | ".join(f"**{totals[p][0] / jobs:.1f}, {totals[p][1] / jobs * 1e3:.0f}**" for p in PHASES)
+        + " | | | |"
+    )
     return lines
 
 
@@ -386,9 +438,11 @@ def request_table(requests_made: list[Request], timelines: list[Any], jobs: int 
 def digits_part(repeats: int, work: Path, server: Server, breakdown: bool) -> tuple[list[str], list[str]]:
     store = work / "digits"
     store.mkdir()
-    configs = {"none": compose([*DIGITS_OVERRIDES, "tracking=none"]),
-               "local (SQLite)": compose([*DIGITS_OVERRIDES, "tracking=local"]),
-               "server": compose([*DIGITS_OVERRIDES, "tracking=server", f"tracking.uri={server.uri}"])}
+    configs = {
+        "none": compose([*DIGITS_OVERRIDES, "tracking=none"]),
+        "local (SQLite)": compose([*DIGITS_OVERRIDES, "tracking=local"]),
+        "server": compose([*DIGITS_OVERRIDES, "tracking=server", f"tracking.uri={server.uri}"]),
+    }
     for name, cfg in configs.items():
         log(f"digits: warm-up, {name}")
         run_once(cfg, str(store))
@@ -405,28 +459,34 @@ def digits_part(repeats: int, work: Path, server: Server, breakdown: bool) -> tu
                 server_cpu.append(cpu_since(server, before))
     none, local, remote = series["none"], series["local (SQLite)"], series["server"]
     epoch_ratio = {name: values.med("epochs") / none.med("epochs") for name, values in series.items()}
-    lines = [f"### digits: 64-128-64-10, 200 epochs, batch 64, tensors every epoch, in this process: "
-             f"median of {repeats} after 1 warm-up each", "",
-             *memory_and_time_table(series), "",
-             f"Epochs over untracked: server {(remote.med('epochs') - none.med('epochs')) / DIGITS_EPOCHS * 1e3:.2f} "
-             f"ms/epoch wall, {(remote.med('cpu_epochs') - none.med('cpu_epochs')) / DIGITS_EPOCHS * 1e3:.2f} ms/epoch "
-             f"main-thread CPU; SQLite {(local.med('epochs') - none.med('epochs')) / DIGITS_EPOCHS * 1e3:.2f} ms/epoch "
-             f"wall, {(local.med('cpu_epochs') - none.med('cpu_epochs')) / DIGITS_EPOCHS * 1e3:.2f} ms/epoch CPU. "
-             f"After the last epoch: server {remote.med('after'):.3f} s ({remote.med('cpu_after'):.3f} s main-thread "
-             f"CPU), SQLite {local.med('after'):.3f} s ({local.med('cpu_after'):.3f} s CPU). Before the first epoch: "
-             f"server {remote.med('before'):.3f} s, SQLite {local.med('before'):.3f} s.",
-             f"CPU of the server's processes and of PostgreSQL during a tracked run (on the other core, if free): "
-             f"{median([sum(parts) for parts in server_cpu]):.2f} s = {median([parts[0] for parts in server_cpu]):.2f} "
-             f"s + {median([parts[1] for parts in server_cpu]):.2f} s "
-             f"(runs: {', '.join(f'{sum(parts):.2f}' for parts in server_cpu)})."]
+    lines = [
+        f"### digits: 64-128-64-10, 200 epochs, batch 64, tensors every epoch, in this process: "
+        f"median of {repeats} after 1 warm-up each",
+        "",
+        *memory_and_time_table(series),
+        "",
+        f"Epochs over untracked: server {(remote.med('epochs') - none.med('epochs')) / DIGITS_EPOCHS * 1e3:.2f} "
+        f"ms/epoch wall, {(remote.med('cpu_epochs') - none.med('cpu_epochs')) / DIGITS_EPOCHS * 1e3:.2f} ms/epoch "
+        f"main-thread CPU; SQLite {(local.med('epochs') - none.med('epochs')) / DIGITS_EPOCHS * 1e3:.2f} ms/epoch "
+        f"wall, {(local.med('cpu_epochs') - none.med('cpu_epochs')) / DIGITS_EPOCHS * 1e3:.2f} ms/epoch CPU. "
+        f"After the last epoch: server {remote.med('after'):.3f} s ({remote.med('cpu_after'):.3f} s main-thread "
+        f"CPU), SQLite {local.med('after'):.3f} s ({local.med('cpu_after'):.3f} s CPU). Before the first epoch: "
+        f"server {remote.med('before'):.3f} s, SQLite {local.med('before'):.3f} s.",
+        f"CPU of the server's processes and of PostgreSQL during a tracked run (on the other core, if free): "
+        f"{median([sum(parts) for parts in server_cpu]):.2f} s = {median([parts[0] for parts in server_cpu]):.2f} "
+        f"s + {median([parts[1] for parts in server_cpu]):.2f} s "
+        f"(runs: {', '.join(f'{sum(parts):.2f}' for parts in server_cpu)}).",
+    ]
     if breakdown:
         log("digits: breakdown runs")
         lines += ["", *digits_breakdown(configs, str(store), server)]
-    verdicts = [verdict("digits epochs server/none", epoch_ratio["server"], TARGET_EPOCH_RATIO, "x")
-                + f" (main-thread CPU {remote.med('cpu_epochs') / none.med('cpu_epochs'):.2f}x; "
-                f"SQLite in the same run {epoch_ratio['local (SQLite)']:.2f}x)",
-                verdict("digits work after the last epoch, server", remote.med("after"), TARGET_AFTER_SECONDS, " s")
-                + f" (SQLite in the same run {local.med('after'):.2f} s)"]
+    verdicts = [
+        verdict("digits epochs server/none", epoch_ratio["server"], TARGET_EPOCH_RATIO, "x")
+        + f" (main-thread CPU {remote.med('cpu_epochs') / none.med('cpu_epochs'):.2f}x; "
+        f"SQLite in the same run {epoch_ratio['local (SQLite)']:.2f}x)",
+        verdict("digits work after the last epoch, server", remote.med("after"), TARGET_AFTER_SECONDS, " s")
+        + f" (SQLite in the same run {local.med('after'):.2f} s)",
+    ]
     return lines, verdicts
 
 
@@ -437,14 +497,22 @@ def digits_breakdown(configs: dict[str, Any], store: str, server: Server) -> lis
         with client_spans(), http_recorder() as requests_made:
             run, table = breakdown_run(configs[name], store)
         cpu = cpu_since(server, before)
-        lines += [f"Breakdown of one more tracked run, {name} (timing wrappers; inclusive, nested calls overlap):",
-                  "", *table]
+        lines += [
+            f"Breakdown of one more tracked run, {name} (timing wrappers; inclusive, nested calls overlap):",
+            "",
+            *table,
+        ]
         if requests_made:
             uploads = [made for made in requests_made if made.method == "PUT"]
-            lines += ["", f"Its HTTP requests ({len(requests_made)}; {len(uploads)} file uploads carrying "
-                      f"{sum(made.sent for made in uploads) / 2**20:.1f} MB in "
-                      f"{sum(made.seconds for made in uploads):.3f} s; CPU during the run: server processes "
-                      f"{cpu[0]:.2f} s, PostgreSQL {cpu[1]:.2f} s):", "", *request_table(requests_made, [run.timeline])]
+            lines += [
+                "",
+                f"Its HTTP requests ({len(requests_made)}; {len(uploads)} file uploads carrying "
+                f"{sum(made.sent for made in uploads) / 2**20:.1f} MB in "
+                f"{sum(made.seconds for made in uploads):.3f} s; CPU during the run: server processes "
+                f"{cpu[0]:.2f} s, PostgreSQL {cpu[1]:.2f} s):",
+                "",
+                *request_table(requests_made, [run.timeline]),
+            ]
         lines.append("")
     return lines[:-1]
 
@@ -461,8 +529,9 @@ class PassResult:
 
 
 def xor_configs(tracking: list[str]) -> list[Any]:
-    return [compose([*XOR_FIXED, f"optimizer.lr={lr}", f"seed={seed}", *tracking])
-            for lr in XOR_LRS for seed in XOR_SEEDS]
+    return [
+        compose([*XOR_FIXED, f"optimizer.lr={lr}", f"seed={seed}", *tracking]) for lr in XOR_LRS for seed in XOR_SEEDS
+    ]
 
 
 def xor_pass(configs: list[Any], start_dir: Path) -> PassResult:
@@ -475,8 +544,13 @@ def server_sweep(server: Server, scratch: Path, label: str) -> tuple[float, floa
     directory = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=scratch))
     cpu, server_cpu = children_cpu(), server.cpu_parts()
     started = time.perf_counter()
-    result = subprocess.run([bprun_executable(), "-m", *XOR_SWEEP, "tracking=server", f"tracking.uri={server.uri}"],
-                            cwd=directory, env=environment(server.uri), capture_output=True, text=True)
+    result = subprocess.run(
+        [bprun_executable(), "-m", *XOR_SWEEP, "tracking=server", f"tracking.uri={server.uri}"],
+        cwd=directory,
+        env=environment(server.uri),
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{label} sweep failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -499,11 +573,13 @@ def xor_part(repeats: int, work: Path, server: Server, breakdown: bool) -> tuple
     scratch.mkdir()
     sqlite_dir = scratch / "in-process-sqlite"
     sqlite_dir.mkdir()
-    configs = {"SQLite": xor_configs(["tracking=local"]),
-               "server": xor_configs(["tracking=server", f"tracking.uri={server.uri}"])}
+    configs = {
+        "SQLite": xor_configs(["tracking=local"]),
+        "server": xor_configs(["tracking=server", f"tracking.uri={server.uri}"]),
+    }
     log("xor: warm-up (in-process passes, one sweep each)")
     training_seconds(False, scratch)
-    for name, cfgs in configs.items():
+    for cfgs in configs.values():
         xor_pass(cfgs, sqlite_dir)
     sqlite_sweep(scratch, server, "xor-sqlite-warm-up")
     server_sweep(server, scratch, "xor-server-warm-up")
@@ -516,8 +592,11 @@ def xor_part(repeats: int, work: Path, server: Server, breakdown: bool) -> tuple
         order = ("SQLite", "server") if repeat % 2 == 0 else ("server", "SQLite")
         for name in order:
             log(f"xor: repeat {repeat + 1}/{repeats}, {name} sweep")
-            wall, cpu, served = (sqlite_sweep(scratch, server, "xor-sqlite") if name == "SQLite"
-                                 else server_sweep(server, scratch, "xor-server"))
+            wall, cpu, served = (
+                sqlite_sweep(scratch, server, "xor-sqlite")
+                if name == "SQLite"
+                else server_sweep(server, scratch, "xor-server")
+            )
             walls[name].append(wall)
             bprun_cpu[name].append(cpu)
             server_cpu[name].append(served)
@@ -541,43 +620,66 @@ def xor_part(repeats: int, work: Path, server: Server, breakdown: bool) -> tuple
         create_sqlite_store(scratch / f"fresh-store-{number}" / "mlflow.db")
         creations.append(time.perf_counter() - start)
 
-    lines = [f"### xor: 24-job sweep (`bprun -m`, one job at a time in bprun's process), SQLite file against the "
-             f"server: median of {repeats} after 1 warm-up each", "",
-             "| store | sweep wall s | runs | (b) summed tracked epochs s | per-job overhead (wall - (a)) / 24 s | "
-             "per-job overhead (wall - (b)) / 24 s | bprun CPU s per job | server processes + PostgreSQL CPU s per job |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"### xor: 24-job sweep (`bprun -m`, one job at a time in bprun's process), SQLite file against the "
+        f"server: median of {repeats} after 1 warm-up each",
+        "",
+        "| store | sweep wall s | runs | (b) summed tracked epochs s | per-job overhead (wall - (a)) / 24 s | "
+        "per-job overhead (wall - (b)) / 24 s | bprun CPU s per job | server processes + PostgreSQL CPU s per job |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name in ("SQLite", "server"):
-        lines.append(f"| {name} | {wall[name]:.2f} | {', '.join(f'{value:.2f}' for value in walls[name])} | "
-                     f"{b[name]:.2f} | **{overhead_a[name]:.3f}** | **{overhead_b[name]:.3f}** | "
-                     f"{median(bprun_cpu[name]) / XOR_JOBS:.3f} | "
-                     f"{median([sum(parts) for parts in server_cpu[name]]) / XOR_JOBS:.3f} = "
-                     f"{median([parts[0] for parts in server_cpu[name]]) / XOR_JOBS:.3f} + "
-                     f"{median([parts[1] for parts in server_cpu[name]]) / XOR_JOBS:.3f} |")
-    lines.append(f"| **server / SQLite** | {wall['server'] / wall['SQLite']:.2f}x | | {b['server'] / b['SQLite']:.2f}x | "
-                 f"**{ratio_a:.2f}x** | **{ratio_b:.2f}x** | "
-                 f"{median(bprun_cpu['server']) / median(bprun_cpu['SQLite']):.2f}x | |")
-    lines += ["", f"(a) summed untracked training of the 24 configs in this process (`bench_sweeps.training_seconds`): "
-              f"{a:.2f} s. (b) the epochs of the same 24 configs tracked in this process against each store. "
-              f"Each SQLite sweep creates its store (MLflow's migrations: {median(creations):.2f} s in this process, "
-              f"{median(creations) / XOR_JOBS * 1e3:.0f} ms per job); the server's experiment exists already."]
-    lines += ["", "The same 24 jobs run in this process (medians of the passes above), seconds per job:", "",
-              "| store | before the first epoch | epochs | after the last epoch | before + after | main-thread CPU, "
-              "before + after |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines.append(
+            f"| {name} | {wall[name]:.2f} | {', '.join(f'{value:.2f}' for value in walls[name])} | "
+            f"{b[name]:.2f} | **{overhead_a[name]:.3f}** | **{overhead_b[name]:.3f}** | "
+            f"{median(bprun_cpu[name]) / XOR_JOBS:.3f} | "
+            f"{median([sum(parts) for parts in server_cpu[name]]) / XOR_JOBS:.3f} = "
+            f"{median([parts[0] for parts in server_cpu[name]]) / XOR_JOBS:.3f} + "
+            f"{median([parts[1] for parts in server_cpu[name]]) / XOR_JOBS:.3f} |"
+        )
+    lines.append(
+        f"| **server / SQLite** | {wall['server'] / wall['SQLite']:.2f}x | | {b['server'] / b['SQLite']:.2f}x | "
+        f"**{ratio_a:.2f}x** | **{ratio_b:.2f}x** | "
+        f"{median(bprun_cpu['server']) / median(bprun_cpu['SQLite']):.2f}x | |"
+    )
+    lines += [
+        "",
+        f"(a) summed untracked training of the 24 configs in this process (`bench_sweeps.training_seconds`): "
+        f"{a:.2f} s. (b) the epochs of the same 24 configs tracked in this process against each store. "
+        f"Each SQLite sweep creates its store (MLflow's migrations: {median(creations):.2f} s in this process, "
+        f"{median(creations) / XOR_JOBS * 1e3:.0f} ms per job); the server's experiment exists already.",
+    ]
+    lines += [
+        "",
+        "The same 24 jobs run in this process (medians of the passes above), seconds per job:",
+        "",
+        "| store | before the first epoch | epochs | after the last epoch | before + after | main-thread CPU, "
+        "before + after |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name in ("SQLite", "server"):
-        per = {key: median([result.total(key) for result in passes[name]]) / XOR_JOBS
-               for key in ("before", "epochs", "after", "cpu_total", "cpu_epochs")}
-        lines.append(f"| {name} | {per['before']:.3f} | {per['epochs']:.3f} | {per['after']:.3f} | "
-                     f"{per['before'] + per['after']:.3f} | {per['cpu_total'] - per['cpu_epochs']:.3f} |")
-    lines.append("\nIn the sweep, a SQLite job's plots are drawn by bprun's plot helper process (the other core); a "
-                 "server job's plots are drawn there too, and its staged artifacts are uploaded once they are "
-                 "(`runner/core/tracked.py`, `_save_plots`). In this process both draw them in the job.")
+        per = {
+            key: median([result.total(key) for result in passes[name]]) / XOR_JOBS
+            for key in ("before", "epochs", "after", "cpu_total", "cpu_epochs")
+        }
+        lines.append(
+            f"| {name} | {per['before']:.3f} | {per['epochs']:.3f} | {per['after']:.3f} | "
+            f"{per['before'] + per['after']:.3f} | {per['cpu_total'] - per['cpu_epochs']:.3f} |"
+        )
+    lines.append(
+        "\nIn the sweep, a SQLite job's plots are drawn by bprun's plot helper process (the other core); a "
+        "server job's plots are drawn there too, and its staged artifacts are uploaded once they are "
+        "(`runner/core/tracked.py`, `_save_plots`). In this process both draw them in the job."
+    )
     if breakdown:
         log("xor: breakdown passes")
         lines += ["", *xor_breakdown(configs, sqlite_dir, server)]
-    verdicts = [f"xor per-job overhead server / SQLite: {ratio_a:.2f}x with (a) ({overhead_a['server']:.3f} s / "
-                f"{overhead_a['SQLite']:.3f} s), {ratio_b:.2f}x with (b) ({overhead_b['server']:.3f} s / "
-                f"{overhead_b['SQLite']:.3f} s), target <= {TARGET_OVERHEAD_RATIO:g}x: "
-                + ("met" if max(ratio_a, ratio_b) <= TARGET_OVERHEAD_RATIO else "**NOT met**")]
+    verdicts = [
+        f"xor per-job overhead server / SQLite: {ratio_a:.2f}x with (a) ({overhead_a['server']:.3f} s / "
+        f"{overhead_a['SQLite']:.3f} s), {ratio_b:.2f}x with (b) ({overhead_b['server']:.3f} s / "
+        f"{overhead_b['SQLite']:.3f} s), target <= {TARGET_OVERHEAD_RATIO:g}x: "
+        + ("met" if max(ratio_a, ratio_b) <= TARGET_OVERHEAD_RATIO else "**NOT met**")
+    ]
     return lines, verdicts
 
 
@@ -602,16 +704,27 @@ def xor_breakdown(configs: dict[str, list[Any]], sqlite_dir: Path, server: Serve
         tables[name] = table
         whole[name] = {phase: result.total(phase) for phase in PHASES}
         if requests_made:
-            lines += [f"HTTP requests of the server pass, per job (CPU per job: server processes "
-                      f"{cpu[0] / XOR_JOBS:.3f} s, PostgreSQL {cpu[1] / XOR_JOBS:.3f} s):", "", *request_table(requests_made, timelines, XOR_JOBS), ""]
-    names = sorted(set(tables["server"]) | set(tables["SQLite"]),
-                   key=lambda key: -sum(tables["server"].get(key, {}).get(p, 0.0) for p in PHASES))
-    head = ["Breakdown of one more pass of the 24 jobs per store in this process (timing wrappers), ms per job:", "",
-            "| function (inclusive; nested calls overlap) | calls per job, server / SQLite | server before | "
-            "server epochs | server after | SQLite before | SQLite epochs | SQLite after |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-            "| **whole phase** | | " + " | ".join(f"**{whole[store][p] / XOR_JOBS * 1e3:.0f}**"
-                                                   for store in ("server", "SQLite") for p in PHASES) + " |"]
+            lines += [
+                f"HTTP requests of the server pass, per job (CPU per job: server processes "
+                f"{cpu[0] / XOR_JOBS:.3f} s, PostgreSQL {cpu[1] / XOR_JOBS:.3f} s):",
+                "",
+                *request_table(requests_made, timelines, XOR_JOBS),
+                "",
+            ]
+    names = sorted(
+        set(tables["server"]) | set(tables["SQLite"]),
+        key=lambda key: -sum(tables["server"].get(key, {}).get(p, 0.0) for p in PHASES),
+    )
+    head = [
+        "Breakdown of one more pass of the 24 jobs per store in this process (timing wrappers), ms per job:",
+        "",
+        "| function (inclusive; nested calls overlap) | calls per job, server / SQLite | server before | "
+        "server epochs | server after | SQLite before | SQLite epochs | SQLite after |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| **whole phase** | | "
+        + " | ".join(f"**{whole[store][p] / XOR_JOBS * 1e3:.0f}**" for store in ("server", "SQLite") for p in PHASES)
+        + " |",
+    ]
     for key in names:
         server_row, sqlite_row = tables["server"].get(key), tables["SQLite"].get(key)
         calls = " / ".join(f"{row['calls'] / XOR_JOBS:.1f}" if row else "0" for row in (server_row, sqlite_row))
@@ -639,16 +752,25 @@ def flush_costs(server: Server, work: Path, calls: int = 7) -> list[str]:
 
     database = work / "flush" / "mlflow.db"
     sqlite_uri = f"sqlite:///{database}"
-    ways = {"`MlflowClient.log_batch` to bprun-server over HTTP (MLflow's store on PostgreSQL, in the server)":
-            (server.uri, None),
-            "bprun-server's metrics endpoint over HTTP (what a run on bprun-server uses)": (server.uri, "endpoint"),
-            "`MlflowClient.log_batch`, MLflow's store on the same PostgreSQL database in this process":
-            (server.database_uri, None),
-            "`MlflowClient.log_batch`, MLflow's store on a SQLite file in this process": (sqlite_uri, None),
-            "the runner's `SqliteMetricWriter` on the same SQLite file (what a SQLite run uses)": (sqlite_uri, "sqlite")}
-    lines = [f"### One metric flush: {FLUSH_VALUES} values ({FLUSH_KEYS} keys), median of {calls} calls after 1 warm-up",
-             "", "| how | ms per call | us per value | main-thread CPU ms | server processes + PostgreSQL CPU ms |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    ways = {
+        "`MlflowClient.log_batch` to bprun-server over HTTP (MLflow's store on PostgreSQL, in the server)": (
+            server.uri,
+            None,
+        ),
+        "bprun-server's metrics endpoint over HTTP (what a run on bprun-server uses)": (server.uri, "endpoint"),
+        "`MlflowClient.log_batch`, MLflow's store on the same PostgreSQL database in this process": (
+            server.database_uri,
+            None,
+        ),
+        "`MlflowClient.log_batch`, MLflow's store on a SQLite file in this process": (sqlite_uri, None),
+        "the runner's `SqliteMetricWriter` on the same SQLite file (what a SQLite run uses)": (sqlite_uri, "sqlite"),
+    }
+    lines = [
+        f"### One metric flush: {FLUSH_VALUES} values ({FLUSH_KEYS} keys), median of {calls} calls after 1 warm-up",
+        "",
+        "| how | ms per call | us per value | main-thread CPU ms | server processes + PostgreSQL CPU ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for label, (uri, direct) in ways.items():
         client = MlflowClient(uri)
         run_id = client.create_run(ensure_experiment(uri, "bench-flush")).info.run_id
@@ -661,8 +783,10 @@ def flush_costs(server: Server, work: Path, calls: int = 7) -> list[str]:
         walls, cpus, served = [], [], []
         for number in range(calls + 1):
             now = int(time.time() * 1000)
-            values = [(f"metric{index % FLUSH_KEYS}", float(index), now, number * 100 + index // FLUSH_KEYS)
-                      for index in range(FLUSH_VALUES)]
+            values = [
+                (f"metric{index % FLUSH_KEYS}", float(index), now, number * 100 + index // FLUSH_KEYS)
+                for index in range(FLUSH_VALUES)
+            ]
             metrics = [Metric(*value) for value in values]
             server_before = server.cpu()
             start, cpu = time.perf_counter(), time.thread_time()
@@ -676,10 +800,14 @@ def flush_costs(server: Server, work: Path, calls: int = 7) -> list[str]:
         if isinstance(writer, SqliteMetricWriter):
             writer.close()
         wall, cpu, served_cpu = median(walls[1:]), median(cpus[1:]), median(served[1:])
-        lines.append(f"| {label} | {wall * 1e3:.1f} | {wall / FLUSH_VALUES * 1e6:.1f} | {cpu * 1e3:.1f} | "
-                     + (f"{served_cpu * 1e3:.0f} |" if uri == server.uri else "|"))
-    lines.append(f"\nServer CPU is read from `/proc` in clock ticks of {1000 / CLOCK_TICKS:.0f} ms. "
-                 "In-process PostgreSQL figures include PostgreSQL's own work in its backend, not shown.")
+        lines.append(
+            f"| {label} | {wall * 1e3:.1f} | {wall / FLUSH_VALUES * 1e6:.1f} | {cpu * 1e3:.1f} | "
+            + (f"{served_cpu * 1e3:.0f} |" if uri == server.uri else "|")
+        )
+    lines.append(
+        f"\nServer CPU is read from `/proc` in clock ticks of {1000 / CLOCK_TICKS:.0f} ms. "
+        "In-process PostgreSQL figures include PostgreSQL's own work in its backend, not shown."
+    )
     return lines
 
 
@@ -688,8 +816,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant; default 3")
     parser.add_argument("--parts", nargs="+", choices=("digits", "xor"), default=["digits", "xor"])
-    parser.add_argument("--no-breakdown", action="store_true",
-                        help="skip the extra runs with timing wrappers and the HTTP request tables")
+    parser.add_argument(
+        "--no-breakdown",
+        action="store_true",
+        help="skip the extra runs with timing wrappers and the HTTP request tables",
+    )
     arguments = parser.parse_args()
     if arguments.repeats < 1:
         parser.error("--repeats must be >= 1")
@@ -698,7 +829,8 @@ def main() -> None:
     warnings.simplefilter("ignore", DeprecationWarning)  # SQLAlchemy 2.1 + MLflow's store: harmless, not ours
     environment_lines = describe_environment(
         ("mlflow", "hydra-core", "numpy", "SQLAlchemy", "psycopg"),
-        " (the server, PostgreSQL and the runs share these cores)")
+        " (the server, PostgreSQL and the runs share these cores)",
+    )
     sections: list[list[str]] = []
     verdicts: list[str] = []
     home = os.getcwd()
@@ -714,10 +846,15 @@ def main() -> None:
             logging.getLogger("mlflow").setLevel(logging.ERROR)
             log("starting PostgreSQL ...")
             with postgres_database() as database_uri, team_server(database_uri, work / "server") as server:
-                postgres_where = ("`BPRUN_TEST_POSTGRES_URI`'s server" if os.environ.get("BPRUN_TEST_POSTGRES_URI")
-                                  else "a throwaway PostgreSQL cluster on loopback (fsync off)")
-                environment_lines.append(f"- `bprun-server` (2 web workers) on {postgres_where}, artifacts served "
-                                         f"from a local folder, on 127.0.0.1")
+                postgres_where = (
+                    "`BPRUN_TEST_POSTGRES_URI`'s server"
+                    if os.environ.get("BPRUN_TEST_POSTGRES_URI")
+                    else "a throwaway PostgreSQL cluster on loopback (fsync off)"
+                )
+                environment_lines.append(
+                    f"- `bprun-server` (2 web workers) on {postgres_where}, artifacts served "
+                    f"from a local folder, on 127.0.0.1"
+                )
                 for part, function in (("digits", digits_part), ("xor", xor_part)):
                     if part in arguments.parts:
                         lines, found = function(arguments.repeats, work, server, not arguments.no_breakdown)

@@ -39,8 +39,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmark_common import (REPOSITORY, bprun_executable, compose, describe_environment, load_average, log, median,
-                              print_report)
+from benchmark_common import (
+    REPOSITORY,
+    bprun_executable,
+    compose,
+    describe_environment,
+    load_average,
+    log,
+    median,
+    print_report,
+)
 
 TARGET_OVERHEAD_SECONDS = 0.5
 TARGET_SPEEDUP = 1.5
@@ -70,8 +78,13 @@ def sweep(overrides: list[str], scratch: Path, label: str) -> tuple[float, Path]
     directory = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=scratch))
     database = directory / "mlflow.db"
     started = time.perf_counter()
-    result = subprocess.run([bprun_executable(), "-m", *overrides], cwd=directory,
-                            env=environment(f"sqlite:///{database}"), capture_output=True, text=True)
+    result = subprocess.run(
+        [bprun_executable(), "-m", *overrides],
+        cwd=directory,
+        env=environment(f"sqlite:///{database}"),
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{label} sweep failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -81,9 +94,14 @@ def sweep(overrides: list[str], scratch: Path, label: str) -> tuple[float, Path]
 def weights_report(fingerprints: list[dict[tuple[str, str], str]], verdict_label: str) -> tuple[str, str]:
     """The report's line and verdict saying whether every digits sweep gave every job the same
     final weights."""
-    identical = all(fingerprint == fingerprints[0] for fingerprint in fingerprints) and len(fingerprints[0]) == DIGITS_JOBS
-    line = (f"Final weights of every child, by (lr, seed), across all {len(fingerprints)} sweeps: "
-            + ("bit-identical" if identical else "DIFFERENT") + ".")
+    identical = (
+        all(fingerprint == fingerprints[0] for fingerprint in fingerprints) and len(fingerprints[0]) == DIGITS_JOBS
+    )
+    line = (
+        f"Final weights of every child, by (lr, seed), across all {len(fingerprints)} sweeps: "
+        + ("bit-identical" if identical else "DIFFERENT")
+        + "."
+    )
     return line, f"{verdict_label}: " + ("yes" if identical else "NO")
 
 
@@ -141,16 +159,22 @@ def xor_part(repeats: int, scratch: Path) -> tuple[list[str], list[str]]:
     wall = median(walls)
     overhead_untracked = (wall - median(untracked)) / XOR_JOBS
     overhead_tracked = (wall - median(tracked)) / XOR_JOBS
-    lines = [f"### xor: 24-job sweep in bprun's process, median of {repeats}", "",
-             "| measurement | seconds |", "| --- | ---: |",
-             f"| sweep wall time (`bprun -m`, whole process) | {wall:.2f} (runs: {', '.join(f'{w:.2f}' for w in walls)}) |",
-             f"| (a) summed training time, untracked epochs | {median(untracked):.2f} |",
-             f"| (b) summed training time, epochs with per-epoch telemetry | {median(tracked):.2f} |",
-             f"| per-job overhead, (wall - (a)) / 24 | **{overhead_untracked:.3f}** |",
-             f"| per-job overhead, (wall - (b)) / 24 | **{overhead_tracked:.3f}** |"]
-    verdicts = [f"xor per-job overhead {overhead_untracked:.3f} s with (a), {overhead_tracked:.3f} s with (b) "
-                f"(target <= {TARGET_OVERHEAD_SECONDS} s): "
-                + ("met" if max(overhead_untracked, overhead_tracked) <= TARGET_OVERHEAD_SECONDS else "NOT met")]
+    lines = [
+        f"### xor: 24-job sweep in bprun's process, median of {repeats}",
+        "",
+        "| measurement | seconds |",
+        "| --- | ---: |",
+        f"| sweep wall time (`bprun -m`, whole process) | {wall:.2f} (runs: {', '.join(f'{w:.2f}' for w in walls)}) |",
+        f"| (a) summed training time, untracked epochs | {median(untracked):.2f} |",
+        f"| (b) summed training time, epochs with per-epoch telemetry | {median(tracked):.2f} |",
+        f"| per-job overhead, (wall - (a)) / 24 | **{overhead_untracked:.3f}** |",
+        f"| per-job overhead, (wall - (b)) / 24 | **{overhead_tracked:.3f}** |",
+    ]
+    verdicts = [
+        f"xor per-job overhead {overhead_untracked:.3f} s with (a), {overhead_tracked:.3f} s with (b) "
+        f"(target <= {TARGET_OVERHEAD_SECONDS} s): "
+        + ("met" if max(overhead_untracked, overhead_tracked) <= TARGET_OVERHEAD_SECONDS else "NOT met")
+    ]
     return lines, verdicts
 
 
@@ -172,15 +196,24 @@ def digits_part(repeats: int, scratch: Path) -> tuple[list[str], list[str]]:
         speedups.append(seconds["one"] / seconds["two"])
     speedup = median(one) / median(two)
     weights_line, weights_verdict = weights_report(fingerprints, "digits weights identical across launchers")
-    lines = [f"### digits: 12-job grid, one job at a time in bprun's process against 2 worker processes, "
-             f"median of {repeats}", "",
-             "| launcher | sweep wall time, s | runs |", "| --- | ---: | --- |",
-             f"| one at a time (in bprun's process) | {median(one):.2f} | {', '.join(f'{s:.2f}' for s in one)} |",
-             f"| `hydra.launcher.n_jobs=2` | {median(two):.2f} | {', '.join(f'{s:.2f}' for s in two)} |",
-             "", f"Speedup (ratio of medians): **{speedup:.2f}x**; per pair of sweeps: "
-             f"{', '.join(f'{s:.2f}x' for s in speedups)}.", weights_line]
-    verdicts = [f"digits 2 workers / 1: {speedup:.2f}x (target >= {TARGET_SPEEDUP}x): "
-                + ("met" if speedup >= TARGET_SPEEDUP else "NOT met"), weights_verdict]
+    lines = [
+        f"### digits: 12-job grid, one job at a time in bprun's process against 2 worker processes, "
+        f"median of {repeats}",
+        "",
+        "| launcher | sweep wall time, s | runs |",
+        "| --- | ---: | --- |",
+        f"| one at a time (in bprun's process) | {median(one):.2f} | {', '.join(f'{s:.2f}' for s in one)} |",
+        f"| `hydra.launcher.n_jobs=2` | {median(two):.2f} | {', '.join(f'{s:.2f}' for s in two)} |",
+        "",
+        f"Speedup (ratio of medians): **{speedup:.2f}x**; per pair of sweeps: "
+        f"{', '.join(f'{s:.2f}x' for s in speedups)}.",
+        weights_line,
+    ]
+    verdicts = [
+        f"digits 2 workers / 1: {speedup:.2f}x (target >= {TARGET_SPEEDUP}x): "
+        + ("met" if speedup >= TARGET_SPEEDUP else "NOT met"),
+        weights_verdict,
+    ]
     return lines, verdicts
 
 

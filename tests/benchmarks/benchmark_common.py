@@ -15,8 +15,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -53,10 +54,12 @@ def describe_environment(distributions: Sequence[str], load_note: str = "") -> l
             versions.append(f"{distribution} {metadata.version(distribution)}")
         except metadata.PackageNotFoundError:
             pass
-    return [f"- python {platform.python_version()}, {', '.join(versions)}",
-            f"- {os.cpu_count()} logical cores; load average at start {load_average()}{load_note}",
-            f"- git {commit}"
-            + (" with uncommitted changes to tracked files (so every tracked job also runs `git diff`)" if dirty else "")]
+    return [
+        f"- python {platform.python_version()}, {', '.join(versions)}",
+        f"- {os.cpu_count()} logical cores; load average at start {load_average()}{load_note}",
+        f"- git {commit}"
+        + (" with uncommitted changes to tracked files (so every tracked job also runs `git diff`)" if dirty else ""),
+    ]
 
 
 def bprun_executable() -> str:
@@ -64,8 +67,10 @@ def bprun_executable() -> str:
     beside = Path(sys.executable).parent / "bprun"
     found = str(beside) if beside.exists() else shutil.which("bprun")
     if not found:
-        raise SystemExit(f"{Path(sys.argv[0]).name}: no bprun console script next to this python or on PATH "
-                         "(pip install -e . in the venv)")
+        raise SystemExit(
+            f"{Path(sys.argv[0]).name}: no bprun console script next to this python or on PATH "
+            "(pip install -e . in the venv)"
+        )
     return found
 
 
@@ -78,8 +83,15 @@ def compose(overrides: list[str]) -> Any:
         return hydra_compose("config", overrides=overrides)
 
 
-def print_report(title: str, environment_lines: list[str], sections: list[list[str]], verdicts: list[str],
-                 home: str, started: float, closing: str = "") -> None:
+def print_report(
+    title: str,
+    environment_lines: list[str],
+    sections: list[list[str]],
+    verdicts: list[str],
+    home: str,
+    started: float,
+    closing: str = "",
+) -> None:
     """The report on stdout: title, environment, sections, targets, and how to reproduce it."""
     print(f"## {title}\n")
     print("\n".join(environment_lines))
@@ -91,5 +103,7 @@ def print_report(title: str, environment_lines: list[str], sections: list[list[s
         print(f"- {line}")
     python = os.path.relpath(sys.executable) if sys.executable.startswith(home) else sys.executable
     script = os.path.relpath(sys.argv[0]) if os.path.abspath(sys.argv[0]).startswith(home) else sys.argv[0]
-    print(f"\n{closing}Total {time.perf_counter() - started:.0f} s. Reproduce: "
-          f"`cd {shlex.quote(home)} && {shlex.join([python, script, *sys.argv[1:]])}`")
+    print(
+        f"\n{closing}Total {time.perf_counter() - started:.0f} s. Reproduce: "
+        f"`cd {shlex.quote(home)} && {shlex.join([python, script, *sys.argv[1:]])}`"
+    )

@@ -54,12 +54,30 @@ def main() -> None:
     def gradient():
         network.gradient(workspace.inputs, workspace.targets, output_delta, workspace, grad_weights, grad_biases)
 
-    products = [(f"forward {l}", (lambda l=l: np.matmul(A[l], W[l], out=workspace.activations[l])),
-                 2 * BATCH * SIZES[l] * SIZES[l + 1]) for l in range(3)]
-    products += [(f"weight gradient {l}", (lambda l=l: np.matmul(A[l].T, D[l], out=grad_weights[l])),
-                  2 * BATCH * SIZES[l] * SIZES[l + 1]) for l in (2, 1, 0)]
-    products += [(f"input gradient {l}", (lambda l=l: np.matmul(D[l], W[l].T, out=D[l - 1])),
-                  2 * BATCH * SIZES[l] * SIZES[l + 1]) for l in (2, 1)]
+    products = [
+        (
+            f"forward {l}",
+            (lambda l=l: np.matmul(A[l], W[l], out=workspace.activations[l])),
+            2 * BATCH * SIZES[l] * SIZES[l + 1],
+        )
+        for l in range(3)
+    ]
+    products += [
+        (
+            f"weight gradient {l}",
+            (lambda l=l: np.matmul(A[l].T, D[l], out=grad_weights[l])),
+            2 * BATCH * SIZES[l] * SIZES[l + 1],
+        )
+        for l in (2, 1, 0)
+    ]
+    products += [
+        (
+            f"input gradient {l}",
+            (lambda l=l: np.matmul(D[l], W[l].T, out=D[l - 1])),
+            2 * BATCH * SIZES[l] * SIZES[l + 1],
+        )
+        for l in (2, 1)
+    ]
     flops = sum(count for _, _, count in products)
 
     def all_products():
@@ -67,16 +85,21 @@ def main() -> None:
             product()
 
     with threadpool_limits(2):
-        batch = median_ms(lambda: (gather(), gradient(), optimizer.step(network.params, grads), grad_sum.__iadd__(grads)))
+        batch = median_ms(
+            lambda: (gather(), gradient(), optimizer.step(network.params, grads), grad_sum.__iadd__(grads))
+        )
         print(f"whole batch                  {batch:7.3f} ms  {flops / batch / 1e6:6.1f} GFLOP/s")
         products_ms = median_ms(all_products)
         print(f"the 8 products               {products_ms:7.3f} ms  {flops / products_ms / 1e6:6.1f} GFLOP/s")
-        for name, step in [("gather rows", gather), ("backpropagation", gradient),
-                           ("gd update", lambda: optimizer.step(network.params, grads)),
-                           ("epoch-gradient sum", lambda: grad_sum.__iadd__(grads)),
-                           ("sigmoid 256x512", lambda: sigmoid(workspace.activations[0], workspace.activations[0])),
-                           ("bias add 256x512", lambda: workspace.activations[0].__iadd__(network.biases[0])),
-                           ("bias reduce 256x512", lambda: np.add.reduce(D[0], axis=0, out=grad_biases[0]))]:
+        for name, step in [
+            ("gather rows", gather),
+            ("backpropagation", gradient),
+            ("gd update", lambda: optimizer.step(network.params, grads)),
+            ("epoch-gradient sum", lambda: grad_sum.__iadd__(grads)),
+            ("sigmoid 256x512", lambda: sigmoid(workspace.activations[0], workspace.activations[0])),
+            ("bias add 256x512", lambda: workspace.activations[0].__iadd__(network.biases[0])),
+            ("bias reduce 256x512", lambda: np.add.reduce(D[0], axis=0, out=grad_biases[0])),
+        ]:
             print(f"{name:28s} {median_ms(step):7.3f} ms")
         for name, product, count in products:
             ms = median_ms(product)
@@ -84,9 +107,11 @@ def main() -> None:
         a = np.random.default_rng(1).random((2048, 2048))
         c = np.empty_like(a)
         reference = 2 * 2048**3 / median_ms(lambda: np.matmul(a, a, out=c), 10) / 1e6
-        print(f"2048x2048 matmul             {reference:6.1f} GFLOP/s; whole batch at "
-              f"{flops / batch / 1e6 / reference:.0%} of it, the products alone at "
-              f"{flops / products_ms / 1e6 / reference:.0%}")
+        print(
+            f"2048x2048 matmul             {reference:6.1f} GFLOP/s; whole batch at "
+            f"{flops / batch / 1e6 / reference:.0%} of it, the products alone at "
+            f"{flops / products_ms / 1e6 / reference:.0%}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Check that the working-tree engine computes what a reference commit's engine computed.
 
 Performance work on ``engine/`` must not change its math. This script extracts ``engine/`` from a
-git commit (default ``HEAD``: it checks uncommitted work) as a package named ``engine_reference``, trains both engines from the same seeds on a grid of configurations
+git commit (default ``HEAD``: it checks uncommitted work) as a package named ``engine_reference``,
+trains both engines from the same seeds on a grid of configurations
 (every activation, loss and optimizer, a schedule, full batch and mini-batches with a smaller
 last batch, float64 and float32, metrics, validation, early stopping, an observer that asks for
 gradients) and compares the final parameters, every recorded metric, every epoch's reported
@@ -46,7 +47,8 @@ def import_reference(commit: str, directory: Path):
     """Extract ``engine/`` at ``commit`` into ``directory/engine_reference`` and import it."""
     archive = subprocess.run(
         ["git", "-C", str(REPOSITORY), "archive", "--format=tar", commit, "engine"],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(directory, filter="data")
@@ -94,36 +96,191 @@ def make_data(n_samples: int, n_inputs: int, n_outputs: int, loss: str, seed: in
 # name, sizes, hidden activation, output activation, loss, optimizer (name, lr, options),
 # schedule, batch size (None: full batch), epochs, dtype, metrics, validation, early stopping, observe
 CONFIGS = [
-    ("xor-like full batch gd", [2, 2, 1], "sigmoid", "sigmoid", "mse", ("gd", 2.0, {}), None, None, 200,
-     "float64", (), False, None, True),
-    ("sine mini-batch gd", [1, 16, 1], "sigmoid", "sigmoid", "mse", ("gd", 0.5, {}), None, 32, 5,
-     "float64", ("mse",), False, None, True),
-    ("digits-like mse, remainder batch", [64, 32, 16, 10], "sigmoid", "sigmoid", "mse", ("gd", 0.5, {}), None,
-     50, 4, "float64", ("accuracy",), True, None, True),
-    ("softmax cross-entropy momentum", [8, 12, 4], "tanh", "softmax", "cross_entropy",
-     ("momentum", 0.1, {"momentum": 0.9}), ("step", 2), 16, 6, "float64", ("mse", "accuracy"), True, None, True),
-    ("bce nesterov relu", [5, 9, 7, 3], "relu", "sigmoid", "binary_cross_entropy",
-     ("nesterov", 0.05, {"momentum": 0.8}), ("cosine", 1), 20, 6, "float64", ("accuracy",), True, None, False),
-    ("adam leaky_relu identity output", [6, 10, 2], "leaky_relu", "identity", "mse", ("adam", 0.01, {}),
-     ("exponential", 1), 25, 6, "float64", (), True, (2, 0.0, True), True),
-    ("mse on softmax output", [4, 6, 3], "sigmoid", "softmax", "mse", ("gd", 0.3, {}), None, None, 30,
-     "float64", ("accuracy",), False, None, True),
-    ("identity hidden, tanh output", [3, 5, 2], "identity", "tanh", "mse", ("momentum", 0.05, {}), None, 7, 5,
-     "float64", (), False, None, True),
-    ("float32 sigmoid mini-batch", [10, 20, 5], "sigmoid", "sigmoid", "mse", ("gd", 0.5, {}), None, 16, 4,
-     "float32", ("mse",), True, None, True),
-    ("wide 784-64-10 mini-batch", [784, 64, 10], "sigmoid", "sigmoid", "mse", ("gd", 0.1, {}), None, 128, 2,
-     "float64", (), False, None, True),
+    (
+        "xor-like full batch gd",
+        [2, 2, 1],
+        "sigmoid",
+        "sigmoid",
+        "mse",
+        ("gd", 2.0, {}),
+        None,
+        None,
+        200,
+        "float64",
+        (),
+        False,
+        None,
+        True,
+    ),
+    (
+        "sine mini-batch gd",
+        [1, 16, 1],
+        "sigmoid",
+        "sigmoid",
+        "mse",
+        ("gd", 0.5, {}),
+        None,
+        32,
+        5,
+        "float64",
+        ("mse",),
+        False,
+        None,
+        True,
+    ),
+    (
+        "digits-like mse, remainder batch",
+        [64, 32, 16, 10],
+        "sigmoid",
+        "sigmoid",
+        "mse",
+        ("gd", 0.5, {}),
+        None,
+        50,
+        4,
+        "float64",
+        ("accuracy",),
+        True,
+        None,
+        True,
+    ),
+    (
+        "softmax cross-entropy momentum",
+        [8, 12, 4],
+        "tanh",
+        "softmax",
+        "cross_entropy",
+        ("momentum", 0.1, {"momentum": 0.9}),
+        ("step", 2),
+        16,
+        6,
+        "float64",
+        ("mse", "accuracy"),
+        True,
+        None,
+        True,
+    ),
+    (
+        "bce nesterov relu",
+        [5, 9, 7, 3],
+        "relu",
+        "sigmoid",
+        "binary_cross_entropy",
+        ("nesterov", 0.05, {"momentum": 0.8}),
+        ("cosine", 1),
+        20,
+        6,
+        "float64",
+        ("accuracy",),
+        True,
+        None,
+        False,
+    ),
+    (
+        "adam leaky_relu identity output",
+        [6, 10, 2],
+        "leaky_relu",
+        "identity",
+        "mse",
+        ("adam", 0.01, {}),
+        ("exponential", 1),
+        25,
+        6,
+        "float64",
+        (),
+        True,
+        (2, 0.0, True),
+        True,
+    ),
+    (
+        "mse on softmax output",
+        [4, 6, 3],
+        "sigmoid",
+        "softmax",
+        "mse",
+        ("gd", 0.3, {}),
+        None,
+        None,
+        30,
+        "float64",
+        ("accuracy",),
+        False,
+        None,
+        True,
+    ),
+    (
+        "identity hidden, tanh output",
+        [3, 5, 2],
+        "identity",
+        "tanh",
+        "mse",
+        ("momentum", 0.05, {}),
+        None,
+        7,
+        5,
+        "float64",
+        (),
+        False,
+        None,
+        True,
+    ),
+    (
+        "float32 sigmoid mini-batch",
+        [10, 20, 5],
+        "sigmoid",
+        "sigmoid",
+        "mse",
+        ("gd", 0.5, {}),
+        None,
+        16,
+        4,
+        "float32",
+        ("mse",),
+        True,
+        None,
+        True,
+    ),
+    (
+        "wide 784-64-10 mini-batch",
+        [784, 64, 10],
+        "sigmoid",
+        "sigmoid",
+        "mse",
+        ("gd", 0.1, {}),
+        None,
+        128,
+        2,
+        "float64",
+        (),
+        False,
+        None,
+        True,
+    ),
 ]
 
 
 def train_one(package, config, seed: int = 7) -> dict[str, object]:
-    (name, sizes, activation, output_activation, loss, (optimizer_name, lr, options), schedule, batch_size,
-     epochs, dtype, metrics, validation, early_stopping, observe) = config
+    (
+        _name,
+        sizes,
+        activation,
+        output_activation,
+        loss,
+        (optimizer_name, lr, options),
+        schedule,
+        batch_size,
+        epochs,
+        dtype,
+        metrics,
+        validation,
+        early_stopping,
+        observe,
+    ) = config
     X, Y = make_data(300, sizes[0], sizes[-1], loss, seed)
     X_val, Y_val = make_data(60, sizes[0], sizes[-1], loss, seed + 1) if validation else (None, None)
-    network = package.MLP(sizes, np.random.default_rng(seed), activation=activation,
-                          output_activation=output_activation, dtype=dtype)
+    network = package.MLP(
+        sizes, np.random.default_rng(seed), activation=activation, output_activation=output_activation, dtype=dtype
+    )
     if schedule is not None:
         schedule_object = package.Schedule(name=schedule[0], step_size=schedule[1])
     else:
@@ -132,9 +289,19 @@ def train_one(package, config, seed: int = 7) -> dict[str, object]:
     stopping = package.EarlyStopping(*early_stopping) if early_stopping else None
     recorder = GradientRecorder()
     history = package.train(
-        network, optimizer, X, Y, epochs=epochs, loss=loss, batch_size=batch_size,
-        rng=np.random.default_rng(seed + 2), X_val=X_val, Y_val=Y_val, metrics=metrics,
-        early_stopping=stopping, observers=[recorder] if observe else [],
+        network,
+        optimizer,
+        X,
+        Y,
+        epochs=epochs,
+        loss=loss,
+        batch_size=batch_size,
+        rng=np.random.default_rng(seed + 2),
+        X_val=X_val,
+        Y_val=Y_val,
+        metrics=metrics,
+        early_stopping=stopping,
+        observers=[recorder] if observe else [],
     )
     result = {"params": network.params.copy(), "predictions": network.predict(X)}
     for key, values in history.metrics.items():
@@ -158,8 +325,13 @@ def compare(reference: dict, current: dict, dtype: str) -> tuple[bool, str]:
         scale = max(float(np.max(np.abs(expected), initial=0.0)), np.finfo(expected.dtype).tiny)
         worst = max(worst, float(np.max(np.abs(expected - got), initial=0.0)) / scale)
     close = worst <= TOLERANCE[dtype]
-    verdict = ("bit-identical" if identical else f"round-off ({worst:.1e} relative)" if close
-               else f"DIFFERENT ({worst:.1e} relative)")
+    verdict = (
+        "bit-identical"
+        if identical
+        else f"round-off ({worst:.1e} relative)"
+        if close
+        else f"DIFFERENT ({worst:.1e} relative)"
+    )
     if reference.keys() != current.keys():
         # A deliberate change of what is reported is not a performance change: say so, and fail.
         added = sorted(current.keys() - reference.keys())
