@@ -11,7 +11,7 @@ import pytest
 
 from engine import Observer
 from runner.core.run import TrainingFailed, run
-from runner.tracking.telemetry import LAYER_STATISTICS
+from runner.names import LAYER_STATISTICS
 from runner.tracking.tensors import load_tensors
 
 EPOCHS = 12

@@ -67,7 +67,7 @@ def test_direct_writes_store_the_rows_mlflows_log_batch_stores(case: str, store)
         client.log_batch(by_mlflow, metrics=[Metric(*row) for row in rows[start : start + 1000]])
     writer = SqliteMetricWriter.open(store.db)
     assert writer is not None
-    writer.write(direct, rows)
+    writer.write({direct: rows})
     writer.close()
     assert _stored(store.db, direct) == _stored(store.db, by_mlflow)
     # and MLflow reads both back alike
@@ -81,7 +81,7 @@ def test_two_flushes_keep_the_latest_value_by_mlflows_rule(store) -> None:
     writer = SqliteMetricWriter.open(store.db)
     for rows in (first, second):
         client.log_batch(by_mlflow, metrics=[Metric(*row) for row in rows])
-        writer.write(direct, rows)
+        writer.write({direct: rows})
     writer.close()
     assert _stored(store.db, direct) == _stored(store.db, by_mlflow)
 
@@ -120,15 +120,15 @@ def _compare_sql_writer(uri: str) -> None:
             by_mlflow, direct = _new_run(uri, f"log_batch {case}"), _new_run(uri, f"direct {case}")
             for start in range(0, len(rows), 1000):
                 client.log_batch(by_mlflow, metrics=[Metric(*row) for row in rows[start : start + 1000]])
-            writer.write(direct, rows)
-            writer.write(direct, rows[:3])  # values stored already are left alone, as log_batch does
-            writer.write(direct, [])
+            writer.write({direct: rows})
+            writer.write({direct: rows[:3]})  # values stored already are left alone, as log_batch does
+            writer.write({direct: []})
             assert _stored_sql(uri, direct) == _stored_sql(uri, by_mlflow), case
             assert client.get_run(direct).data.metrics == client.get_run(by_mlflow).data.metrics
         by_mlflow, direct = _new_run(uri, "log_batch twice"), _new_run(uri, "direct twice")
         for rows in ([("m", 0.5, 1000, 7)], [("m", 0.1, 1000, 6), ("m", 0.6, 1000, 7)]):
             client.log_batch(by_mlflow, metrics=[Metric(*row) for row in rows])
-            writer.write(direct, rows)
+            writer.write({direct: rows})
         assert _stored_sql(uri, direct) == _stored_sql(uri, by_mlflow)
         assert writer.lifecycle_stage(direct) == "active"
         client.delete_run(direct)
@@ -162,3 +162,13 @@ def test_the_writer_is_used_only_on_mlflows_schema(tmp_path) -> None:
     assert SqlMetricWriter.open(f"sqlite:///{database}") is None
     assert sqlite_path("sqlite:////x/y.db").as_posix() == "/x/y.db"
     assert sqlite_path("http://localhost:5000") is None
+
+
+def test_mlflows_server_and_client_names_are_where_the_compat_module_expects() -> None:
+    from runner.tracking import compat
+
+    flask_app, app = compat.server_apps()
+    assert callable(flask_app.add_url_rule) and app is not None
+    assert compat.server_store_uri() == ""  # outside an MLflow server process
+    client = compat.RestClient("http://127.0.0.1:1")
+    assert callable(client.get_json) and callable(client.post_json)

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from runner import names
 from runner.commands.common import quiet_mlflow
 from runner.process.errors import EXIT_FAILED, EXIT_INVALID, InvalidInput, out_of_space
-from runner.tracking import names
 from runner.tracking.destination import resolve_tracking_uri
 
 STOP_REASON = "killed"
@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(client, uri: str, dry_run: bool) -> int:
+    # (lazy: after --help and the arguments, as above)
     from mlflow.entities import ViewType
 
     from runner.tracking.liveness import is_stale

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runner import names
 from runner.commands.common import quiet_mlflow
 from runner.core.schema import TrackingConfig
 from runner.process.errors import EXIT_INVALID, InvalidInput
-from runner.tracking import names
 from runner.tracking.destination import resolve_tracking_uri
 
 DEFAULT_EXPERIMENT = TrackingConfig.experiment
@@ -91,57 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(args: argparse.Namespace, uri: str) -> None:
     # (lazy: MLflow, pandas and matplotlib, seconds of imports, once there is something to report)
-    from mlflow.exceptions import MlflowException
-
     from runner import reports
-    from runner.reports.table import (
-        by_dataset,
-        clean_key,
-        format_table,
-        ranking_values,
-        runs_table,
-        swept_columns,
-    )
-    from runner.tracking.search import experiment_runs, find_latest_sweep, sweep_children
+    from runner.reports.table import by_dataset, clean_key, format_table, ranking_values, runs_table, swept_columns
     from runner.tracking.store import open_store
 
     client = open_store(uri)
-    swept_keys: list[str] | None = None
-    if args.parent:
-        try:
-            parent = client.get_run(args.parent)
-        except MlflowException:
-            raise NothingToReport(f"no run {args.parent!r} in {uri}") from None
-        runs = sweep_children(client, parent.info.run_id)
-        heading = _sweep_heading(client, parent)
-        output_name = parent.info.run_id
-    else:
-        name = args.experiment or DEFAULT_EXPERIMENT
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None or experiment.lifecycle_stage != "active":
-            known = ", ".join(repr(e.name) for e in client.search_experiments()) or "none"
-            raise NothingToReport(f"no experiment {name!r} in {uri} (experiments: {known})")
-        if args.all_runs:
-            runs = experiment_runs(client, experiment.experiment_id)
-            heading = f"All {len(runs)} runs of experiment {name!r}"
-            output_name = name
-            parent = None
-        else:
-            parent = find_latest_sweep(client, [experiment.experiment_id])
-            if parent is None:
-                raise NothingToReport(
-                    f"no sweep in experiment {name!r} in {uri} (--all-runs reports its runs one by one)"
-                )
-            runs = sweep_children(client, parent.info.run_id)
-            heading = _sweep_heading(client, parent)
-            output_name = parent.info.run_id
-    if parent is not None:
-        swept_keys = _parse_swept_keys(parent.data.tags.get(names.SWEPT_KEYS))
-        if not runs:
-            raise NothingToReport(f"the sweep {parent.info.run_id} has no job runs")
-    if not runs:
-        raise NothingToReport(f"experiment {args.experiment or DEFAULT_EXPERIMENT!r} holds no runs")
-
+    runs, heading, output_name, swept_keys = _chosen_runs(args, client, uri)
     groups = by_dataset(runs)
     tables = {
         dataset: runs_table(client, group, swept_keys, metrics=[args.metric]) for dataset, group in groups.items()
@@ -173,6 +128,41 @@ def _report(args: argparse.Namespace, uri: str) -> None:
     print(f"wrote {len(written)} files to {output}:")
     for path in written:
         print(f"  {path}")
+
+
+def _chosen_runs(args: argparse.Namespace, client: Any, uri: str) -> tuple[list[Any], str, str, list[str] | None]:
+    """The runs to compare, a heading, the name of the output folder and the sweep's swept keys
+    (None outside a sweep): a sweep's jobs (``--parent``, else the latest sweep), or with
+    ``--all-runs`` every run of the experiment."""
+    # (lazy: see _report)
+    from mlflow.exceptions import MlflowException
+
+    from runner.tracking.search import experiment_runs, find_latest_sweep, sweep_children
+
+    name = args.experiment or DEFAULT_EXPERIMENT
+    if args.parent:
+        try:
+            parent = client.get_run(args.parent)
+        except MlflowException:
+            raise NothingToReport(f"no run {args.parent!r} in {uri}") from None
+    else:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None or experiment.lifecycle_stage != "active":
+            known = ", ".join(repr(e.name) for e in client.search_experiments()) or "none"
+            raise NothingToReport(f"no experiment {name!r} in {uri} (experiments: {known})")
+        if args.all_runs:
+            runs = experiment_runs(client, experiment.experiment_id)
+            if not runs:
+                raise NothingToReport(f"experiment {name!r} holds no runs")
+            return runs, f"All {len(runs)} runs of experiment {name!r}", name, None
+        parent = find_latest_sweep(client, [experiment.experiment_id])
+        if parent is None:
+            raise NothingToReport(f"no sweep in experiment {name!r} in {uri} (--all-runs reports its runs one by one)")
+    runs = sweep_children(client, parent.info.run_id)
+    if not runs:
+        raise NothingToReport(f"the sweep {parent.info.run_id} has no job runs")
+    swept_keys = _parse_swept_keys(parent.data.tags.get(names.SWEPT_KEYS))
+    return runs, _sweep_heading(client, parent), parent.info.run_id, swept_keys
 
 
 def _parse_swept_keys(text: str | None) -> list[str] | None:

@@ -147,7 +147,7 @@ def _check(arguments: argparse.Namespace) -> str | None:
         )
     if scheme == "postgresql":
         try:
-            import psycopg  # noqa: F401  (SQLAlchemy's driver for postgresql:// URIs)
+            import psycopg  # noqa: F401  (lazy: whether SQLAlchemy's driver for postgresql:// is installed)
         except ImportError:
             return "--store postgresql://...: the PostgreSQL driver is not installed: pip install -e '.[server]'"
     if not 0 < arguments.port < 65536:

@@ -8,6 +8,8 @@ are one-hot encoded; xor keeps its classic single 0/1 output.
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -199,9 +201,6 @@ def _check_text(path: str) -> None:
     """Refuse, naming the file, what ``read_csv`` would fail on with a decoding error: a
     compressed file under a plain name, or text that is not UTF-8; and a row with fewer cells
     than the header (pandas fills those cells in silently)."""
-    import csv
-    import gzip
-
     try:
         with open(path, "rb") as file:
             head = file.read(2)

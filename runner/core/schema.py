@@ -129,7 +129,7 @@ class TrackingConfig:
     uri: str | None = None  # None: sqlite:///<directory bprun started in>/mlflow.db
     experiment: str = "backprop-runner"
     run_name: str | None = None  # None: built from the data set, optimizer and overrides
-    # Full weight/gradient tensors every n-th epoch and the last; None: at most TENSOR_SNAPSHOTS
+    # Full weight/gradient tensors every n-th epoch and the last; None: at most MAX_SNAPSHOTS (tensors.py)
     # evenly spaced epochs and the last; 0: never.
     tensors_every: int | None = None
     offline: bool = False  # keep runs in a local store (mlflow-offline.db); upload later with bprun-sync

@@ -11,20 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from engine import MLP, History, Observer, Schedule, make_optimizer, train
+from runner import names
 from runner.core.datasets import Dataset, load_dataset
 from runner.core.schema import AdamConfig, ExperimentConfig, MomentumConfig
-from runner.process.errors import CommandError
-from runner.tracking import names
+from runner.process.errors import RunError
 
 SEED_PURPOSES = ("data", "split", "init", "shuffle")
 
 
-class TrainingFailed(CommandError):
+class TrainingFailed(RunError):
     """Training ended without a usable result (it diverged); its run ended FAILED."""
-
-    def __init__(self, message: str, run_id: str | None = None) -> None:
-        super().__init__(message)
-        self.run_id = run_id
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from engine import EpochReport, Observer
+from runner import names
 from runner.core.run import Launch, ParentRun, RunResult, run_training
 from runner.core.training import default_run_name
 from runner.core.validation import validate
@@ -28,11 +29,10 @@ from runner.hydra_app.plugins import register_plugins
 from runner.hydra_app.progress import ProgressBar
 from runner.hydra_app.schemas import register_schemas
 from runner.process import interruption
-from runner.process.errors import CommandError, CommandExit, DiskFull, out_of_space
+from runner.process.errors import CommandError, CommandExit, DiskFull, RunCrashed, out_of_space
 from runner.sweeps.cluster_configs import register_cluster_launchers
 from runner.sweeps.context import SweepRun
 from runner.sweeps.naming import job_name
-from runner.tracking import names
 from runner.tracking.destination import Destination, where_to_look
 
 # The job's log file (conf/config.yaml: hydra.job_logging), not the terminal, which gets print().
@@ -55,17 +55,15 @@ def run_job(cfg: DictConfig) -> float | None:
     interruption.test_point("job-start")
     try:
         result = _run(cfg, state, in_sweep)
-    except CommandError as error:
-        record.error("failed: %s", error)
-        if not in_sweep:
-            raise CommandExit(error) from None
-        print(f"bprun: job #{state.job.num} failed: {error}", file=sys.stderr)
-        raise
     except Exception as error:
-        record.error("failed: %s: %s", type(error).__name__, error)
+        message = str(error) if isinstance(error, CommandError) else f"{type(error).__name__}: {error}"
+        record.error("failed: %s", message)
         if in_sweep:
-            print(f"bprun: job #{state.job.num} failed: {type(error).__name__}: {error}", file=sys.stderr)
-        elif out_of_space(error):
+            print(f"bprun: job #{state.job.num} failed: {message}", file=sys.stderr)
+            raise
+        if isinstance(error, CommandError) and not isinstance(error, RunCrashed):
+            raise CommandExit(error) from None  # a refusal or a failure, said in one line
+        if out_of_space(error):
             raise CommandExit(
                 DiskFull(
                     "training stopped: No space left on device (or the store's disk is full); the database is intact "
@@ -73,6 +71,8 @@ def run_job(cfg: DictConfig) -> float | None:
                     "written"
                 )
             ) from None
+        if isinstance(error, RunCrashed):
+            raise CommandExit(error) from None
         raise
     print(summary(result, in_sweep))
     record.info("%s", summary(result, in_sweep=False))

@@ -34,7 +34,8 @@ def refuse_foreign_callbacks() -> None:
     """Make Hydra refuse, before instantiating any, a ``hydra.callbacks`` entry whose
     ``_target_`` is not in ``ALLOWED_CALLBACKS`` (idempotent)."""
     try:
-        from hydra._internal import callbacks as hydra_callbacks  # the private name, see the module docstring
+        # (lazy: the private name fails here, where this says so, not at import)
+        from hydra._internal import callbacks as hydra_callbacks
 
         original_init = hydra_callbacks.Callbacks.__init__
     except (ImportError, AttributeError) as error:

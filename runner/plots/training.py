@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
+from runner import names
 from runner.plots.style import MARKERS_UP_TO, PLOTTABLE_LIMIT, categorical_colours, grid, new_figure, save_png
 
 LEARNING_CURVES = "learning_curves.png"
@@ -41,7 +42,6 @@ LEARNING_PANELS = (
     ("accuracy", "Accuracy", "accuracy"),
 )
 SPLITS = (("train", "train", "-"), ("val", "validation", "--"))  # (prefix, legend label, style)
-LAYER_PREFIX = "layer"
 # Within a layer panel the first statistic is drawn solid (weights), the second dashed (biases).
 LAYER_STYLES = ("-", "--")
 
@@ -135,13 +135,7 @@ def load_series(metrics: dict[str, Sequence[float]], steps: Sequence[int] | None
 
 def layer_numbers(series: dict[str, _Series]) -> list[int]:
     """The layer numbers of the ``layer<l>/<statistic>`` keys, ascending (so 10 follows 9)."""
-    numbers = set()
-    for name in series:
-        prefix, slash, _ = name.partition("/")
-        digits = prefix[len(LAYER_PREFIX) :]
-        if slash and prefix.startswith(LAYER_PREFIX) and digits.isdigit():
-            numbers.add(int(digits))
-    return sorted(numbers)
+    return sorted({layer for name in series if (layer := names.layer_of(name)) is not None})
 
 
 def layer_colours(count: int) -> list[Any]:
@@ -151,10 +145,10 @@ def layer_colours(count: int) -> list[Any]:
 
 def _layer_panel(series: dict[str, _Series], layers: list[int], statistics: tuple[str, ...]) -> LayerPanel:
     return [
-        (layer, index, f"{LAYER_PREFIX}{layer}/{statistic}")
+        (layer, index, names.layer_metric(layer, statistic))
         for layer in layers
         for index, statistic in enumerate(statistics)
-        if f"{LAYER_PREFIX}{layer}/{statistic}" in series
+        if names.layer_metric(layer, statistic) in series
     ]
 
 
@@ -246,8 +240,8 @@ def learning_curves_figure(series: dict[str, _Series]) -> Figure | None:
 
 def gradient_norms_figure(series: dict[str, _Series], layers: list[int], layer_colour: dict[int, Any]) -> Figure | None:
     candidates = (
-        (("grad_weight_norm", "grad_bias_norm"), "Gradient L2 norm", "L2 norm of the epoch's gradient"),
-        (("update_ratio",), "Update ratio ‖Δw‖ / ‖w‖", "‖Δw‖ / ‖w‖ over the epoch"),
+        ((names.GRAD_WEIGHT_NORM, names.GRAD_BIAS_NORM), "Gradient L2 norm", "L2 norm of the epoch's gradient"),
+        ((names.UPDATE_RATIO,), "Update ratio ‖Δw‖ / ‖w‖", "‖Δw‖ / ‖w‖ over the epoch"),
     )
     panels = [
         (panel, title, label)
@@ -267,7 +261,7 @@ def gradient_norms_figure(series: dict[str, _Series], layers: list[int], layer_c
 
 
 def weight_norms_figure(series: dict[str, _Series], layers: list[int], layer_colour: dict[int, Any]) -> Figure | None:
-    panel = _layer_panel(series, layers, ("weight_norm", "bias_norm"))
+    panel = _layer_panel(series, layers, (names.WEIGHT_NORM, names.BIAS_NORM))
     if not panel:
         return None
     layout = _Layout(

@@ -24,6 +24,20 @@ class CommandError(Exception):
     exit_code = EXIT_FAILED
 
 
+class RunError(CommandError):
+    """An error that an MLflow run holds already (its status, its ``failure_reason``):
+    ``run_id`` names the run, None when the work stopped before its run existed."""
+
+    def __init__(self, message: str, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class RunCrashed(RunError):
+    """An unexpected error inside a tracked run, which ended the run FAILED with the error as its
+    ``failure_reason`` and the traceback as an artifact; ``__cause__`` is the error."""
+
+
 class InvalidInput(CommandError):
     """The input (config, data, store) cannot be used; nothing was trained or logged."""
 

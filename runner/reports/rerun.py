@@ -42,13 +42,13 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
+from runner import names
 from runner.core.datasets import DataError
 from runner.core.run import Launch, TrainingFailed, run_training
 from runner.core.schema import ExperimentConfig
 from runner.core.training import load_data
 from runner.core.validation import ConfigError, clean_value, settings_yaml, validate
 from runner.process.errors import InvalidInput
-from runner.tracking import names
 from runner.tracking.destination import Destination, resolve_tracking_uri
 from runner.tracking.history import metric_history
 from runner.tracking.provenance import git_diff, project_git_state, provenance_tags

@@ -22,7 +22,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from pandas.api.types import is_numeric_dtype
 
-from runner.tracking import names
+from runner import names
 from runner.tracking.history import MetricHistory, metric_history
 
 DEFAULT_METRIC = names.DEFAULT_RANKING_METRIC

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from runner.tracking import names
+from runner import names
 
 # Characters a quoted Hydra override value does not carry verbatim (quotes and backslashes are
 # escapes, ${ an interpolation), percent-encoded in the values below.

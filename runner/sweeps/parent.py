@@ -21,15 +21,15 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from runner import reports
+from runner import names, reports
 from runner.reports.table import by_dataset, format_table, runs_table
 from runner.sweeps.context import SweepRun
 from runner.sweeps.naming import parent_name
-from runner.tracking import names
 from runner.tracking.destination import Destination, TrackingLost, check_store, http_settings
 from runner.tracking.liveness import process_tags
-from runner.tracking.mlflow_run import log_params, lost_server
+from runner.tracking.params import log_params
 from runner.tracking.search import sweep_children
+from runner.tracking.server_loss import lost_server
 from runner.tracking.store import ensure_experiment
 
 ORPHAN_REASON = (

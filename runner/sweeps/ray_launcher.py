@@ -164,7 +164,7 @@ class RayLauncher(PluginRayLauncher):
 def warm_up_worker() -> None:
     """A Ray worker's imports and first-time costs, done before its first job (``warm_up``); the
     import is here so that bprun's process does not make it."""
-    from runner.sweeps.warm_up import warm_up
+    from runner.sweeps.warm_up import warm_up  # (lazy: MLflow and matplotlib, in the worker only)
 
     warm_up()
 
@@ -193,7 +193,7 @@ def import_ray() -> Any:
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.exists()):
         os.environ["RAY_AUTH_MODE"] = "token"
-    import ray
+    import ray  # (lazy: after the settings above, for Ray sweeps only)
 
     return ray
 

@@ -30,11 +30,11 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as PluginSlurmLauncher
 from omegaconf import OmegaConf, open_dict
 
+from runner import names
 from runner.process import interruption
 from runner.process.children import started_deaf_to_ctrl_c
 from runner.sweeps.cluster_job import JobLost, failed_job, job_process, shown_overrides
 from runner.sweeps.local_launcher import execute_job
-from runner.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class _TrackedSubmitit:
         Ctrl-C: the run ends KILLED at the next mini-batch, marked requeued, and only then does
         submitit's own handler of that signal run (outside any signal handler), which requeues
         the job through ``checkpoint``: its next run starts from the first epoch."""
-        import submitit
+        import submitit  # (lazy: as in the plugin, Hydra imports every launcher as bprun starts)
 
         requeue_signal = preemption_signal()
         submitit_handler = signal.getsignal(requeue_signal)  # submitit's checkpoint-and-requeue
@@ -181,7 +181,7 @@ def mark_requeued(output_dir: Path) -> str | None:
     if not pointer.exists():
         return None
     run = json.loads(pointer.read_text())
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # (lazy: Hydra imports every launcher as bprun starts)
 
     client = MlflowClient(run["tracking_uri"])
     client.set_tag(run["run_id"], names.REQUEUED, "true")

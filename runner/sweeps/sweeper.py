@@ -29,7 +29,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from runner.core.validation import ConfigError, validate
 from runner.process import interruption
-from runner.process.errors import CommandError, CommandExit, InvalidInput
+from runner.process.errors import CommandError, CommandExit, InvalidInput, RunError
 from runner.sweeps.cluster_configs import missing_extra
 from runner.sweeps.cluster_job import JobsElsewhere
 from runner.sweeps.context import SweepRun
@@ -228,8 +228,7 @@ class TrackedSweeper(Sweeper):
             except Exception as error:
                 if isinstance(error, TrackingLost):
                     self._server_lost = error
-                has_run = getattr(error, "tracked_run_id", None) or getattr(error, "run_id", None)
-                if not has_run:
+                if not (isinstance(error, RunError) and error.run_id):  # else its run holds the failure
                     self._unrecorded.append(JobOutcome(tuple(overrides), f"{type(error).__name__}: {error}"))
 
     def call(self, function: Callable[..., T], *arguments: Any) -> T:

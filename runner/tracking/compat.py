@@ -1,7 +1,8 @@
-"""The one place the tracking layer relies on something MLflow does not publish: the layout of
-its store's ``metrics`` and ``latest_metrics`` tables (SQLite and PostgreSQL alike).
+"""The one place the tracking layer relies on what MLflow does not publish: the layout of its
+store's ``metrics`` and ``latest_metrics`` tables (SQLite and PostgreSQL alike), and the
+undocumented modules behind its server and its http client (``mlflow.server``, ``mlflow.utils``).
 
-Why: MLflow's store builds one ORM object per value in ``log_batch``, about 100 us of CPU per
+Why the tables: MLflow's store builds one ORM object per value in ``log_batch``, about 100 us of CPU per
 value, so a run that logs a dozen values per epoch spends more time there than training, and a
 team server spends most of its CPU there (see the benchmarks doc). The writers here insert
 exactly the rows ``log_batch`` would, in one transaction per call, for a few microseconds of
@@ -12,17 +13,71 @@ Checked against the MLflow versions in ``CHECKED_MLFLOW_VERSIONS``: with any oth
 tables of another shape, ``open`` returns None and runs log through ``log_batch``.
 ``tests/test_tracking_compat.py`` compares them with ``log_batch`` on the same inputs (steps out
 of order, repeated steps, equal timestamps, the latest-value rule) on SQLite and PostgreSQL, and
-fails as soon as the installed MLflow is not one of these versions.
+fails as soon as the installed MLflow is not one of these versions; it also checks that the
+server and client names below are still there.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 CHECKED_MLFLOW_VERSIONS = ("3.17.2",)
+
+
+# --- MLflow's server and its http client ----------------------------------------------------------
+# bprun-server's metrics endpoint is an MLflow app plugin (``mlflow server --app-name``): it adds a
+# route to MLflow's own app and writes to the store MLflow's server was started with; a run asks the
+# endpoint with MLflow's own http helper, so that its requests carry the same credentials, TLS
+# settings, timeout and retries as MLflow's. None of these names is in MLflow's documented API.
+
+
+def server_apps() -> tuple[Any, Any]:
+    """MLflow server's Flask app (routes are added to it) and the app the server runs."""
+    # (lazy: MLflow's server and its web stack, in bprun-server only)
+    from mlflow.server import app as flask_app
+    from mlflow.server.fastapi_app import app
+
+    return flask_app, app
+
+
+def server_store_uri() -> str:
+    """The backend store URI of the MLflow server this process runs, "" outside one."""
+    from mlflow.server.constants import BACKEND_STORE_URI_ENV_VAR  # (lazy: see server_apps)
+
+    return os.environ.get(BACKEND_STORE_URI_ENV_VAR, "")
+
+
+class RestClient:
+    """Requests to the MLflow server at ``uri`` through MLflow's own http helper."""
+
+    def __init__(self, uri: str) -> None:
+        from mlflow.utils.credentials import get_default_host_creds  # (lazy: runs on a server only)
+
+        self._credentials = get_default_host_creds(uri)
+
+    def get_json(self, path: str) -> dict[str, Any] | None:
+        """The JSON answer to a GET of ``path``; None unless it answers 200 with JSON (other
+        servers answer 404, a proxy anything). A server that cannot be reached raises."""
+        from mlflow.utils.rest_utils import http_request  # (lazy: as in __init__)
+
+        response = http_request(self._credentials, path, "GET", raise_on_status=False)
+        is_json = response.headers.get("Content-Type", "").startswith("application/json")
+        return response.json() if response.status_code == 200 and is_json else None
+
+    def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The JSON answer to a POST of ``body``; MLflow's ``MlflowException`` for an error
+        answer, as MLflow's own calls raise."""
+        from mlflow.utils.rest_utils import http_request, verify_rest_response  # (lazy: as in __init__)
+
+        return verify_rest_response(http_request(self._credentials, path, "POST", json=body), path).json()
+
+
+# --- the metrics tables ---------------------------------------------------------------------------
 
 # One metric value: (key, value, timestamp in ms, step).
 MetricRow = tuple[str, float, int, int]
@@ -44,7 +99,7 @@ UPSERT_LATEST = (
 )
 
 
-def latest_values(values: list[MetricRow]) -> list[MetricRow]:
+def latest_values(values: Sequence[MetricRow]) -> list[MetricRow]:
     """Per key, the value MLflow keeps as the latest: the largest (step, timestamp, value)."""
     latest: dict[str, MetricRow] = {}
     for key, value, timestamp, step in values:
@@ -78,10 +133,20 @@ class SqliteMetricWriter:
         except sqlite3.Error:
             return None
 
-    def write(self, run_id: str, values: list[MetricRow]) -> None:
-        """Store ``values`` (finite) for ``run_id`` in one transaction: all or nothing."""
-        rows = [(key, value, timestamp, run_id, step) for key, value, timestamp, step in values]
-        latest = [(key, value, timestamp, step, run_id) for key, value, timestamp, step in latest_values(values)]
+    def write(self, values: Mapping[str, Sequence[MetricRow]]) -> None:
+        """Store ``{run id: values}`` (finite) in one transaction: all or nothing."""
+        rows = [
+            (key, value, timestamp, run_id, step)
+            for run_id, run_values in values.items()
+            for key, value, timestamp, step in run_values
+        ]
+        latest = [
+            (key, value, timestamp, step, run_id)
+            for run_id, run_values in values.items()
+            for key, value, timestamp, step in latest_values(run_values)
+        ]
+        if not rows:
+            return
         connection = self.connection
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -103,9 +168,9 @@ _NAMED = {name: f":{name}" for name in ("key", "value", "timestamp", "run_uuid",
 # PostgreSQL: the values as four arrays in one statement, a third of the server's cost of one
 # statement per value (the benchmarks doc).
 _POSTGRES_INSERT_METRICS = (
-    "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) SELECT k, v, t, :run_uuid, s, false "
-    "FROM unnest(CAST(:keys AS text[]), CAST(:values AS double precision[]), CAST(:timestamps AS bigint[]), "
-    "CAST(:steps AS bigint[])) AS given(k, v, t, s) ON CONFLICT DO NOTHING"
+    "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) SELECT k, v, t, r, s, false "
+    "FROM unnest(CAST(:run_uuids AS text[]), CAST(:keys AS text[]), CAST(:values AS double precision[]), "
+    "CAST(:timestamps AS bigint[]), CAST(:steps AS bigint[])) AS given(r, k, v, t, s) ON CONFLICT DO NOTHING"
 )
 
 
@@ -126,7 +191,7 @@ class SqlMetricWriter:
     def open(cls, store_uri: str) -> SqlMetricWriter | None:
         """A writer for the store at ``store_uri`` (a SQLAlchemy URI), or None where MLflow's
         own API must be used instead."""
-        import sqlalchemy
+        import sqlalchemy  # (lazy: only bprun-server's endpoint writes through SQLAlchemy)
 
         if version("mlflow") not in CHECKED_MLFLOW_VERSIONS:
             return None
@@ -146,21 +211,31 @@ class SqlMetricWriter:
         with self.engine.connect() as connection:
             return connection.execute(self._run, {"run_uuid": run_id}).scalar()
 
-    def write(self, run_id: str, values: list[MetricRow]) -> None:
-        """Store ``values`` (finite) for ``run_id`` in one transaction: all or nothing."""
+    def write(self, values: Mapping[str, Sequence[MetricRow]]) -> None:
+        """Store ``{run id: values}`` (finite) in one transaction: all or nothing."""
+        values = {run_id: run_values for run_id, run_values in values.items() if run_values}
         if not values:
             return
         if self._arrays:
-            keys, numbers, timestamps, steps = (list(column) for column in zip(*values))
-            rows: Any = {"run_uuid": run_id, "keys": keys, "values": numbers, "timestamps": timestamps, "steps": steps}
+            columns = [(run_id, *row) for run_id, run_values in values.items() for row in run_values]
+            run_ids, keys, numbers, timestamps, steps = (list(column) for column in zip(*columns))
+            rows: Any = {
+                "run_uuids": run_ids,
+                "keys": keys,
+                "values": numbers,
+                "timestamps": timestamps,
+                "steps": steps,
+            }
         else:
             rows = [
                 {"key": key, "value": value, "timestamp": timestamp, "run_uuid": run_id, "step": step}
-                for key, value, timestamp, step in values
+                for run_id, run_values in values.items()
+                for key, value, timestamp, step in run_values
             ]
         latest = [
             {"key": key, "value": value, "timestamp": timestamp, "run_uuid": run_id, "step": step}
-            for key, value, timestamp, step in latest_values(values)
+            for run_id, run_values in values.items()
+            for key, value, timestamp, step in latest_values(list(run_values))
         ]
         with self.engine.begin() as connection:
             connection.execute(self._insert, rows)

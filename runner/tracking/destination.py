@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.process.errors import CommandError, InvalidInput
-from runner.tracking import names
+from runner import names
+from runner.process.errors import InvalidInput, RunError
 
 DEFAULT_DATABASE = "mlflow.db"
 OFFLINE_DATABASE = "mlflow-offline.db"
@@ -35,13 +35,9 @@ class StoreUnavailable(InvalidInput):
     """Runs cannot go to the store (unreachable, read-only, full); nothing was trained or logged."""
 
 
-class TrackingLost(CommandError):
+class TrackingLost(RunError):
     """The tracking server stopped answering during a run or sweep: its run stays RUNNING
     there, and what the run had written locally is kept on disk."""
-
-    def __init__(self, message: str, run_id: str | None = None) -> None:
-        super().__init__(message)
-        self.tracked_run_id = run_id  # the run that holds the error, as for any failed run
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import os
 import socket
 from pathlib import Path
 
-from runner.tracking import names
+from runner import names
 
 
 def process_start_time(pid: int) -> str | None:

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import threading
 from typing import Any, ClassVar
 
+from runner.tracking import compat
 from runner.tracking.compat import MetricRow
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,8 @@ class MetricsEndpoint:
     _lock = threading.Lock()
 
     def __init__(self, uri: str) -> None:
-        from mlflow.utils.credentials import get_default_host_creds
-
         self.uri = uri
-        self._credentials = get_default_host_creds(uri)
+        self._client = compat.RestClient(uri)
 
     @classmethod
     def of(cls, uri: str) -> MetricsEndpoint | None:
@@ -61,7 +59,7 @@ class MetricsEndpoint:
         with cls._lock:
             if uri not in cls._known:
                 endpoint = cls(uri)
-                answer = endpoint._request("GET")
+                answer = endpoint._client.get_json(PATH)
                 cls._known[uri] = answer is not None and bool(answer.get("available"))
                 if answer is not None and not answer.get("available"):
                     log.debug("the server's metrics endpoint is off: %s", answer.get("reason"))
@@ -70,8 +68,8 @@ class MetricsEndpoint:
     def write(self, run_id: str, values: list[MetricRow]) -> None:
         """Store ``values`` (finite, at most ``MAX_VALUES_PER_REQUEST``) for ``run_id`` in one
         request; raises MLflow's ``MlflowException`` as ``log_batch`` does."""
-        self._request(
-            "POST",
+        self._client.post_json(
+            PATH,
             {
                 "run_id": run_id,
                 "keys": [row[0] for row in values],
@@ -80,18 +78,6 @@ class MetricsEndpoint:
                 "steps": [row[3] for row in values],
             },
         )
-
-    def _request(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """The JSON answer of a POST; of the GET, None unless it is the endpoint's answer (other
-        MLflow servers answer 404, a proxy may answer anything). A server that cannot be reached
-        raises either way."""
-        from mlflow.utils.rest_utils import http_request, verify_rest_response
-
-        if method == "GET":
-            response = http_request(self._credentials, PATH, method, raise_on_status=False)
-            is_json = response.headers.get("Content-Type", "").startswith("application/json")
-            return response.json() if response.status_code == 200 and is_json else None
-        return verify_rest_response(http_request(self._credentials, PATH, method, json=body), PATH).json()
 
 
 # --- the server -----------------------------------------------------------------------------------
@@ -119,14 +105,10 @@ class Writer:
 
 
 def _open_writer() -> tuple[Any, str]:
-    from mlflow.server.constants import BACKEND_STORE_URI_ENV_VAR
-
-    from runner.tracking.compat import SqlMetricWriter
-
-    store = os.environ.get(BACKEND_STORE_URI_ENV_VAR, "")
+    store = compat.server_store_uri()
     if not store.startswith(("postgresql", "sqlite:")):
         return None, f"the store {store or '(unknown)'} is not a PostgreSQL or SQLite database"
-    writer = SqlMetricWriter.open(store)
+    writer = compat.SqlMetricWriter.open(store)
     if writer is None:
         return None, "this MLflow version or its tables are not the ones the direct writer was checked against"
     return writer, ""
@@ -162,9 +144,9 @@ def parse(body: Any) -> tuple[str, list[MetricRow]]:
 
 def create_app() -> Any:
     """MLflow's server app with the metrics route added (the ``mlflow.app`` entry point)."""
-    from flask import jsonify, request
-    from mlflow.server import app as flask_app
-    from mlflow.server.fastapi_app import app
+    from flask import jsonify, request  # (lazy: in bprun-server's process only)
+
+    flask_app, app = compat.server_apps()
 
     writer = Writer()
 
@@ -187,7 +169,7 @@ def create_app() -> Any:
                 raise BadRequest(
                     400, "INVALID_STATE", f"The run {run_id} must be in the 'active' state. Current state is {stage}."
                 )
-            store.write(run_id, values)
+            store.write({run_id: values})
         except BadRequest as error:
             return jsonify({"error_code": error.code, "message": str(error)}), error.status
         return jsonify({})

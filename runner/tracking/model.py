@@ -26,7 +26,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from engine import MLP
-from runner.tracking import names
+from runner import names
 from runner.tracking.store import existing_store
 
 # Distributions the model needs at load time, pinned to the versions it was saved with. Given

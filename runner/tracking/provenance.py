@@ -170,7 +170,7 @@ def _version(distribution: str) -> str:
 
 def read_once_per_process() -> None:
     """Read now what ``provenance_tags`` reads once per process (the runner's git state, the
-    installed versions): the joblib workers' fork server does, once for all its workers."""
+    installed versions): a sweep's worker processes do it before their first job (warm_up)."""
     project_git_state()
     for distribution in VERSION_TAGS.values():
         _version(distribution)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from runner.tracking import names
+from runner import names
 
 PAGE_SIZE = 1000
 

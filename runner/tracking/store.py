@@ -11,8 +11,8 @@ from urllib.parse import urlparse
 
 from mlflow.tracking import MlflowClient
 
+from runner import names
 from runner.process.errors import InvalidInput
-from runner.tracking import names
 from runner.tracking.destination import ARTIFACTS_FOLDER, is_server, resolve_tracking_uri, sqlite_path, table_names
 
 # The MLflow UI opens an experiment on its training-runs table (not its GenAI traces view) when

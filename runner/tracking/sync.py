@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
+from runner import names
 from runner.process import interruption
-from runner.tracking import names
 from runner.tracking.destination import Destination, check_store
 from runner.tracking.liveness import is_stale
-from runner.tracking.mlflow_run import MAX_METRICS_PER_CALL, MAX_PARAMS_PER_CALL
+from runner.tracking.metric_sinks import MAX_METRICS_PER_CALL
+from runner.tracking.params import MAX_PARAMS_PER_CALL
 from runner.tracking.store import ensure_experiment
 
 # Tags MLflow maintains itself on the copy; copying them would contradict the new run.

@@ -21,12 +21,11 @@ from typing import Protocol
 import numpy as np
 
 from engine import MLP, EpochReport, Observer
-from runner.tracking.names import tracked_metric_name
+from runner import names
+from runner.names import tracked_metric_name
 
-LAYER_STATISTICS = ("weight_norm", "bias_norm", "grad_weight_norm", "grad_bias_norm", "update_ratio")
 
-
-class MetricSink(Protocol):
+class MetricLogger(Protocol):
     def log_metrics(self, values: dict[str, float], step: int) -> None: ...
 
 
@@ -46,7 +45,7 @@ class EpochMetrics(Observer):
 
     wants_gradients = True
 
-    def __init__(self, sink: MetricSink, loss: str) -> None:
+    def __init__(self, sink: MetricLogger, loss: str) -> None:
         self.sink = sink
         self.loss = loss
         self.series: dict[str, list[float]] = {}
@@ -71,11 +70,13 @@ class EpochMetrics(Observer):
         for number, (W, b, grad_W, grad_b, previous, difference) in enumerate(layers, start=1):
             weight_norm = _norm(W)
             np.subtract(W, previous, out=difference)
-            values[f"layer{number}/weight_norm"] = weight_norm
-            values[f"layer{number}/bias_norm"] = _norm(b)
-            values[f"layer{number}/grad_weight_norm"] = _norm(grad_W)
-            values[f"layer{number}/grad_bias_norm"] = _norm(grad_b)
-            values[f"layer{number}/update_ratio"] = _norm(difference) / weight_norm if weight_norm else 0.0
+            values[names.layer_metric(number, names.WEIGHT_NORM)] = weight_norm
+            values[names.layer_metric(number, names.BIAS_NORM)] = _norm(b)
+            values[names.layer_metric(number, names.GRAD_WEIGHT_NORM)] = _norm(grad_W)
+            values[names.layer_metric(number, names.GRAD_BIAS_NORM)] = _norm(grad_b)
+            values[names.layer_metric(number, names.UPDATE_RATIO)] = (
+                _norm(difference) / weight_norm if weight_norm else 0.0
+            )
             np.copyto(previous, W)
         self.sink.log_metrics(values, report.epoch)
         self.epochs.append(report.epoch)

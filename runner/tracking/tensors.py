@@ -18,7 +18,7 @@ import mlflow.artifacts
 import numpy as np
 
 from engine import MLP, EpochReport, Observer
-from runner.tracking import names
+from runner import names
 from runner.tracking.store import existing_store
 
 TENSOR_KINDS = ("weights", "biases", "grad_weights", "grad_biases")

@@ -49,6 +49,14 @@ SYNCED_FROM = "bprun.synced_from"  # an uploaded copy: the offline run's id
 # --- metrics --------------------------------------------------------------------------------
 # What sweeps and reports rank runs by; a run without a validation split stands in its train_ twin.
 DEFAULT_RANKING_METRIC = "val_mse"
+# Each layer's statistics, logged every epoch as layer<l>/<statistic> (layers numbered from 1).
+WEIGHT_NORM = "weight_norm"
+BIAS_NORM = "bias_norm"
+GRAD_WEIGHT_NORM = "grad_weight_norm"
+GRAD_BIAS_NORM = "grad_bias_norm"
+UPDATE_RATIO = "update_ratio"
+LAYER_STATISTICS = (WEIGHT_NORM, BIAS_NORM, GRAD_WEIGHT_NORM, GRAD_BIAS_NORM, UPDATE_RATIO)
+_LAYER_PREFIX = "layer"
 
 # --- artifacts --------------------------------------------------------------------------------
 CONFIG_ARTIFACT = "config.yaml"  # the validated config the run executed; what a rerun runs
@@ -78,6 +86,19 @@ ENV_HTTP_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 # Test hook: a job raises at this epoch, so that tests can check through the real CLI that a
 # crash is recorded (FAILED, traceback) and that the next job starts clean.
 ENV_CRASH_AT_EPOCH = "BPRUN_TEST_CRASH_AT_EPOCH"
+
+
+def layer_metric(layer: int, statistic: str) -> str:
+    """The metric of ``statistic`` (one of ``LAYER_STATISTICS``) of layer ``layer``, numbered
+    from 1: ``layer2/grad_weight_norm``. The ``/`` groups a layer's charts in the MLflow UI."""
+    return f"{_LAYER_PREFIX}{layer}/{statistic}"
+
+
+def layer_of(metric: str) -> int | None:
+    """The layer number of a ``layer_metric`` name, None for any other metric."""
+    prefix, slash, _ = metric.partition("/")
+    digits = prefix[len(_LAYER_PREFIX) :]
+    return int(digits) if slash and prefix.startswith(_LAYER_PREFIX) and digits.isdigit() else None
 
 
 def tracked_metric_name(split: str, engine_name: str, loss: str) -> str:
