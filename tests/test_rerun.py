@@ -3,8 +3,8 @@
 
 A tracked CLI run costs about 10 s on two busy cores (imports, the pyfunc model, plots), so the
 originals are made once per module, two at a time, all in one store, and each is rerun once;
-the tests then read what those runs left behind. The first tests need no run at all: they pin
-down how two histories and two sets of weights are compared.
+the tests then read what those runs left behind. How two runs' values are compared, without
+any run, is pinned down in ``tests/test_rerun_comparison.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from runner.reports.rerun import Comparison, RerunError, compare_histories, compare_weights, provenance_warnings
+from runner.reports.rerun import RerunError
 
 EPOCHS = 30
 SUBPROCESS_TIMEOUT_SECONDS = 300
@@ -57,94 +57,6 @@ SWEEP = (
     "trainer.epochs=20",
 )
 UNTRACKED = ("tracking=none", "dataset=xor", "trainer.epochs=200", "optimizer.lr=2")
-
-
-# --- comparing, without running anything ---------------------------------------------------------
-def test_identical_histories_and_weights_compare_identical() -> None:
-    comparison = Comparison(tolerance=0.0)
-    history = {"train_mse": {0: 0.25, 1: 0.125}, "val_mse": {0: 0.5, 1: 0.375}}
-    compare_histories(history, {name: dict(values) for name, values in history.items()}, comparison)
-    weights = {"W1": np.arange(6.0).reshape(2, 3), "b1": np.array([np.nan, 1.0, np.inf])}
-    compare_weights(weights, {name: array.copy() for name, array in weights.items()}, comparison)
-    assert comparison.identical
-    assert (comparison.largest, comparison.largest_where) == (0.0, None)
-
-
-def test_first_difference_is_the_earliest_epoch_and_largest_is_over_everything() -> None:
-    comparison = Comparison(tolerance=0.0)
-    original = {
-        "train_mse": {0: 0.5, 1: 0.25, 2: 0.125},
-        "val_mse": {0: 0.5, 1: 0.25, 2: 0.25},
-        "train_accuracy": {0: 0.5, 1: 0.5, 2: 0.75},
-    }
-    rerun = {
-        "train_mse": {0: 0.5, 1: 0.25, 2: 0.126},
-        "val_mse": {0: 0.5, 1: 0.2500001, 2: 0.25},
-        "train_accuracy": {0: 0.5, 1: 0.75, 2: 0.75},
-    }
-    compare_histories(original, rerun, comparison)
-    compare_weights(
-        {"W1": np.zeros((2, 2)), "b1": np.zeros(2)},
-        {"W1": np.array([[0.0, 0.002], [0.0, 0.0]]), "b1": np.zeros(2)},
-        comparison,
-    )
-    # Epoch 1 is the earliest; of the two metrics differing there, the mse is named first.
-    assert (comparison.first.epoch, comparison.first.where) == (1, "val_mse")
-    assert (comparison.first.original, comparison.first.rerun) == (0.25, 0.2500001)
-    # The largest difference is the accuracy jump of 0.25 at epoch 1, not a weight.
-    assert comparison.largest == pytest.approx(0.25)
-    assert comparison.largest_where == "train_accuracy at epoch 1"
-    assert comparison.weights_differ
-
-
-def test_tolerance_is_a_strict_bound_on_the_absolute_difference() -> None:
-    original, rerun = {"train_mse": {0: 1.0}}, {"train_mse": {0: 1.0 + 2**-20}}
-    within = Comparison(tolerance=2**-20)
-    compare_histories(original, rerun, within)
-    assert within.identical and within.largest == 2**-20
-    beyond = Comparison(tolerance=2**-21)
-    compare_histories(original, rerun, beyond)
-    assert not beyond.identical and beyond.first.epoch == 0
-
-
-def test_missing_epochs_metrics_and_weights_are_differences() -> None:
-    comparison = Comparison(tolerance=1.0)
-    compare_histories(
-        {"train_mse": {0: 0.5, 1: 0.4, 2: 0.3}, "val_mse": {0: 0.5}}, {"train_mse": {0: 0.5, 1: 0.4}}, comparison
-    )
-    compare_weights({"W1": np.zeros((2, 3)), "b1": np.zeros(3)}, {"W1": np.zeros((3, 2))}, comparison)
-    assert (comparison.first.epoch, comparison.first.where, comparison.first.rerun) == (2, "train_mse", None)
-    assert "the rerun has no val_mse" in comparison.mismatches
-    assert "layer1 weights have shape (2, 3) in the original, (3, 2) in the rerun" in comparison.mismatches
-    assert "layer1 biases exist only in the original" in comparison.mismatches
-    # One NaN against a number is an infinite difference, whatever the tolerance.
-    nan = Comparison(tolerance=1e300)
-    compare_weights({"W1": np.array([np.nan])}, {"W1": np.array([0.0])}, nan)
-    assert nan.weights_differ and nan.largest == np.inf
-
-
-def test_provenance_warnings_list_every_differing_tag_old_to_new() -> None:
-    original = {
-        "git.commit": "aaa",
-        "git.dirty": "false",
-        "version.numpy": "2.4.6",
-        "config.sha256": "x",
-        "cwd_git.commit": "c",
-        "blas.threads": "1",
-    }
-    current = {
-        "git.commit": "bbb",
-        "git.dirty": "false",
-        "version.numpy": "2.4.6",
-        "config.sha256": "y",
-        "cwd_git.commit": "d",
-        "blas.threads": "1",
-        "version.mlflow": "3.17.2",
-    }
-    assert provenance_warnings(original, current) == [
-        "git.commit: aaa -> bbb",
-        "version.mlflow: not recorded -> 3.17.2",
-    ]
 
 
 # --- helpers for the end-to-end tests ------------------------------------------------------------
