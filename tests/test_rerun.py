@@ -431,6 +431,111 @@ def test_a_killed_original_is_compared_over_the_epochs_it_logged(tmp_path: Path,
     )
 
 
+# --- artifacts: absent by the run's listing, never by a failed download ----------------------------
+SMALL = ("dataset=moons", "trainer.epochs=5", "tracking.tensors_every=0")
+
+
+def _small_original(compose, store, tmp_path: Path, capsys) -> Any:
+    from runner.core.run import run
+
+    run(compose(list(SMALL)), tracking_uri=store.uri, start_dir=str(tmp_path))
+    (original,) = store.runs()
+    capsys.readouterr()  # what making the store printed; the tests read what the rerun prints
+    return original
+
+
+def _reruns_of(store, run_id: str) -> list[Any]:
+    return [run for run in store.runs() if run.data.tags.get("rerun_of") == run_id]
+
+
+def test_weights_deleted_after_the_listing_are_an_error_not_a_verdict(
+    tmp_path: Path, compose, store, monkeypatch, capsys
+) -> None:
+    """The original's weights.npz is listed, then gone when it is downloaded: one line naming
+    the run and the artifact, exit 1, no verdict, and nothing trained (the original's side is
+    fetched before training)."""
+    from mlflow.tracking import MlflowClient
+
+    from runner.commands.rerun import main
+
+    original = _small_original(compose, store, tmp_path, capsys)
+    original_id = original.info.run_id
+    weights = Path(original.info.artifact_uri.removeprefix("file://")) / "weights.npz"
+    list_artifacts = MlflowClient.list_artifacts
+
+    def list_then_delete(client: Any, run_id: str, path: str | None = None) -> list[Any]:
+        listed = list_artifacts(client, run_id, path)
+        if run_id == original_id:
+            weights.unlink(missing_ok=True)
+        return listed
+
+    monkeypatch.setattr(MlflowClient, "list_artifacts", list_then_delete)
+    assert main([original_id, "--tracking-uri", store.uri]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    (line,) = err.splitlines()
+    assert line.startswith(
+        f"bprun-rerun: run {original_id}: cannot download weights.npz from {store.uri} "
+        "(MlflowException: Failed to download artifacts from path 'weights.npz'"
+    )
+    assert line.endswith(
+        "), so there is no verdict; nothing was rerun. Check that the store and its artifact storage are "
+        "reachable and readable, then run bprun-rerun again"
+    )
+    assert _reruns_of(store, original_id) == []
+
+
+def test_a_failed_download_of_the_reruns_weights_leaves_the_rerun_without_a_verdict(
+    tmp_path: Path, compose, store, monkeypatch, capsys
+) -> None:
+    """The store fails to give back the new run's weights.npz: exit 1 and one line naming that
+    run, the artifact and the rerun left in the store; the rerun gets no rerun.result tag."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from runner.commands.rerun import main
+
+    original_id = _small_original(compose, store, tmp_path, capsys).info.run_id
+    download_artifacts = MlflowClient.download_artifacts
+
+    def failing_for_the_rerun(client: Any, run_id: str, path: str, dst_path: str | None = None) -> str:
+        if run_id != original_id and path == "weights.npz":
+            raise MlflowException("503 Service Unavailable\n<html>...</html>")
+        return download_artifacts(client, run_id, path, dst_path)
+
+    monkeypatch.setattr(MlflowClient, "download_artifacts", failing_for_the_rerun)
+    assert main([original_id, "--tracking-uri", store.uri]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    (rerun_run,) = _reruns_of(store, original_id)
+    rerun_id = rerun_run.info.run_id
+    assert err.splitlines() == [
+        f"bprun-rerun: run {rerun_id}: cannot download weights.npz from {store.uri} "
+        f"(MlflowException: 503 Service Unavailable), so there is no verdict; the rerun {rerun_id} of "
+        f"{original_id} was trained and stays in the store without one. Check that the store and its "
+        "artifact storage are reachable and readable, then run bprun-rerun again"
+    ]
+    assert "rerun.result" not in rerun_run.data.tags
+
+
+def test_weights_the_original_never_logged_are_absent_and_compared_as_such(
+    tmp_path: Path, compose, store, capsys
+) -> None:
+    """Not in the run's listing: the original saved no weights.npz, which is a difference."""
+    from runner.commands.rerun import main
+
+    original = _small_original(compose, store, tmp_path, capsys)
+    (Path(original.info.artifact_uri.removeprefix("file://")) / "weights.npz").unlink()
+    assert main([original.info.run_id, "--tracking-uri", store.uri]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        "different: every compared metric agrees but the final weights differ; only the rerun saved weights.npz "
+        "(5 epoch(s) and the final weights compared)"
+    )
+    (rerun_run,) = _reruns_of(store, original.info.run_id)
+    assert rerun_run.data.tags["rerun.result"] == "different"
+
+
 # --- the same config in 20 fresh processes ---------------------------------------------------------
 FRESH_PROCESSES = 20
 DETERMINISM_SCRIPT = """

@@ -94,19 +94,20 @@ class RerunRefused(RerunError):
 
 
 class ArtifactUnavailable(CommandError):
-    """An artifact a run lists cannot be listed, downloaded or read: there is no verdict. When
-    the rerun was already trained, ``rerun_id`` names it (it stays in the store, not compared)."""
+    """A run's artifacts cannot be listed, or one it lists cannot be downloaded or read: there
+    is no verdict. ``rerun`` is (original id, rerun id) when the rerun was already trained (it
+    stays in the store, untagged); otherwise nothing was rerun."""
 
     exit_code = EXIT_FAILED
 
     def __init__(self, run_id: str, artifact: str, problem: str, rerun: tuple[str, str] | None = None) -> None:
         self.run_id, self.artifact, self.problem, self.rerun = run_id, artifact, problem, rerun
-        trained = ""
+        outcome = "nothing was rerun"
         if rerun is not None:
-            trained = f" (the rerun {rerun[1]} of {rerun[0]} was trained and is left without a verdict)"
+            outcome = f"the rerun {rerun[1]} of {rerun[0]} was trained and stays in the store without one"
         super().__init__(
-            f"run {run_id}: {problem}; no verdict{trained}. Check that the store and its artifact "
-            "storage are reachable and readable, then run bprun-rerun again"
+            f"run {run_id}: {problem}, so there is no verdict; {outcome}. Check that the store and its "
+            "artifact storage are reachable and readable, then run bprun-rerun again"
         )
 
     def after_training(self, original_id: str, rerun_id: str) -> ArtifactUnavailable:
@@ -116,7 +117,8 @@ class ArtifactUnavailable(CommandError):
 
 @dataclass
 class RerunReport:
-    """The outcome of ``rerun``. ``comparison`` is None when there was nothing to compare."""
+    """The outcome of rerunning one run (``rerun``, ``rerun_run``): which run, its rerun, the
+    verdict. ``comparison`` is None when there was nothing to compare."""
 
     source: str
     original_run_id: str | None
@@ -172,9 +174,7 @@ class RunArtifacts:
         self._listed: frozenset[str] | None = None
 
     def _unavailable(self, artifact: str, problem: str, error: BaseException) -> ArtifactUnavailable:
-        return ArtifactUnavailable(
-            self.run_id, artifact, f"cannot {problem} in {self.client.tracking_uri} ({_reason(error)})"
-        )
+        return ArtifactUnavailable(self.run_id, artifact, f"{problem} ({_reason(error)})")
 
     def has(self, artifact: str) -> bool:
         """Whether the run logged ``artifact`` (a top-level file or folder of its artifacts)."""
@@ -182,7 +182,8 @@ class RunArtifacts:
             try:
                 listed = self.client.list_artifacts(self.run_id)
             except (MlflowException, OSError) as error:
-                raise self._unavailable(artifact, f"list its artifacts to find {artifact}", error) from error
+                problem = f"cannot list its artifacts in {self.client.tracking_uri} (looking for {artifact})"
+                raise self._unavailable(artifact, problem, error) from error
             self._listed = frozenset(info.path for info in listed)
         return artifact in self._listed
 
@@ -194,7 +195,9 @@ class RunArtifacts:
         try:
             return Path(self.client.download_artifacts(self.run_id, artifact, str(self.directory)))
         except (MlflowException, OSError) as error:
-            raise self._unavailable(artifact, f"download {artifact}", error) from error
+            raise self._unavailable(
+                artifact, f"cannot download {artifact} from {self.client.tracking_uri}", error
+            ) from error
 
     def text(self, artifact: str) -> str | None:
         """The text of ``artifact``; None when the run never logged it."""
@@ -204,7 +207,7 @@ class RunArtifacts:
         try:
             return path.read_text()
         except (OSError, UnicodeDecodeError) as error:
-            raise self._unavailable(artifact, f"read {artifact}", error) from error
+            raise self._unavailable(artifact, f"cannot read its {artifact}", error) from error
 
     def weights(self) -> dict[str, np.ndarray] | None:
         """The arrays of ``weights.npz`` (``W1, b1, ...``); None when the run saved none."""
@@ -215,7 +218,9 @@ class RunArtifacts:
             with np.load(path) as archive:
                 return {name: archive[name] for name in archive.files}
         except (OSError, ValueError, zipfile.BadZipFile) as error:
-            raise self._unavailable(names.WEIGHTS_ARTIFACT, f"read {names.WEIGHTS_ARTIFACT}", error) from error
+            raise self._unavailable(
+                names.WEIGHTS_ARTIFACT, f"cannot read its {names.WEIGHTS_ARTIFACT}", error
+            ) from error
 
 
 # --- where the original is -------------------------------------------------------------------
@@ -329,7 +334,7 @@ def _uncommitted_changes(artifacts: RunArtifacts) -> str | None:
     recorded = artifacts.text(names.GIT_DIFF_ARTIFACT)
     if recorded is None:
         return (
-            f"git.diff: run {artifacts.run_id} ran uncommitted changes but has no {names.GIT_DIFF_ARTIFACT} "
+            f"git.diff: run {artifacts.run_id} had uncommitted changes but has no {names.GIT_DIFF_ARTIFACT} "
             "artifact: they cannot be compared with the current ones"
         )
     return uncommitted_changes_warning(recorded, git_diff(state.root))
