@@ -25,6 +25,23 @@ HOST = "bprun.host"
 PID = "bprun.pid"
 PROCESS_START = "bprun.process_start"
 
+# --- provenance (runner.tracking.provenance; docs/tracking.md says what each one means) -------
+GIT_TAG_PREFIX = "git."
+GIT_COMMIT = "git.commit"
+GIT_DIRTY = "git.dirty"
+CWD_GIT_COMMIT = "cwd_git.commit"
+CWD_GIT_DIRTY = "cwd_git.dirty"
+VERSION_TAG_PREFIX = "version."
+VERSION_PYTHON = "version.python"
+VERSION_NUMPY = "version.numpy"
+VERSION_HYDRA_CORE = "version.hydra_core"
+VERSION_OMEGACONF = "version.omegaconf"
+VERSION_MLFLOW = "version.mlflow"
+VERSION_BACKPROP_RUNNER = "version.backprop_runner"
+BLAS_TAG_PREFIX = "blas."
+BLAS_LIBRARY = "blas.library"
+BLAS_THREADS = "blas.threads"
+
 # --- a sweep's parent run ---------------------------------------------------------------------
 SWEEP = "bprun.sweep"  # "true" on a sweep's parent run
 SWEEP_COMMAND = "sweep.command"

@@ -3,8 +3,8 @@
 
 A tracked CLI run costs about 10 s on two busy cores (imports, the pyfunc model, plots), so the
 originals are made once per module, two at a time, all in one store, and each is rerun once;
-the tests then read what those runs left behind. The first tests need no run at all: they pin
-down how two histories and two sets of weights are compared.
+the tests then read what those runs left behind. How two runs' values are compared, without
+any run, is pinned down in ``tests/test_rerun_comparison.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from runner.reports.rerun import Comparison, RerunError, compare_histories, compare_weights, provenance_warnings
+from runner.reports.rerun import RerunError
 
 EPOCHS = 30
 SUBPROCESS_TIMEOUT_SECONDS = 300
@@ -57,94 +57,6 @@ SWEEP = (
     "trainer.epochs=20",
 )
 UNTRACKED = ("tracking=none", "dataset=xor", "trainer.epochs=200", "optimizer.lr=2")
-
-
-# --- comparing, without running anything ---------------------------------------------------------
-def test_identical_histories_and_weights_compare_identical() -> None:
-    comparison = Comparison(tolerance=0.0)
-    history = {"train_mse": {0: 0.25, 1: 0.125}, "val_mse": {0: 0.5, 1: 0.375}}
-    compare_histories(history, {name: dict(values) for name, values in history.items()}, comparison)
-    weights = {"W1": np.arange(6.0).reshape(2, 3), "b1": np.array([np.nan, 1.0, np.inf])}
-    compare_weights(weights, {name: array.copy() for name, array in weights.items()}, comparison)
-    assert comparison.identical
-    assert (comparison.largest, comparison.largest_where) == (0.0, None)
-
-
-def test_first_difference_is_the_earliest_epoch_and_largest_is_over_everything() -> None:
-    comparison = Comparison(tolerance=0.0)
-    original = {
-        "train_mse": {0: 0.5, 1: 0.25, 2: 0.125},
-        "val_mse": {0: 0.5, 1: 0.25, 2: 0.25},
-        "train_accuracy": {0: 0.5, 1: 0.5, 2: 0.75},
-    }
-    rerun = {
-        "train_mse": {0: 0.5, 1: 0.25, 2: 0.126},
-        "val_mse": {0: 0.5, 1: 0.2500001, 2: 0.25},
-        "train_accuracy": {0: 0.5, 1: 0.75, 2: 0.75},
-    }
-    compare_histories(original, rerun, comparison)
-    compare_weights(
-        {"W1": np.zeros((2, 2)), "b1": np.zeros(2)},
-        {"W1": np.array([[0.0, 0.002], [0.0, 0.0]]), "b1": np.zeros(2)},
-        comparison,
-    )
-    # Epoch 1 is the earliest; of the two metrics differing there, the mse is named first.
-    assert (comparison.first.epoch, comparison.first.where) == (1, "val_mse")
-    assert (comparison.first.original, comparison.first.rerun) == (0.25, 0.2500001)
-    # The largest difference is the accuracy jump of 0.25 at epoch 1, not a weight.
-    assert comparison.largest == pytest.approx(0.25)
-    assert comparison.largest_where == "train_accuracy at epoch 1"
-    assert comparison.weights_differ
-
-
-def test_tolerance_is_a_strict_bound_on_the_absolute_difference() -> None:
-    original, rerun = {"train_mse": {0: 1.0}}, {"train_mse": {0: 1.0 + 2**-20}}
-    within = Comparison(tolerance=2**-20)
-    compare_histories(original, rerun, within)
-    assert within.identical and within.largest == 2**-20
-    beyond = Comparison(tolerance=2**-21)
-    compare_histories(original, rerun, beyond)
-    assert not beyond.identical and beyond.first.epoch == 0
-
-
-def test_missing_epochs_metrics_and_weights_are_differences() -> None:
-    comparison = Comparison(tolerance=1.0)
-    compare_histories(
-        {"train_mse": {0: 0.5, 1: 0.4, 2: 0.3}, "val_mse": {0: 0.5}}, {"train_mse": {0: 0.5, 1: 0.4}}, comparison
-    )
-    compare_weights({"W1": np.zeros((2, 3)), "b1": np.zeros(3)}, {"W1": np.zeros((3, 2))}, comparison)
-    assert (comparison.first.epoch, comparison.first.where, comparison.first.rerun) == (2, "train_mse", None)
-    assert "the rerun has no val_mse" in comparison.mismatches
-    assert "layer1 weights have shape (2, 3) in the original, (3, 2) in the rerun" in comparison.mismatches
-    assert "layer1 biases exist only in the original" in comparison.mismatches
-    # One NaN against a number is an infinite difference, whatever the tolerance.
-    nan = Comparison(tolerance=1e300)
-    compare_weights({"W1": np.array([np.nan])}, {"W1": np.array([0.0])}, nan)
-    assert nan.weights_differ and nan.largest == np.inf
-
-
-def test_provenance_warnings_list_every_differing_tag_old_to_new() -> None:
-    original = {
-        "git.commit": "aaa",
-        "git.dirty": "false",
-        "version.numpy": "2.4.6",
-        "config.sha256": "x",
-        "cwd_git.commit": "c",
-        "blas.threads": "1",
-    }
-    current = {
-        "git.commit": "bbb",
-        "git.dirty": "false",
-        "version.numpy": "2.4.6",
-        "config.sha256": "y",
-        "cwd_git.commit": "d",
-        "blas.threads": "1",
-        "version.mlflow": "3.17.2",
-    }
-    assert provenance_warnings(original, current) == [
-        "git.commit: aaa -> bbb",
-        "version.mlflow: not recorded -> 3.17.2",
-    ]
 
 
 # --- helpers for the end-to-end tests ------------------------------------------------------------
@@ -517,6 +429,111 @@ def test_a_killed_original_is_compared_over_the_epochs_it_logged(tmp_path: Path,
         "identical (30 epoch(s) compared; the original was KILLED after 30 epoch(s), "
         "so only those, and no final weights, are compared)"
     )
+
+
+# --- artifacts: absent by the run's listing, never by a failed download ----------------------------
+SMALL = ("dataset=moons", "trainer.epochs=5", "tracking.tensors_every=0")
+
+
+def _small_original(compose, store, tmp_path: Path, capsys) -> Any:
+    from runner.core.run import run
+
+    run(compose(list(SMALL)), tracking_uri=store.uri, start_dir=str(tmp_path))
+    (original,) = store.runs()
+    capsys.readouterr()  # what making the store printed; the tests read what the rerun prints
+    return original
+
+
+def _reruns_of(store, run_id: str) -> list[Any]:
+    return [run for run in store.runs() if run.data.tags.get("rerun_of") == run_id]
+
+
+def test_weights_deleted_after_the_listing_are_an_error_not_a_verdict(
+    tmp_path: Path, compose, store, monkeypatch, capsys
+) -> None:
+    """The original's weights.npz is listed, then gone when it is downloaded: one line naming
+    the run and the artifact, exit 1, no verdict, and nothing trained (the original's side is
+    fetched before training)."""
+    from mlflow.tracking import MlflowClient
+
+    from runner.commands.rerun import main
+
+    original = _small_original(compose, store, tmp_path, capsys)
+    original_id = original.info.run_id
+    weights = Path(original.info.artifact_uri.removeprefix("file://")) / "weights.npz"
+    list_artifacts = MlflowClient.list_artifacts
+
+    def list_then_delete(client: Any, run_id: str, path: str | None = None) -> list[Any]:
+        listed = list_artifacts(client, run_id, path)
+        if run_id == original_id:
+            weights.unlink(missing_ok=True)
+        return listed
+
+    monkeypatch.setattr(MlflowClient, "list_artifacts", list_then_delete)
+    assert main([original_id, "--tracking-uri", store.uri]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    (line,) = err.splitlines()
+    assert line.startswith(
+        f"bprun-rerun: run {original_id}: cannot download weights.npz from {store.uri} "
+        "(MlflowException: Failed to download artifacts from path 'weights.npz'"
+    )
+    assert line.endswith(
+        "), so there is no verdict; nothing was rerun. Check that the store and its artifact storage are "
+        "reachable and readable, then run bprun-rerun again"
+    )
+    assert _reruns_of(store, original_id) == []
+
+
+def test_a_failed_download_of_the_reruns_weights_leaves_the_rerun_without_a_verdict(
+    tmp_path: Path, compose, store, monkeypatch, capsys
+) -> None:
+    """The store fails to give back the new run's weights.npz: exit 1 and one line naming that
+    run, the artifact and the rerun left in the store; the rerun gets no rerun.result tag."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from runner.commands.rerun import main
+
+    original_id = _small_original(compose, store, tmp_path, capsys).info.run_id
+    download_artifacts = MlflowClient.download_artifacts
+
+    def failing_for_the_rerun(client: Any, run_id: str, path: str, dst_path: str | None = None) -> str:
+        if run_id != original_id and path == "weights.npz":
+            raise MlflowException("503 Service Unavailable\n<html>...</html>")
+        return download_artifacts(client, run_id, path, dst_path)
+
+    monkeypatch.setattr(MlflowClient, "download_artifacts", failing_for_the_rerun)
+    assert main([original_id, "--tracking-uri", store.uri]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    (rerun_run,) = _reruns_of(store, original_id)
+    rerun_id = rerun_run.info.run_id
+    assert err.splitlines() == [
+        f"bprun-rerun: run {rerun_id}: cannot download weights.npz from {store.uri} "
+        f"(MlflowException: 503 Service Unavailable), so there is no verdict; the rerun {rerun_id} of "
+        f"{original_id} was trained and stays in the store without one. Check that the store and its "
+        "artifact storage are reachable and readable, then run bprun-rerun again"
+    ]
+    assert "rerun.result" not in rerun_run.data.tags
+
+
+def test_weights_the_original_never_logged_are_absent_and_compared_as_such(
+    tmp_path: Path, compose, store, capsys
+) -> None:
+    """Not in the run's listing: the original saved no weights.npz, which is a difference."""
+    from runner.commands.rerun import main
+
+    original = _small_original(compose, store, tmp_path, capsys)
+    (Path(original.info.artifact_uri.removeprefix("file://")) / "weights.npz").unlink()
+    assert main([original.info.run_id, "--tracking-uri", store.uri]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        "different: every compared metric agrees but the final weights differ; only the rerun saved weights.npz "
+        "(5 epoch(s) and the final weights compared)"
+    )
+    (rerun_run,) = _reruns_of(store, original.info.run_id)
+    assert rerun_run.data.tags["rerun.result"] == "different"
 
 
 # --- the same config in 20 fresh processes ---------------------------------------------------------

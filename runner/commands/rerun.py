@@ -1,8 +1,9 @@
 """``bprun-rerun RUN_ID_OR_FOLDER [--tolerance X] [--tracking-uri URI]``: re-execute a tracked
 run from its MLflow record and check that it repeats (``runner.reports.rerun``).
 
-Exit codes: 0 identical, 1 different, 2 cannot rerun or refused (nothing was trained), 3 rerun
-done but nothing to compare (an untracked run's folder), 130/143 interrupted.
+Exit codes: 0 identical, 1 different or no verdict (an artifact could not be fetched), 2 cannot
+rerun or refused (nothing was trained), 3 rerun done but nothing to compare (an untracked run's
+folder), 130/143 interrupted.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 from runner.commands.common import command_logging, quiet_mlflow
 from runner.process import interruption
+from runner.process.errors import CommandError
 
 
 def _tolerance(text: str) -> float:
@@ -27,8 +29,8 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bprun-rerun",
         description="Re-execute a tracked bprun run from its MLflow record and check that it gives the same "
-        "metrics and weights. Exit 0 identical, 1 different, 2 cannot rerun (or the data "
-        "changed), 3 nothing to compare (an untracked run's folder).",
+        "metrics and weights. Exit 0 identical, 1 different (or an artifact could not be fetched), 2 cannot "
+        "rerun (or the data changed), 3 nothing to compare (an untracked run's folder).",
     )
     parser.add_argument(
         "source",
@@ -60,9 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with command_logging("bprun-rerun", reruns.log):
             report = reruns.rerun(arguments.source, tracking_uri=arguments.tracking_uri, tolerance=arguments.tolerance)
-    except reruns.RerunError as error:
+    except CommandError as error:  # cannot rerun or refused (2), an artifact not fetched (1)
         print(f"bprun-rerun: {error}", file=sys.stderr)
-        return reruns.EXIT_CANNOT_RERUN
+        return error.exit_code
     except interruption.Interrupted as stop:
         print(f"bprun-rerun: {stop.verb}; {stop.ended or 'nothing was rerun'}", file=sys.stderr)
         return stop.exit_code

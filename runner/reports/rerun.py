@@ -18,8 +18,18 @@ and its store. The rerun:
    the run status and the final weights (``weights.npz``), tags the new run
    ``rerun.result=identical|different``, and says where the first difference is.
 
-Exit codes: 0 identical, 1 different, 2 cannot rerun or refused (nothing was trained), 3 rerun
-done but nothing to compare (a folder of an untracked ``tracking=none`` run).
+This module fetches and runs; ``runner.reports.comparison`` decides, from plain values, what
+differs. ``rerun_run`` reruns one run of an open store and returns its ``RerunReport``, the unit
+a loop over many runs calls.
+
+Which artifacts a run has is decided by MLflow's listing of them: one it never logged (the
+``weights.npz`` of a diverged run) is absent and compared as such; one it lists that cannot be
+downloaded or read raises ``ArtifactUnavailable`` (exit 1), so a failing store never reads as a
+difference.
+
+Exit codes: 0 identical, 1 different (or no verdict: an artifact could not be fetched), 2 cannot
+rerun or refused (nothing was trained), 3 rerun done but nothing to compare (a folder of an
+untracked ``tracking=none`` run).
 """
 
 from __future__ import annotations
@@ -30,12 +40,12 @@ import math
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow.artifacts
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -43,12 +53,23 @@ from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
 from runner import names
-from runner.core.datasets import DataError
+from runner.core.datasets import DataError, Dataset
 from runner.core.run import Launch, TrainingFailed, run_training
 from runner.core.schema import ExperimentConfig
 from runner.core.training import load_data
 from runner.core.validation import ConfigError, clean_value, settings_yaml, validate
-from runner.process.errors import InvalidInput
+from runner.process.errors import EXIT_FAILED, CommandError, InvalidInput
+from runner.reports.comparison import (
+    NOT_RECORDED,
+    Comparison,
+    RunRecord,
+    compare_runs,
+    compares_final_weights,
+    is_compared_metric,
+    provenance_warnings,
+    uncommitted_changes_matter,
+    uncommitted_changes_warning,
+)
 from runner.tracking.destination import Destination, resolve_tracking_uri
 from runner.tracking.history import metric_history
 from runner.tracking.provenance import git_diff, project_git_state, provenance_tags
@@ -60,16 +81,8 @@ EXIT_IDENTICAL = 0
 EXIT_DIFFERENT = 1
 EXIT_CANNOT_RERUN = 2
 EXIT_NOT_COMPARED = 3
-
-# Provenance that can change the numbers. cwd_git.* describes where a command was started, not
-# the code that ran; config.sha256 changes whenever the rerun adjusts the config (experiment
-# name, a CSV path made absolute), and the config itself is the artifact we rerun.
-COMPARED_TAG_PREFIXES = ("git.", "version.", "blas.")
-COMPARED_METRIC_PREFIXES = ("train_", "val_")
-# At one epoch several metrics usually differ together; name the one people look at first.
-METRIC_PRIORITY = ("mse", "loss", "accuracy")
 RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
-NOT_RECORDED = "not recorded"
+NOT_COMPARED = "not compared"
 
 
 class RerunError(InvalidInput):
@@ -80,46 +93,32 @@ class RerunRefused(RerunError):
     """The data the run would read now is not the data the original trained on."""
 
 
-@dataclass(frozen=True)
-class Difference:
-    """One place where original and rerun disagree: ``where`` is ``"train_mse"`` (with
-    ``epoch``) or ``"layer1 weights"``; a value is None when that side has none."""
+class ArtifactUnavailable(CommandError):
+    """A run's artifacts cannot be listed, or one it lists cannot be downloaded or read: there
+    is no verdict. ``rerun`` is (original id, rerun id) when the rerun was already trained (it
+    stays in the store, untagged); otherwise nothing was rerun."""
 
-    where: str
-    epoch: int | None
-    original: float | None
-    rerun: float | None
+    exit_code = EXIT_FAILED
 
+    def __init__(self, run_id: str, artifact: str, problem: str, rerun: tuple[str, str] | None = None) -> None:
+        self.run_id, self.artifact, self.problem, self.rerun = run_id, artifact, problem, rerun
+        outcome = "nothing was rerun"
+        if rerun is not None:
+            outcome = f"the rerun {rerun[1]} of {rerun[0]} was trained and stays in the store without one"
+        super().__init__(
+            f"run {run_id}: {problem}, so there is no verdict; {outcome}. Check that the store and its "
+            "artifact storage are reachable and readable, then run bprun-rerun again"
+        )
 
-@dataclass
-class Comparison:
-    """What comparing two runs found. ``first`` is the earliest differing (epoch, metric);
-    ``largest`` the largest absolute difference over every epoch of every metric and every
-    weight (0.0 and None when all agree exactly); ``mismatches`` lists differences of shape:
-    epoch counts, statuses, missing metrics, epochs, weight arrays."""
-
-    tolerance: float
-    first: Difference | None = None
-    largest: float = 0.0
-    largest_where: str | None = None
-    weights_differ: bool = False
-    mismatches: list[str] = field(default_factory=list)
-    epochs_compared: int = 0  # the epochs of the original's history that were compared
-    weights_compared: bool = False
-    note: str = ""  # what was left out of the comparison, and why
-
-    @property
-    def identical(self) -> bool:
-        return self.first is None and not self.weights_differ and not self.mismatches
-
-    def consider(self, difference: float, where: str) -> None:
-        if difference > self.largest:
-            self.largest, self.largest_where = difference, where
+    def after_training(self, original_id: str, rerun_id: str) -> ArtifactUnavailable:
+        """The same failure, saying that the rerun ``rerun_id`` of ``original_id`` was trained."""
+        return ArtifactUnavailable(self.run_id, self.artifact, self.problem, (original_id, rerun_id))
 
 
 @dataclass
 class RerunReport:
-    """The outcome of ``rerun``. ``comparison`` is None when there was nothing to compare."""
+    """The outcome of rerunning one run (``rerun``, ``rerun_run``): which run, its rerun, the
+    verdict. ``comparison`` is None when there was nothing to compare."""
 
     source: str
     original_run_id: str | None
@@ -134,138 +133,94 @@ class RerunReport:
     @property
     def result(self) -> str:
         """``identical``, ``different`` or ``not compared``."""
-        if self.comparison is None:
-            return "not compared"
-        return "identical" if self.comparison.identical else "different"
+        return NOT_COMPARED if self.comparison is None else self.comparison.result
 
     @property
     def identical(self) -> bool:
-        return self.result == "identical"
+        return self.comparison is not None and self.comparison.identical
 
     @property
     def exit_code(self) -> int:
-        return {"identical": EXIT_IDENTICAL, "different": EXIT_DIFFERENT}.get(self.result, EXIT_NOT_COMPARED)
+        if self.comparison is None:
+            return EXIT_NOT_COMPARED
+        return EXIT_IDENTICAL if self.comparison.identical else EXIT_DIFFERENT
 
     def summary(self) -> str:
         """One line: ``identical``, ``different: first at epoch ...``, or ``nothing to compare: ...``."""
-        comparison = self.comparison
-        if comparison is None:
+        if self.comparison is None:
             shown = ", ".join(f"{name}={value:.6g}" for name, value in sorted(self.metrics.items()))
             return f"nothing to compare: {self.not_compared_reason}; the rerun gave {shown}"
-        largest = ""
-        if comparison.largest_where is not None:
-            largest = f"largest absolute difference {comparison.largest:.3g} ({comparison.largest_where})"
-        extent = f"{comparison.epochs_compared} epoch(s)" + (
-            " and the final weights" if comparison.weights_compared else ""
-        )
-        extent += f" compared; {comparison.note}" if comparison.note else " compared"
-        if comparison.identical:
-            if not largest:
-                return f"identical ({extent})"
-            return f"identical within tolerance {comparison.tolerance:g} ({extent}): {largest}"
-        parts = []
-        first = comparison.first
-        if first is not None:
-            parts.append(
-                f"first at epoch {first.epoch} in {first.where} "
-                f"(original {_show(first.original)}, rerun {_show(first.rerun)})"
-            )
-        elif comparison.weights_differ:
-            parts.append("every compared metric agrees but the final weights differ")
-        if largest:
-            parts.append(largest)
-        parts.extend(comparison.mismatches)
-        return "different: " + "; ".join(parts) + f" ({extent})"
+        return self.comparison.describe()
 
 
-def _show(value: float | None) -> str:
-    # repr: the shortest text that round-trips, so two different floats never print alike.
-    return "none" if value is None else repr(float(value))
+# --- a run's artifacts -----------------------------------------------------------------------
+def _reason(error: BaseException) -> str:
+    """The error's type and the first line of its message (MLflow's can run to many lines)."""
+    lines = str(getattr(error, "message", None) or error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-# --- comparing -------------------------------------------------------------------------------
-def _metric_order(name: str) -> tuple[int, int, str]:
-    prefix, _, rest = name.partition("_")
-    rank = METRIC_PRIORITY.index(rest) if rest in METRIC_PRIORITY else len(METRIC_PRIORITY)
-    return rank, 0 if prefix == "train" else 1, name
+class RunArtifacts:
+    """The artifacts of one run, copied on demand into ``scratch``.
 
-
-def _differs(original: float, rerun: float, tolerance: float) -> tuple[bool, float]:
-    """(differs, |a - b|); equal infinities and two NaNs agree, one NaN against a number does not."""
-    if original == rerun or (math.isnan(original) and math.isnan(rerun)):
-        return False, 0.0
-    difference = abs(original - rerun)
-    if math.isnan(difference):
-        difference = math.inf
-    return difference > tolerance, difference
-
-
-def compare_histories(
-    original: dict[str, dict[int, float]], rerun: dict[str, dict[int, float]], comparison: Comparison
-) -> None:
-    """Compare ``{metric: {epoch: value}}`` of every metric the original has, into ``comparison``.
-
-    The first difference is the lowest epoch at which any metric differs by more than the
-    tolerance or exists on one side only; among metrics differing at that epoch the mse comes
-    first, then the loss, then the accuracy, train before val.
+    Which artifacts exist is MLflow's listing of the run (read once): one not listed was never
+    logged, and reads as None. One listed that cannot be downloaded or read raises
+    ``ArtifactUnavailable``: a store that fails must never pass for a run that logged nothing.
     """
-    for name in sorted(original, key=_metric_order):
-        theirs = rerun.get(name)
-        if theirs is None:
-            comparison.mismatches.append(f"the rerun has no {name}")
-            continue
-        ours = original[name]
-        comparison.epochs_compared = max(comparison.epochs_compared, len(ours))
-        for epoch in sorted(set(ours) | set(theirs)):
-            a, b = ours.get(epoch), theirs.get(epoch)
-            if a is None or b is None:
-                differs = True
-            else:
-                differs, difference = _differs(a, b, comparison.tolerance)
-                comparison.consider(difference, f"{name} at epoch {epoch}")
-            if differs and (comparison.first is None or epoch < comparison.first.epoch):
-                comparison.first = Difference(name, epoch, a, b)
 
+    def __init__(self, client: MlflowClient, run_id: str, scratch: Path) -> None:
+        self.client, self.run_id = client, run_id
+        self.directory = scratch / run_id
+        self._listed: frozenset[str] | None = None
 
-def _array_label(name: str) -> str:
-    """``W1`` -> ``layer1 weights``, ``b2`` -> ``layer2 biases``."""
-    match = re.fullmatch(r"([Wb])(\d+)", name)
-    if not match:
-        return name
-    return f"layer{match.group(2)} {'weights' if match.group(1) == 'W' else 'biases'}"
+    def _unavailable(self, artifact: str, problem: str, error: BaseException) -> ArtifactUnavailable:
+        return ArtifactUnavailable(self.run_id, artifact, f"{problem} ({_reason(error)})")
 
+    def has(self, artifact: str) -> bool:
+        """Whether the run logged ``artifact`` (a top-level file or folder of its artifacts)."""
+        if self._listed is None:
+            try:
+                listed = self.client.list_artifacts(self.run_id)
+            except (MlflowException, OSError) as error:
+                problem = f"cannot list its artifacts in {self.client.tracking_uri} (looking for {artifact})"
+                raise self._unavailable(artifact, problem, error) from error
+            self._listed = frozenset(info.path for info in listed)
+        return artifact in self._listed
 
-def compare_weights(
-    original: dict[str, np.ndarray] | None, rerun: dict[str, np.ndarray] | None, comparison: Comparison
-) -> None:
-    """Compare the final weight arrays (``W1, b1, ...``) elementwise into ``comparison``."""
-    if original is None and rerun is None:
-        return  # neither run saved weights (both diverged): the statuses tell the rest
-    if original is None or rerun is None:
-        comparison.mismatches.append(f"only the {'rerun' if original is None else 'original'} saved weights.npz")
-        comparison.weights_differ = True
-        return
-    for name in sorted(set(original) | set(rerun), key=lambda n: (n[1:], n)):
-        label = _array_label(name)
-        if name not in original or name not in rerun:
-            comparison.mismatches.append(f"{label} exist only in the {'rerun' if name not in original else 'original'}")
-            comparison.weights_differ = True
-            continue
-        a, b = np.asarray(original[name], dtype=float), np.asarray(rerun[name], dtype=float)
-        if a.shape != b.shape:
-            comparison.mismatches.append(f"{label} have shape {a.shape} in the original, {b.shape} in the rerun")
-            comparison.weights_differ = True
-            continue
-        if a.size == 0:
-            continue
-        agree = (a == b) | (np.isnan(a) & np.isnan(b))
-        with np.errstate(invalid="ignore"):
-            difference = np.where(agree, 0.0, np.abs(a - b))
-        difference[np.isnan(difference)] = math.inf
-        largest = float(difference.max())
-        comparison.consider(largest, label)
-        if largest > comparison.tolerance:
-            comparison.weights_differ = True
+    def download(self, artifact: str) -> Path | None:
+        """A local copy of ``artifact``; None when the run never logged it."""
+        if not self.has(artifact):
+            return None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(self.client.download_artifacts(self.run_id, artifact, str(self.directory)))
+        except (MlflowException, OSError) as error:
+            raise self._unavailable(
+                artifact, f"cannot download {artifact} from {self.client.tracking_uri}", error
+            ) from error
+
+    def text(self, artifact: str) -> str | None:
+        """The text of ``artifact``; None when the run never logged it."""
+        path = self.download(artifact)
+        if path is None:
+            return None
+        try:
+            return path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise self._unavailable(artifact, f"cannot read its {artifact}", error) from error
+
+    def weights(self) -> dict[str, np.ndarray] | None:
+        """The arrays of ``weights.npz`` (``W1, b1, ...``); None when the run saved none."""
+        path = self.download(names.WEIGHTS_ARTIFACT)
+        if path is None:
+            return None
+        try:
+            with np.load(path) as archive:
+                return {name: archive[name] for name in archive.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
+            raise self._unavailable(
+                names.WEIGHTS_ARTIFACT, f"cannot read its {names.WEIGHTS_ARTIFACT}", error
+            ) from error
 
 
 # --- where the original is -------------------------------------------------------------------
@@ -357,7 +312,7 @@ def _validated(cfg: DictConfig, what: str) -> ExperimentConfig:
         raise RerunError(f"the config of {what} does not validate any more:\n{error}") from None
 
 
-def _load_data(settings: ExperimentConfig, what: str):
+def _load_data(settings: ExperimentConfig, what: str) -> Dataset:
     try:
         return load_data(settings)
     except DataError as error:
@@ -365,59 +320,24 @@ def _load_data(settings: ExperimentConfig, what: str):
 
 
 # --- provenance ------------------------------------------------------------------------------
-def provenance_warnings(original_tags: dict[str, str], current_tags: dict[str, str]) -> list[str]:
-    """``key: old -> new`` for every compared provenance tag that differs."""
-    keys = {key for key in (*original_tags, *current_tags) if key.startswith(COMPARED_TAG_PREFIXES)}
-    lines = []
-    for key in sorted(keys):
-        old, new = original_tags.get(key, NOT_RECORDED), current_tags.get(key, NOT_RECORDED)
-        if old != new:
-            lines.append(f"{key}: {old} -> {new}")
-    return lines
-
-
-def _diff_by_file(patch: str) -> dict[str, str]:
-    """``{path: that file's part of the diff}``. The ``#`` lines git_diff puts first name untracked
-    files, which come and go (outputs, notes) without changing the code that runs; diff lines
-    themselves never start with ``#``."""
-    files: dict[str, str] = {}
-    current = None
-    for line in patch.splitlines(keepends=True):
-        if line.startswith("#"):
-            continue
-        if line.startswith("diff --git "):
-            current = line.rstrip("\n").rpartition(" b/")[2]
-            files[current] = ""
-        if current is not None:
-            files[current] += line
-    return files
-
-
-def _uncommitted_changes_warning(original_tags: dict[str, str], current_tags: dict[str, str], download) -> str | None:
-    """Same commit, both dirty: the tags agree, yet the code may not. Compare the diffs file by file."""
-    if not (
-        original_tags.get("git.dirty") == current_tags.get("git.dirty") == "true"
-        and original_tags.get("git.commit") == current_tags.get("git.commit")
-    ):
-        return None
-    recorded = download(names.GIT_DIFF_ARTIFACT)
-    state = project_git_state()
-    if recorded is None or state is None:
-        return None
-    then, now = _diff_by_file(Path(recorded).read_text()), _diff_by_file(git_diff(state.root))
-    changed = sorted(name for name in set(then) | set(now) if then.get(name) != now.get(name))
-    if not changed:
-        return None
-    return (
-        f"git.diff: the uncommitted changes differ from the original's (artifact git_diff.patch) in "
-        f"{', '.join(changed)}"
-    )
-
-
 def _current_provenance(settings: ExperimentConfig) -> dict[str, str]:
     # blas.threads is the count inside training, which a run fixes the same way.
     with threadpool_limits(limits=settings.trainer.blas_threads, user_api="blas"):
         return provenance_tags(settings_yaml(settings), os.getcwd())
+
+
+def _uncommitted_changes(artifacts: RunArtifacts) -> str | None:
+    """Compare the original's recorded uncommitted changes with the current tree's."""
+    state = project_git_state()
+    if state is None:
+        return None
+    recorded = artifacts.text(names.GIT_DIFF_ARTIFACT)
+    if recorded is None:
+        return (
+            f"git.diff: run {artifacts.run_id} had uncommitted changes but has no {names.GIT_DIFF_ARTIFACT} "
+            "artifact: they cannot be compared with the current ones"
+        )
+    return uncommitted_changes_warning(recorded, git_diff(state.root))
 
 
 def _warn(report_warnings: list[str], message: str) -> None:
@@ -425,7 +345,25 @@ def _warn(report_warnings: list[str], message: str) -> None:
     log.warning("%s", message)
 
 
+def _provenance(tags: dict[str, str], settings: ExperimentConfig, artifacts: RunArtifacts) -> list[str]:
+    """Warn (and return the lines) about how the code and libraries differ from the original's."""
+    warnings: list[str] = []
+    current = _current_provenance(settings)
+    for line in provenance_warnings(tags, current):
+        _warn(warnings, line)
+    if uncommitted_changes_matter(tags, current):
+        changed_code = _uncommitted_changes(artifacts)
+        if changed_code:
+            _warn(warnings, changed_code)
+    return warnings
+
+
 # --- the rerun -------------------------------------------------------------------------------
+def _check_tolerance(tolerance: float) -> None:
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance={tolerance!r}: it must be a finite number >= 0")
+
+
 def rerun(
     source: str, *, tracking_uri: str | None = None, tolerance: float = 0.0, overrides: Sequence[str] = ()
 ) -> RerunReport:
@@ -438,32 +376,35 @@ def rerun(
     the loaded config, a test hook for a deliberately perturbed rerun.
 
     Raises ``RerunError`` when the rerun cannot start and ``RerunRefused`` when the data differ
-    from the original's; in both cases nothing was trained.
+    from the original's (in both cases nothing was trained), and ``ArtifactUnavailable`` when an
+    artifact the compared runs list cannot be fetched.
     """
-    if not (math.isfinite(tolerance) and tolerance >= 0):
-        raise ValueError(f"tolerance={tolerance!r}: it must be a finite number >= 0")
+    _check_tolerance(tolerance)
     origin = _locate(str(source), tracking_uri)
     if origin.run_id is None:
         return _rerun_untracked(str(source), origin, overrides)
+    assert origin.tracking_uri is not None  # _locate names the store of every run it finds
     try:
         client = open_store(origin.tracking_uri)
     except StoreMissing as error:
         raise RerunError(str(error)) from None
-    with tempfile.TemporaryDirectory(prefix="bprun-rerun-") as scratch:
-        return _rerun_tracked(str(source), origin, client, tolerance, overrides, Path(scratch))
+    return rerun_run(
+        client, origin.run_id, tolerance=tolerance, overrides=overrides, start_dir=origin.start_dir(), source=source
+    )
 
 
 def _rerun_untracked(source: str, origin: _Origin, overrides: Sequence[str]) -> RerunReport:
     """A folder without ``mlflow_run.json``: rerun its ``.hydra/config.yaml`` without tracking,
     since there is no record to compare with or attach the rerun to."""
-    cfg = _load_config(origin.hydra_config, overrides)
+    config, folder = origin.hydra_config, str(origin.folder)
+    assert config is not None  # _locate returns an untracked origin only with its folder
+    cfg = _load_config(config, overrides)
     note = _locate_csv(cfg, None, origin.start_dir())
     if note:
         log.info("%s", note)
     cfg.tracking.enabled = False
-    settings = _validated(cfg, str(origin.folder))
-    dataset = _load_data(settings, str(origin.folder))
-    result = run_training(settings, None, dataset=dataset)
+    settings = _validated(cfg, folder)
+    result = run_training(settings, None, dataset=_load_data(settings, folder))
     return RerunReport(
         source,
         None,
@@ -472,150 +413,143 @@ def _rerun_untracked(source: str, origin: _Origin, overrides: Sequence[str]) -> 
         None,
         None,
         metrics=result.metrics,
-        not_compared_reason=f"{origin.folder} has no mlflow_run.json (the run was not tracked), "
+        not_compared_reason=f"{folder} has no mlflow_run.json (the run was not tracked), "
         "so its .hydra/config.yaml was rerun untracked",
     )
 
 
-def _rerun_tracked(
-    source: str, origin: _Origin, client: MlflowClient, tolerance: float, overrides: Sequence[str], scratch: Path
+def rerun_run(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    tolerance: float = 0.0,
+    overrides: Sequence[str] = (),
+    start_dir: str | None = None,
+    source: str | None = None,
 ) -> RerunReport:
-    uri, run_id = origin.tracking_uri, origin.run_id
-    try:
-        original = client.get_run(run_id)
-    except MlflowException as error:
-        raise RerunError(f"no run {run_id} in {uri} ({error.message})") from None
-    tags = original.data.tags
-    experiment = client.get_experiment(original.info.experiment_id)
+    """Rerun run ``run_id`` of the store ``client`` reads, into that store, and compare.
 
-    def download(artifact: str, run: str = run_id) -> str | None:
-        return _download(run, artifact, uri, scratch / run)
-
-    config_path = download(names.CONFIG_ARTIFACT)
-    if config_path is None:
-        raise RerunError(
-            f"run {run_id} has no config.yaml artifact: it was not made by bprun, or failed before "
-            "training started; there is nothing to rerun"
-        )
-    cfg = _load_config(Path(config_path), overrides)
-    # Into the original's experiment (its store comes in as tracking_uri) and tracked, whatever
-    # the config says: the rerun is compared with, and filed beside, the original.
-    cfg.tracking.experiment = experiment.name
-    cfg.tracking.enabled = True
-    note = _locate_csv(cfg, tags.get(names.DATA_SOURCE), origin.start_dir())
-    if note:
-        log.info("%s", note)
-    what = f"run {run_id}"
-    settings = _validated(cfg, what)
-
-    warnings: list[str] = []
-    current = _current_provenance(settings)
-    for line in provenance_warnings(dict(tags.items()), current):
-        _warn(warnings, line)
-    changed_code = _uncommitted_changes_warning(tags, current, download)
-    if changed_code:
-        _warn(warnings, changed_code)
-
-    dataset = _load_data(settings, what)
-    recorded = tags.get(names.DATA_SHA256)
-    if recorded is None:
-        _warn(warnings, f"run {run_id} recorded no data fingerprint (data.sha256): the data cannot be checked")
-    elif dataset.fingerprint() != recorded:
-        original_source = tags.get(names.DATA_SOURCE, NOT_RECORDED)
-        now = "" if dataset.source == original_source else f" (read now from {dataset.source})"
-        cause = (f"the overrides {' '.join(overrides)} change it, or " if overrides else "") + (
-            "the file changed since the run"
-            if os.path.isfile(dataset.source)
-            else "the code generating it changed since the run"
-        )
-        raise RerunRefused(
-            f"refusing to rerun {run_id}: the data differ from the data it trained on ({cause}), "
-            "so the rerun could not reproduce it.\n"
-            f"  data source: {original_source}{now}\n"
-            f"  data.sha256 of the original: {recorded}\n"
-            f"  data.sha256 now:             {dataset.fingerprint()}"
-        )
-
-    # What there is to compare, before anything is trained.
-    histories = {
-        name: _history(client, run_id, name)
-        for name in original.data.metrics
-        if name.startswith(COMPARED_METRIC_PREFIXES)
-    }
-    if not any(histories.values()):
-        raise RerunRefused(
-            f"run {run_id} has no metric history to compare a rerun with (it ended before its first "
-            "epoch was logged); nothing was rerun"
-        )
-
-    extra_tags = {names.RERUN_OF: run_id}
-    if overrides:
-        extra_tags[names.RERUN_OVERRIDES] = json.dumps(list(overrides))
-    # A rerun is a run of its own in the original's store, never a child of a sweep.
-    launch = Launch(overrides=tuple(overrides), start_dir=os.getcwd(), tags=extra_tags)
-    try:
-        result = run_training(settings, Destination(uri), launch=launch, dataset=dataset)
-        rerun_id = result.run_id
-        metrics = result.metrics
-    except TrainingFailed as failure:  # diverged, like the original may have: compare its FAILED run
-        rerun_id = failure.run_id
-        metrics = {}
-    new = client.get_run(rerun_id)
-
-    comparison = Comparison(tolerance)
-    stopped_early = original.info.status == "KILLED"
-    if stopped_early:
-        # Interrupted or killed: its history is a prefix of what the config trains; compare that.
-        last = max((max(history) for history in histories.values() if history), default=-1)
-        histories_of_rerun = {
-            name: {epoch: value for epoch, value in _history(client, rerun_id, name).items() if epoch <= last}
-            for name in histories
-            if name in new.data.metrics
-        }
-        comparison.note = (
-            f"the original was KILLED after {last + 1} epoch(s), so only those, and no final weights, are compared"
-        )
-    else:
-        histories_of_rerun = {name: _history(client, rerun_id, name) for name in histories if name in new.data.metrics}
-        if original.info.status != new.info.status:
-            comparison.mismatches.append(f"status: original {original.info.status}, rerun {new.info.status}")
-        old_epochs, new_epochs = tags.get(names.EPOCHS_RUN), new.data.tags.get(names.EPOCHS_RUN)
-        if old_epochs != new_epochs:
-            comparison.mismatches.append(
-                f"the original ran {old_epochs or 'an unknown number of'} epochs, the rerun {new_epochs}"
+    One run, one report: a caller rerunning many runs (every job of a sweep) calls this in a
+    loop with one client, and collects the reports, or the errors, per run. ``start_dir`` is
+    where the original started (a relative CSV path is relative to it); ``source`` is what the
+    report names as the source (default: the run id). Raises as ``rerun`` does.
+    """
+    _check_tolerance(tolerance)
+    original = _original_run(client, run_id)
+    experiment = client.get_experiment(original.info.experiment_id).name
+    tags = dict(original.data.tags)
+    with tempfile.TemporaryDirectory(prefix="bprun-rerun-") as scratch:
+        artifacts = RunArtifacts(client, run_id, Path(scratch))
+        settings = _settings(tags, artifacts, experiment, overrides, start_dir)
+        warnings = _provenance(tags, settings, artifacts)
+        dataset = _checked_data(settings, run_id, tags, overrides, warnings)
+        # Everything the original contributes to the comparison, before anything is trained.
+        with_weights = compares_final_weights(original.info.status)
+        before = _record(client, original, artifacts, with_weights)
+        if not any(before.histories.values()):
+            raise RerunRefused(
+                f"run {run_id} has no metric history to compare a rerun with (it ended before its first "
+                "epoch was logged); nothing was rerun"
             )
-    compare_histories(histories, histories_of_rerun, comparison)
-    if not stopped_early:
-        compare_weights(
-            _weights(download(names.WEIGHTS_ARTIFACT)), _weights(download(names.WEIGHTS_ARTIFACT, rerun_id)), comparison
-        )
-        comparison.weights_compared = True
-
-    report = RerunReport(source, run_id, rerun_id, uri, experiment.name, comparison, warnings, metrics)
+        rerun_id, metrics = _train(settings, client.tracking_uri, run_id, overrides, dataset)
+        try:
+            rerun_artifacts = RunArtifacts(client, rerun_id, Path(scratch))
+            after = _record(client, client.get_run(rerun_id), rerun_artifacts, with_weights)
+        except ArtifactUnavailable as error:
+            raise error.after_training(run_id, rerun_id) from error
+    comparison = compare_runs(before, after, tolerance)
+    uri = client.tracking_uri
+    report = RerunReport(source or run_id, run_id, rerun_id, uri, experiment, comparison, warnings, metrics)
     client.set_tag(rerun_id, names.RERUN_RESULT, report.result)
     # Otherwise the UI shows two runs of the same name; the default name describes the config.
     client.set_tag(rerun_id, names.RUN_NAME, f"rerun of {original.info.run_name or run_id}")
     return report
 
 
-def _download(run_id: str, artifact: str, uri: str, directory: Path) -> str | None:
-    """Local path of one artifact of a run, or None when the run has no such artifact."""
-    directory.mkdir(parents=True, exist_ok=True)
+def _original_run(client: MlflowClient, run_id: str) -> Any:
     try:
-        return mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=artifact, dst_path=str(directory), tracking_uri=uri
+        return client.get_run(run_id)
+    except MlflowException as error:
+        raise RerunError(f"no run {run_id} in {client.tracking_uri} ({error.message})") from None
+
+
+def _settings(
+    tags: dict[str, str],
+    artifacts: RunArtifacts,
+    experiment: str,
+    overrides: Sequence[str],
+    start_dir: str | None,
+) -> ExperimentConfig:
+    """The settings the rerun trains: the original's recorded config, into its experiment."""
+    what = f"run {artifacts.run_id}"
+    config_path = artifacts.download(names.CONFIG_ARTIFACT)
+    if config_path is None:
+        raise RerunError(
+            f"{what} has no {names.CONFIG_ARTIFACT} artifact: it was not made by bprun, or failed before "
+            "training started; there is nothing to rerun"
         )
-    except (MlflowException, OSError):
-        return None
+    cfg = _load_config(config_path, overrides)
+    # Into the original's experiment (its store comes in as the client's) and tracked, whatever
+    # the config says: the rerun is compared with, and filed beside, the original.
+    cfg.tracking.experiment = experiment
+    cfg.tracking.enabled = True
+    note = _locate_csv(cfg, tags.get(names.DATA_SOURCE), start_dir)
+    if note:
+        log.info("%s", note)
+    return _validated(cfg, what)
 
 
-def _history(client: Any, run_id: str, name: str) -> dict[int, float]:
-    """``{epoch: value}``; on a repeated step the later value wins, as in the MLflow UI."""
-    return metric_history(client, run_id, name).as_dict()
+def _checked_data(
+    settings: ExperimentConfig, run_id: str, tags: dict[str, str], overrides: Sequence[str], warnings: list[str]
+) -> Dataset:
+    """The data set the rerun trains on, refused when it is not the data the original trained on."""
+    dataset = _load_data(settings, f"run {run_id}")
+    recorded = tags.get(names.DATA_SHA256)
+    if recorded is None:
+        _warn(warnings, f"run {run_id} recorded no data fingerprint ({names.DATA_SHA256}): the data cannot be checked")
+        return dataset
+    if dataset.fingerprint() == recorded:
+        return dataset
+    original_source = tags.get(names.DATA_SOURCE, NOT_RECORDED)
+    now = "" if dataset.source == original_source else f" (read now from {dataset.source})"
+    cause = (f"the overrides {' '.join(overrides)} change it, or " if overrides else "") + (
+        "the file changed since the run"
+        if os.path.isfile(dataset.source)
+        else "the code generating it changed since the run"
+    )
+    raise RerunRefused(
+        f"refusing to rerun {run_id}: the data differ from the data it trained on ({cause}), "
+        "so the rerun could not reproduce it.\n"
+        f"  data source: {original_source}{now}\n"
+        f"  data.sha256 of the original: {recorded}\n"
+        f"  data.sha256 now:             {dataset.fingerprint()}"
+    )
 
 
-def _weights(path: str | None) -> dict[str, np.ndarray] | None:
-    if path is None:
-        return None
-    with np.load(path) as archive:
-        return {name: archive[name] for name in archive.files}
+def _train(
+    settings: ExperimentConfig, uri: str, run_id: str, overrides: Sequence[str], dataset: Dataset
+) -> tuple[str, dict[str, float]]:
+    """Train the rerun as a run of its own in the original's store, never a child of a sweep;
+    returns its run id and final metrics (none when it diverged)."""
+    extra_tags = {names.RERUN_OF: run_id}
+    if overrides:
+        extra_tags[names.RERUN_OVERRIDES] = json.dumps(list(overrides))
+    launch = Launch(overrides=tuple(overrides), start_dir=os.getcwd(), tags=extra_tags)
+    try:
+        result = run_training(settings, Destination(uri), launch=launch, dataset=dataset)
+        rerun_id, metrics = result.run_id, result.metrics
+    except TrainingFailed as failure:  # diverged, like the original may have: compare its FAILED run
+        rerun_id, metrics = failure.run_id, {}
+    assert rerun_id is not None  # run_training gives every run at a destination an id
+    return rerun_id, metrics
+
+
+def _record(client: MlflowClient, run: Any, artifacts: RunArtifacts, with_weights: bool) -> RunRecord:
+    """What the comparison needs of ``run``: status, tags, compared histories and, when they are
+    compared, its final weights."""
+    run_id = run.info.run_id
+    histories = {
+        name: metric_history(client, run_id, name).as_dict() for name in run.data.metrics if is_compared_metric(name)
+    }
+    weights = artifacts.weights() if with_weights else None
+    return RunRecord(run.info.status, dict(run.data.tags), histories, weights)

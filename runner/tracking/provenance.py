@@ -49,17 +49,18 @@ import numpy
 from threadpoolctl import threadpool_info
 
 import runner
+from runner import names
 
 UNKNOWN = "unknown"
 GIT_TIMEOUT_SECONDS = 10.0
 
 # Distribution names (as pip knows them) behind the version.* tags.
 VERSION_TAGS = {
-    "version.numpy": "numpy",
-    "version.hydra_core": "hydra-core",
-    "version.omegaconf": "omegaconf",
-    "version.mlflow": "mlflow",
-    "version.backprop_runner": "backprop-runner",
+    names.VERSION_NUMPY: "numpy",
+    names.VERSION_HYDRA_CORE: "hydra-core",
+    names.VERSION_OMEGACONF: "omegaconf",
+    names.VERSION_MLFLOW: "mlflow",
+    names.VERSION_BACKPROP_RUNNER: "backprop-runner",
 }
 
 # These point git at another repository than the directory it runs in (they are set inside git
@@ -134,10 +135,10 @@ def git_diff(root: str | os.PathLike[str]) -> str:
     undecodable bytes are replaced. Returns "" when there is nothing to report or git fails."""
     diff = _run_git(root, "diff", "HEAD", "--no-color", "--no-ext-diff", "--no-textconv") or b""
     untracked = _run_git(root, "ls-files", "--others", "--exclude-standard", "-z") or b""
-    names = [os.fsdecode(name) for name in untracked.split(b"\0") if name]
+    untracked_files = [os.fsdecode(name) for name in untracked.split(b"\0") if name]
     header = ""
-    if names:
-        header = "# untracked files (contents not included):\n" + "".join(f"#   {name}\n" for name in names)
+    if untracked_files:
+        header = "# untracked files (contents not included):\n" + "".join(f"#   {name}\n" for name in untracked_files)
     return header + diff.decode("utf-8", "replace")
 
 
@@ -195,11 +196,11 @@ def blas_tags() -> dict[str, str]:
     """``blas.library`` and ``blas.threads`` for the BLAS NumPy uses ("unknown" if undetected)."""
     entry = _numpy_blas()
     if entry is None:
-        return {"blas.library": UNKNOWN, "blas.threads": UNKNOWN}
+        return {names.BLAS_LIBRARY: UNKNOWN, names.BLAS_THREADS: UNKNOWN}
     details = [f"{key}={entry[key]}" for key in ("internal_api", "threading_layer", "architecture") if entry.get(key)]
     details.append(f"file={Path(entry.get('filepath', '')).name}")
     library = f"{entry.get('internal_api', UNKNOWN)} {entry.get('version') or UNKNOWN} ({', '.join(details)})"
-    return {"blas.library": library, "blas.threads": str(entry.get("num_threads", UNKNOWN))}
+    return {names.BLAS_LIBRARY: library, names.BLAS_THREADS: str(entry.get("num_threads", UNKNOWN))}
 
 
 def provenance_tags(config_yaml: str, start_dir: str) -> dict[str, str]:
@@ -210,15 +211,15 @@ def provenance_tags(config_yaml: str, start_dir: str) -> dict[str, str]:
     """
     tags: dict[str, str] = {}
     project = project_git_state()
-    tags["git.commit"] = (project.commit or UNKNOWN) if project else UNKNOWN
+    tags[names.GIT_COMMIT] = (project.commit or UNKNOWN) if project else UNKNOWN
     # Present even when unknown, so that every run has the same columns in search_runs.
-    tags["git.dirty"] = str(project.dirty).lower() if project else UNKNOWN
+    tags[names.GIT_DIRTY] = str(project.dirty).lower() if project else UNKNOWN
     here = git_state(start_dir)
     if here is not None and (project is None or Path(here.root).resolve() != Path(project.root).resolve()):
-        tags["cwd_git.commit"] = here.commit or UNKNOWN
-        tags["cwd_git.dirty"] = str(here.dirty).lower()
-    tags["version.python"] = platform.python_version()
+        tags[names.CWD_GIT_COMMIT] = here.commit or UNKNOWN
+        tags[names.CWD_GIT_DIRTY] = str(here.dirty).lower()
+    tags[names.VERSION_PYTHON] = platform.python_version()
     tags.update({tag: _version(distribution) for tag, distribution in VERSION_TAGS.items()})
     tags.update(blas_tags())
-    tags["config.sha256"] = hashlib.sha256(config_yaml.encode("utf-8")).hexdigest()
+    tags[names.CONFIG_SHA256] = hashlib.sha256(config_yaml.encode("utf-8")).hexdigest()
     return tags
