@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import cli, history, only_run
+from support import CLI_TIMEOUT, cli, cli_environment, history, only_run
 
 pytestmark = pytest.mark.slow
 
@@ -398,24 +398,139 @@ def test_the_shorthands_train_what_they_say(tmp_path: Path, store_at) -> None:
     assert len(history(store, run)) == 20
 
 
-def test_help_is_the_apps_own_page(tmp_path: Path) -> None:
+def help_sections(page: str) -> dict[str, str]:
+    """The help page cut at its headings: {heading: the text up to the next one}."""
+    headings = [
+        "Config groups (group=option; the default in brackets):",
+        "Common commands:",
+        "Every key and its value (override any with key=value):",
+        "Companion commands (each has --help):",
+    ]
+    positions = [page.index(heading) for heading in headings]
+    assert positions == sorted(positions), page
+    ends = [*positions[1:], len(page)]
+    return {heading: page[at + len(heading) : end] for heading, at, end in zip(headings, positions, ends)}
+
+
+def test_help_is_the_apps_own_page(tmp_path: Path, compose) -> None:
+    from omegaconf import OmegaConf
+
     from runner.hydra_app.help import config_groups
 
-    result = cli("--help", cwd=tmp_path)
+    result = cli("--help", "dataset=iris", cwd=tmp_path)
     assert result.returncode == 0, result.output
     page = result.stdout
     assert "powered by Hydra" not in page and "schema/" not in page
     assert page.startswith("bprun: train a multi-layer perceptron")
-    # Every group of conf/ with every option, the default marked.
-    for group, options in config_groups().items():
-        (line,) = [line for line in page.splitlines()[:20] if line.startswith(f"  {group}:")]
-        listed = [option.strip().strip("[]") for option in line.split(":", 1)[1].split(", ")]
-        assert [option.strip() for option in listed] == options, line
-    assert "[xor]" in page and "[gd]" in page
-    for command in ("bprun-report", "bprun-rerun", "bprun-doctor", "bprun-sync", "bprun -m ", "--hydra-help"):
-        assert command in page, command
-    assert "  epochs: 1000" in page  # the composed config, every key
+    sections = help_sections(page)
+    # Every group of conf/ with every option, the default marked (the defaults, whatever the overrides).
+    listed_groups = sections["Config groups (group=option; the default in brackets):"].strip().splitlines()
+    assert len(listed_groups) == len(config_groups())
+    for (group, options), line in zip(config_groups().items(), listed_groups):
+        name, _, listed = line.strip().partition(": ")
+        assert name == group, line
+        assert [option.strip().strip("[]") for option in listed.split(", ")] == options, line
+    assert [line.split()[0] for line in listed_groups if "[" in line] == [
+        "dataset:",
+        "model:",
+        "optimizer:",
+        "tracking:",
+        "trainer:",
+    ]
+    assert "[xor]" in page and "[gd]" in page and "[mlp]" in page and "[local]" in page
+    commands = sections["Common commands:"]
+    for command in (
+        "bprun dataset=moons optimizer=adam",
+        "bprun experiment=digits_classifier",
+        "bprun -m seed=0,1,2 optimizer.lr=0.1,0.5 hydra.launcher.n_jobs=2",
+        "bprun -m hydra/sweeper=optuna",
+        "bprun -m hydra/launcher=ray",
+        "bprun --cfg job",
+    ):
+        assert f"\n  {command}" in commands, command
+    # Every key of the composed config, with the command line's overrides, and nothing else.
+    keys = yaml.safe_load(sections["Every key and its value (override any with key=value):"])
+    assert keys == OmegaConf.to_container(compose(["dataset=iris"]))
+    assert keys["dataset"]["name"] == "iris" and keys["trainer"]["epochs"] == 1000
+    for command in ("bprun-report", "bprun-rerun", "bprun-doctor", "bprun-sync", "--hydra-help"):
+        assert command in sections["Companion commands (each has --help):"], command
     assert "Exit codes: 0 done, 1" in page
+
+
+def test_help_is_the_page_hydra_would_print(tmp_path: Path) -> None:
+    """bprun renders the template itself; Hydra's own --help, on the same template, prints the same."""
+    arguments = ["--help", "experiment=iris_classifier", "optimizer.lr=0.5", "--resolve"]
+    ours = cli(*arguments, cwd=tmp_path)
+    code = f"import sys; sys.argv = ['bprun', *{arguments!r}]; from runner.hydra_app.app import main; main()"
+    hydra_s = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=cli_environment(),
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
+    assert ours.returncode == hydra_s.returncode == 0, ours.output + hydra_s.stderr
+    assert ours.stdout == hydra_s.stdout
+    assert "lr: 0.5" in ours.stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "request_"),
+    [
+        (["--help"], ((), "config", False)),
+        (["dataset=iris", "-h", "--resolve"], (("dataset=iris",), "config", True)),
+        (["-m", "--help", "seed=0,1", "model=deep"], (("seed=0,1", "model=deep"), "config", False)),
+        (["-cn", "config", "a=1", "--help"], (("a=1",), "config", False)),
+        (["--config-name=other", "--help"], ((), "other", False)),
+        # Not a help request, or one bprun leaves to Hydra (which may refuse the command line).
+        (["a=1"], None),
+        (["--cfg", "job"], None),
+        (["a=1", "--help", "b=2"], None),
+        (["--config-dir", "presets", "--help"], None),
+        (["--help", "--hydra-help"], None),
+        (["--help", "-cn"], None),
+        (["--help", "--version"], None),
+    ],
+)
+def test_bprun_renders_the_help_hydra_s_parser_would_show(arguments: list[str], request_: tuple | None) -> None:
+    from runner.hydra_app.help import HelpRequest, help_request
+
+    assert help_request(arguments) == (HelpRequest(*request_) if request_ else None)
+
+
+def test_rendering_the_help_page_does_not_list_hydra_s_config_groups(
+    compose, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hydra's own --help lists every config group for placeholders bprun's template does not
+    print, copying its whole config repository once per group, a cost that grows with every
+    sweeper and launcher config. bprun's page needs none of it."""
+    from hydra import initialize_config_module
+    from hydra.core.config_loader import ConfigLoader
+    from hydra.core.global_hydra import GlobalHydra
+
+    from runner.hydra_app.help import print_help
+
+    compose([])  # Hydra's config loader is imported by now
+    calls: list[tuple] = []
+    loaders = ConfigLoader.__subclasses__()
+    assert loaders
+    for loader in loaders:
+
+        def counted(self: Any, *args: Any, original: Any = loader.get_group_options, **kwargs: Any) -> Any:
+            calls.append(args)
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(loader, "get_group_options", counted)
+    with initialize_config_module(config_module="runner.conf", version_base="1.3"):
+        assert "mlp" in GlobalHydra.instance().config_loader().get_group_options("model")
+    assert len(calls) == 1  # the wrapper sees Hydra's per-group listing
+    calls.clear()
+
+    assert print_help(["--help", "dataset=iris"])
+    page = capsys.readouterr().out
+    assert "  name: iris" in page and "model:" in page
+    assert len(calls) <= 2, calls
 
 
 @pytest.mark.parametrize("flag", ["--shell-completion", "-sc"])

@@ -12,7 +12,7 @@ temporary SQLite file, and asserts on what that store holds when the command is 
 5. Read-only folder or database, full disk.
 6. Bad CSVs.
 7. Concurrency: a 16-job sweep on 4 workers into a fresh SQLite file, five times.
-8. ``_target_`` in configs.
+8. ``_target_`` in configs (an override, a preset, a config node), and what only looks like one.
 
 Signals are in ``test_interruption.py``. Fixtures raise ``ScenarioError`` (not AssertionError) when
 a scenario cannot even be set up, so that an infrastructure problem is never mistaken for a
@@ -731,6 +731,70 @@ def test_a_preset_smuggling_a_target_into_hydra_callbacks_is_rejected(untrusted)
     assert result.returncode not in (0, None), result.output
     assert "_target_" in result.stderr, result.output
     assert_no_run(store, result)
+
+
+@pytest.mark.parametrize(
+    ("argument", "refused"),
+    [
+        ("foo._target_=x", True),
+        ("+a._target_=b", True),
+        ("++a._target_=b", True),
+        ("_target_=os.system", True),
+        ("hydra.callbacks.x._target_=os.system", True),
+        ("+optimizer={_target_:os.system}", True),
+        ("hydra.callbacks={x: {a: 1, _target_: os.system}}", True),
+        ("+hydra/callbacks@hydra.callbacks._target_=x", True),
+        # A value that merely contains the text, a key that only looks like it, not an override.
+        ("tracking.run_name=my_target_run", False),
+        ("tracking.experiment=_target_", False),
+        ("model._target_x=1", False),
+        ("x_target_=1", False),
+        ("~hydra.callbacks.bprun._target_", False),
+        ("--config-dir=/tmp/_target_=1", False),
+        ("/tmp/a_target_", False),
+    ],
+)
+def test_only_a_target_key_asks_for_instantiation(argument: str, refused: bool) -> None:
+    from runner.core.plain_data import refused_overrides
+
+    assert refused_overrides(["trainer.epochs=2", argument]) == ([argument] if refused else [])
+
+
+def test_a_config_carrying_a_target_anywhere_is_refused_by_validation(compose) -> None:
+    from omegaconf import OmegaConf
+
+    from runner.core.validation import ConfigError, validate
+
+    config = OmegaConf.to_container(compose(["tracking.run_name=my_target_run"]))
+    assert validate(config).tracking.run_name == "my_target_run"
+    config["optimizer"]["schedule"]["_target_"] = "os.system"
+    config["dataset"]["extra"] = [{"_target_": "os.system"}]
+    with pytest.raises(ConfigError) as refused:
+        validate(config)
+    assert str(refused.value) == (
+        "refusing optimizer.schedule._target_, dataset.extra[0]._target_: configs are plain data and are never "
+        "instantiated; remove '_target_'"
+    )
+
+
+@pytest.mark.parametrize("argument", ["+model._target_=os.system", "hydra.callbacks.x._target_=os.system"])
+def test_a_target_override_is_refused_in_one_line(argument: str, tmp_path: Path, store) -> None:
+    result = cli(argument, "trainer.epochs=2", cwd=tmp_path / "cwd", uri=store.uri)
+    assert result.returncode == 2, result.output
+    assert result.stderr.splitlines() == [
+        f"bprun: refusing {argument}: configs are plain data and are never instantiated; remove '_target_'"
+    ]
+    assert_no_run(store, result)
+
+
+def test_a_run_name_containing_target_is_not_refused(tmp_path: Path, store) -> None:
+    untracked = cli("tracking.run_name=my_target_run", "tracking=none", "trainer.epochs=2", cwd=tmp_path / "none")
+    assert untracked.returncode == 0, untracked.output
+    assert not (tmp_path / "none" / "mlflow.db").exists()
+    tracked = cli("tracking.run_name=my_target_run", "trainer.epochs=2", cwd=tmp_path / "local", uri=store.uri)
+    assert tracked.returncode == 0, tracked.output
+    assert query(store.db, "SELECT name, status FROM runs") == [("my_target_run", "FINISHED")]
+    assert only_run(store).data.tags["mlflow.runName"] == "my_target_run"
 
 
 def test_a_new_store_appears_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -54,3 +54,26 @@ def test_bprun_s_own_callback_is_still_instantiated() -> None:
     )
     callbacks = Callbacks(ours)
     assert [type(callback).__name__ for callback in callbacks.callbacks] == ["BprunCallback"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"_target_": f"{__name__}.Recorder"},
+        # Hydra resolves interpolations before it instantiates, so the check does too.
+        "${oc.create:{_target_: " + __name__ + ".Recorder}}",
+    ],
+    ids=["nested", "interpolated"],
+)
+def test_a_target_inside_bprun_s_own_callback_is_refused(extra: object) -> None:
+    """Hydra instantiates a ``_target_`` anywhere inside a callback's entry, as one of its arguments."""
+    from hydra._internal.callbacks import Callbacks
+
+    refuse_foreign_callbacks()
+    INSTANTIATED.clear()
+    ours = {"_target_": "runner.hydra_app.callbacks.BprunCallback", "extra": extra}
+    with pytest.raises(CommandExit) as refused:
+        Callbacks(OmegaConf.create({"hydra": {"callbacks": {"bprun": ours}}}))
+    assert isinstance(refused.value.error, ForeignCallback)
+    assert str(refused.value.error).startswith("refusing hydra.callbacks.bprun.extra._target_: ")
+    assert INSTANTIATED == []

@@ -15,6 +15,7 @@ import sys
 import traceback
 
 from runner.commands.common import quiet_mlflow
+from runner.core.plain_data import refusal, refused_overrides
 from runner.process import interruption
 from runner.process.children import start_forkserver
 from runner.process.errors import EXIT_FAILED, EXIT_INVALID, CommandError, CommandExit
@@ -30,13 +31,9 @@ def main() -> None:
     arguments = sys.argv[1:]
     # Configs are data: refuse anything that would have Hydra instantiate an object, even in
     # Hydra's own tree (hydra.callbacks...), which Hydra instantiates before any job sees it.
-    targets = [argument for argument in arguments if "_target_" in argument]
+    targets = refused_overrides(arguments)
     if targets:
-        print(
-            f"bprun: refusing {', '.join(targets)}: configs are plain data and are never instantiated; "
-            "remove '_target_'",
-            file=sys.stderr,
-        )
+        print(f"bprun: {refusal(targets)}", file=sys.stderr)
         sys.exit(EXIT_INVALID)
     if {"-sc", "--shell-completion"} & set(arguments) and not any(
         argument.startswith(("install=", "uninstall=", "query=")) for argument in arguments
@@ -63,11 +60,14 @@ def run(arguments: list[str]) -> int:
     try:
         from runner.hydra_app.app import main as hydra_main  # (lazy: after the handlers, see above)
         from runner.hydra_app.errors import describe, is_config_error
+        from runner.hydra_app.help import print_help
         from runner.hydra_app.shorthand import expand
 
         sys.argv = [sys.argv[0], *expand(arguments)]  # model.hidden=4, trainer.epochs=1e3
         interruption.check()
-        hydra_main()
+        # The app's --help page is bprun's to render (runner.hydra_app.help); Hydra does the rest.
+        if not print_help(sys.argv[1:]):
+            hydra_main()
         interruption.check()  # recorded where nothing checked it (bprun --cfg job, say)
     except interruption.Interrupted as stop:
         print(f"bprun: {stop.verb}; {stop.ended or 'no MLflow run had started'}", file=sys.stderr)

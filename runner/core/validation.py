@@ -5,7 +5,8 @@ typed node), allowed values and ranges, and that the chosen loss suits the outpu
 reports every problem at once, each naming the full key, the bad value and what is allowed.
 Ranges of the numbers the engine takes come from the engine's own table (``engine.limits``).
 
-Configs are plain data: nothing here is ever turned into an object through ``_target_``.
+Configs are plain data: nothing here is ever turned into an object through ``_target_``, and a
+config carrying one is refused (``runner.core.plain_data``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from engine.limits import FRACTION, LIMITS, Limit
 from engine.losses import LOSSES, REQUIRED_OUTPUT_ACTIVATION
 from engine.network import DTYPES
 from engine.schedules import SCHEDULE_NAMES
+from runner.core.plain_data import refusal, target_keys
 from runner.core.schema import CSV_TASKS, DATASET_SCHEMAS, OPTIMIZER_SCHEMAS, CsvDatasetConfig, ExperimentConfig
 from runner.process.errors import InvalidInput
 
@@ -174,21 +176,6 @@ def _problems(settings: ExperimentConfig) -> list[str]:
     return problems
 
 
-def _find_target_keys(node: Any, path: str = "") -> list[str]:
-    """Full keys of every ``_target_`` in a plain container."""
-    found = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            full = f"{path}.{key}" if path else str(key)
-            if key == "_target_":
-                found.append(full)
-            found.extend(_find_target_keys(value, full))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            found.extend(_find_target_keys(value, f"{path}[{index}]"))
-    return found
-
-
 def validate(cfg: DictConfig | dict) -> ExperimentConfig:
     """Check a composed config (a ``hydra`` node is ignored) and return it as typed settings,
     every interpolation resolved and every float as typed (``clean_value``).
@@ -205,9 +192,9 @@ def validate(cfg: DictConfig | dict) -> ExperimentConfig:
     except OmegaConfBaseException as error:  # a bad ${interpolation}
         raise ConfigError(f"{getattr(error, 'full_key', None) or '?'}: {str(error).splitlines()[0]}") from None
     raw = clean_value(raw)
-    targets = _find_target_keys(raw)
+    targets = target_keys(raw)
     if targets:
-        raise ConfigError(f"{', '.join(targets)}: configs are plain data and are never instantiated; remove '_target_'")
+        raise ConfigError(refusal(targets))
     optimizer_name = raw.get("optimizer", {}).get("name") if isinstance(raw.get("optimizer"), dict) else None
     dataset_name = raw.get("dataset", {}).get("name") if isinstance(raw.get("dataset"), dict) else None
     if optimizer_name not in OPTIMIZER_SCHEMAS:

@@ -19,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.core.plain_data import TARGET, refusal, target_keys
 from runner.process.errors import CommandExit, InvalidInput
 
 CHECKED_HYDRA_VERSIONS = ("1.3.8",)
@@ -31,8 +32,8 @@ class ForeignCallback(InvalidInput):
 
 
 def refuse_foreign_callbacks() -> None:
-    """Make Hydra refuse, before instantiating any, a ``hydra.callbacks`` entry whose
-    ``_target_`` is not in ``ALLOWED_CALLBACKS`` (idempotent)."""
+    """Make Hydra refuse, before instantiating any, what ``foreign_callbacks`` finds in
+    ``hydra.callbacks`` (idempotent)."""
     try:
         # (lazy: the private name fails here, where this says so, not at import)
         from hydra._internal import callbacks as hydra_callbacks
@@ -47,20 +48,30 @@ def refuse_foreign_callbacks() -> None:
         return
 
     def checked_init(self: Any, config: DictConfig | None = None, *args: Any, **kwargs: Any) -> None:
-        entries = OmegaConf.select(config, "hydra.callbacks") if config is not None else None
-        foreign = [
-            f"hydra.callbacks.{name}._target_={entry.get('_target_')}"
-            for name, entry in (entries or {}).items()
-            if entry.get("_target_") not in ALLOWED_CALLBACKS
-        ]
+        foreign = foreign_callbacks(config)
         if foreign:
-            raise CommandExit(
-                ForeignCallback(
-                    f"refusing {', '.join(foreign)}: configs are plain data and are "
-                    "never instantiated; remove '_target_'"
-                )
-            )
+            raise CommandExit(ForeignCallback(refusal(foreign)))
         original_init(self, config, *args, **kwargs)
 
     checked_init.bprun_checked = True  # type: ignore[attr-defined]
     hydra_callbacks.Callbacks.__init__ = checked_init
+
+
+def foreign_callbacks(config: DictConfig | None) -> list[str]:
+    """What Hydra would instantiate from ``hydra.callbacks`` but an allowed callback: an entry
+    whose own ``_target_`` is not in ``ALLOWED_CALLBACKS``, and any ``_target_`` inside an entry
+    (Hydra would instantiate that too, as an argument of the callback). Interpolations are
+    resolved first, as Hydra resolves them before instantiating."""
+    entries = OmegaConf.select(config, "hydra.callbacks") if config is not None else None
+    if not isinstance(entries, DictConfig):  # none, or what Hydra cannot read as callbacks either
+        return []
+    plain = OmegaConf.to_container(entries, resolve=True)
+    assert isinstance(plain, dict)
+    foreign = []
+    for name, entry in plain.items():
+        path = "hydra.callbacks." + str(name)
+        own = entry.get(TARGET) if isinstance(entry, dict) else None
+        if own not in ALLOWED_CALLBACKS:
+            foreign.append(f"{path}.{TARGET}={own}")
+        foreign += [key for key in target_keys(entry, path) if key != f"{path}.{TARGET}"]
+    return foreign

@@ -47,9 +47,10 @@ How things are measured
 - Breakdowns: a tracked run with thin timing wrappers around the runner's tracking functions
   and ``MlflowClient.log_batch`` (seconds per phase; the RSS peak seen while each function was
   the innermost one running): one extra run in B and C, the last timed tracked run in D. For
-  A, a cProfile of ``bprun --help``; for B and C, one more run under cProfile switched on phase
-  by phase from the observer (cProfile inflates Python-heavy code, so its seconds are for
-  ranking only). ``--no-profile`` skips the cProfile runs of B and C.
+  A, a cProfile of ``bprun --help``, with the number of calls of Hydra's per-group listing
+  (``get_group_options``, a copy of Hydra's whole config repository each); for B and C, one
+  more run under cProfile switched on phase by phase from the observer (cProfile inflates
+  Python-heavy code, so its seconds are for ranking only). ``--no-profile`` skips the cProfile runs of B and C.
 - Supplementary in C: peak RSS (``VmHWM``) of whole ``bprun`` processes, imports included, where
   tracking=none never imports mlflow; the issue's in-process comparison hides that difference.
 
@@ -588,7 +589,14 @@ def help_profile(cwd: Path, environment: dict[str, str], count: int = 10) -> lis
         "done = time.perf_counter()\n"
         "sys.stderr.write(f'import runner.commands.bprun {imported - start:.3f} s, '\n"
         "                 f'main() {done - imported:.3f} s\\n')\n"
-        f"pstats.Stats(profile, stream=sys.stderr).sort_stats('cumulative').print_stats({count + 4})\n"
+        "stats = pstats.Stats(profile, stream=sys.stderr)\n"
+        "listings = sum(\n"
+        "    calls for (where, _, name), (calls, *_) in stats.stats.items()\n"
+        "    if name == 'get_group_options' and where.endswith('config_loader_impl.py')\n"
+        ")\n"
+        "sys.stderr.write(f'calls of Hydra\\'s per-group listing (its config loader\\'s get_group_options): '\n"
+        "                 f'{listings}\\n')\n"
+        f"stats.sort_stats('cumulative').print_stats({count + 4})\n"
     )
     completed = subprocess.run(
         [sys.executable, "-c", code],
@@ -600,7 +608,7 @@ def help_profile(cwd: Path, environment: dict[str, str], count: int = 10) -> lis
     )
     lines = []
     for line in completed.stderr.splitlines():
-        if line.startswith("import runner.commands.bprun"):
+        if line.startswith(("import runner.commands.bprun", "calls of Hydra's per-group listing")):
             lines.append(line)
         elif "(" in line and line.strip()[:1].isdigit():
             fields = line.split(None, 5)
@@ -614,7 +622,7 @@ def help_profile(cwd: Path, environment: dict[str, str], count: int = 10) -> lis
                     if root in where:
                         where = where.split(root, 1)[1]
                 lines.append(f"{cumulative:7.3f} s cumulative {fields[0]:>9}x  {where}")
-    return lines[: count + 1]
+    return lines[: count + 2]
 
 
 def import_profile(name: str, argv: list[str], cwd: Path, environment: dict[str, str]) -> str:
