@@ -36,9 +36,9 @@ def test_the_wheel_ships_configs_data_and_console_scripts(wheel: Path) -> None:
     for expected in (
         "runner/conf/config.yaml",
         "runner/conf/model/mlp.yaml",
-        "runner/conf/hydra/sweeper/optuna.yaml",
+        "runner/conf/hydra/help/bprun.yaml",
         "runner/conf/experiment/iris_classifier.yaml",
-        "runner/conf/hydra/launcher/local.yaml",
+        "runner/sweeps/plugins.py",
         "hydra_plugins/bprun/__init__.py",
         "runner/data/iris.csv",
         "runner/data/diabetes.csv",

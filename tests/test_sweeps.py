@@ -649,7 +649,7 @@ def test_report_on_the_latest_sweep(basic_grid: Sweep, tmp_path: Path) -> None:
 def test_a_cluster_launcher_without_its_extra_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from runner.sweeps import cluster_configs
+    from runner.sweeps.plugins import missing_extra
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
@@ -661,7 +661,7 @@ def test_a_cluster_launcher_without_its_extra_names_the_extra_to_install(monkeyp
             else real_find_spec(name, *rest)
         ),
     )
-    assert cluster_configs.missing_extra("ray") == "ray"
-    assert cluster_configs.missing_extra("submitit_slurm") == "slurm"
-    assert cluster_configs.missing_extra("submitit_local") == "slurm"
-    assert cluster_configs.missing_extra("local") is None
+    assert missing_extra("hydra/launcher", "ray") == "ray"
+    assert missing_extra("hydra/launcher", "submitit_slurm") == "slurm"
+    assert missing_extra("hydra/launcher", "submitit_local") == "slurm"
+    assert missing_extra("hydra/launcher", "local") is None

@@ -24,7 +24,14 @@ from engine.losses import LOSSES, REQUIRED_OUTPUT_ACTIVATION
 from engine.network import DTYPES
 from engine.schedules import SCHEDULE_NAMES
 from runner.core.plain_data import refusal, target_keys
-from runner.core.schema import CSV_TASKS, DATASET_SCHEMAS, OPTIMIZER_SCHEMAS, CsvDatasetConfig, ExperimentConfig
+from runner.core.schema import (
+    CSV_TASKS,
+    DATASET_SCHEMAS,
+    OPTIMIZER_SCHEMAS,
+    CsvDatasetConfig,
+    ExperimentConfig,
+    TrackingConfig,
+)
 from runner.process.errors import InvalidInput
 
 
@@ -92,88 +99,104 @@ def _lookup(settings: Any, key: str) -> tuple[bool, Any]:
     return True, node
 
 
-def _problems(settings: ExperimentConfig) -> list[str]:
-    problems: list[str] = []
+class _Problems(list[str]):
+    """What is wrong with the settings, one line each: the key, the bad value, what is allowed."""
 
-    def need(ok: bool, key: str, value: Any, allowed: str) -> None:
+    def need(self, ok: bool, key: str, value: Any, allowed: str) -> None:
         if not ok:
-            problems.append(f"{key}={value!r} is not allowed: {allowed}")
+            self.append(f"{key}={value!r} is not allowed: {allowed}")
 
-    def choice(key: str, value: Any, names: Any) -> None:
-        need(value in names, key, value, f"choose one of {_allowed(names)}")
+    def choice(self, key: str, value: Any, names: Any) -> None:
+        self.need(value in names, key, value, f"choose one of {_allowed(names)}")
 
+
+def _problems(settings: ExperimentConfig) -> list[str]:
+    problems = _Problems()
     for key, limit in KEY_LIMITS.items():
         present, value = _lookup(settings, key)
         if present and not (value is None and key in NULLABLE):
-            need(limit.allows(value), key, value, limit.describe())
+            problems.need(limit.allows(value), key, value, limit.describe())
+    _check_model_and_optimizer(settings, problems)
+    if isinstance(settings.dataset, CsvDatasetConfig):
+        _check_csv(settings.dataset, problems)
+    _check_trainer(settings, problems)
+    _check_tracking(settings.tracking, problems)
+    return problems
 
-    model, optimizer, dataset, trainer = settings.model, settings.optimizer, settings.dataset, settings.trainer
-    need(
+
+def _check_model_and_optimizer(settings: ExperimentConfig, problems: _Problems) -> None:
+    model, optimizer = settings.model, settings.optimizer
+    problems.need(
         all(size >= 1 for size in model.hidden),
         "model.hidden",
         model.hidden,
         "every hidden layer size must be an integer >= 1 ([] for no hidden layer)",
     )
-    choice("model.activation", model.activation, [a for a in ACTIVATIONS if a != "softmax"])
-    choice("model.output_activation", model.output_activation, ACTIVATIONS)
-    choice("model.init", model.init, INITIALIZERS)
-    choice("optimizer.schedule.name", optimizer.schedule.name, SCHEDULE_NAMES)
+    problems.choice("model.activation", model.activation, [a for a in ACTIVATIONS if a != "softmax"])
+    problems.choice("model.output_activation", model.output_activation, ACTIVATIONS)
+    problems.choice("model.init", model.init, INITIALIZERS)
+    problems.choice("optimizer.schedule.name", optimizer.schedule.name, SCHEDULE_NAMES)
     if LIMITS["lr"].allows(optimizer.lr):
-        need(
+        problems.need(
             optimizer.schedule.min_lr <= optimizer.lr,
             "optimizer.schedule.min_lr",
             optimizer.schedule.min_lr,
             f"it must lie in [0, optimizer.lr={optimizer.lr}]",
         )
-    if isinstance(dataset, CsvDatasetConfig):
-        need(
-            os.path.isfile(dataset.path),
-            "dataset.path",
-            dataset.path,
-            f"no such file (relative paths start from {os.getcwd()})",
+
+
+def _check_csv(dataset: CsvDatasetConfig, problems: _Problems) -> None:
+    problems.need(
+        os.path.isfile(dataset.path),
+        "dataset.path",
+        dataset.path,
+        f"no such file (relative paths start from {os.getcwd()})",
+    )
+    problems.need(len(dataset.targets) >= 1, "dataset.targets", dataset.targets, "name at least one target column")
+    for key, columns in (("dataset.features", dataset.features or []), ("dataset.targets", dataset.targets)):
+        twice = sorted({column for column in columns if columns.count(column) > 1})
+        problems.need(not twice, key, columns, f"it names {', '.join(map(repr, twice))} more than once")
+    both = sorted(set(dataset.features or []) & set(dataset.targets))
+    problems.need(
+        not both, "dataset.features", dataset.features, f"{', '.join(map(repr, both))} cannot be a feature and a target"
+    )
+    problems.choice("dataset.task", dataset.task, CSV_TASKS)
+    if dataset.task == "classification":
+        problems.need(
+            len(dataset.targets) == 1,
+            "dataset.targets",
+            dataset.targets,
+            "classification takes exactly one column of class labels",
         )
-        need(len(dataset.targets) >= 1, "dataset.targets", dataset.targets, "name at least one target column")
-        for key, columns in (("dataset.features", dataset.features or []), ("dataset.targets", dataset.targets)):
-            twice = sorted({column for column in columns if columns.count(column) > 1})
-            need(not twice, key, columns, f"it names {', '.join(map(repr, twice))} more than once")
-        both = sorted(set(dataset.features or []) & set(dataset.targets))
-        need(
-            not both,
-            "dataset.features",
-            dataset.features,
-            f"{', '.join(map(repr, both))} cannot be a feature and a target",
-        )
-        choice("dataset.task", dataset.task, CSV_TASKS)
-        if dataset.task == "classification":
-            need(
-                len(dataset.targets) == 1,
-                "dataset.targets",
-                dataset.targets,
-                "classification takes exactly one column of class labels",
-            )
-    choice("trainer.dtype", trainer.dtype, DTYPES)
-    choice("trainer.loss", trainer.loss, LOSSES)
+
+
+def _check_trainer(settings: ExperimentConfig, problems: _Problems) -> None:
+    trainer, model = settings.trainer, settings.model
+    problems.choice("trainer.dtype", trainer.dtype, DTYPES)
+    problems.choice("trainer.loss", trainer.loss, LOSSES)
     required = REQUIRED_OUTPUT_ACTIVATION.get(trainer.loss)
     if required is not None and model.output_activation != required:
         problems.append(
             f"trainer.loss={trainer.loss!r} needs model.output_activation='{required}', got {model.output_activation!r}"
         )
-    if trainer.early_stopping.enabled and dataset.val_fraction == 0:
+    if trainer.early_stopping.enabled and settings.dataset.val_fraction == 0:
         problems.append("trainer.early_stopping.enabled=True needs a validation split: set dataset.val_fraction > 0")
-    need(
-        0 < len(settings.tracking.experiment.strip()) <= MAX_EXPERIMENT_NAME,
+
+
+def _check_tracking(tracking: TrackingConfig, problems: _Problems) -> None:
+    problems.need(
+        0 < len(tracking.experiment.strip()) <= MAX_EXPERIMENT_NAME,
         "tracking.experiment",
-        settings.tracking.experiment,
+        tracking.experiment,
         f"name an MLflow experiment (1 to {MAX_EXPERIMENT_NAME} characters)",
     )
-    if settings.tracking.run_name is not None:
-        need(
-            len(settings.tracking.run_name) <= MAX_RUN_NAME,
+    if tracking.run_name is not None:
+        problems.need(
+            len(tracking.run_name) <= MAX_RUN_NAME,
             "tracking.run_name",
-            settings.tracking.run_name,
+            tracking.run_name,
             f"at most {MAX_RUN_NAME} characters",
         )
-    return problems
 
 
 def validate(cfg: DictConfig | dict) -> ExperimentConfig:

@@ -30,7 +30,6 @@ from runner.hydra_app.progress import ProgressBar
 from runner.hydra_app.schemas import register_schemas
 from runner.process import interruption
 from runner.process.errors import CommandError, CommandExit, DiskFull, RunCrashed, out_of_space
-from runner.sweeps.cluster_configs import register_cluster_launchers
 from runner.sweeps.context import SweepRun
 from runner.sweeps.naming import job_name
 from runner.tracking.destination import Destination, where_to_look
@@ -41,7 +40,6 @@ record = logging.getLogger("runner.record")
 register_schemas()
 register_help()
 register_plugins()
-register_cluster_launchers()  # after the plugins: it replaces their launcher options
 refuse_foreign_callbacks()
 
 

@@ -10,9 +10,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from runner.process.errors import CommandExit, InvalidInput
-
-# Sweepers that create and end a sweep's MLflow parent run (runner.sweeps.sweeper).
-TRACKING_SWEEPERS = {"hydra_plugins.bprun.GridSweeper", "hydra_plugins.bprun.OptunaSweeper"}
+from runner.sweeps.plugins import missing_extra, tracking_sweepers
 
 
 class OutputFolderUnwritable(InvalidInput):
@@ -23,14 +21,27 @@ class UntrackedSweeper(InvalidInput):
     pass
 
 
+class ExtraMissing(InvalidInput):
+    pass
+
+
 class BprunCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_output_folder(config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_output_folder(config.hydra.sweep.dir)
+        option = str(config.hydra.runtime.choices.get("hydra/launcher"))
+        extra = missing_extra("hydra/launcher", option)
+        if extra is not None:
+            raise CommandExit(
+                ExtraMissing(
+                    f"hydra/launcher={option} needs the {extra} extra, which is not installed: pip install "
+                    f"'backprop-runner[{extra}]' (docs/clusters.md says which extras go together)"
+                )
+            )
         sweeper = config.hydra.sweeper.get("_target_")
-        if config.tracking.enabled and sweeper not in TRACKING_SWEEPERS:
+        if config.tracking.enabled and sweeper not in tracking_sweepers():
             raise CommandExit(
                 UntrackedSweeper(
                     f"hydra.sweeper._target_={sweeper} does not track a sweep as one MLflow parent run with its "

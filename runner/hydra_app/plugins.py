@@ -1,13 +1,10 @@
-"""Registering bprun's Hydra plugins (the grid and Optuna sweepers, the local launcher)."""
+"""Registering bprun's Hydra plugins (``runner.sweeps.plugins``) under their Hydra names."""
 
 from __future__ import annotations
 
-from hydra.core.plugins import Plugins
-
 import hydra_plugins.bprun
+from runner.sweeps.plugins import register_plugins as register
 
 
 def register_plugins() -> None:
-    plugins = Plugins.instance()
-    for plugin in hydra_plugins.bprun.PLUGINS:
-        plugins.register(plugin)
+    register(hydra_plugins.bprun.HYDRA_CLASSES)

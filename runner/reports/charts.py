@@ -124,12 +124,14 @@ def _curve(histories: Histories, run_id: str, metric: str) -> tuple[MetricHistor
     return None, False
 
 
-def learning_curves_figure(ranked: pd.DataFrame, histories: Histories, metric: str, color_key: str | None) -> Figure:
+Curve = tuple[int, Any, bool, bool]  # (position in the ranking, history, drawn as the train fallback, failed)
 
+
+def learning_curves_figure(ranked: pd.DataFrame, histories: Histories, metric: str, color_key: str | None) -> Figure:
     figure = new_figure(LEARNING_CURVES_SIZE, layout="constrained")
     ax = figure.subplots()
     colouring = _colouring(ranked, color_key)
-    curves = []  # (position, history, drawn as the train fallback, failed)
+    curves: list[Curve] = []
     for position in range(len(ranked)):
         history, fallback = _curve(histories, ranked["run_id"].iloc[position], metric)
         if history is not None:
@@ -141,6 +143,27 @@ def learning_curves_figure(ranked: pd.DataFrame, histories: Histories, metric: s
     # Accuracies stay linear: they live in [0, 1] and their interesting part is near 1.
     limits = _curve_limits([(history, failed) for _, history, _, failed in curves], log=not higher_is_better(metric))
 
+    _draw_curves(ax, curves, colouring, limits, all_fallback)
+    if limits is not None:
+        if limits.log:
+            ax.set_yscale("log")
+        ax.set_ylim(limits.low, limits.high)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(shown)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    grid(ax)
+    title = f"Learning curves: {shown}, {len(ranked)} run{'' if len(ranked) == 1 else 's'}"
+    if all_fallback:
+        title += " (no validation split)"
+    if color_key:
+        title += f", coloured by {color_key}"
+    ax.set_title(title)
+
+    _add_legends(figure, ax, ranked, curves, colouring, metric, all_fallback)
+    return figure
+
+
+def _draw_curves(ax: Any, curves: list[Curve], colouring: Any, limits: Any, all_fallback: bool) -> None:
     # Worst first, so that the best runs are drawn on top; the best one a little thicker.
     for position, history, fallback, failed in reversed(curves):
         values = np.where(np.isfinite(history.values), history.values, np.nan)
@@ -168,21 +191,16 @@ def learning_curves_figure(ranked: pd.DataFrame, histories: Histories, metric: s
             else:
                 ax.plot(history.steps[last], values[last], zorder=4, **FAILED_STYLE)
 
-    if limits is not None:
-        if limits.log:
-            ax.set_yscale("log")
-        ax.set_ylim(limits.low, limits.high)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(shown)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    grid(ax)
-    title = f"Learning curves: {shown}, {len(ranked)} run{'' if len(ranked) == 1 else 's'}"
-    if all_fallback:
-        title += " (no validation split)"
-    if color_key:
-        title += f", coloured by {color_key}"
-    ax.set_title(title)
 
+def _add_legends(
+    figure: Figure,
+    ax: Any,
+    ranked: pd.DataFrame,
+    curves: list[Curve],
+    colouring: Any,
+    metric: str,
+    all_fallback: bool,
+) -> None:
     # What line styles and markers mean, then the colours.
     style_handles = []
     if len(ranked):
@@ -212,7 +230,6 @@ def learning_curves_figure(ranked: pd.DataFrame, histories: Histories, metric: s
     # Inside the axes, bottom left: curves start high and fall later, so that corner is usually
     # empty (the top edge holds the crosses of runs that diverged).
     ax.legend(handles=style_handles, loc="lower left", fontsize="small", framealpha=0.85)
-    return figure
 
 
 @dataclass

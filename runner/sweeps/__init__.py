@@ -10,3 +10,9 @@ any other Hydra launcher (Ray, SLURM) gets the same job overrides.
 
 # The module the ``local`` launcher's fork server imports for every worker (``worker_preload``).
 WORKER_PRELOAD = ("runner.sweeps.worker_preload",)
+
+
+def hydra_name(class_name: str) -> str:
+    """The ``_target_`` of bprun's plugin ``class_name``: Hydra instantiates plugins only from
+    the ``hydra_plugins`` package, where ``hydra_plugins.bprun`` defines each (``plugins``)."""
+    return f"hydra_plugins.bprun.{class_name}"

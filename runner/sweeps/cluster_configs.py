@@ -1,25 +1,22 @@
 """The options ``hydra/launcher=ray``, ``submitit_local`` and ``submitit_slurm``: bprun's launchers
 on top of Hydra's Ray and submitit plugins (``ray_launcher``, ``submitit_launchers``), with their
-defaults.
+defaults. They are kept apart from the launchers because they exist whether or not the plugins
+are installed (choosing one without them says which extra to install), and the launchers import
+the plugins.
 
-The plugins register configs of these names in Hydra's ConfigStore, pointing at their own
-launchers; ``register_cluster_launchers`` replaces them once Hydra has discovered the plugins, so
-the names a Hydra user knows start bprun's launchers, which keep a sweep's guarantees (Ctrl-C
-cancels the cluster's jobs, a job that fails is recorded, jobs on other machines never write to a
-local file). The keys are the plugins' own, so their documentation applies. The options exist
-whether or not the plugins are installed: choosing one without them says which extra to install.
-
-Defaults here rather than in YAML files under ``conf/hydra/launcher``: a file with the name of a
-ConfigStore entry gets Hydra's deprecated automatic schema matching (and its warning).
+The plugins register options of these names, pointing at their own launchers;
+``runner.sweeps.plugins.register_plugins`` replaces them, so the names a Hydra user knows start
+bprun's launchers, which keep a sweep's guarantees (Ctrl-C cancels the cluster's jobs, a job that
+fails is recorded, jobs on other machines never write to a local file). The keys are the
+plugins' own, so their documentation applies.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
+from runner.sweeps import hydra_name
 
 
 def _ray_init() -> dict[str, Any]:
@@ -42,7 +39,7 @@ class RayConf:
 
 @dataclass
 class RayLauncherConf:
-    _target_: str = "hydra_plugins.bprun.RayLauncher"
+    _target_: str = hydra_name("RayLauncher")
     ray: RayConf = field(default_factory=RayConf)
 
 
@@ -63,14 +60,14 @@ class SubmititConf:
 
 @dataclass
 class SubmititLocalConf(SubmititConf):
-    _target_: str = "hydra_plugins.bprun.SubmititLocalLauncher"
+    _target_: str = hydra_name("SubmititLocalLauncher")
 
 
 @dataclass
 class SubmititSlurmConf(SubmititConf):
     """The keys of hydra-submitit-launcher's ``SlurmQueueConf`` (``sbatch`` options)."""
 
-    _target_: str = "hydra_plugins.bprun.SubmititSlurmLauncher"
+    _target_: str = hydra_name("SubmititSlurmLauncher")
     partition: str | None = None  # null: the cluster's default partition
     qos: str | None = None
     comment: str | None = None
@@ -90,29 +87,3 @@ class SubmititSlurmConf(SubmititConf):
     additional_parameters: dict[str, Any] = field(default_factory=dict)  # more sbatch options
     array_parallelism: int = 256  # jobs of the sweep running at once, at most
     setup: list[str] | None = None  # shell lines run before the job (module load ..., source venv)
-
-
-CLUSTER_LAUNCHERS = {"ray": RayLauncherConf, "submitit_local": SubmititLocalConf, "submitit_slurm": SubmititSlurmConf}
-
-# The extra that brings each option's Hydra plugin, and the plugin's package.
-EXTRAS = {
-    "ray": ("ray", "hydra_plugins.hydra_ray_launcher"),
-    "submitit_local": ("slurm", "hydra_plugins.hydra_submitit_launcher"),
-    "submitit_slurm": ("slurm", "hydra_plugins.hydra_submitit_launcher"),
-}
-
-
-def missing_extra(launcher_option: str) -> str | None:
-    """The extra to install before ``hydra/launcher=<launcher_option>`` works, or None."""
-    if launcher_option not in EXTRAS:
-        return None
-    extra, package = EXTRAS[launcher_option]
-    return extra if importlib.util.find_spec(package) is None else None
-
-
-def register_cluster_launchers() -> None:
-    """Store bprun's cluster launcher options, replacing the plugins' (call it after
-    ``Plugins.instance()``, which imports the plugins and so registers theirs)."""
-    store = ConfigStore.instance()
-    for name, node in CLUSTER_LAUNCHERS.items():
-        store.store(group="hydra/launcher", name=name, node=node, provider="bprun")

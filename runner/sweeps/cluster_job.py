@@ -17,26 +17,12 @@ import socket
 import threading
 from collections.abc import Iterator, Sequence
 
-from hydra.core.utils import JobReturn, JobStatus
-
 from runner.process import interruption
-from runner.process.errors import CommandError, InvalidInput
+from runner.process.errors import InvalidInput
 
 
 class JobsElsewhere(InvalidInput):
     """A launcher that runs jobs on other machines was given a store only this machine has."""
-
-
-class JobLost(CommandError):
-    """A job ended without a result: its process, worker or node died (killed, out of memory)."""
-
-
-def failed_job(failure: BaseException) -> JobReturn:
-    """The result of a job that failed outside Hydra's job runner, as the sweeper records it."""
-    result = JobReturn()
-    result.status = JobStatus.FAILED
-    result.return_value = failure
-    return result
 
 
 @contextlib.contextmanager
@@ -90,11 +76,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # alive, someone else's
         pass
     return True
-
-
-def shown_overrides(overrides: Sequence[str]) -> list[str]:
-    """A job's overrides as its launch line shows them: without the sweep's ``hydra.*`` ones."""
-    return [override for override in overrides if not override.lstrip("+~").startswith("hydra.")]
 
 
 def local_addresses() -> set[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from runner.core.validation import clean_value
+from runner.sweeps import hydra_name
 from runner.sweeps.sweeper import TrackedSweeper
 
 _FLOAT = re.compile(r"^[+-]?\d*\.\d+([eE][+-]?\d+)?$")
@@ -27,6 +29,15 @@ def short_float(text: str) -> str:
     """A float as a person types it, to 15 significant digits: ``range(0.1,0.4,0.1)`` yields
     0.30000000000000004, which the job is launched (and Hydra's log shows it) as 0.3."""
     return repr(clean_value(float(text))) if _FLOAT.match(text) else text
+
+
+@dataclass
+class GridSweeperConf:
+    """``hydra/sweeper=grid``: every combination of the swept values (``a=1,2 b=x,y``: four jobs)."""
+
+    _target_: str = hydra_name("GridSweeper")
+    max_batch_size: int | None = None  # launch the grid in batches of at most this many jobs (None: all at once)
+    params: dict[str, str] = field(default_factory=dict)  # more swept keys: key: a,b,c
 
 
 class GridSweeper(TrackedSweeper):

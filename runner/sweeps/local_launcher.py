@@ -20,13 +20,13 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import cloudpickle
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, configure_log, run_job, setup_globals
+from hydra.core.utils import JobReturn, configure_log, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
@@ -35,18 +35,24 @@ from runner.plots.background import running_helper
 from runner.process import interruption
 from runner.process.children import ChildPool, start_forkserver
 from runner.process.errors import CommandError, CommandExit
-from runner.sweeps import WORKER_PRELOAD
-from runner.sweeps.cluster_job import shown_overrides
+from runner.sweeps import WORKER_PRELOAD, hydra_name
+from runner.sweeps.launching import ComposedJob, compose_jobs, execute_job, shown_overrides, wait_for_jobs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# How often the wait for the workers looks for a recorded Ctrl-C or SIGTERM.
-INTERRUPTION_POLL_SECONDS = 0.1
-
 
 class WorkerLost(CommandError):
     """A worker process ended in the middle of a job (killed by the system, out of memory)."""
+
+
+@dataclass
+class LocalLauncherConf:
+    """``hydra/launcher=local``: with ``n_jobs`` 1 the jobs run one after the other in bprun's
+    process; with more, that many at a time in worker processes that end with bprun."""
+
+    _target_: str = hydra_name("LocalLauncher")
+    n_jobs: int = 1
 
 
 class LocalLauncher(Launcher):
@@ -69,7 +75,7 @@ class LocalLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         return self.launch_composed(compose_jobs(self.hydra_context, self.config, job_overrides), initial_job_idx)
 
-    def launch_composed(self, jobs: Sequence[tuple[list[str], DictConfig]], initial_job_idx: int) -> list[JobReturn]:
+    def launch_composed(self, jobs: Sequence[ComposedJob], initial_job_idx: int) -> list[JobReturn]:
         """Run each ``(overrides, composed config)`` job; job ``i`` gets number
         ``initial_job_idx + i``."""
         setup_globals()
@@ -105,15 +111,20 @@ class LocalLauncher(Launcher):
         # defined in functions, which the standard pickle refuses.
         hydra_state = cloudpickle.dumps((self.hydra_context, self.task_function, Singleton.get_state()))
         futures = [pool.submit(execute_job_in_worker, config, hydra_state) for config in configs]
-        pending: set[Future] = set(futures)
-        while pending:
-            _, pending = wait(pending, timeout=INTERRUPTION_POLL_SECONDS, return_when=FIRST_COMPLETED)
-            if interruption.requested():
-                pool.stop()  # running jobs end their runs KILLED; the others never start
-                for future in pending:
-                    future.cancel()
-                wait(pending)
-                break
+        pending: set[Future[JobReturn]] = set(futures)
+
+        def all_done(timeout: float) -> bool:
+            nonlocal pending
+            pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED).not_done
+            return not pending
+
+        def stop() -> None:
+            pool.stop()  # running jobs end their runs KILLED; the others never start
+            for future in pending:
+                future.cancel()
+            wait(pending)
+
+        wait_for_jobs(all_done, stop)
         interruption.check()
         try:
             return [future.result() for future in futures]
@@ -124,6 +135,9 @@ class LocalLauncher(Launcher):
                     "stopped (was it killed by the system, out of memory?)"
                 )
             ) from None
+
+    def runs_jobs_elsewhere(self) -> str | None:
+        return None
 
     def call(self, function: Callable[..., T], *arguments: Any) -> T:
         """``function(*arguments)`` in a worker if this launcher has them (their MLflow is
@@ -150,32 +164,9 @@ class LocalLauncher(Launcher):
         return self._pool
 
 
-def compose_jobs(
-    hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]]
-) -> list[tuple[list[str], DictConfig]]:
-    """``(overrides, composed config)`` of each job, as ``launch_composed`` takes them."""
-    jobs = []
-    for overrides in job_overrides:
-        interruption.check()
-        jobs.append((list(overrides), hydra_context.config_loader.load_sweep_config(config, list(overrides))))
-    return jobs
-
-
 def execute_job_in_worker(config: DictConfig, hydra_state: bytes) -> JobReturn:
     """One job in a worker, with the Hydra state of the launching process."""
     hydra_context, task_function, singleton_state = cloudpickle.loads(hydra_state)
     setup_globals()
     Singleton.set_state(singleton_state)
     return execute_job(config, hydra_context, task_function)
-
-
-def execute_job(config: DictConfig, hydra_context: HydraContext, task_function: TaskFunction) -> JobReturn:
-    """One job, as Hydra's launchers run it."""
-    HydraConfig.instance().set_config(config)
-    return run_job(
-        hydra_context=hydra_context,
-        task_function=task_function,
-        config=config,
-        job_dir_key="hydra.sweep.dir",
-        job_subdir_key="hydra.sweep.subdir",
-    )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 
 from runner.core.validation import clean_value
+from runner.sweeps import hydra_name
 from runner.sweeps.sweeper import TrackedSweeper
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,20 @@ def distribution(override: Override) -> Any:
     if override.is_sweep_override():
         return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
     raise ValueError(f"{override.input_line!r} is not a search space")
+
+
+@dataclass
+class OptunaSweeperConf:
+    """``hydra/sweeper=optuna``: search spaces from the command line and/or ``params`` (key: space,
+    in Hydra's sweep syntax)."""
+
+    _target_: str = hydra_name("OptunaSweeper")
+    n_trials: int = 20
+    n_jobs: int = 1  # trials launched together; with hydra.launcher.n_jobs they run in parallel
+    seed: int = 0  # TPE's seed: the same sweep proposes the same trials
+    direction: str = "minimize"
+    objective: str = "val_mse"  # final metric each job returns; val_* falls back to train_* without a validation split
+    params: dict[str, str] = field(default_factory=dict)
 
 
 class OptunaSweeper(TrackedSweeper):

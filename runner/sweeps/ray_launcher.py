@@ -32,14 +32,20 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.process import interruption
 from runner.process.errors import CommandExit, InvalidInput
-from runner.sweeps.cluster_job import JobLost, failed_job, job_process, local_addresses, shown_overrides
-from runner.sweeps.local_launcher import compose_jobs, execute_job
+from runner.sweeps.cluster_job import job_process, local_addresses
+from runner.sweeps.launching import (
+    ComposedJob,
+    JobLost,
+    compose_jobs,
+    execute_job,
+    failed_job,
+    shown_overrides,
+    wait_for_jobs,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# How often the wait for the tasks looks for a recorded Ctrl-C or SIGTERM.
-INTERRUPTION_POLL_SECONDS = 0.1
 # How long a cluster's head may take to accept a connection before bprun gives up on it.
 CONNECT_SECONDS = 10.0
 # Worker processes warmed up as a sweep starts, at most (one per job slot of the cluster).
@@ -105,7 +111,7 @@ class RayLauncher(PluginRayLauncher):
         assert self.config is not None and self.hydra_context is not None
         return self.launch_composed(compose_jobs(self.hydra_context, self.config, job_overrides), initial_job_idx)
 
-    def launch_composed(self, jobs: Sequence[tuple[list[str], DictConfig]], initial_job_idx: int) -> list[JobReturn]:
+    def launch_composed(self, jobs: Sequence[ComposedJob], initial_job_idx: int) -> list[JobReturn]:
         """Run each ``(overrides, composed config)`` job as a Ray task (bprun's sweepers hand over
         the configs they composed to validate the jobs: this process composes each job once, and
         spends its CPU, which the jobs share, on nothing else)."""
@@ -129,15 +135,23 @@ class RayLauncher(PluginRayLauncher):
                 config.hydra.job.num = number
             tasks.append(remote_job.remote(hydra_state, config, launching_dir))
         pending = list(tasks)
-        while pending:
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=INTERRUPTION_POLL_SECONDS)
-            if interruption.requested():
-                for task in pending:
-                    ray.cancel(task)  # not started: never starts; running: its job ends its run KILLED
-                ray.wait(pending, num_returns=len(pending))
-                break
+
+        def all_done(timeout: float) -> bool:
+            nonlocal pending
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=timeout)
+            return not pending
+
+        def stop() -> None:
+            for task in pending:
+                ray.cancel(task)  # not started: never starts; running: its job ends its run KILLED
+            ray.wait(pending, num_returns=len(pending))
+
+        wait_for_jobs(all_done, stop)
         interruption.check()
         return [_result(task, number) for number, task in enumerate(tasks, start=initial_job_idx)]
+
+    def close(self) -> None:
+        pass  # Ray's workers belong to the cluster; a cluster ray.init started here ends with bprun
 
     def _start_ray(self) -> None:
         ray = import_ray()

@@ -19,9 +19,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, setup_globals
@@ -33,14 +33,20 @@ from omegaconf import OmegaConf, open_dict
 from runner import names
 from runner.process import interruption
 from runner.process.children import started_deaf_to_ctrl_c
-from runner.sweeps.cluster_job import JobLost, failed_job, job_process, shown_overrides
-from runner.sweeps.local_launcher import execute_job
+from runner.sweeps.cluster_job import job_process
+from runner.sweeps.launching import (
+    POLL_SECONDS,
+    ComposedJob,
+    JobLost,
+    execute_job,
+    failed_job,
+    shown_overrides,
+    wait_for_jobs,
+)
 
 log = logging.getLogger(__name__)
 
-# How often the wait for the jobs asks whether they are done and looks for a recorded signal
-# (submitit caches SLURM's answers: it asks sacct at most every few seconds, whatever this is).
-POLL_SECONDS = 0.2
+T = TypeVar("T")
 
 
 class _TrackedSubmitit:
@@ -114,13 +120,20 @@ class _TrackedSubmitit:
         # hears it (and this launcher's SIGTERM) itself and ends its run in its own time.
         with started_deaf_to_ctrl_c() if self._EXECUTOR == "local" else contextlib.nullcontext():
             jobs = executor.map_array(self, *zip(*arguments))
-        while not all(job.done() for job in jobs):
-            if interruption.requested():
-                self._stop(jobs)
-                break
-            time.sleep(POLL_SECONDS)
+        wait_for_jobs(lambda timeout: _all_done(jobs, timeout), lambda: self._stop(jobs))
         interruption.check()
         return [_result(job, number) for number, job in enumerate(jobs, start=initial_job_idx)]
+
+    def launch_composed(self, jobs: Sequence[ComposedJob], initial_job_idx: int) -> Sequence[JobReturn]:
+        """The jobs, each composed again from its overrides in the process submitit starts for it
+        (a SLURM job may run where this process's objects cannot go)."""
+        return self.launch([overrides for overrides, _ in jobs], initial_job_idx)
+
+    def call(self, function: Callable[..., T], *arguments: Any) -> T:
+        return function(*arguments)
+
+    def close(self) -> None:
+        pass  # every job has ended with the batch it belongs to
 
     def _executor(self) -> Any:
         """The plugin's executor: its parameters mapped to submitit's as the plugin maps them."""
@@ -142,14 +155,14 @@ class _TrackedSubmitit:
         for job in jobs:
             if not job.done():
                 self._terminate(job)
-        while not all(job.done() for job in jobs):
-            time.sleep(POLL_SECONDS)
+        while not _all_done(jobs, POLL_SECONDS):
+            pass
 
     def _terminate(self, job: Any) -> None:
         job.cancel(check=False)
 
 
-class LocalLauncher(_TrackedSubmitit, PluginLocalLauncher):
+class SubmititLocalLauncher(_TrackedSubmitit, PluginLocalLauncher):
     def runs_jobs_elsewhere(self) -> str | None:
         return None
 
@@ -163,7 +176,7 @@ class LocalLauncher(_TrackedSubmitit, PluginLocalLauncher):
             pass
 
 
-class SlurmLauncher(_TrackedSubmitit, PluginSlurmLauncher):
+class SubmititSlurmLauncher(_TrackedSubmitit, PluginSlurmLauncher):
     def runs_jobs_elsewhere(self) -> str | None:
         return "on the SLURM cluster's nodes"
 
@@ -192,6 +205,14 @@ def mark_requeued(output_dir: Path) -> str | None:
         f"run (tagged {names.REQUEUE_OF}) starts again from the first epoch",
     )
     return str(run["run_id"])
+
+
+def _all_done(jobs: list[Any], timeout: float) -> bool:
+    """Whether every job is done, else False after ``timeout`` seconds."""
+    if all(job.done() for job in jobs):
+        return True
+    time.sleep(timeout)
+    return False
 
 
 def _result(job: Any, number: int) -> JobReturn:

@@ -22,17 +22,16 @@ from typing import Any, TypeVar
 
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
 from runner.core.validation import ConfigError, validate
 from runner.process import interruption
-from runner.process.errors import CommandError, CommandExit, InvalidInput, RunError
-from runner.sweeps.cluster_configs import missing_extra
+from runner.process.errors import CommandError, CommandExit, RunError
 from runner.sweeps.cluster_job import JobsElsewhere
 from runner.sweeps.context import SweepRun
+from runner.sweeps.launching import SweepLauncher, sweep_launcher
 from runner.sweeps.overrides import swept_values
 from runner.tracking.destination import Destination, TrackingLost, where_to_look
 
@@ -47,20 +46,17 @@ class SweepFailed(CommandError):
 class TrackedSweeper(Sweeper):
     """Base class of bprun's sweepers (see the module docstring)."""
 
+    config: DictConfig
+    hydra_context: HydraContext
+    job_launcher: SweepLauncher  # what runs the jobs: the launcher the sweep's config chose
+
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         self.hydra_context = hydra_context
-        option = str(config.hydra.runtime.choices.get("hydra/launcher"))
-        extra = missing_extra(option)
-        if extra is not None:
-            raise CommandExit(
-                InvalidInput(
-                    f"hydra/launcher={option} needs the {extra} extra, which is not installed: pip install "
-                    f"'backprop-runner[{extra}]' (docs/clusters.md says which extras go together)"
-                )
+        self.job_launcher = sweep_launcher(
+            Plugins.instance().instantiate_launcher(
+                hydra_context=hydra_context, task_function=task_function, config=config
             )
-        self.launcher: Launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config
         )
         self.sweep_run: SweepRun | None = None
         self._next_job = 0
@@ -78,10 +74,10 @@ class TrackedSweeper(Sweeper):
                 yield
             except interruption.Interrupted as stop:
                 # Every job has ended its own run (KILLED) by now; the launcher's workers are warm.
-                if self._end_stopped("KILLED", stop.verb):
+                if parent_id := self._end_stopped("KILLED", stop.verb):
                     stop.ended = (
-                        f"the sweep's parent run {self.sweep_run.run_id} and its running jobs were "
-                        "ended KILLED, every completed epoch logged"
+                        f"the sweep's parent run {parent_id} and its running jobs were ended KILLED, "
+                        "every completed epoch logged"
                     )
                 raise
             except BaseException as error:
@@ -89,9 +85,9 @@ class TrackedSweeper(Sweeper):
                 if isinstance(error, CommandExit) and isinstance(error.error, TrackingLost):
                     raise  # the store cannot be told anything more
                 reason = str(error) if isinstance(error, CommandExit) else f"{type(error).__name__}: {error}"
-                if self._end_stopped("FAILED", f"stopped by an error: {reason}"[:500]):
+                if parent_id := self._end_stopped("FAILED", f"stopped by an error: {reason}"[:500]):
                     print(
-                        f"bprun: the sweep's parent run {self.sweep_run.run_id} and its running jobs were ended FAILED",
+                        f"bprun: the sweep's parent run {parent_id} and its running jobs were ended FAILED",
                         file=sys.stderr,
                     )
                 raise
@@ -100,18 +96,16 @@ class TrackedSweeper(Sweeper):
             self._close_launcher()
 
     def _close_launcher(self) -> None:
-        close = getattr(self.launcher, "close", None)
-        if close is not None:
-            close()
+        self.job_launcher.close()
 
-    def _end_stopped(self, status: str, reason: str) -> bool:
-        """End the parent run and its running jobs ``status``; False if there is no parent yet."""
+    def _end_stopped(self, status: str, reason: str) -> str | None:
+        """End the parent run and its running jobs ``status``; its id, None if there is no parent yet."""
         if self.sweep_run is None:
-            return False
+            return None
         from runner.sweeps.parent import end_stopped_sweep  # (lazy: MLflow, where the parent exists)
 
         self.call(end_stopped_sweep, self.sweep_run, status, reason)
-        return True
+        return self.sweep_run.run_id
 
     def _finish(self) -> None:
         if self.sweep_run is None:
@@ -159,11 +153,7 @@ class TrackedSweeper(Sweeper):
             for config in configs:
                 add_job_environment(config, self.sweep_run.job_environment(), extra)
         interruption.check()
-        launch_composed = getattr(self.launcher, "launch_composed", None)
-        if launch_composed is not None:
-            results = launch_composed(list(zip(jobs, configs)), initial_job_idx=self._next_job)
-        else:
-            results = self.launcher.launch(jobs, initial_job_idx=self._next_job)
+        results = self.job_launcher.launch_composed(list(zip(jobs, configs)), initial_job_idx=self._next_job)
         self._next_job += len(batch)
         self._record(batch, results)
         return results
@@ -179,8 +169,7 @@ class TrackedSweeper(Sweeper):
 
     def _check_jobs_reach_store(self) -> None:
         """Refuse a store that is a file of this machine when the launcher runs jobs elsewhere."""
-        runs_jobs_elsewhere = getattr(self.launcher, "runs_jobs_elsewhere", None)
-        where = runs_jobs_elsewhere() if runs_jobs_elsewhere is not None else None
+        where = self.job_launcher.runs_jobs_elsewhere()
         destination = Destination.configured(self.config.tracking, self.config.hydra.runtime.cwd)
         if where and not destination.is_server:
             option = self.config.hydra.runtime.choices.get("hydra/launcher")
@@ -234,8 +223,7 @@ class TrackedSweeper(Sweeper):
     def call(self, function: Callable[..., T], *arguments: Any) -> T:
         """``function(*arguments)`` where MLflow is imported already: in one of the launcher's
         workers when it has them, else here."""
-        call = getattr(self.launcher, "call", None)
-        return call(function, *arguments) if call is not None else function(*arguments)
+        return self.job_launcher.call(function, *arguments)
 
 
 def add_job_environment(config: DictConfig, environment: dict[str, str], overrides: list[str]) -> None:
