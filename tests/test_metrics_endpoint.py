@@ -36,13 +36,17 @@ def test_a_good_body_gives_the_rows_to_store() -> None:
         ({"run_id": None}, "run_id string"),
         ({"values": [0.5]}, "lists of one length"),
         ({"steps": "0,0"}, "lists of one length"),
-        ({"keys": ["train_mse", "bad|name"]}, "invalid metric name 'bad|name'"),
-        ({"keys": ["train_mse", ""]}, "invalid metric name ''"),
+        ({"keys": ["train_mse", "bad|name"]}, 'Invalid value "bad|name" for parameter .* Names may only contain'),
+        ({"keys": ["train_mse", ""]}, "must not resolve to other names"),
+        ({"keys": ["train_mse", "../../etc"]}, "would resolve to '../../etc'"),
+        ({"keys": ["train_mse", 7]}, "invalid metric name 7"),
         ({"values": [0.5, float("nan")]}, "value nan is not a finite number"),
         ({"values": [0.5, "1"]}, "value '1' is not a finite number"),
         ({"values": [0.5, True]}, "value True is not a finite number"),
-        ({"steps": [0, 1.5]}, "timestamp and step must be integers"),
-        ({"timestamps": [1000, None]}, "timestamp and step must be integers"),
+        ({"steps": [0, 1.5]}, "must be 64-bit integers"),
+        ({"timestamps": [1000, None]}, "must be 64-bit integers"),
+        ({"timestamps": [1000, -1]}, "the timestamp >= 0"),
+        ({"steps": [0, 2**63]}, "must be 64-bit integers"),
     ],
 )
 def test_a_bad_body_is_refused_with_the_bad_value(changes: dict, message: str) -> None:
@@ -135,3 +139,47 @@ def test_a_server_without_the_endpoint_means_log_batch(stand_in) -> None:
     assert MetricsEndpoint.of(stand_in) is None
     assert MetricsEndpoint.of(stand_in) is None
     assert [method for method, *_ in Recorder.seen] == ["GET"]
+
+
+# Names as MLflow's own tests of its validation list them (tests/utils/test_validation.py):
+# accepted ones, and ones it refuses for their characters, their length or their path.
+GOOD_NAMES = ["a", "Ab-5_", "a/b/c", "a.b.c", ".a", "b.", "a..a/._./o_O/.e.", "a b/c d", "a:b", "x" * 250]
+BAD_NAMES = [
+    "\\",
+    "/",
+    "//",
+    "a//b",
+    "a/./b",
+    "/a",
+    "a/",
+    ":\\",
+    "./a",
+    "../a",
+    "a/..",
+    "../../etc",
+    "",
+    "bad|name",
+    "tab\tname",
+    "x" * 251,
+]
+
+
+@pytest.mark.parametrize("name", GOOD_NAMES + BAD_NAMES)
+def test_the_endpoint_accepts_exactly_the_names_mlflows_log_batch_accepts(name: str, store) -> None:
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    client = store.client()
+    run_id = client.create_run(client.create_experiment("names")).info.run_id
+    try:
+        client.log_batch(run_id, metrics=[Metric(name, 1.0, 1000, 0)])
+        mlflow_accepts = True
+    except MlflowException as error:
+        assert error.error_code == "INVALID_PARAMETER_VALUE", error
+        mlflow_accepts = False
+    try:
+        parse(body(keys=[name], values=[1.0], timestamps=[1000], steps=[0]))
+        endpoint_accepts = True
+    except BadRequest:
+        endpoint_accepts = False
+    assert endpoint_accepts == mlflow_accepts == (name in GOOD_NAMES), (name, endpoint_accepts, mlflow_accepts)

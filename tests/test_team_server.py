@@ -272,3 +272,91 @@ def test_report_doctor_and_load_tensors_read_the_server(team_sweep, server, tmp_
     tensors = load_tensors(jobs[0].info.run_id, uri)
     assert tensors["epochs"].tolist() == list(range(SWEEP_EPOCHS))
     assert tensors["layer1.weights"].shape[0] == SWEEP_EPOCHS
+
+
+# --- the metrics route is as strict as MLflow -------------------------------------------------------
+def _post(uri: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{uri}/bprun/api/1/metrics", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _metrics_body(run_id: str, keys: list[str], steps: list[int]) -> bytes:
+    import json
+
+    count = len(keys)
+    return json.dumps(
+        {"run_id": run_id, "keys": keys, "values": [0.5] * count, "timestamps": [1000] * count, "steps": steps}
+    ).encode()
+
+
+def _server_memory(process: Background) -> int:
+    """Resident memory of the server's processes (bprun-server, MLflow's server, its web workers)."""
+    from support import session_processes
+
+    total = 0
+    for entry in session_processes(process.pid):
+        pid = entry.partition(":")[0]
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS")), 0)
+    return total
+
+
+def test_the_metrics_route_refuses_what_mlflow_refuses_and_bodies_over_the_limit(server) -> None:
+    uri, process, _ = server
+    mlflow_client = client(uri)
+    experiment_id = mlflow_client.create_experiment("strict-route")
+    run_id = mlflow_client.create_run(experiment_id).info.run_id
+    json_header = {"Content-Type": "application/json"}
+
+    status, answer = _post(uri, _metrics_body(run_id, ["../../etc"], [0]), json_header)
+    assert (status, answer["error_code"]) == (400, "INVALID_PARAMETER_VALUE"), answer
+    assert "would resolve to '../../etc'" in answer["message"]
+    assert mlflow_client.get_run(run_id).data.metrics == {}
+
+    # A 60 MB body: refused by its declared length, before a byte of it is read.
+    before = _server_memory(process)
+    host, port = uri.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        connection.sendall(
+            f"POST /bprun/api/1/metrics HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {60 * 1024 * 1024}\r\n\r\n".encode()
+            + b"{" * 65536
+        )
+        reply = connection.recv(65536).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 413"), reply
+    assert '"error_code": "REQUEST_LIMIT_EXCEEDED"' in reply and "at most" in reply, reply
+    assert _server_memory(process) - before < 20 * 1024 * 1024, (before, _server_memory(process))
+
+
+def test_forty_concurrent_writers_of_five_thousand_values_are_all_stored(server) -> None:
+    uri, _, _ = server
+    mlflow_client = client(uri)
+    experiment_id = mlflow_client.create_experiment("forty-writers")
+    runs = [mlflow_client.create_run(experiment_id).info.run_id for _ in range(8)]
+    header = {"Content-Type": "application/json"}
+
+    def writer(number: int) -> int:
+        # Five writers per run, each its own 5,000 steps of two metrics.
+        steps = [number * 2500 + step for step in range(2500) for _ in range(2)]
+        keys = ["train_mse", "val_mse"] * 2500
+        status, answer = _post(uri, _metrics_body(runs[number % 8], keys, steps), header)
+        assert status == 200, answer
+        return status
+
+    results = run_parallel({str(number): (lambda number=number: writer(number)) for number in range(40)}, workers=40)
+    assert set(results.values()) == {200}
+    for run_id in runs:
+        for key in ("train_mse", "val_mse"):
+            history = mlflow_client.get_metric_history(run_id, key)
+            assert len(history) == 5 * 2500, (run_id, key, len(history))

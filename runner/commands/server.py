@@ -32,7 +32,12 @@ from runner.commands.common import quiet_mlflow
 from runner.process import interruption, service
 from runner.process.errors import EXIT_FAILED, EXIT_INVALID
 from runner.tracking.destination import MODEL_TRAINING_VIEW
-from runner.tracking.metrics_endpoint import APP_NAME
+from runner.tracking.metrics_endpoint import (
+    APP_NAME,
+    DEFAULT_MAX_REQUEST_MB,
+    ENV_MAX_REQUEST_MB,
+    MAX_VALUES_PER_REQUEST,
+)
 
 DEFAULT_EXPERIMENT = "backprop-runner"
 START_TIMEOUT_SECONDS = 120.0
@@ -62,6 +67,13 @@ def parser() -> argparse.ArgumentParser:
         "(default: the bound address and localhost, with the port)",
     )
     arguments.add_argument("--workers", default=2, type=int, help="web server worker processes (default: 2)")
+    arguments.add_argument(
+        "--max-request-mb",
+        default=DEFAULT_MAX_REQUEST_MB,
+        type=float,
+        help=f"the largest request the metrics route reads, in MB; larger ones are answered 413 before they "
+        f"are read (default: {DEFAULT_MAX_REQUEST_MB}; a request of {MAX_VALUES_PER_REQUEST} values takes about 1)",
+    )
     arguments.add_argument(
         "--experiment",
         default=DEFAULT_EXPERIMENT,
@@ -106,7 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--allowed-hosts",
         arguments.allowed_hosts or _allowed_hosts(arguments.host, arguments.port),
     ]
-    environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    environment = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        ENV_MAX_REQUEST_MB: str(arguments.max_request_mb),
+    }
     process = service.start(command, environment)
     try:
         if not _wait_until_healthy(address, process):
@@ -154,6 +170,8 @@ def _check(arguments: argparse.Namespace) -> str | None:
         return f"--port {arguments.port}: it must be between 1 and 65535"
     if arguments.workers < 1:
         return f"--workers {arguments.workers}: it must be at least 1"
+    if not 1 <= arguments.max_request_mb <= 1024:
+        return f"--max-request-mb {arguments.max_request_mb:g}: it must lie in [1, 1024]"
     return None
 
 

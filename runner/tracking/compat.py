@@ -52,6 +52,19 @@ def server_store_uri() -> str:
     return os.environ.get(BACKEND_STORE_URI_ENV_VAR, "")
 
 
+def metric_name_problem(name: str) -> str | None:
+    """What MLflow's own check of a metric name (the one its ``log-batch`` handler runs) says is
+    wrong with ``name``, None when it accepts it."""
+    from mlflow.exceptions import MlflowException  # (lazy: see server_apps)
+    from mlflow.utils.validation import _validate_metric  # (lazy: see server_apps)
+
+    try:
+        _validate_metric(name, 0.0, 0, 0)
+    except MlflowException as error:
+        return str(error.message)
+    return None
+
+
 class RestClient:
     """Requests to the MLflow server at ``uri`` through MLflow's own http helper."""
 

@@ -22,9 +22,10 @@ through MLflow's own HTTP helper, so they carry the same credentials (``MLFLOW_T
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import re
+import os
 import threading
 from typing import Any, ClassVar
 
@@ -36,8 +37,12 @@ log = logging.getLogger(__name__)
 PATH = "/bprun/api/1/metrics"
 MAX_VALUES_PER_REQUEST = 10_000
 APP_NAME = "bprun"  # the entry point in pyproject.toml: mlflow server --app-name bprun
-# MLflow's rule for metric names (mlflow.utils.validation): letters, digits and _ - . space / :
-METRIC_NAME = re.compile(r"^[/\w.\- :]{1,250}$")
+INVALID = "INVALID_PARAMETER_VALUE"
+LONG = 2**63
+# A request's size limit, in MB, set by bprun-server for its web workers: 10,000 values of
+# columnar JSON take about 1 MB.
+ENV_MAX_REQUEST_MB = "BPRUN_SERVER_MAX_REQUEST_MB"
+DEFAULT_MAX_REQUEST_MB = 4
 
 
 # --- the client -----------------------------------------------------------------------------------
@@ -115,31 +120,72 @@ def _open_writer() -> tuple[Any, str]:
 
 
 def parse(body: Any) -> tuple[str, list[MetricRow]]:
-    """``(run id, values)`` of a POST body, or ``BadRequest`` saying what is wrong."""
+    """``(run id, values)`` of a POST body, or ``BadRequest`` saying what is wrong: names by
+    MLflow's own rule (``compat.metric_name_problem``), values finite numbers (bprun never sends
+    another), timestamps and steps integers as MLflow stores them."""
     if not isinstance(body, dict) or not isinstance(body.get("run_id"), str):
-        raise BadRequest(400, "INVALID_PARAMETER_VALUE", "the body must be a JSON object with a run_id string")
+        raise BadRequest(400, INVALID, "the body must be a JSON object with a run_id string")
     columns = [body.get(name) for name in ("keys", "values", "timestamps", "steps")]
     if not all(isinstance(column, list) for column in columns) or len({len(column) for column in columns}) != 1:
-        raise BadRequest(
-            400, "INVALID_PARAMETER_VALUE", "keys, values, timestamps and steps must be lists of one length"
-        )
+        raise BadRequest(400, INVALID, "keys, values, timestamps and steps must be lists of one length")
     if len(columns[0]) > MAX_VALUES_PER_REQUEST:
         raise BadRequest(
-            400,
-            "INVALID_PARAMETER_VALUE",
-            f"{len(columns[0])} values in one request; at most {MAX_VALUES_PER_REQUEST} are accepted",
+            400, INVALID, f"{len(columns[0])} values in one request; at most {MAX_VALUES_PER_REQUEST} are accepted"
         )
     rows = list(zip(*columns))
-    checked: set[str] = set()  # each name matched once: a request holds thousands of values of a few metrics
+    checked: set[str] = set()  # each name checked once: a request holds thousands of values of a few metrics
     for key, value, timestamp, step in rows:
-        if not isinstance(key, str) or (key not in checked and not METRIC_NAME.match(key)):
-            raise BadRequest(400, "INVALID_PARAMETER_VALUE", f"invalid metric name {key!r}")
-        checked.add(key)
+        if key not in checked:
+            problem = compat.metric_name_problem(key) if isinstance(key, str) else f"invalid metric name {key!r}"
+            if problem:
+                raise BadRequest(400, INVALID, problem)
+            checked.add(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise BadRequest(400, "INVALID_PARAMETER_VALUE", f"metric {key}: value {value!r} is not a finite number")
-        if type(timestamp) is not int or type(step) is not int:
-            raise BadRequest(400, "INVALID_PARAMETER_VALUE", f"metric {key}: timestamp and step must be integers")
+            raise BadRequest(400, INVALID, f"metric {key}: value {value!r} is not a finite number")
+        if type(timestamp) is not int or type(step) is not int or not (0 <= timestamp < LONG and -LONG <= step < LONG):
+            raise BadRequest(
+                400,
+                INVALID,
+                f"metric {key}: timestamp {timestamp!r} and step {step!r} must be 64-bit integers, the timestamp >= 0",
+            )
     return body["run_id"], [(key, float(value), timestamp, step) for key, value, timestamp, step in rows]
+
+
+class RequestSizeLimit:
+    """ASGI middleware: a POST to the metrics route that declares no length, or more than
+    ``limit`` bytes, is answered 411 or 413 before its body is read. MLflow's server reads a
+    request's whole body into memory before its handlers see it, so the limit must act first."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST":
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length", b"").decode()
+            refusal = None
+            if not length.isdigit():
+                refusal = (411, "the request must give its Content-Length")
+            elif int(length) > self.limit:
+                refusal = (413, f"a request of {length} bytes; at most {self.limit} are accepted (--max-request-mb)")
+            if refusal is not None:
+                status, message = refusal
+                body = json.dumps({"error_code": "REQUEST_LIMIT_EXCEEDED", "message": message}).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def request_limit_bytes() -> int:
+    """The limit bprun-server set for this server process (``--max-request-mb``)."""
+    return int(float(os.environ.get(ENV_MAX_REQUEST_MB, DEFAULT_MAX_REQUEST_MB)) * 1024 * 1024)
 
 
 def create_app() -> Any:
@@ -175,4 +221,5 @@ def create_app() -> Any:
         return jsonify({})
 
     flask_app.add_url_rule(PATH, "bprun_metrics", metrics, methods=["GET", "POST"])
+    app.add_middleware(RequestSizeLimit, limit=request_limit_bytes())
     return app
