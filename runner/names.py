@@ -103,6 +103,10 @@ ENV_HTTP_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 # Test hook: a job raises at this epoch, so that tests can check through the real CLI that a
 # crash is recorded (FAILED, traceback) and that the next job starts clean.
 ENV_CRASH_AT_EPOCH = "BPRUN_TEST_CRASH_AT_EPOCH"
+# Test hook: a job pauses after this epoch until the test removes the file <pid>.paused it
+# creates in the folder ENV_PAUSE_FOLDER names, so that a test can act at a known epoch.
+ENV_PAUSE_AT_EPOCH = "BPRUN_TEST_PAUSE_AT_EPOCH"
+ENV_PAUSE_FOLDER = "BPRUN_TEST_PAUSE_FOLDER"
 
 
 def layer_metric(layer: int, statistic: str) -> str:

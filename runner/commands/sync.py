@@ -1,5 +1,6 @@
 """``bprun-sync``: upload the runs kept offline (``tracking.offline=true``) to the tracking
-server each was meant for (``runner.tracking.sync``)."""
+server each was meant for (``runner.tracking.sync``), and what runs that lost their server kept
+on disk (``bprun-sync FOLDER``, the folder the run named; ``runner.tracking.unsent``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ from runner.tracking.destination import OFFLINE_DATABASE, StoreUnavailable, sqli
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bprun-sync", description=__doc__.split("\n\n")[0])
     parser.add_argument(
+        "folders",
+        nargs="*",
+        type=Path,
+        help="folders a run kept when its server was lost (the run's line names it), or folders holding "
+        "them (outputs/); given, only these are uploaded",
+    )
+    parser.add_argument(
         "--offline-store",
         default=f"sqlite:///{Path(os.getcwd(), OFFLINE_DATABASE)}",
         help=f"the offline store (default: ./{OFFLINE_DATABASE})",
@@ -33,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds the server may take to answer")
     arguments = parser.parse_args(argv)
     interruption.install(report=True, stopping_line="bprun-sync: stopping once the run being uploaded is complete")
+    if arguments.folders:
+        return _upload_kept(arguments.folders, arguments.timeout)
     database = sqlite_path(arguments.offline_store)
     if database is not None and not database.is_file():
         print(f"bprun-sync: no offline store at {database}", file=sys.stderr)
@@ -64,6 +74,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.skipped:
         summary += f", {len(result.skipped)} skipped (not ended yet; see above)"
     print(summary)
+    return 0
+
+
+def _upload_kept(paths: list[Path], timeout: float) -> int:
+    """Upload every kept run under ``paths`` to its server (see ``runner.tracking.unsent``)."""
+    from runner.tracking.unsent import find_unsent
+
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        print(f"bprun-sync: no such folder: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_INVALID
+    folders = list(find_unsent(paths))
+    if not folders:
+        print(f"bprun-sync: no run kept for upload in {', '.join(map(str, paths))}", file=sys.stderr)
+        return EXIT_INVALID
+    quiet_mlflow()
+    # (lazy: --help and argument errors answer at once, without MLflow's imports)
+    from runner.tracking.destination import Destination, check_store
+    from runner.tracking.unsent import UnsentRun, upload
+
+    uploaded = 0
+    for folder in folders:
+        interruption.check(ended=f"{uploaded} kept run(s) uploaded before it stopped")
+        kept = UnsentRun.load(folder)
+        label = f"{kept.run_id} ({kept.run_name})"
+        if kept.still_training():
+            print(f"bprun-sync: skipped {label}: it has not ended, and its process still runs", file=sys.stderr)
+            continue
+        try:
+            check_store(
+                Destination(kept.tracking_uri, http_timeout=timeout, http_retries=2),
+                server_advice="start it and run bprun-sync again",
+            )
+            status = upload(folder)
+        except StoreUnavailable as error:
+            print(f"bprun-sync: {error}; nothing more was uploaded", file=sys.stderr)
+            return EXIT_FAILED
+        except Exception as error:
+            print(
+                f"bprun-sync: uploading {label} from {folder} failed: {type(error).__name__}: "
+                f"{(str(error).strip().splitlines() or [''])[0]}; it stays there for the next bprun-sync",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        uploaded += 1
+        print(f"uploaded {label} to {kept.tracking_uri}: ended {status}")
+    print(f"bprun-sync: {uploaded} kept run(s) uploaded")
     return 0
 
 

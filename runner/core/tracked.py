@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,9 @@ def tracked_training(
         tags[names.JOB_OVERRIDES] = json.dumps(list(launch.overrides))  # the job the sweep launched
     run_name = launch.run_name or settings.tracking.run_name or default_run_name(settings)
     params = _params(settings, training.network, launch)
-    with TrackedRun(destination.uri, experiment_id, run_name, params, tags) as run:
+    # A server run keeps what the server does not get beside its other files (runner.tracking.unsent).
+    unsent_root = launch.output_dir or Path(launch.start_dir)
+    with TrackedRun(destination.uri, experiment_id, run_name, params, tags, unsent_root) as run:
         _record_inputs(run, training.dataset, launch, config_yaml, tags[names.DATA_SHA256])
         if launch.output_dir is not None:
             launch.output_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -113,6 +114,8 @@ def _run(cfg: DictConfig, state: DictConfig, in_sweep: bool) -> RunResult:
     observers: list[Observer] = []
     if os.environ.get(names.ENV_CRASH_AT_EPOCH):
         observers.append(_CrashAt(int(os.environ[names.ENV_CRASH_AT_EPOCH])))
+    if os.environ.get(names.ENV_PAUSE_AT_EPOCH):
+        observers.append(_PauseAt(int(os.environ[names.ENV_PAUSE_AT_EPOCH]), Path(os.environ[names.ENV_PAUSE_FOLDER])))
     if sys.stderr.isatty() and not in_sweep:  # a person watching one run, not a log or a sweep
         observers.append(ProgressBar(settings.trainer.epochs, settings.trainer.loss))
     return run_training(settings, target, parent=parent, launch=launch, observers=observers)
@@ -141,6 +144,23 @@ def sweep_objective(metrics: dict[str, float], name: str = "val_mse") -> float |
     if name in metrics:
         return metrics[name]
     return metrics.get(name.replace("val_", "train_", 1)) if name.startswith("val_") else None
+
+
+class _PauseAt(Observer):
+    """The pause test hook (``BPRUN_TEST_PAUSE_AT_EPOCH``): after that epoch, wait until the test
+    removes the marker file (at most ``PAUSE_SECONDS``)."""
+
+    PAUSE_SECONDS = 300.0
+
+    def __init__(self, epoch: int, folder: Path) -> None:
+        self.epoch, self.marker = epoch, folder / f"{os.getpid()}.paused"
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        if report.epoch == self.epoch:
+            self.marker.touch()
+            deadline = time.monotonic() + self.PAUSE_SECONDS
+            while self.marker.exists() and time.monotonic() < deadline and not interruption.requested():
+                time.sleep(0.01)
 
 
 class _CrashAt(Observer):

@@ -3,14 +3,13 @@ server's.
 
 A run writes its files (tensors streamed during training, plots, the model) into
 ``artifacts.directory``. On a local store that is the run's own artifact folder, so large files
-are written once, in place (``LocalArtifacts``). On a server's store it is a staging folder
-whose files are uploaded when the run ends, or sooner when asked (``StagedArtifacts``).
+are written once, in place (``LocalArtifacts``). On a server's store it is a staging folder on
+disk (``runner.tracking.unsent``) whose files are uploaded when the run ends, or sooner when
+asked (``StagedArtifacts``); what a lost server did not get stays there for ``bprun-sync``.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,9 +41,6 @@ class LocalArtifacts:
     def upload_written_later(self) -> None:
         pass
 
-    def discard_staging(self) -> None:
-        pass
-
 
 class StagedArtifacts:
     """A staging folder uploaded to the run's remote artifact store through ``call`` (which
@@ -54,8 +50,11 @@ class StagedArtifacts:
 
     in_place = False
 
-    def __init__(self, run_id: str, client: MlflowClient, call: Callable[..., Any], sender: Sender | None) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix=f"bprun-artifacts-{run_id}-"))
+    def __init__(
+        self, directory: Path, run_id: str, client: MlflowClient, call: Callable[..., Any], sender: Sender | None
+    ) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
         self._run_id, self._client, self._call, self._sender = run_id, client, call, sender
         self._uploaded: set[str] = set()  # files uploaded already
         self._written_later: dict[str, Callable[[], None]] = {}  # {folder: wait until it is written}
@@ -79,13 +78,10 @@ class StagedArtifacts:
                 self._upload(entry)
 
     def upload_written_later(self) -> None:
-        for name, written in self._written_later.items():
+        for written in self._written_later.values():  # all written first: they stay if the upload fails
             written()
+        for name in self._written_later:
             self._upload(self.directory / name)
-
-    def discard_staging(self) -> None:
-        """Remove the staging folder, once everything in it is uploaded."""
-        shutil.rmtree(self.directory, ignore_errors=True)
 
     def _upload(self, entry: Path) -> None:
         if entry.is_dir():
@@ -103,11 +99,16 @@ RunArtifacts = LocalArtifacts | StagedArtifacts
 
 
 def open_artifacts(
-    artifact_uri: str, run_id: str, client: MlflowClient, call: Callable[..., Any], sender: Sender | None
+    artifact_uri: str,
+    staging: Path,
+    run_id: str,
+    client: MlflowClient,
+    call: Callable[..., Any],
+    sender: Sender | None,
 ) -> RunArtifacts:
-    """The run's artifact folder where its artifact store is a local folder, else a staging
-    folder."""
+    """The run's artifact folder where its artifact store is a local folder, else the staging
+    folder ``staging``."""
     local = urlparse(artifact_uri)
     if local.scheme == "file":
         return LocalArtifacts(Path(unquote(local.path)))
-    return StagedArtifacts(run_id, client, call, sender)
+    return StagedArtifacts(staging, run_id, client, call, sender)

@@ -23,7 +23,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from runner.tracking.compat import MetricRow, SqliteMetricWriter
-from runner.tracking.destination import sqlite_path
+from runner.tracking.destination import TrackingLost, sqlite_path
 from runner.tracking.metrics_endpoint import MAX_VALUES_PER_REQUEST, MetricsEndpoint
 from runner.tracking.sender import Sender
 
@@ -145,6 +145,47 @@ class InBackground:
 
     def close(self) -> None:
         self._sink.close()
+
+
+class FallbackSink:
+    """``primary`` until it finds the server lost (``TrackingLost``), then, for good, the sink
+    ``fallback()`` opens: the values the primary did not store go there first, so that the run
+    loses none and training goes on (``runner.tracking.unsent``)."""
+
+    def __init__(self, primary: MetricSink, fallback: Callable[[], MetricSink]) -> None:
+        self.primary = primary
+        self._open_fallback = fallback
+        self._fallback: MetricSink | None = None
+        self.flush_size = primary.flush_size
+
+    def write(self, values: RunValues) -> None:
+        if self._fallback is None:
+            try:
+                self.primary.write(values)
+                return
+            except TrackingLost:
+                self._switch()
+        assert self._fallback is not None
+        self._fallback.write(values)
+
+    def finish(self) -> None:
+        if self._fallback is None:
+            try:
+                self.primary.finish()
+            except TrackingLost:
+                self._switch()
+
+    def take_unsent(self) -> RunValues:
+        return {}  # nothing is left unsent: the fallback takes it
+
+    def close(self) -> None:
+        self.primary.close()
+        if self._fallback is not None:
+            self._fallback.close()
+
+    def _switch(self) -> None:
+        self._fallback = self._open_fallback()
+        self._fallback.write(self.primary.take_unsent())
 
 
 def open_sink(uri: str, client: MlflowClient, call: Callable[..., Any], sender: Sender | None) -> MetricSink:

@@ -11,10 +11,11 @@ for a server, a sender thread that does the server's work while training goes on
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import shutil
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -27,13 +28,14 @@ from mlflow.tracking import MlflowClient
 from runner import names
 from runner.process.errors import RunCrashed, RunError
 from runner.process.interruption import Interrupted, test_point
-from runner.tracking.artifacts import RunArtifacts, StagedArtifacts, open_artifacts
+from runner.tracking.artifacts import RunArtifacts, open_artifacts
 from runner.tracking.destination import TrackingLost, is_server
 from runner.tracking.liveness import process_tags
-from runner.tracking.metric_sinks import MetricBuffer, open_sink
+from runner.tracking.metric_sinks import FallbackSink, MetricBuffer, open_sink
 from runner.tracking.params import log_params
 from runner.tracking.sender import Sender
 from runner.tracking.server_loss import ServerCalls
+from runner.tracking.unsent import ARTIFACTS, UnsentMetrics, UnsentRun, unsent_folder
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +48,28 @@ class TrackedRun:
     As a context manager: leaving normally ends the run FINISHED (or as ``fail`` or ``kill``
     said), an interruption KILLED (re-raised), a ``TrackingLost`` as it is, any other error
     FAILED, raised again as ``RunCrashed``.
+
+    A run on a server that stops answering goes on: what the server does not get is kept under
+    ``unsent_root`` (``runner.tracking.unsent``), and the run's end raises ``TrackingLost`` naming
+    the folder and the command that uploads it.
     """
 
-    def __init__(self, uri: str, experiment_id: str, run_name: str, params: dict[str, Any], tags: dict[str, str]):
+    def __init__(
+        self,
+        uri: str,
+        experiment_id: str,
+        run_name: str,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        unsent_root: Path = Path(),
+    ) -> None:
         self.uri, self.experiment_id, self.run_name = uri, experiment_id, run_name
         self.client = MlflowClient(uri)
         self._params, self._tags = params, tags
+        self._unsent_root = unsent_root
         self._outcome: tuple[str, str] | None = None  # (status, failure reason) set by fail or kill
         self._ended = False
+        self._kept: UnsentRun | None = None  # once the server is lost: what is kept for bprun-sync
         self.run_id = ""
 
     def __enter__(self) -> TrackedRun:
@@ -61,10 +77,12 @@ class TrackedRun:
         self.run_id = run.info.run_id
         self.calls = ServerCalls(self._lost_message, lambda: self.run_id)
         self._sender = Sender() if is_server(self.uri) else None
+        self.unsent_folder = unsent_folder(self._unsent_root, self.run_id)
         self.artifacts: RunArtifacts = open_artifacts(
-            run.info.artifact_uri, self.run_id, self.client, self.calls, self._sender
+            run.info.artifact_uri, self.unsent_folder / ARTIFACTS, self.run_id, self.client, self.calls, self._sender
         )
-        self.metrics = MetricBuffer(open_sink(self.uri, self.client, self.calls, self._sender))
+        sink = open_sink(self.uri, self.client, self.calls, self._sender)
+        self.metrics = MetricBuffer(FallbackSink(sink, self._keep_metrics) if self._sender else sink)
         self.calls(log_params, self.client, self.run_id, self._params)
         return self
 
@@ -82,7 +100,14 @@ class TrackedRun:
             self._sender.submit(self.calls, call, *arguments)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.calls(self.client.log_batch, self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+        try:
+            self.calls(
+                self.client.log_batch, self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()]
+            )
+        except TrackingLost:
+            kept = self._keep()
+            kept.tags.update({key: str(value) for key, value in tags.items()})
+            kept.save(self.unsent_folder)
 
     def write_text_artifacts(self, files: dict[str, str], upload_now: bool = False) -> None:
         """Write small text artifacts given as ``{relative path: content}``; with ``upload_now``
@@ -156,31 +181,37 @@ class TrackedRun:
             _each_tried(steps, self.run_id)
             self.calls(self.client.set_terminated, self.run_id, status)
         except TrackingLost:
-            self._keep_unsent_metrics()
-            raise
+            kept = self._keep()
+            kept.status = status
+            kept.save(self.unsent_folder)
+            raise TrackingLost(self._kept_message(kept), self.run_id) from None
         finally:
             self.metrics.sink.close()
             if self._sender is not None:
                 self._sender.close()
-        self.artifacts.discard_staging()
+        shutil.rmtree(self.unsent_folder, ignore_errors=True)  # everything in it is uploaded
+
+    def _keep(self) -> UnsentRun:
+        """What the run keeps for bprun-sync, from the moment its server is lost."""
+        if self._kept is None:
+            self._kept = UnsentRun(self.uri, self.run_id, self.run_name, self.calls.lost or "")
+            self.unsent_folder.mkdir(parents=True, exist_ok=True)
+            self._kept.save(self.unsent_folder)
+        return self._kept
+
+    def _keep_metrics(self) -> UnsentMetrics:
+        self._keep()
+        return UnsentMetrics(self.unsent_folder)
 
     def _lost_message(self, reason: str) -> str:
-        kept = ""
-        if isinstance(self.artifacts, StagedArtifacts):
-            kept = f"; what it wrote locally is kept in {self.artifacts.directory}"
-        return (
-            f"lost the MLflow tracking server at {self.uri} ({reason}): run {self.run_id} ({self.run_name}) "
-            f"stays RUNNING there until bprun-doctor marks it KILLED{kept}"
-        )
+        return f"lost the MLflow tracking server at {self.uri} ({reason}): run {self.run_id} ({self.run_name})"
 
-    def _keep_unsent_metrics(self) -> None:
-        """The metrics the server never got, beside the staged artifacts, as CSV."""
-        with contextlib.suppress(Exception):  # the values of a batch still on its way, if it failed
-            self.metrics.finish()
-        unsent = self.metrics.pending.get(self.run_id, [])
-        if isinstance(self.artifacts, StagedArtifacts) and unsent:
-            lines = ["key,value,timestamp,step", *(f"{k},{v!r},{t},{s}" for k, v, t, s in unsent)]
-            (self.artifacts.directory / "metrics-not-sent.csv").write_text("\n".join(lines) + "\n")
+    def _kept_message(self, kept: UnsentRun) -> str:
+        return (
+            f"{self._lost_message(kept.lost_reason)} ended {kept.status} here and stays RUNNING there; what the "
+            f"server did not get is kept in {self.unsent_folder}; once the server is back: "
+            f"bprun-sync {self.unsent_folder}"
+        )
 
 
 def _duplicate_row(error: MlflowException) -> bool:
@@ -195,12 +226,12 @@ def _duplicate_row(error: MlflowException) -> bool:
 
 
 def _each_tried(steps: list[Callable[[], None]], run_id: str) -> None:
-    """Run every step, logging a failure and going on (the status matters most), until the
-    server is lost: nothing more reaches it then."""
+    """Run every step, logging a failure and going on: the status matters most. Once the server
+    is lost, its calls fail at once, and the steps that keep things on disk still run."""
     for step in steps:
         try:
             step()
         except TrackingLost:
-            return
+            continue
         except Exception as error:
             log.warning("while ending run %s: %s: %s", run_id, type(error).__name__, error)
