@@ -88,6 +88,8 @@ SCENARIOS = {
     "run-training": Scenario(ENDLESS),
     "run-training-sigterm": Scenario(ENDLESS, signal.SIGTERM, group=False),
     "run-end-pressed-twice": Scenario((f"trainer.epochs={SHORT_EPOCHS}",), point="run-end", presses=2),
+    "run-about-to-be-created": Scenario(("trainer.epochs=5",), point="run-create"),
+    "run-just-created": Scenario(("trainer.epochs=5",), point="run-created"),
     # a sweep in bprun's process
     "sweep-parent-created": Scenario(("-m", "seed=0,1", "trainer.epochs=5"), point="sweep-start"),
     "sweep-second-job-training": Scenario(
@@ -180,7 +182,9 @@ def assert_consistent(outcome: Outcome, allow_running_parent: bool = False) -> N
             assert run.data.tags["stop_reason"] == "interrupted"
             assert run.data.tags["failure_reason"].startswith("interrupted in epoch")
         tensors = artifact_dir(run) / "tensors"
-        if tensors.is_dir():
+        if tensors.is_dir() and not steps:
+            assert np.load(tensors / "epochs.npy").tolist() == [], "no tensors without an epoch"
+        elif tensors.is_dir():
             epochs = np.load(tensors / "epochs.npy").tolist()
             # Every epoch (tensors_every=1) or a spaced selection; the last always.
             assert epochs[-1] == steps[-1], "tensors and metrics must end at the same epoch"
@@ -197,12 +201,23 @@ def test_every_interruption_leaves_a_consistent_store_and_no_process(outcomes: d
 # --- a single run ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["run-startup-imports", "run-job-start-sigterm"])
+@pytest.mark.parametrize("name", ["run-startup-imports", "run-job-start-sigterm", "run-about-to-be-created"])
 def test_a_signal_before_the_run_exists_leaves_nothing(outcomes: dict[str, Outcome], name: str) -> None:
     outcome = outcomes[name]
     assert outcome.runs == [], outcome.output
     verb = "terminated" if outcome.scenario.signal == signal.SIGTERM else "interrupted"
     assert f"bprun: {verb}; no MLflow run had started" in outcome.result.stderr, outcome.output
+
+
+def test_a_signal_once_the_run_exists_ends_it_killed_even_before_its_first_epoch(
+    outcomes: dict[str, Outcome],
+) -> None:
+    outcome = outcomes["run-just-created"]
+    (run,) = outcome.runs
+    assert run.info.status == "KILLED", outcome.output
+    assert run.data.tags["epochs_run"] == "0" and run.data.tags["stop_reason"] == "interrupted"
+    assert history(outcome.store, run) == []
+    assert f"run {run.info.run_id} ended KILLED after 0 complete epoch(s)" in outcome.result.stderr, outcome.output
 
 
 @pytest.mark.parametrize("name", ["run-training", "run-training-sigterm"])

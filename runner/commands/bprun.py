@@ -74,7 +74,7 @@ def run(arguments: list[str]) -> int:
         return stop.exit_code
     except CommandExit as exit_:
         print(f"bprun: {exit_.error}", file=sys.stderr)
-        return exit_.error.exit_code
+        return _ended(exit_.error.exit_code)
     except CommandError as error:  # raised where nothing wrapped it (ending a stopped sweep)
         print(f"bprun: {error}", file=sys.stderr)
         return error.exit_code
@@ -83,7 +83,7 @@ def run(arguments: list[str]) -> int:
             raise
         if is_config_error(error):
             print(f"bprun: {describe(error)}", file=sys.stderr)
-            return EXIT_INVALID
+            return _ended(EXIT_INVALID)
         print(f"bprun: the run crashed: {type(error).__name__}: {error}", file=sys.stderr)
         traceback.print_exception(error)
         return EXIT_FAILED
@@ -91,6 +91,15 @@ def run(arguments: list[str]) -> int:
     # it all (about a second after a tracked run).
     gc.freeze()
     return 0
+
+
+def _ended(code: int) -> int:
+    """``code``, once a command that refused its input has removed the output folders it made."""
+    if code == EXIT_INVALID:
+        from runner.hydra_app.callbacks import remove_refused_output  # (lazy: imported by then, see run)
+
+        remove_refused_output()
+    return code
 
 
 def parallel_workers_requested(arguments: list[str]) -> bool:

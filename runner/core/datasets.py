@@ -200,12 +200,15 @@ LARGEST_VALUE = 1e150
 def _check_text(path: str) -> None:
     """Refuse, naming the file, what ``read_csv`` would fail on with a decoding error: a
     compressed file under a plain name, or text that is not UTF-8; and a row with fewer cells
-    than the header (pandas fills those cells in silently)."""
+    than the header (pandas fills those cells in silently), and a header that names a column
+    twice."""
     try:
         with open(path, "rb") as file:
             head = file.read(2)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a folder, not a CSV file") from None
     except OSError as error:
         raise DataError(f"{path}: cannot read the file ({error.strerror})") from None
     compressed = head == b"\x1f\x8b"
@@ -216,6 +219,12 @@ def _check_text(path: str) -> None:
         with opener(path, "rt", encoding="utf-8", newline="") as text:
             rows = csv.reader(text, skipinitialspace=True)
             header = next(rows, None)
+            twice = sorted({name for name in header or [] if header is not None and header.count(name) > 1})
+            if twice:  # pandas would rename the second one (a.1) and train on it silently
+                raise DataError(
+                    f"{path}: the header names {', '.join(map(repr, twice))} more than once; give every column a "
+                    "name of its own"
+                )
             for number, row in enumerate(rows, start=1):
                 if header is not None and row and len(row) < len(header):
                     raise DataError(f"{path}: data row {number} has {len(row)} cell(s), the header {len(header)}")

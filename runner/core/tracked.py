@@ -23,6 +23,7 @@ from runner.core.training import Launch, ParentRun, RunResult, Training, default
 from runner.core.validation import settings_dict, settings_yaml
 from runner.plots.background import active_helper
 from runner.plots.training import save_training_plots
+from runner.process import interruption
 from runner.tracking.destination import Destination, check_store
 from runner.tracking.mlflow_run import TrackedRun
 from runner.tracking.model import save_pyfunc_model
@@ -59,6 +60,10 @@ def tracked_training(
         tags[names.JOB_OVERRIDES] = json.dumps(list(launch.overrides))  # the job the sweep launched
     run_name = launch.run_name or settings.tracking.run_name or default_run_name(settings)
     params = _params(settings, training.network, launch)
+    # The store's checks can take seconds on a busy machine: a signal that came meanwhile stops
+    # the run before it exists, leaving nothing behind.
+    interruption.test_point("run-create")
+    interruption.check()
     # A server run keeps what the server does not get beside its other files (runner.tracking.unsent).
     unsent_root = launch.output_dir or Path(launch.start_dir)
     with TrackedRun(destination.uri, experiment_id, run_name, params, tags, unsent_root) as run:

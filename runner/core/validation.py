@@ -33,6 +33,7 @@ from runner.core.schema import (
     TrackingConfig,
 )
 from runner.process.errors import InvalidInput
+from runner.tracking.destination import uri_problem
 
 
 class ConfigError(InvalidInput):
@@ -150,7 +151,9 @@ def _check_csv(dataset: CsvDatasetConfig, problems: _Problems) -> None:
         os.path.isfile(dataset.path),
         "dataset.path",
         dataset.path,
-        f"no such file (relative paths start from {os.getcwd()})",
+        "it is a folder; name a CSV file in it"
+        if os.path.isdir(dataset.path)
+        else f"no such file (relative paths start from {os.getcwd()})",
     )
     problems.need(len(dataset.targets) >= 1, "dataset.targets", dataset.targets, "name at least one target column")
     for key, columns in (("dataset.features", dataset.features or []), ("dataset.targets", dataset.targets)):
@@ -184,6 +187,9 @@ def _check_trainer(settings: ExperimentConfig, problems: _Problems) -> None:
 
 
 def _check_tracking(tracking: TrackingConfig, problems: _Problems) -> None:
+    if tracking.uri is not None:
+        problem = uri_problem(tracking.uri)
+        problems.need(problem is None, "tracking.uri", tracking.uri, problem or "")
     problems.need(
         0 < len(tracking.experiment.strip()) <= MAX_EXPERIMENT_NAME,
         "tracking.experiment",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -51,11 +52,23 @@ class BprunCallback(Callback):
             )
 
 
+# The output folders this process created (the first folder of each path that did not exist),
+# removed again if the command ends refusing its input before any of it ran
+# (``remove_refused_output``).
+CREATED_FOLDERS: list[Path] = []
+# What Hydra and bprun write into an output folder before a job runs.
+BEFORE_ANY_JOB = {".hydra", "bprun.log", "multirun.yaml"}
+
+
 def check_output_folder(folder: str) -> None:
     """Refuse, with one message, a Hydra output folder that cannot be written (a read-only
     mount, a full disk), instead of Hydra's traceback after it failed to create it."""
+    path = Path(folder).absolute()
+    missing = [parent for parent in [path, *path.parents] if not parent.exists()]
+    if missing:
+        CREATED_FOLDERS.append(missing[-1])
     try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".bprun-write-check-"):
             pass
     except OSError as error:
@@ -65,3 +78,13 @@ def check_output_folder(folder: str) -> None:
                 "(set hydra.run.dir / hydra.sweep.dir elsewhere)"
             )
         ) from None
+
+
+def remove_refused_output() -> None:
+    """Remove the output folders this command created, as long as they hold only what Hydra
+    and bprun write before a job runs: a refused command leaves nothing behind."""
+    for created in CREATED_FOLDERS:
+        files = [path for path in created.rglob("*") if path.is_file()]
+        if created.is_dir() and all(path.name in BEFORE_ANY_JOB or path.parent.name == ".hydra" for path in files):
+            shutil.rmtree(created, ignore_errors=True)
+    CREATED_FOLDERS.clear()

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from runner.core.validation import clean_value
 from runner.sweeps import hydra_name
+from runner.sweeps.launching import refuse_setting
 from runner.sweeps.sweeper import TrackedSweeper
 
 _FLOAT = re.compile(r"^[+-]?\d*\.\d+([eE][+-]?\d+)?$")
@@ -43,7 +44,7 @@ class GridSweeperConf:
 class GridSweeper(TrackedSweeper):
     def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None) -> None:
         if max_batch_size is not None and max_batch_size < 1:
-            raise HydraException(f"hydra.sweeper.max_batch_size={max_batch_size}: it must be >= 1 (or null)")
+            refuse_setting("hydra.sweeper.max_batch_size", max_batch_size, "it must be an integer >= 1, or null")
         self.max_batch_size = max_batch_size
         self.params = dict(params or {})
 

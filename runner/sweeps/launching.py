@@ -11,7 +11,7 @@ bprun's launchers implement all of it; any other Hydra launcher is wrapped in ``
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, NoReturn, Protocol, TypeVar, runtime_checkable
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, run_job
@@ -20,7 +20,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from runner.process import interruption
-from runner.process.errors import CommandError
+from runner.process.errors import CommandError, CommandExit, InvalidInput
 
 T = TypeVar("T")
 
@@ -106,6 +106,16 @@ def wait_for_jobs(wait: Callable[[float], bool], stop: Callable[[], None]) -> No
         if interruption.requested():
             stop()
             return
+
+
+class SettingRefused(InvalidInput):
+    """A sweeper's or launcher's setting is out of its range; nothing has run."""
+
+
+def refuse_setting(key: str, value: Any, allowed: str) -> NoReturn:
+    """Refuse a plugin's setting in one line, before anything runs. Raised through Hydra's
+    instantiation as ``CommandExit``: Hydra would wrap an ordinary error in its own message."""
+    raise CommandExit(SettingRefused(f"{key}={value!r} is not allowed: {allowed}"))
 
 
 class JobLost(CommandError):

@@ -36,7 +36,14 @@ from runner.process import interruption
 from runner.process.children import ChildPool, start_forkserver
 from runner.process.errors import CommandError, CommandExit
 from runner.sweeps import WORKER_PRELOAD, hydra_name
-from runner.sweeps.launching import ComposedJob, compose_jobs, execute_job, shown_overrides, wait_for_jobs
+from runner.sweeps.launching import (
+    ComposedJob,
+    compose_jobs,
+    execute_job,
+    refuse_setting,
+    shown_overrides,
+    wait_for_jobs,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,7 +65,7 @@ class LocalLauncherConf:
 class LocalLauncher(Launcher):
     def __init__(self, n_jobs: int = 1) -> None:
         if n_jobs < 1:
-            raise ValueError(f"hydra.launcher.n_jobs={n_jobs}: it must be an integer >= 1")
+            refuse_setting("hydra.launcher.n_jobs", n_jobs, "it must be an integer >= 1")
         self.n_jobs = n_jobs
         self._pool: ChildPool | None = None
         self._closed = False

@@ -30,7 +30,9 @@ from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 
 from runner.core.validation import clean_value
+from runner.process.errors import CommandExit
 from runner.sweeps import hydra_name
+from runner.sweeps.launching import SettingRefused, refuse_setting
 from runner.sweeps.sweeper import TrackedSweeper
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,18 @@ def distribution(override: Override) -> Any:
         interval = override.value()
         assert isinstance(interval, IntervalSweep)
         log_scale = "log" in interval.tags
+        if interval.start is None or interval.end is None or interval.start > interval.end:
+            refuse_setting(
+                override.get_key_element(),
+                override.input_line.partition("=")[2],
+                f"an interval's low end ({interval.start}) must not be above its high end ({interval.end})",
+            )
+        if log_scale and interval.start <= 0:
+            refuse_setting(
+                override.get_key_element(),
+                override.input_line.partition("=")[2],
+                "a log-scale interval must start above 0",
+            )
         if isinstance(interval.start, int) and isinstance(interval.end, int):
             return IntDistribution(interval.start, interval.end, log=log_scale)
         return FloatDistribution(float(interval.start), float(interval.end), log=log_scale)
@@ -66,6 +80,12 @@ class OptunaSweeperConf:
     params: dict[str, str] = field(default_factory=dict)
 
 
+def _values(distribution: Any) -> list[Any]:
+    """The values that stand for a distribution: an interval's ends, every choice."""
+    choices = getattr(distribution, "choices", None)
+    return list(choices) if choices is not None else [distribution.low, distribution.high]
+
+
 class OptunaSweeper(TrackedSweeper):
     """Minimizes (or maximizes) the jobs' objective with Optuna's TPE sampler."""
 
@@ -78,10 +98,11 @@ class OptunaSweeper(TrackedSweeper):
         objective: str = "val_mse",
         params: dict[str, str] | None = None,
     ) -> None:
-        if n_trials < 1 or n_jobs < 1:
-            raise ValueError(f"hydra.sweeper.n_trials={n_trials} and n_jobs={n_jobs} must be >= 1")
+        for key, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
+            if value < 1:
+                refuse_setting(f"hydra.sweeper.{key}", value, "it must be an integer >= 1")
         if direction not in ("minimize", "maximize"):
-            raise ValueError(f"hydra.sweeper.direction={direction!r}: choose minimize or maximize")
+            refuse_setting("hydra.sweeper.direction", direction, "choose minimize or maximize")
         self.n_trials, self.n_jobs, self.seed, self.direction = n_trials, n_jobs, seed, direction
         self.objective = objective
         self.params = dict(params or {})
@@ -97,11 +118,34 @@ class OptunaSweeper(TrackedSweeper):
             else:
                 fixed.append(override.input_line)
         if not space:
-            raise ValueError(
-                "the Optuna sweeper needs a search space: for example "
-                "'optimizer.lr=tag(log,interval(1e-3,3))' or 'model.activation=choice(tanh,relu)'"
+            raise CommandExit(
+                SettingRefused(
+                    "the Optuna sweeper needs a search space: for example "
+                    "'optimizer.lr=tag(log,interval(1e-3,3))' or 'model.activation=choice(tanh,relu)'"
+                )
             )
+        self._check_space(space, fixed)
         return space, fixed
+
+    def _check_space(self, space: dict[str, Any], fixed: list[str]) -> None:
+        """Refuse a search space any of whose values would be refused in a trial (an interval's
+        ends, every choice), before anything runs: each is composed and validated once, the
+        other keys at their first value."""
+        first = {key: _values(distribution)[0] for key, distribution in space.items()}
+        for key, distribution in space.items():
+            for value in _values(distribution):
+                trial = {**first, key: value}
+                overrides = [*fixed, *(f"{name}={clean_value(setting)}" for name, setting in trial.items())]
+                try:
+                    self._compose(overrides)
+                except CommandExit as refused:
+                    problem = str(refused.error).partition(": ")[2]
+                    raise CommandExit(
+                        SettingRefused(
+                            f"the search space of {key} holds {clean_value(value)!r}, which a trial "
+                            f"cannot take: {problem}"
+                        )
+                    ) from None
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna  # (lazy: a 3 s import, for Optuna sweeps only)

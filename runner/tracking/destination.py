@@ -80,6 +80,18 @@ def resolve_tracking_uri(configured: str | None, start_dir: str) -> str:
     return f"sqlite:///{Path(start_dir, DEFAULT_DATABASE).resolve()}"
 
 
+SUPPORTED_URIS = "sqlite:///PATH (a SQLite file), http://HOST:PORT or https://HOST:PORT (a tracking server)"
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why runs cannot be tracked at ``uri``, a store bprun does not write to; None when it can."""
+    if uri.startswith(("http://", "https://")) and len(uri.split("://", 1)[1].strip("/")) > 0:
+        return None
+    if uri.startswith("sqlite:///") and len(uri) > len("sqlite:///"):
+        return None
+    return f"bprun tracks runs in {SUPPORTED_URIS}"
+
+
 def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
@@ -101,6 +113,9 @@ def check_store(target: Destination, server_advice: str = SERVER_ADVICE) -> None
     ``target``: a server must answer within its timeout, a SQLite file's folder must be
     writable and have room. For a server, MLflow's requests in this process get the same
     timeout and retries (unless the environment sets its own)."""
+    problem = uri_problem(target.uri)
+    if problem is not None:
+        raise StoreUnavailable(f"the tracking URI {target.uri!r} is not allowed: {problem}")
     if target.is_server:
         _check_server(target.uri, target.http_timeout, server_advice)
         apply_http_settings(target.http_timeout, target.http_retries)
@@ -135,8 +150,12 @@ def _check_server(uri: str, timeout_seconds: float, advice: str) -> None:
 
 def _check_writable(database: Path) -> None:
     folder = database.parent
+    if not folder.is_dir():
+        raise StoreUnavailable(
+            f"cannot write the MLflow store {database}: its folder {folder} does not exist; create it, or point "
+            "tracking.uri elsewhere"
+        )
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         # A real write, not os.access: root passes access checks on read-only mounts.
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".bprun-write-check-"):
             pass

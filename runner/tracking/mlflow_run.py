@@ -75,6 +75,7 @@ class TrackedRun:
     def __enter__(self) -> TrackedRun:
         run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags={**self._tags, **process_tags()})
         self.run_id = run.info.run_id
+        test_point("run-created")  # from here on, a signal ends the run KILLED (with 0 epochs, this early)
         self.calls = ServerCalls(self._lost_message, lambda: self.run_id)
         self._sender = Sender() if is_server(self.uri) else None
         self.unsent_folder = unsent_folder(self._unsent_root, self.run_id)
