@@ -6,10 +6,10 @@
 - ``--allowed-hosts`` set to the addresses it is reached by (MLflow refuses other Host headers);
 - its store PostgreSQL when given a ``postgresql://`` URI (SQLite otherwise), its artifacts in a
   folder it owns and serves (``mlflow-artifacts:``), so that jobs need no shared disk;
-- runs' metrics taken at a fifth of MLflow's cost per value by a route of its own
+- runs' metrics taken at a fraction of MLflow's cost per value by a route of its own
   (``runner.tracking.metrics_endpoint``, MLflow's app plugin ``bprun``), besides MLflow's API;
 - MLflow's background job workers off (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``: they take
-  about 2.5 GB and serve GenAI features);
+  gigabytes of memory and serve GenAI features);
 - the experiment created through the server with the training-runs kind once it answers.
 
 The server ends with this command: Ctrl-C or SIGTERM stop it, and so does this command's death.

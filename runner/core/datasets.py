@@ -155,7 +155,7 @@ def read_table(
 
     Classification takes one label column and one-hot encodes it (classes sorted).
     """
-    import pandas as pd  # (lazy: only CSV data sets need pandas, a second of start-up)
+    import pandas as pd  # (lazy: only CSV data sets need pandas, slow to import)
 
     _check_text(path)
     try:

@@ -1,7 +1,7 @@
 """Drawing completed runs' plots in a helper process while the next job of a sweep trains.
 
-Three PNGs take about a fifth of a second of matplotlib work per run, most of what a small sweep
-job costs besides its training. When a sweep runs its jobs one after the other in one process,
+A run's three PNGs are most of what a small sweep job costs besides its training (the benchmarks
+doc has the figures). When a sweep runs its jobs one after the other in one process,
 its launcher starts a ``PlotHelper`` (``running_helper``), and the runs of that process hand
 their plots to it (``active_helper``): on a machine with a spare core the next job starts at once.
 Everything else draws in-process: a single run (a helper would only add its start-up), a run

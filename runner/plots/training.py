@@ -46,8 +46,8 @@ SPLITS = (("train", "train", "-"), ("val", "validation", "--"))  # (prefix, lege
 LAYER_STYLES = ("-", "--")
 
 # Layout, in inches. The margins are fixed rather than computed by constrained or tight layout:
-# those measure every tick label in an extra pass, about a quarter of the time per figure, and
-# these margins fit every label this module produces (y tick labels of up to seven characters,
+# those measure every tick label in an extra drawing pass (the benchmarks doc says what it
+# costs), and these margins fit every label this module produces (y tick labels of up to seven characters,
 # like 0.25140, since smaller values switch to scientific notation; see _scale_to).
 AXES_WIDTH, AXES_HEIGHT = 4.0, 2.6
 LEFT, RIGHT, BOTTOM = 1.0, 0.2, 0.55
@@ -317,8 +317,8 @@ def _build(layout: _Layout) -> _Built:
     markers = {"marker": "o", "markersize": 3} if layout.markers else {}
     for ax, panel in zip(axes, layout.panels):
         lines.append([ax.plot([], [], linewidth=1.4, **dict(line.style), **markers)[0] for line in panel.lines])
-        # An explicit y skips matplotlib's search for top tick labels to clear (a fifth of the
-        # drawing time, even for an empty title); these axes have none.
+        # An explicit y skips matplotlib's search for top tick labels to clear, which it makes
+        # even for an empty title; these axes have none.
         ax.set_title(panel.title, fontsize="medium", y=1.0)
         ax.set_xlabel("epoch")
         ax.set_ylabel(panel.ylabel)
@@ -388,7 +388,7 @@ def _set_y_scale(ax: Axes, lines: list[_Series], log_from_decades: float) -> Non
     the smallest positive value, if the positive ones span at least a decade. Otherwise linear.
 
     Tick labels are plain text ("10⁻³", "0.2"): matplotlib's default log labels are mathtext,
-    whose parsing took a fifth of the drawing time.
+    parsed anew for every label.
     """
     finite = np.concatenate([line.finite for line in lines])
     positive = finite[finite > 0]

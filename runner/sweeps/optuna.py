@@ -40,7 +40,11 @@ log = logging.getLogger(__name__)
 
 def distribution(override: Override) -> Any:
     """The Optuna distribution a sweep override describes."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # (lazy: 3 s)
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )  # (lazy: seconds of imports)
 
     if override.is_interval_sweep():
         interval = override.value()
@@ -148,7 +152,7 @@ class OptunaSweeper(TrackedSweeper):
                     ) from None
 
     def sweep(self, arguments: list[str]) -> None:
-        import optuna  # (lazy: a 3 s import, for Optuna sweeps only)
+        import optuna  # (lazy: seconds of imports, for Optuna sweeps only)
 
         space, fixed = self._search_space(arguments)
         optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,11 +1,10 @@
 """What a process about to run sweep jobs does once, before its first job: import what a job
 needs and pay the first-time costs of a run.
 
-- the imports: MLflow, matplotlib, the engine (about 2 s of a core, MLflow the largest part; the
-  app itself adds tens of milliseconds at the first job);
-- one tiny model is saved: MLflow scans site-packages on a process's first model save (0.5 s),
-  and matplotlib loads its fonts on the first chart (0.2 s); both happen here, through the same
-  public calls a run makes;
+- the imports: MLflow, matplotlib, the engine (seconds of a core, MLflow the largest part);
+- one tiny model is saved: MLflow scans site-packages on a process's first model save, and
+  matplotlib loads its fonts on the first chart; both happen here, through the same public calls
+  a run makes;
 - the provenance tags' git state and installed versions are read.
 
 The local launcher's fork server does it once for all its workers (``worker_preload``); the Ray

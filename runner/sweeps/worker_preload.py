@@ -2,7 +2,7 @@
 
 The server imports this module before it forks the first worker, so every worker starts with
 the imports done and the first-time costs of a run paid (``warm_up``) instead of paying them
-itself. ``gc.freeze()`` comes last: the modules' objects (about 200,000) move out of the
+itself. ``gc.freeze()`` comes last: the modules' objects (hundreds of thousands) move out of the
 collector's reach in the server and so in every worker, whose collections then scan only what
 jobs create.
 """

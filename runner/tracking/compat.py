@@ -2,12 +2,12 @@
 store's ``metrics`` and ``latest_metrics`` tables (SQLite and PostgreSQL alike), and the
 undocumented modules behind its server and its http client (``mlflow.server``, ``mlflow.utils``).
 
-Why the tables: MLflow's store builds one ORM object per value in ``log_batch``, about 100 us of CPU per
-value, so a run that logs a dozen values per epoch spends more time there than training, and a
-team server spends most of its CPU there (see the benchmarks doc). The writers here insert
-exactly the rows ``log_batch`` would, in one transaction per call, for a few microseconds of
-Python per value: ``SqliteMetricWriter`` in the run's process on a SQLite file, ``SqlMetricWriter`` in
-bprun-server's metrics endpoint (``runner.tracking.metrics_endpoint``) on its store.
+Why the tables: MLflow's store builds one ORM object per value in ``log_batch``, so a run that
+logs a dozen values per epoch spends more time there than training, and a team server spends
+most of its CPU there (the benchmarks doc has the figures). The writers here insert exactly the
+rows ``log_batch`` would, in one transaction per call: ``SqliteMetricWriter`` in the run's
+process on a SQLite file, ``SqlMetricWriter`` in bprun-server's metrics endpoint
+(``runner.tracking.metrics_endpoint``) on its store.
 
 Checked against the MLflow versions in ``CHECKED_MLFLOW_VERSIONS``: with any other version, or
 tables of another shape, ``open`` returns None and runs log through ``log_batch``.
@@ -178,8 +178,8 @@ class SqliteMetricWriter:
 _SQLITE_INSERT_METRICS = INSERT_METRICS.format(key="?", value="?", timestamp="?", run_uuid="?", step="?")
 _SQLITE_UPSERT_LATEST = UPSERT_LATEST.format(key="?", value="?", timestamp="?", step="?", run_uuid="?")
 _NAMED = {name: f":{name}" for name in ("key", "value", "timestamp", "run_uuid", "step")}
-# PostgreSQL: the values as four arrays in one statement, a third of the server's cost of one
-# statement per value (the benchmarks doc).
+# PostgreSQL: the values as arrays in one statement rather than one statement per value, which
+# the server parses and plans once (the benchmarks doc has the gain).
 _POSTGRES_INSERT_METRICS = (
     "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) SELECT k, v, t, r, s, false "
     "FROM unnest(CAST(:run_uuids AS text[]), CAST(:keys AS text[]), CAST(:values AS double precision[]), "

@@ -2,7 +2,7 @@
 URI when a run starts (``open_sink``), and the buffer in front of it (``MetricBuffer``).
 
 - ``SqliteSink``: straight into a SQLite file (``runner.tracking.compat``), one transaction per
-  write. MLflow's own store costs about 100 us of CPU per value; this, a few microseconds.
+  write, where MLflow's own store builds an ORM object per value.
 - ``EndpointSink``: bprun-server's metrics endpoint (``runner.tracking.metrics_endpoint``),
   thousands of values per request.
 - ``LogBatchSink``: MLflow's ``log_batch``, for any other store.

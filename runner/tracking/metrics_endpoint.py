@@ -1,6 +1,6 @@
 """bprun-server's metrics endpoint: a run's metric values, thousands per request, written into the
-server's store for about 20 us of the server's and the database's CPU each, where MLflow's
-``log-batch`` takes about 110 us (most of it one ORM object per value; see the benchmarks doc).
+server's store in a few statements, where MLflow's ``log-batch`` builds one ORM object per value
+(the benchmarks doc compares their cost per value).
 
 The server side is an MLflow app plugin (the ``mlflow.app`` entry point ``bprun``; bprun-server
 starts ``mlflow server --app-name bprun``): MLflow's own server, every route and setting of it
