@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import warnings
 from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -38,9 +39,13 @@ CHECKED_MLFLOW_VERSIONS = ("3.17.2",)
 
 def server_apps() -> tuple[Any, Any]:
     """MLflow server's Flask app (routes are added to it) and the app the server runs."""
-    # (lazy: MLflow's server and its web stack, in bprun-server only)
-    from mlflow.server import app as flask_app
-    from mlflow.server.fastapi_app import app
+    # MLflow's server imports Starlette's WSGI bridge, which warns that it is deprecated: MLflow's
+    # concern, not its users'.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*starlette.middleware.wsgi is deprecated")
+        # (lazy: MLflow's server and its web stack, in bprun-server only)
+        from mlflow.server import app as flask_app
+        from mlflow.server.fastapi_app import app
 
     return flask_app, app
 
