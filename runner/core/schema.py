@@ -132,6 +132,9 @@ class TrackingConfig:
     # Full weight/gradient tensors every n-th epoch and the last; None: at most MAX_SNAPSHOTS (tensors.py)
     # evenly spaced epochs and the last; 0: never.
     tensors_every: int | None = None
+    # Each layer's statistics (norms, update ratio) every n-th epoch and the last; 0: never. The
+    # loss and the other metrics are logged every epoch whatever this is.
+    layer_stats_every: int = 1
     offline: bool = False  # keep runs in a local store (mlflow-offline.db); upload later with bprun-sync
     http_timeout: float = 5.0  # seconds an http(s) tracking server may take to answer
     http_retries: int = 2

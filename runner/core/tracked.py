@@ -133,7 +133,7 @@ def _train_with_telemetry(
 ) -> History:
     """Train with every epoch's metrics logged and its tensors streamed; the plots are drawn
     however training ends."""
-    epoch_metrics = EpochMetrics(run, settings.trainer.loss)
+    epoch_metrics = EpochMetrics(run, settings.trainer.loss, settings.tracking.layer_stats_every)
     tensor_writer = None
     if settings.tracking.tensors_every != 0:
         epochs = settings.trainer.epochs
@@ -167,13 +167,13 @@ def _save_plots(epoch_metrics: EpochMetrics, run: TrackedRun, completed: bool) -
     try:
         if helper is not None and completed:
             try:
-                helper.draw(epoch_metrics.series, directory, epoch_metrics.epochs, run.run_id)
+                helper.draw(epoch_metrics.series, directory, epoch_metrics.steps, run.run_id)
                 # A server gets them once drawn, at the run's end.
                 run.artifacts.upload_when_written(names.PLOTS_ARTIFACT, lambda: helper.wait_for(run.run_id))
                 return
             except Exception as error:  # the helper is gone: draw here
                 log.debug("drawing the plots in-process: %s", error)
-        save_training_plots(epoch_metrics.series, directory, epoch_metrics.epochs)
+        save_training_plots(epoch_metrics.series, directory, epoch_metrics.steps)
     except Exception as error:  # the metrics are logged; a missing picture is only a warning
         log.warning("could not draw the plots: %s: %s", type(error).__name__, error)
 

@@ -66,6 +66,7 @@ KEY_LIMITS: dict[str, Limit] = {
     "tracking.http_timeout": Limit(0.0, low_open=True),
     "tracking.http_retries": Limit(0, integer=True),
     "tracking.tensors_every": Limit(0, integer=True),
+    "tracking.layer_stats_every": Limit(0, integer=True),
     "seed": Limit(0, integer=True),
 }
 # The lengths an MLflow store keeps (its experiments.name and runs.name columns).

@@ -24,8 +24,12 @@ import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runner.process.children import ChildPool
+
+if TYPE_CHECKING:  # matplotlib is imported in the helper process only
+    from runner.plots.training import Steps
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +47,12 @@ class PlotHelper:
         self._queued: list[tuple[Future, str]] = []  # (the helper's work, run id)
         self._pool.submit(_ready)  # start it now: its start-up overlaps the first job
 
-    def draw(self, metrics: dict[str, Sequence[float]], directory: Path, epochs: Sequence[int], run_id: str) -> None:
+    def draw(self, metrics: dict[str, Sequence[float]], directory: Path, epochs: Steps, run_id: str) -> None:
         """Queue ``save_training_plots(metrics, directory, epochs)``; returns at once (after the
         oldest queued run's plots, if ``MAX_QUEUED`` are waiting)."""
         while len(self._queued) >= MAX_QUEUED:
             self._collect(*self._queued.pop(0))
-        self._queued.append((self._pool.submit(_draw, dict(metrics), directory, list(epochs)), run_id))
+        self._queued.append((self._pool.submit(_draw, dict(metrics), directory, epochs), run_id))
 
     def wait_for(self, run_id: str) -> None:
         """Return once the plots of run ``run_id`` (and of the runs queued before it) are
@@ -103,7 +107,7 @@ def _warm_up() -> None:
         importlib.import_module(module)
 
 
-def _draw(metrics: dict[str, Sequence[float]], directory: Path, epochs: list[int]) -> None:
+def _draw(metrics: dict[str, Sequence[float]], directory: Path, epochs: Steps) -> None:
     # (lazy: matplotlib is imported in the helper, never by a sweep's launching process for it)
     from runner.plots.training import save_training_plots
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,16 +77,17 @@ class _Series:
 
 # A layer panel: (layer number, index into LAYER_STYLES, series name) for each line.
 LayerPanel = list[tuple[int, int, str]]
+# The epochs of the values: one list for every series, or a list per series.
+Steps = Sequence[int] | Mapping[str, Sequence[int]]
 
 
-def save_training_plots(
-    metrics: dict[str, Sequence[float]], directory: Path, steps: Sequence[int] | None = None
-) -> list[Path]:
+def save_training_plots(metrics: dict[str, Sequence[float]], directory: Path, steps: Steps | None = None) -> list[Path]:
     """Write the charts of ``metrics`` into ``directory`` (created if needed) and return the
     paths written, in the order learning curves, gradient norms, weight norms.
 
-    ``metrics[name][i]`` is the value at epoch ``steps[i]`` (default: epoch ``i``). A series may
-    be shorter than ``steps`` (a run that failed part way), not longer. NaN and inf are left out
+    ``metrics[name][i]`` is the value at epoch ``steps[i]``, or ``steps[name][i]`` when ``steps``
+    gives each series its own epochs (default: epoch ``i``). A series may be shorter than its
+    steps (a run that failed part way), not longer. NaN and inf are left out
     of the lines; names this module does not know are ignored.
     """
     series = load_series(metrics, steps)
@@ -112,12 +113,13 @@ def save_training_plots(
 # --- data ------------------------------------------------------------------------------------
 
 
-def load_series(metrics: dict[str, Sequence[float]], steps: Sequence[int] | None) -> dict[str, _Series]:
+def load_series(metrics: dict[str, Sequence[float]], steps: Steps | None) -> dict[str, _Series]:
     """Every series with at least one finite value, as float arrays with their epochs."""
-    all_epochs = None if steps is None else np.asarray(steps, dtype=float).ravel()
     loaded = {}
     for name, raw in metrics.items():
         values = np.asarray(raw, dtype=float).ravel()
+        own = steps.get(name) if isinstance(steps, Mapping) else steps
+        all_epochs = None if own is None else np.asarray(own, dtype=float).ravel()
         if all_epochs is None:
             epochs = np.arange(values.size, dtype=float)
         elif values.size > all_epochs.size:

@@ -40,16 +40,18 @@ def _norm(array: np.ndarray) -> float:
 
 
 class EpochMetrics(Observer):
-    """Sends each epoch's loss metrics and layer statistics to ``sink`` in one batch, and keeps
-    them (``series``, ``epochs``) for the plots drawn at the end."""
+    """Sends each epoch's loss metrics, and every ``layer_stats_every``-th epoch's layer
+    statistics (and the last epoch's), to ``sink`` in one batch per epoch; keeps what it sent
+    (``series``, with each series' epochs in ``steps``) for the plots drawn at the end."""
 
-    wants_gradients = True
-
-    def __init__(self, sink: MetricLogger, loss: str) -> None:
+    def __init__(self, sink: MetricLogger, loss: str, layer_stats_every: int = 1) -> None:
         self.sink = sink
         self.loss = loss
+        self.every = layer_stats_every
+        self.wants_gradients = layer_stats_every > 0
         self.series: dict[str, list[float]] = {}
-        self.epochs: list[int] = []
+        self.steps: dict[str, list[int]] = {}
+        self._held: tuple[int, dict[str, float]] | None = None  # the latest epoch's statistics, not sent yet
 
     def on_train_begin(self, network: MLP) -> None:
         self._previous_weights = [w.copy() for w in network.weights]
@@ -59,6 +61,31 @@ class EpochMetrics(Observer):
         values = tracked_metrics(report.train, "train", self.loss)
         if report.validation is not None:
             values.update(tracked_metrics(report.validation, "val", self.loss))
+        if self.every:
+            # Computed every epoch: the update ratio needs the weights before each epoch, and the
+            # last epoch, whichever it is, is logged too.
+            statistics = self._layer_statistics(report)
+            if report.epoch % self.every == 0:
+                values.update(statistics)
+                self._held = None
+            else:
+                self._held = (report.epoch, statistics)
+        self._send(values, report.epoch)
+
+    def on_train_end(self, history: object) -> None:
+        if self._held is not None:
+            self._send(self._held[1], self._held[0])
+            self._held = None
+
+    def _send(self, values: dict[str, float], epoch: int) -> None:
+        self.sink.log_metrics(values, epoch)
+        for name, value in values.items():
+            self.series.setdefault(name, []).append(value)
+            self.steps.setdefault(name, []).append(epoch)
+
+    def _layer_statistics(self, report: EpochReport) -> dict[str, float]:
+        assert report.grad_weights is not None and report.grad_biases is not None  # wants_gradients
+        values = {}
         layers = zip(
             report.weights,
             report.biases,
@@ -78,7 +105,4 @@ class EpochMetrics(Observer):
                 _norm(difference) / weight_norm if weight_norm else 0.0
             )
             np.copyto(previous, W)
-        self.sink.log_metrics(values, report.epoch)
-        self.epochs.append(report.epoch)
-        for name, value in values.items():
-            self.series.setdefault(name, []).append(value)
+        return values
