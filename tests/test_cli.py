@@ -158,7 +158,7 @@ def test_xor_summary_names_the_run_and_the_dashboard_command(xor: Scenario) -> N
     run = only_run(xor.store)
     stdout = xor.result.stdout
     assert run.info.run_id in stdout
-    assert f"mlflow ui --backend-store-uri {xor.store.uri}" in stdout
+    assert f"mlflow ui --workers 1 --backend-store-uri {xor.store.uri}" in stdout
     printed = re.search(r"train_mse=([-+0-9.eE]+)", stdout)
     assert printed, stdout
     assert float(printed.group(1)) == pytest.approx(run.data.metrics["train_mse"], rel=1e-5)
@@ -188,7 +188,7 @@ def test_without_the_variable_runs_go_to_the_starting_directory(runs: dict[str, 
     assert run.info.status == "FINISHED"
     assert local_path(run.info.artifact_uri).is_relative_to(start / "mlartifacts")
     assert (local_path(run.info.artifact_uri) / "config.yaml").is_file()
-    assert f"mlflow ui --backend-store-uri sqlite:///{start / 'mlflow.db'}" in scenario.result.stdout
+    assert f"mlflow ui --workers 1 --backend-store-uri sqlite:///{start / 'mlflow.db'}" in scenario.result.stdout
     assert not (start / "mlruns").exists()
     assert not scenario.store.db.exists()  # the store it was not told about stays untouched
 

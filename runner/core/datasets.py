@@ -252,7 +252,10 @@ def _numeric(frame, path: str) -> np.ndarray:
             what = f"{shown} is too large (at most {LARGEST_VALUE:g} in absolute value)"
         else:
             what = f"{shown} is not a finite number"
-        raise DataError(f"{path}: data row {row + 1}, column {frame.columns[column]!r}: {what}")
+        hint = ""
+        if isinstance(raw, str) and not pd.isna(raw) and pd.isna(pd.to_numeric(raw, errors="coerce")):
+            hint = " (text labels? dataset.task=classification takes a column of class names)"
+        raise DataError(f"{path}: data row {row + 1}, column {frame.columns[column]!r}: {what}{hint}")
     return values
 
 

@@ -38,7 +38,7 @@ from runner.core.training import (
 )
 from runner.core.validation import validate
 from runner.process import interruption
-from runner.tracking.destination import Destination
+from runner.tracking.destination import Destination, where_to_look
 
 __all__ = ["Launch", "ParentRun", "RunResult", "TrainingFailed", "run", "run_training"]
 
@@ -110,7 +110,13 @@ def run_training(
             else f"training stopped {epochs} (untracked)"
         )
     if result.history.stop_reason == "diverged":
-        raise TrainingFailed(result.history.message, result.run_id)
+        message = result.history.message
+        if result.run_id is not None and result.tracking_uri is not None:
+            message += f" (run {result.run_id} ended FAILED"
+            if parent is None:  # a sweep says once where to look at all of its runs
+                message += f"; see it: {where_to_look(result.tracking_uri, result.experiment_id, result.run_id)}"
+            message += ")"
+        raise TrainingFailed(message, result.run_id)
     return result
 
 

@@ -11,6 +11,8 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from runner.core.validation import KEY_LIMITS
+
 
 def is_config_error(error: BaseException) -> bool:
     """Whether ``error`` is Hydra (or OmegaConf) refusing the command line or the config."""
@@ -35,7 +37,9 @@ def describe(error: BaseException) -> str:
         return f"{key}: no such key{_closest(key.rpartition('.')[2], keys, owner)}; {where} are {', '.join(keys)}"
     if isinstance(error, ConfigCompositionException) and isinstance(cause, ValidationError):
         override = str(error).partition("override ")[2].strip() or cause.full_key
-        return f"{override} is not allowed: {str(cause.msg).splitlines()[0]}"
+        limit = KEY_LIMITS.get(str(cause.full_key))
+        allowed = f"; {limit.describe()}" if limit is not None else ""
+        return f"{override} is not allowed: {str(cause.msg).splitlines()[0]}{allowed}"
     if isinstance(error, OverrideParseException):
         return f"cannot read an override: {str(error).splitlines()[0]} (see Hydra's override syntax)"
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

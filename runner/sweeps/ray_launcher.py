@@ -202,6 +202,9 @@ def import_ray() -> Any:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # A cluster that ray.init starts here reports nothing over the network.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray colours the prefix of each job's lines: escape codes in a log file unless on a terminal.
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     # Where a Ray authentication token exists (a cluster ray.init started here once writes one),
     # `ray start` starts clusters that require it, and a driver sends it only in token mode.
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")

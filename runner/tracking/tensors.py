@@ -10,8 +10,10 @@ them back.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow.artifacts
@@ -243,5 +245,23 @@ def load_tensors(run_id: str, tracking_uri: str | None = None) -> dict[str, np.n
     create an empty one).
     """
     uri = existing_store(tracking_uri)
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names.TENSORS_ARTIFACT, tracking_uri=uri)
+    with _quiet_downloads():
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=names.TENSORS_ARTIFACT, tracking_uri=uri
+        )
     return read_tensors(local)
+
+
+@contextlib.contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No MLflow progress bar for each file downloaded (one per tensor file would flood a
+    terminal or a notebook), unless the user set the variable themselves."""
+    variable = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if variable in os.environ:
+        yield
+        return
+    os.environ[variable] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(variable, None)
