@@ -89,9 +89,11 @@ def build_optimizer(settings: ExperimentConfig):
     return make_optimizer(config.name, config.lr, schedule, **options)
 
 
-def default_run_name(settings: ExperimentConfig) -> str:
+def default_run_name(settings: ExperimentConfig, digits: int = 15) -> str:
+    """``<data set>-<optimizer>-lr<lr>-h<hidden sizes>``, the learning rate to ``digits``
+    significant digits (fewer for values a sampler drew: ``lr0.727``)."""
     hidden = "x".join(map(str, settings.model.hidden)) or "none"
-    return f"{settings.dataset.name}-{settings.optimizer.name}-lr{settings.optimizer.lr:.15g}-h{hidden}"
+    return f"{settings.dataset.name}-{settings.optimizer.name}-lr{settings.optimizer.lr:.{digits}g}-h{hidden}"
 
 
 def final_metrics(history: History, loss: str) -> dict[str, float]:

@@ -12,7 +12,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -31,9 +33,11 @@ from runner.hydra_app.progress import ProgressBar
 from runner.hydra_app.schemas import register_schemas
 from runner.process import interruption
 from runner.process.errors import CommandError, CommandExit, DiskFull, RunCrashed, out_of_space
-from runner.sweeps.context import SweepRun
+from runner.sweeps.context import JobReport, SweepRun
 from runner.sweeps.naming import job_name
 from runner.tracking.destination import Destination, where_to_look
+
+T = TypeVar("T")
 
 # The job's log file (conf/config.yaml: hydra.job_logging), not the terminal, which gets print().
 record = logging.getLogger("runner.record")
@@ -44,43 +48,96 @@ register_plugins()
 refuse_foreign_callbacks()
 
 
-def run_job(cfg: DictConfig) -> float | None:
-    """One job; returns the objective an optimizing sweeper minimizes (``sweep_objective``).
+def run_job(cfg: DictConfig) -> JobReport | None:
+    """One job; in a sweep, returns its ``JobReport`` (the objective an optimizing sweeper uses).
 
     A single run that fails ends the command with one message (``CommandExit``); in a sweep the
-    error is raised for the sweeper to record, and the other jobs go on."""
+    job says in one line what became of it (``[k/N] run name: ...``), the error is raised for the
+    sweeper to record, and the other jobs go on."""
     state = HydraConfig.get()
-    in_sweep = state.mode == RunMode.MULTIRUN
+    job = JobLabel(state)
     interruption.test_point("job-start")
+    started = time.monotonic()
     try:
-        result = _run(cfg, state, in_sweep)
+        result = _run(cfg, state, job)
     except Exception as error:
-        message = str(error) if isinstance(error, CommandError) else f"{type(error).__name__}: {error}"
-        record.error("failed: %s", message)
-        if in_sweep:
-            print(f"bprun: job #{state.job.num} failed: {message}", file=sys.stderr)
-            raise
-        if isinstance(error, CommandError) and not isinstance(error, RunCrashed):
-            raise CommandExit(error) from None  # a refusal or a failure, said in one line
-        if out_of_space(error):
-            raise CommandExit(
-                DiskFull(
-                    "training stopped: No space left on device (or the store's disk is full); the database is intact "
-                    "and keeps what was logged; bprun-doctor marks the run KILLED if its status could not be "
-                    "written"
-                )
-            ) from None
-        if isinstance(error, RunCrashed):
-            raise CommandExit(error) from None
-        raise
-    print(summary(result, in_sweep))
+        raise _failed(error, job) from None
+    seconds = time.monotonic() - started
+    objective_name = str(state.sweeper.get("objective", names.DEFAULT_RANKING_METRIC))
+    objective = sweep_objective(result.metrics, objective_name)
     record.info("%s", summary(result, in_sweep=False))
-    if not in_sweep:  # the run ended FINISHED; a signal that came meanwhile still ends bprun
+    if not job.in_sweep:
+        print(summary(result, in_sweep=False))
+        # The run ended FINISHED; a signal that came meanwhile still ends bprun.
         interruption.check(f"run {result.run_id or '(untracked)'} had completed all its epochs")
-    return sweep_objective(result.metrics, state.sweeper.get("objective", "val_mse"))
+        return None
+    logged_as = objective_name if objective_name in result.metrics else objective_name.replace("val_", "train_", 1)
+    shown = f" {logged_as}={objective:.6g}" if objective is not None else ""
+    where = f" (run {result.run_id})" if result.run_id else ""
+    print(f"{job.label}: FINISHED{shown} after {result.history.epochs_run} epochs, {seconds:.1f} s{where}", flush=True)
+    loss = str(cfg.trainer.loss)
+    histories = {}
+    for key, values in result.history.metrics.items():  # the engine's names, as the run logged them
+        split, _, name = key.partition("_")
+        histories[names.tracked_metric_name(split, name, loss)] = values
+    per_epoch = sweep_objective(histories, objective_name) or []
+    return JobReport(
+        objective,
+        result.run_id,
+        job.name,
+        "FINISHED",
+        result.history.stop_reason,
+        result.history.epochs_run,
+        seconds,
+        tuple(per_epoch),
+    )
 
 
-def _run(cfg: DictConfig, state: DictConfig, in_sweep: bool) -> RunResult:
+class JobLabel:
+    """How a job is named in the lines it prints: ``[k/N] <run name>`` in a sweep (k counts from
+    1, N the sweep's size when its sweeper knows it)."""
+
+    def __init__(self, state: DictConfig) -> None:
+        self.in_sweep = state.mode == RunMode.MULTIRUN
+        self.number = int(state.job.num) + 1 if self.in_sweep else 0
+        size = state.job.env_set.get(names.ENV_SWEEP_SIZE)
+        self.prefix = f"[{self.number}/{size}]" if size else f"[{self.number}]"
+        self.name = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.prefix} {self.name}" if self.name else f"{self.prefix} job"
+
+    def started(self, name: str) -> None:
+        self.name = name
+        if self.in_sweep:
+            print(f"{self.label}: started", flush=True)
+
+
+def _failed(error: Exception, job: JobLabel) -> BaseException:
+    """What a job's error ends as: in a sweep the error itself, said in one line; for a single
+    run one line for the command (``CommandExit``), or the error when it is a bug of bprun's."""
+    message = str(error) if isinstance(error, CommandError) else f"{type(error).__name__}: {error}"
+    record.error("failed: %s", message)
+    if job.in_sweep:
+        print(f"bprun: {job.label}: FAILED {message}", file=sys.stderr, flush=True)
+        return error
+    if isinstance(error, CommandError) and not isinstance(error, RunCrashed):
+        return CommandExit(error)  # a refusal or a failure, said in one line
+    if out_of_space(error):
+        return CommandExit(
+            DiskFull(
+                "training stopped: No space left on device (or the store's disk is full); the database is intact "
+                "and keeps what was logged; bprun-doctor marks the run KILLED if its status could not be "
+                "written"
+            )
+        )
+    if isinstance(error, RunCrashed):
+        return CommandExit(error)
+    return error
+
+
+def _run(cfg: DictConfig, state: DictConfig, job: JobLabel) -> RunResult:
     settings = validate(cfg)
     sweep = SweepRun.from_job_environment(state.job.env_set)
     tracking = settings.tracking
@@ -96,12 +153,14 @@ def _run(cfg: DictConfig, state: DictConfig, in_sweep: bool) -> RunResult:
         for group, option in state.runtime.choices.items()
         if not group.startswith(("hydra/", "schema/")) and option is not None
     }
-    run_name = None
+    digits = (sweep.name_digits if sweep is not None else None) or 15
+    run_name = tracking.run_name or default_run_name(settings, digits)
     if sweep is not None and sweep.swept_keys and not tracking.run_name:
         values = {
             key: choices[key] if key in choices else OmegaConf.select(cfg, key.lstrip("+~")) for key in sweep.swept_keys
         }
-        run_name = job_name(default_run_name(settings), values)
+        run_name = job_name(run_name, values, digits)
+    job.started(run_name)
     requeue_of = state.job.env_set.get(names.ENV_REQUEUE_OF)  # set by a cluster launcher that requeued the job
     launch = Launch(
         overrides=tuple(state.overrides.task),
@@ -116,7 +175,7 @@ def _run(cfg: DictConfig, state: DictConfig, in_sweep: bool) -> RunResult:
         observers.append(_CrashAt(int(os.environ[names.ENV_CRASH_AT_EPOCH])))
     if os.environ.get(names.ENV_PAUSE_AT_EPOCH):
         observers.append(_PauseAt(int(os.environ[names.ENV_PAUSE_AT_EPOCH]), Path(os.environ[names.ENV_PAUSE_FOLDER])))
-    if sys.stderr.isatty() and not in_sweep:  # a person watching one run, not a log or a sweep
+    if sys.stderr.isatty() and not job.in_sweep:  # a person watching one run, not a log or a sweep
         observers.append(ProgressBar(settings.trainer.epochs, settings.trainer.loss))
     return run_training(settings, target, parent=parent, launch=launch, observers=observers)
 
@@ -129,7 +188,7 @@ def summary(result: RunResult, in_sweep: bool) -> str:
     if result.run_id:
         size = f" ({_megabytes(result.artifact_bytes)} of artifacts)" if result.artifact_bytes is not None else ""
         lines.append(f"  MLflow run {result.run_id} in {result.tracking_uri}{size}")
-        if not in_sweep:
+        if not in_sweep and result.tracking_uri is not None:
             lines.append(f"  see it: {where_to_look(result.tracking_uri, result.experiment_id, result.run_id)}")
     return "\n".join(lines)
 
@@ -138,9 +197,9 @@ def _megabytes(size: int) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"
 
 
-def sweep_objective(metrics: dict[str, float], name: str = "val_mse") -> float | None:
-    """What a sweep optimizes: the final value of metric ``name``; a val_ metric falls back to
-    its train_ twin when the data set has no validation split (xor)."""
+def sweep_objective(metrics: Mapping[str, T], name: str = names.DEFAULT_RANKING_METRIC) -> T | None:
+    """What a sweep optimizes: the final value (or the values) of metric ``name``; a val_ metric
+    falls back to its train_ twin when the data set has no validation split (xor)."""
     if name in metrics:
         return metrics[name]
     return metrics.get(name.replace("val_", "train_", 1)) if name.startswith("val_") else None

@@ -29,6 +29,8 @@ class SweepRun:
     sync_target: str | None = None
     http_settings: tuple[tuple[str, str], ...] = ()  # MLflow's own variables, (name, value)
     swept_keys: tuple[str, ...] = ()  # the keys whose values vary between the sweep's jobs
+    size: int | None = None  # how many jobs the sweep runs (a grid's size, Optuna's n_trials)
+    name_digits: int | None = None  # significant digits of a float in a job's name (Optuna's samples)
 
     def job_environment(self) -> dict[str, str]:
         """The variables a job of this sweep gets (see ``from_job_environment``)."""
@@ -42,6 +44,10 @@ class SweepRun:
         environment.update(self.http_settings)
         if self.swept_keys:
             environment[names.ENV_SWEPT_KEYS] = _encode(",".join(self.swept_keys))
+        if self.size is not None:
+            environment[names.ENV_SWEEP_SIZE] = str(self.size)
+        if self.name_digits is not None:
+            environment[names.ENV_NAME_DIGITS] = str(self.name_digits)
         return environment
 
     def job_overrides(self) -> list[str]:
@@ -60,6 +66,7 @@ class SweepRun:
             if name in environment
         )
         swept = _decode(str(environment.get(names.ENV_SWEPT_KEYS, "")))
+        size, digits = environment.get(names.ENV_SWEEP_SIZE), environment.get(names.ENV_NAME_DIGITS)
         return cls(
             str(environment[names.ENV_PARENT_RUN_ID]),
             str(environment[names.ENV_EXPERIMENT_ID]),
@@ -67,7 +74,25 @@ class SweepRun:
             _decode(str(sync_target)) if sync_target else None,
             http,
             tuple(key for key in swept.split(",") if key),
+            int(size) if size else None,
+            int(digits) if digits else None,
         )
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """What a sweep's job returns to its sweeper (Hydra's ``JobReturn.return_value``): the
+    objective an optimizing sweeper minimizes or maximizes (None when the run has no value of
+    it), the objective after every epoch (for a pruner), and the run."""
+
+    objective: float | None
+    run_id: str | None
+    run_name: str
+    status: str  # FINISHED, or FAILED when training diverged
+    stop_reason: str
+    epochs_run: int
+    seconds: float
+    objective_per_epoch: tuple[float, ...] = ()
 
 
 def _encode(text: str) -> str:

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from runner.core.validation import clean_value
 from runner.sweeps import hydra_name
 from runner.sweeps.launching import refuse_setting
-from runner.sweeps.sweeper import TrackedSweeper
+from runner.sweeps.sweeper import PlannedJob, TrackedSweeper
 
 _FLOAT = re.compile(r"^[+-]?\d*\.\d+([eE][+-]?\d+)?$")
 
@@ -72,9 +73,30 @@ class GridSweeper(TrackedSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        size = self.max_batch_size or len(jobs) or 1
-        results = []
         with self.sweep_lifetime():
-            for start in range(0, len(jobs), size):
-                results.append(self.launch_batch(jobs[start : start + size]))
-        return results
+            self.run_jobs(GridJobs(self, jobs, self.max_batch_size or len(jobs) or 1))
+
+
+class GridJobs:
+    """The grid's jobs in order, for ``run_jobs``. The first batch is composed and validated
+    at once: a sweep with a value that does not compose or validate fails before its parent run
+    exists."""
+
+    def __init__(self, sweeper: TrackedSweeper, jobs: list[list[str]], batch_size: int) -> None:
+        self.sweeper, self.jobs, self.batch_size = sweeper, jobs, batch_size
+        self._composed = [sweeper.compose(job) for job in jobs[:batch_size]]
+        self._next = 0
+
+    def next_job(self) -> PlannedJob | None:
+        if self._next >= len(self.jobs):
+            return None
+        index = self._next
+        self._next += 1
+        config = self._composed[index] if index < len(self._composed) else self.sweeper.compose(self.jobs[index])
+        return PlannedJob(self.jobs[index], config, index)
+
+    def record(self, tag: Any, result: JobReturn) -> None:
+        pass  # a grid plans its jobs whatever their results
+
+    def overrides_of(self, tag: Any) -> list[str]:
+        return self.jobs[tag]

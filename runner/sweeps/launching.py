@@ -71,6 +71,76 @@ class HydraLauncher:
         pass
 
 
+@runtime_checkable
+class JobStream(Protocol):
+    """A launcher that starts jobs one at a time, as a sweeper asks, and hands each result back
+    as the job ends: a new job can start as soon as a slot is free, not when a batch ends."""
+
+    def capacity(self) -> int:
+        """How many jobs it runs at once."""
+        ...
+
+    def start(self, job: ComposedJob, number: int) -> None:
+        """Start ``job`` as job ``number`` (the caller never starts more than ``capacity()``)."""
+        ...
+
+    def next_result(self, timeout: float) -> tuple[int, JobReturn] | None:
+        """A job that ended, with its number; None if none ends within ``timeout`` seconds."""
+        ...
+
+    def stop(self) -> None:
+        """Stop every running job at its next safe point (each ends its run KILLED); return once
+        they have ended."""
+        ...
+
+
+class BatchStream:
+    """A launcher that only runs batches, as a ``JobStream``: the jobs started are launched
+    together when a result is asked for, and the next batch starts when this one has ended."""
+
+    def __init__(self, launcher: SweepLauncher, batch_size: int) -> None:
+        self.launcher, self.batch_size = launcher, batch_size
+        self._queued: list[tuple[ComposedJob, int]] = []
+        self._results: list[tuple[int, JobReturn]] = []
+
+    def capacity(self) -> int:
+        # None more while a batch's results are being handed out: the next batch is whole.
+        return 0 if self._results else self.batch_size
+
+    def start(self, job: ComposedJob, number: int) -> None:
+        self._queued.append((job, number))
+
+    def next_result(self, timeout: float) -> tuple[int, JobReturn] | None:
+        if not self._results and self._queued:
+            batch, self._queued = self._queued, []
+            results = self.launcher.launch_composed([job for job, _ in batch], initial_job_idx=batch[0][1])
+            self._results = [(number, result) for (_, number), result in zip(batch, results)]
+        return self._results.pop(0) if self._results else None
+
+    def stop(self) -> None:
+        self._queued.clear()  # a batch stops as its launcher stops it, inside launch_composed
+
+
+def run_all(stream: JobStream, jobs: Sequence[ComposedJob], initial_job_idx: int) -> list[JobReturn]:
+    """Every job through ``stream``, a new one started as a slot frees; results in job order.
+    A recorded Ctrl-C or SIGTERM stops the running jobs and raises ``Interrupted``."""
+    waiting = list(enumerate(jobs, start=initial_job_idx))
+    results: dict[int, JobReturn] = {}
+
+    def all_done(timeout: float) -> bool:
+        while waiting and len(jobs) - len(waiting) - len(results) < stream.capacity():  # running < capacity
+            number, job = waiting.pop(0)
+            stream.start(job, number)
+        done = stream.next_result(timeout)
+        if done is not None:
+            results[done[0]] = done[1]
+        return len(results) == len(jobs)
+
+    wait_for_jobs(all_done, stream.stop)
+    interruption.check()
+    return [results[number] for number in range(initial_job_idx, initial_job_idx + len(jobs))]
+
+
 def sweep_launcher(launcher: Launcher) -> SweepLauncher:
     return launcher if isinstance(launcher, SweepLauncher) else HydraLauncher(launcher)
 

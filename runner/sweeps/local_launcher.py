@@ -41,8 +41,8 @@ from runner.sweeps.launching import (
     compose_jobs,
     execute_job,
     refuse_setting,
+    run_all,
     shown_overrides,
-    wait_for_jobs,
 )
 
 log = logging.getLogger(__name__)
@@ -63,14 +63,21 @@ class LocalLauncherConf:
 
 
 class LocalLauncher(Launcher):
+    """Runs a sweep's jobs here (``n_jobs`` 1) or in ``n_jobs`` worker processes, each started
+    as soon as a slot is free (a ``JobStream``)."""
+
     def __init__(self, n_jobs: int = 1) -> None:
         if n_jobs < 1:
             refuse_setting("hydra.launcher.n_jobs", n_jobs, "it must be an integer >= 1")
         self.n_jobs = n_jobs
         self._pool: ChildPool | None = None
+        self._caller: ChildPool | None = None  # runs the sweeper's MLflow calls, never behind a job
         self._closed = False
         self._plot_helper = contextlib.ExitStack()  # for jobs run in this process
-        self._plot_helper_started = False
+        self._prepared = False
+        self._hydra_state = b""
+        self._running: dict[Future[JobReturn], int] = {}  # a worker's job -> its number
+        self._ended_here: list[tuple[int, JobReturn]] = []  # jobs run in this process
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -85,74 +92,85 @@ class LocalLauncher(Launcher):
     def launch_composed(self, jobs: Sequence[ComposedJob], initial_job_idx: int) -> list[JobReturn]:
         """Run each ``(overrides, composed config)`` job; job ``i`` gets number
         ``initial_job_idx + i``."""
-        setup_globals()
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        where = "locally" if self.n_jobs == 1 else f"in {min(self.n_jobs, len(jobs))} worker processes"
-        log.info(f"Launching {len(jobs)} jobs {where}")
-        configs = []
-        for number, (overrides, config) in enumerate(jobs, start=initial_job_idx):
-            log.info(f"\t#{number} : {' '.join(shown_overrides(overrides))}")
-            with open_dict(config):
-                config.hydra.job.id = number
-                config.hydra.job.num = number
-            configs.append(config)
+        return run_all(self, jobs, initial_job_idx)
+
+    # --- a JobStream ---------------------------------------------------------------------------
+    def capacity(self) -> int:
+        return self.n_jobs
+
+    def start(self, job: ComposedJob, number: int) -> None:
+        overrides, config = job
+        self._prepare()
+        log.debug(f"#{number} : {' '.join(shown_overrides(overrides))}")
+        with open_dict(config):
+            config.hydra.job.id = number
+            config.hydra.job.num = number
         if self.n_jobs == 1:
-            return self._run_here(configs)
-        return self._run_in_workers(configs)
-
-    def _run_here(self, configs: list[DictConfig]) -> list[JobReturn]:
-        if not self._plot_helper_started:  # completed runs' plots drawn on the other core
-            self._plot_helper_started = True
-            self._plot_helper.enter_context(running_helper())
-        results = []
-        for config in configs:
             interruption.check()
-            results.append(execute_job(config, self.hydra_context, self.task_function))
+            self._ended_here.append((number, execute_job(config, self.hydra_context, self.task_function)))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return results
+        else:
+            self._running[self._workers().submit(execute_job_in_worker, config, self._hydra_state)] = number
 
-    def _run_in_workers(self, configs: list[DictConfig]) -> list[JobReturn]:
-        pool = self._workers()
-        # cloudpickle, as Hydra's own joblib launcher: Hydra's state holds OmegaConf resolvers
-        # defined in functions, which the standard pickle refuses.
-        hydra_state = cloudpickle.dumps((self.hydra_context, self.task_function, Singleton.get_state()))
-        futures = [pool.submit(execute_job_in_worker, config, hydra_state) for config in configs]
-        pending: set[Future[JobReturn]] = set(futures)
-
-        def all_done(timeout: float) -> bool:
-            nonlocal pending
-            pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED).not_done
-            return not pending
-
-        def stop() -> None:
-            pool.stop()  # running jobs end their runs KILLED; the others never start
-            for future in pending:
-                future.cancel()
-            wait(pending)
-
-        wait_for_jobs(all_done, stop)
-        interruption.check()
+    def next_result(self, timeout: float) -> tuple[int, JobReturn] | None:
+        if self._ended_here:
+            return self._ended_here.pop(0)
+        if not self._running:
+            return None
+        done, _ = wait(self._running, timeout=timeout, return_when=FIRST_COMPLETED)
+        if not done:
+            return None
+        future = next(iter(done))
+        number = self._running.pop(future)
         try:
-            return [future.result() for future in futures]
+            return number, future.result()
         except BrokenProcessPool as error:
             raise CommandExit(
                 WorkerLost(
-                    f"a worker process of the sweep ended abruptly ({error}); the sweep "
-                    "stopped (was it killed by the system, out of memory?)"
+                    f"a worker process of the sweep ended abruptly ({error}); the sweep stopped (was it killed by "
+                    "the system, out of memory?)"
                 )
             ) from None
 
+    def stop(self) -> None:
+        if self._pool is not None and self._running:
+            self._pool.stop()  # running jobs end their runs KILLED; the others never start
+            for future in self._running:
+                future.cancel()
+            wait(self._running)
+        self._running.clear()
+
+    def _prepare(self) -> None:
+        """What the first job needs: Hydra's logging and the sweep's folder; here, a helper that
+        draws completed runs' plots on the other core; for workers, Hydra's state to send them."""
+        if self._prepared:
+            return
+        self._prepared = True
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info("Launching jobs " + ("locally" if self.n_jobs == 1 else f"in {self.n_jobs} worker processes"))
+        if self.n_jobs == 1:
+            self._plot_helper.enter_context(running_helper())
+        else:
+            # cloudpickle, as Hydra's own joblib launcher: Hydra's state holds OmegaConf resolvers
+            # defined in functions, which the standard pickle refuses.
+            self._hydra_state = cloudpickle.dumps((self.hydra_context, self.task_function, Singleton.get_state()))
+
+    # --- the rest of SweepLauncher ------------------------------------------------------------
     def runs_jobs_elsewhere(self) -> str | None:
         return None
 
     def call(self, function: Callable[..., T], *arguments: Any) -> T:
-        """``function(*arguments)`` in a worker if this launcher has them (their MLflow is
-        imported and warm; this process may never import it), else here."""
+        """``function(*arguments)`` in a worker process of its own if this launcher has workers
+        (forked from the same server: MLflow is imported and warm there, and this process may
+        never import it), else here."""
         if self.n_jobs > 1 and not self._closed:
             try:
-                return self._workers().submit(function, *arguments).result()
-            except BrokenProcessPool:  # a worker was killed: the sweep is ending, do it here
+                if self._caller is None:
+                    self._caller = ChildPool(1, "forkserver")
+                return self._caller.submit(function, *arguments).result()
+            except BrokenProcessPool:  # killed: the sweep is ending, do it here
                 log.debug("the workers are gone; %s runs in this process", function.__name__)
         return function(*arguments)
 
@@ -161,9 +179,10 @@ class LocalLauncher(Launcher):
         it has drawn every plot."""
         self._closed = True
         self._plot_helper.close()
-        if self._pool is not None:
-            self._pool.shutdown(cancel_pending=True)
-            self._pool = None
+        for pool in (self._pool, self._caller):
+            if pool is not None:
+                pool.shutdown(cancel_pending=True)
+        self._pool = self._caller = None
 
     def _workers(self) -> ChildPool:
         if self._pool is None:

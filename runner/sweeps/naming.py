@@ -30,27 +30,27 @@ def parent_name(swept_keys: Iterable[str], jobs: int | None) -> str:
     return f"{labels} sweep{count}" if labels else f"sweep{count}"
 
 
-def job_name(base: str, values: Mapping[str, Any]) -> str:
+def job_name(base: str, values: Mapping[str, Any], digits: int = 15) -> str:
     """``seed1-activation_tanh-<base>`` for the values ``{key: value}`` of a job's swept keys
-    (those already in every run's name left out)."""
-    prefix = job_prefix(values)
+    (those already in every run's name left out), floats to ``digits`` significant digits."""
+    prefix = job_prefix(values, digits)
     return f"{prefix}-{base}" if prefix else base
 
 
-def job_prefix(values: Mapping[str, Any]) -> str:
+def job_prefix(values: Mapping[str, Any], digits: int = 15) -> str:
     """``seed1-activation_tanh`` for the values ``{key: value}`` of a job's swept keys (those
     already in every run's name left out)."""
     shown = {key: value for key, value in values.items() if key.lstrip("+~") not in IN_EVERY_NAME}
     parts = []
     for key, label in short_labels(shown).items():
-        text = _text(shown[key])
+        text = _text(shown[key], digits)
         parts.append(f"{label}{text}" if text[:1].isdigit() or text[:1] == "-" else f"{label}_{text}")
     return "-".join(parts)
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, digits: int = 15) -> str:
     if isinstance(value, float):
-        return format(value, ".15g")
+        return format(value, f".{digits}g")
     if isinstance(value, (list, tuple)):
-        return "x".join(_text(item) for item in value) or "none"
+        return "x".join(_text(item, digits) for item in value) or "none"
     return str(value)

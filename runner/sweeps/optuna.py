@@ -26,14 +26,15 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, Transformer
-from hydra.core.utils import JobStatus
+from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from runner.core.validation import clean_value
 from runner.process.errors import CommandExit
 from runner.sweeps import hydra_name
+from runner.sweeps.context import JobReport
 from runner.sweeps.launching import SettingRefused, refuse_setting
-from runner.sweeps.sweeper import TrackedSweeper
+from runner.sweeps.sweeper import PlannedJob, TrackedSweeper
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,45 @@ class OptunaSweeperConf:
     direction: str = "minimize"
     objective: str = "val_mse"  # final metric each job returns; val_* falls back to train_* without a validation split
     params: dict[str, str] = field(default_factory=dict)
+
+
+# Significant digits of a sampled value in a job's run name (lr0.727, not lr0.726685588222449);
+# the job trains with the value to 15 digits (clean_value), as its params show.
+NAME_DIGITS = 3
+
+
+class Trials:
+    """Optuna's trials as a sweep's jobs, for ``run_jobs``: a trial is asked when a slot is
+    free, so the sampler has seen every result told so far, and told as its job ends."""
+
+    def __init__(self, sweeper: OptunaSweeper, study: Any, space: dict[str, Any], fixed: list[str]) -> None:
+        self.sweeper, self.study, self.space, self.fixed = sweeper, study, space, fixed
+        self.batch_size = sweeper.n_jobs
+        self.asked = 0
+        self._overrides: dict[int, list[str]] = {}  # trial number -> its job's overrides
+
+    def next_job(self) -> PlannedJob | None:
+        if self.asked >= self.sweeper.n_trials:
+            return None
+        trial = self.study.ask(self.space)
+        self.asked += 1
+        # Values as the job will train and log them (15 significant digits, see clean_value).
+        overrides = [*self.fixed, *(f"{key}={clean_value(value)}" for key, value in trial.params.items())]
+        self._overrides[trial.number] = overrides
+        return PlannedJob(overrides, self.sweeper.compose(overrides), trial)
+
+    def record(self, trial: Any, result: JobReturn) -> None:
+        import optuna  # (lazy: imported by the sweep already)
+
+        report = result.return_value if result.status == JobStatus.COMPLETED else None
+        value = report.objective if isinstance(report, JobReport) else None
+        if value is not None and value == value:  # a number, not NaN
+            self.study.tell(trial, float(value))
+        else:  # the job failed (it returned no objective, or raised)
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+    def overrides_of(self, trial: Any) -> list[str]:
+        return self._overrides[trial.number]
 
 
 def _values(distribution: Any) -> list[Any]:
@@ -141,7 +181,7 @@ class OptunaSweeper(TrackedSweeper):
                 trial = {**first, key: value}
                 overrides = [*fixed, *(f"{name}={clean_value(setting)}" for name, setting in trial.items())]
                 try:
-                    self._compose(overrides)
+                    self.compose(overrides)
                 except CommandExit as refused:
                     problem = str(refused.error).partition(": ")[2]
                     raise CommandExit(
@@ -170,24 +210,10 @@ class OptunaSweeper(TrackedSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
-        launched = 0
         self.planned_jobs = self.n_trials
+        self.name_digits = NAME_DIGITS
         with self.sweep_lifetime():
-            while launched < self.n_trials:
-                trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - launched))]
-                # Values as the jobs will train and log them (15 significant digits, see clean_value).
-                batch = [
-                    [*fixed, *(f"{key}={clean_value(value)}" for key, value in trial.params.items())]
-                    for trial in trials
-                ]
-                results = self.launch_batch(batch)
-                for trial, result in zip(trials, results):
-                    value = result.return_value if result.status == JobStatus.COMPLETED else None
-                    if isinstance(value, (int, float)) and value == value:  # a number, not NaN
-                        study.tell(trial, float(value))
-                    else:  # the job failed (it returned no objective, or raised)
-                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                launched += len(trials)
+            self.run_jobs(Trials(self, study, space, fixed))
             self._report(study, sweep_dir)
 
     def _report(self, study: Any, sweep_dir: Path) -> None:

@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from runner import names, reports
 from runner.reports.table import by_dataset, format_table, runs_table
 from runner.sweeps.context import SweepRun
 from runner.sweeps.naming import parent_name
+from runner.sweeps.progress import Best
 from runner.tracking.destination import Destination, TrackingLost, check_store, http_settings
 from runner.tracking.liveness import process_tags
 from runner.tracking.params import log_params
@@ -210,6 +212,16 @@ def end_stopped_sweep(sweep: SweepRun, status: str, reason: str) -> None:
                 client.set_terminated(child.info.run_id, status)
         client.set_tag(sweep.run_id, names.FAILURE_REASON, reason)
         client.set_terminated(sweep.run_id, status)
+
+
+def log_best(sweep: SweepRun, objective: str, best: Best, jobs_ended: int) -> None:
+    """The sweep's best objective so far as the parent's metric ``best_<objective>`` (its step:
+    the jobs ended), so that the runs table shows it while the sweep runs; its run as tags."""
+    with reaching_server(sweep):
+        client = sweep_client(sweep)
+        client.log_metric(sweep.run_id, f"{names.BEST_PREFIX}{objective}", best.value, step=jobs_ended)
+        tags = [RunTag(names.SWEEP_BEST_RUN, best.run_id or ""), RunTag(names.SWEEP_BEST_RUN_NAME, best.run_name)]
+        client.log_batch(sweep.run_id, tags=tags)
 
 
 def tag_parent(sweep: SweepRun, tags: dict[str, str]) -> None:

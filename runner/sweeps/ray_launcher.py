@@ -30,7 +30,6 @@ from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher as PluginRayLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from runner.process import interruption
 from runner.process.errors import CommandExit, InvalidInput
 from runner.sweeps.cluster_job import job_process, local_addresses
 from runner.sweeps.launching import (
@@ -39,8 +38,8 @@ from runner.sweeps.launching import (
     compose_jobs,
     execute_job,
     failed_job,
+    run_all,
     shown_overrides,
-    wait_for_jobs,
 )
 
 log = logging.getLogger(__name__)
@@ -65,6 +64,9 @@ class RayLauncher(PluginRayLauncher):
         ray = import_ray()
         cpus_per_job = float(self._remote_options().get("num_cpus", 1))
         slots = int(ray.cluster_resources().get("CPU", 1) // max(cpus_per_job, 1e-9))
+        self._slots = max(1, slots)
+        self._tasks: dict[Any, int] = {}  # a running task -> its job's number
+        self._hydra_state: Any = None
         warm = self._remote(warm_up_worker)
         for _ in range(max(1, min(slots, MAX_WARM_UPS))):
             warm.remote()  # nobody waits for it: the jobs queue behind it on its worker
@@ -112,43 +114,47 @@ class RayLauncher(PluginRayLauncher):
         return self.launch_composed(compose_jobs(self.hydra_context, self.config, job_overrides), initial_job_idx)
 
     def launch_composed(self, jobs: Sequence[ComposedJob], initial_job_idx: int) -> list[JobReturn]:
-        """Run each ``(overrides, composed config)`` job as a Ray task (bprun's sweepers hand over
-        the configs they composed to validate the jobs: this process composes each job once, and
-        spends its CPU, which the jobs share, on nothing else)."""
+        return run_all(self, jobs, initial_job_idx)
+
+    # --- a JobStream: each job a Ray task, as many at once as the cluster has slots -------------
+    def capacity(self) -> int:
+        return self._slots
+
+    def start(self, job: ComposedJob, number: int) -> None:
+        """Job ``number`` as a Ray task (bprun's sweepers hand over the configs they composed to
+        validate the jobs: this process composes each job once, and spends its CPU, which the
+        jobs share, on nothing else)."""
         ray = import_ray()
-        setup_globals()
-        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        self._start_ray()
-        remote_job = self._remote(run_ray_job)
-        log.info(f"Launching {len(jobs)} jobs as Ray tasks")
-        launching_dir = os.getcwd()
-        # Put once, shared by every task, instead of serialized into each.
-        hydra_state = ray.put((self.hydra_context, self.task_function, Singleton.get_state()))
-        tasks = []
-        for number, (overrides, config) in enumerate(jobs, start=initial_job_idx):
-            interruption.check()
-            log.info(f"\t#{number} : {' '.join(shown_overrides(overrides))}")
-            with open_dict(config):
-                config.hydra.job.id = f"ray_{number}"
-                config.hydra.job.num = number
-            tasks.append(remote_job.remote(hydra_state, config, launching_dir))
-        pending = list(tasks)
+        if self._hydra_state is None:
+            setup_globals()
+            assert self.config is not None and self.hydra_context is not None
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+            log.info("Launching jobs as Ray tasks")
+            # Put once, shared by every task, instead of serialized into each.
+            self._hydra_state = ray.put((self.hydra_context, self.task_function, Singleton.get_state()))
+        overrides, config = job
+        log.debug(f"#{number} : {' '.join(shown_overrides(overrides))}")
+        with open_dict(config):
+            config.hydra.job.id = f"ray_{number}"
+            config.hydra.job.num = number
+        self._tasks[self._remote(run_ray_job).remote(self._hydra_state, config, os.getcwd())] = number
 
-        def all_done(timeout: float) -> bool:
-            nonlocal pending
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=timeout)
-            return not pending
+    def next_result(self, timeout: float) -> tuple[int, JobReturn] | None:
+        if not self._tasks:
+            return None
+        ready, _ = import_ray().wait(list(self._tasks), num_returns=1, timeout=timeout)
+        if not ready:
+            return None
+        number = self._tasks.pop(ready[0])
+        return number, _result(ready[0], number)
 
-        def stop() -> None:
-            for task in pending:
-                ray.cancel(task)  # not started: never starts; running: its job ends its run KILLED
-            ray.wait(pending, num_returns=len(pending))
-
-        wait_for_jobs(all_done, stop)
-        interruption.check()
-        return [_result(task, number) for number, task in enumerate(tasks, start=initial_job_idx)]
+    def stop(self) -> None:
+        ray = import_ray()
+        for task in self._tasks:
+            ray.cancel(task)  # not started: never starts; running: its job ends its run KILLED
+        ray.wait(list(self._tasks), num_returns=len(self._tasks))
+        self._tasks.clear()
 
     def close(self) -> None:
         pass  # Ray's workers belong to the cluster; a cluster ray.init started here ends with bprun

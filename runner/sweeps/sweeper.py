@@ -1,9 +1,12 @@
-"""What bprun's sweepers share: a tracked sweep's life, batch by batch.
+"""What bprun's sweepers share: a tracked sweep's life, job by job.
 
-A sweeper hands ``launch_batch`` one batch of jobs (each a list of overrides) at a time. The
-first batch composes and validates every job before anything runs, so a sweep with a value that
-does not compose or validate fails with nothing in the store; then the parent run is created
-(``runner.sweeps.parent``) and every job is launched with the parent's ``job_overrides``. When
+A sweeper plans its jobs (a ``JobSource``: the grid's, Optuna's trials) and ``run_jobs`` runs
+them, each started as soon as the launcher has a free slot (a ``JobStream``; launchers that only
+run batches get theirs in batches), each result handed back as the job ends, with a progress line
+every few seconds and the best objective so far logged on the parent run. A source composes and
+validates its first batch before anything runs, so a sweep with a value that does not compose
+or validate fails with nothing in the store; the parent run is created (``runner.sweeps.parent``)
+before the first job starts, and every job is launched with the parent's ``job_overrides``. When
 the sweep ends, ``sweep_lifetime`` ends the parent: FINISHED or FAILED with the summary, KILLED
 after Ctrl-C or SIGTERM, FAILED when an error stopped the sweep.
 
@@ -14,11 +17,13 @@ sweep (``runner.sweeps.parent``) is imported only once a sweep needs it: the imp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
@@ -26,13 +31,15 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
+from runner import names
 from runner.core.validation import ConfigError, validate
 from runner.process import interruption
 from runner.process.errors import CommandError, CommandExit, RunError
 from runner.sweeps.cluster_job import JobsElsewhere
 from runner.sweeps.context import SweepRun
-from runner.sweeps.launching import SweepLauncher, sweep_launcher
+from runner.sweeps.launching import BatchStream, JobStream, SweepLauncher, sweep_launcher, wait_for_jobs
 from runner.sweeps.overrides import swept_values
+from runner.sweeps.progress import SweepProgress
 from runner.tracking.destination import Destination, TrackingLost, where_to_look
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,34 @@ T = TypeVar("T")
 
 class SweepFailed(CommandError):
     """Some jobs of the sweep failed (each is in the summary); the others ran to the end."""
+
+
+@dataclass
+class PlannedJob:
+    """A job a sweeper plans: its overrides, its composed and validated config, and a tag by
+    which the sweeper knows its result again (a trial, an index)."""
+
+    overrides: list[str]
+    config: DictConfig
+    tag: Any
+
+
+class JobSource(Protocol):
+    """What a sweeper plans, job by job, and what it learns from each job's result."""
+
+    batch_size: int  # jobs launched together on a launcher that only runs batches
+
+    def next_job(self) -> PlannedJob | None:
+        """The job to start now, or None when there is none to start now."""
+        ...
+
+    def record(self, tag: Any, result: JobReturn) -> None:
+        """The result of the job planned with ``tag``."""
+        ...
+
+    def overrides_of(self, tag: Any) -> list[str]:
+        """The overrides of the job planned with ``tag``."""
+        ...
 
 
 class TrackedSweeper(Sweeper):
@@ -63,6 +98,10 @@ class TrackedSweeper(Sweeper):
         self._unrecorded: list[Any] = []  # JobOutcome of jobs that failed before their run existed
         self._server_lost: TrackingLost | None = None  # a job found the tracking server gone
         self.planned_jobs: int | None = None  # how many jobs the sweep runs, when its sweeper knows
+        self.name_digits: int | None = None  # significant digits of floats in job names (sampled values)
+        objective = str(config.hydra.sweeper.get("objective", names.DEFAULT_RANKING_METRIC))
+        direction = str(config.hydra.sweeper.get("direction", "minimize"))
+        self.progress = SweepProgress(None, objective, direction)
 
     # --- the life of the sweep -----------------------------------------------------------------
     @contextlib.contextmanager
@@ -136,29 +175,70 @@ class TrackedSweeper(Sweeper):
                 SweepFailed(f"{summary.failed} of {summary.jobs} job(s) of the sweep failed; see the summary above")
             )
 
-    # --- one batch -----------------------------------------------------------------------------
-    def launch_batch(self, batch: Sequence[Sequence[str]]) -> Sequence[JobReturn]:
-        """Compose and validate every job of ``batch``, create the parent run before the first
-        batch, launch the jobs, and return their results (in order)."""
-        configs = [self._compose(list(overrides)) for overrides in batch]
-        tracked = bool(self.config.tracking.enabled)
-        if tracked and self.sweep_run is None:
+    # --- running the jobs ------------------------------------------------------------------------
+    def run_jobs(self, source: JobSource) -> None:
+        """Run the jobs ``source`` plans: each started as soon as the launcher has a free slot
+        (in batches, on a launcher that only runs batches), each result handed back to
+        ``source`` as its job ends, the parent run created before the first job starts."""
+        from runner.sweeps.parent import log_best  # (lazy: MLflow, where the parent exists)
+
+        stream = self._stream(source.batch_size)
+        running: dict[int, Any] = {}  # a running job's number -> its tag in ``source``
+        progress = self.progress
+        progress.size = self.planned_jobs
+        progress.restart_clock()
+
+        def step(timeout: float) -> bool:
+            while len(running) < stream.capacity() and (planned := source.next_job()) is not None:
+                running[self._start(stream, planned)] = planned.tag
+            if not running:
+                return True
+            done = stream.next_result(timeout)
+            if done is not None:
+                number, result = done
+                tag = running.pop(number)
+                self._record([source.overrides_of(tag)], [result])
+                if progress.ended(result) and self.sweep_run is not None and progress.best is not None:
+                    self.call(log_best, self.sweep_run, progress.objective, progress.best, progress.done)
+                source.record(tag, result)
+            if progress.due():
+                print(progress.line(len(running)), flush=True)
+            return False
+
+        wait_for_jobs(step, stream.stop)
+        interruption.check()
+
+    def _stream(self, batch_size: int) -> JobStream:
+        """The launcher as a stream of jobs; one that only runs batches says so once."""
+        if isinstance(self.job_launcher, JobStream):
+            return self.job_launcher
+        option = self.config.hydra.runtime.choices.get("hydra/launcher")
+        print(
+            f"bprun: hydra/launcher={option} runs jobs in batches of {batch_size}: a job starts when the batch "
+            "before it has ended",
+            flush=True,
+        )
+        return BatchStream(self.job_launcher, batch_size)
+
+    def _start(self, stream: JobStream, planned: PlannedJob) -> int:
+        """Start a planned job with its sweep's environment (the parent run created first, when
+        tracked); return its number."""
+        if bool(self.config.tracking.enabled) and self.sweep_run is None:
             self._check_jobs_reach_store()
             self.sweep_run = self._start_parent()
             interruption.test_point("sweep-start")
-        jobs = [list(overrides) for overrides in batch]
+        overrides = list(planned.overrides)
         if self.sweep_run is not None:
             extra = self.sweep_run.job_overrides()
-            jobs = [overrides + extra for overrides in jobs]
-            for config in configs:
-                add_job_environment(config, self.sweep_run.job_environment(), extra)
+            overrides += extra
+            add_job_environment(planned.config, self.sweep_run.job_environment(), extra)
         interruption.check()
-        results = self.job_launcher.launch_composed(list(zip(jobs, configs)), initial_job_idx=self._next_job)
-        self._next_job += len(batch)
-        self._record(batch, results)
-        return results
+        number = self._next_job
+        self._next_job += 1
+        stream.start((overrides, planned.config), number)
+        return number
 
-    def _compose(self, overrides: list[str]) -> DictConfig:
+    def compose(self, overrides: list[str]) -> DictConfig:
         interruption.check()
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         try:
@@ -197,6 +277,7 @@ class TrackedSweeper(Sweeper):
             sweep_run = self.call(create_parent, request)
         except CommandError as error:
             raise CommandExit(error) from None
+        sweep_run = dataclasses.replace(sweep_run, size=self.planned_jobs, name_digits=self.name_digits)
         print(
             f"bprun: sweep parent run {sweep_run.run_id} in {sweep_run.tracking_uri}\n"
             f"  see it: {where_to_look(sweep_run.tracking_uri, sweep_run.experiment_id, sweep_run.run_id)}"
