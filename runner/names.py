@@ -45,6 +45,9 @@ BLAS_THREADS = "blas.threads"
 # --- a sweep's parent run ---------------------------------------------------------------------
 SWEEP = "bprun.sweep"  # "true" on a sweep's parent run
 SWEEP_COMMAND = "sweep.command"
+SWEEP_ARGV = "sweep.argv"  # JSON list: the command line's arguments, exactly (bprun-resume runs it again)
+SWEEP_CWD = "sweep.cwd"  # the folder the sweep was started in (its relative paths start there)
+SUPERSEDED_BY = "bprun.superseded_by"  # a job's run that a resumed sweep ran again: the new run's id
 SWEPT_KEYS = "sweep.swept_keys"  # JSON list of the keys the sweep varies
 SWEEP_DIR = "sweep.dir"
 SWEEP_JOBS = "sweep.jobs"
@@ -97,9 +100,12 @@ ENV_PARENT_RUN_ID = "BPRUN_PARENT_RUN_ID"
 ENV_EXPERIMENT_ID = "BPRUN_EXPERIMENT_ID"
 ENV_SWEEP_TRACKING_URI = "BPRUN_TRACKING_URI"
 ENV_SWEEP_SIZE = "BPRUN_SWEEP_SIZE"  # how many jobs the sweep runs: a job's [k/N] label
+ENV_JOB_POSITION = "BPRUN_JOB_POSITION"  # the k of a job's [k/N] label: jobs of the sweep started so far
 ENV_NAME_DIGITS = "BPRUN_NAME_DIGITS"  # significant digits of a float in a job's run name
 ENV_SWEPT_KEYS = "BPRUN_SWEPT_KEYS"  # the keys a job's sweep varies, comma-separated (its run's name shows them)
 ENV_SWEEP_SYNC_TARGET = "BPRUN_SYNC_TARGET"
+ENV_RESUME_PARENT = "BPRUN_RESUME_PARENT"  # bprun-resume: the parent run of the sweep to continue
+ENV_SUPERSEDES = "BPRUN_SUPERSEDES"  # a resumed job: the ids of its runs that did not finish, comma-separated
 ENV_REQUEUE_OF = "BPRUN_REQUEUE_OF"  # a requeued job: the run it had before (names.REQUEUE_OF)
 # MLflow's own: the store, and its http client's timeout and retries (read at every request).
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"

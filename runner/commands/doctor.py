@@ -12,15 +12,11 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from runner import names
 from runner.commands.common import quiet_mlflow
 from runner.process.errors import EXIT_FAILED, EXIT_INVALID, InvalidInput, out_of_space
 from runner.tracking.destination import resolve_tracking_uri
-
-STOP_REASON = "killed"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +49,7 @@ def _check(client, uri: str, dry_run: bool) -> int:
     # (lazy: after --help and the arguments, as above)
     from mlflow.entities import ViewType
 
-    from runner.tracking.liveness import is_stale
+    from runner.tracking.liveness import end_stale_run, is_stale
 
     experiment_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
     running = (
@@ -77,7 +73,7 @@ def _check(client, uri: str, dry_run: bool) -> int:
             marked += 1
             if not dry_run:
                 try:
-                    _end_killed(client, run)
+                    end_stale_run(client, run)
                 except Exception as error:
                     what = "the disk is full" if out_of_space(error) else f"{type(error).__name__}: {error}"
                     print(f"bprun-doctor: could not mark {name} KILLED: {what}", file=sys.stderr)
@@ -88,26 +84,6 @@ def _check(client, uri: str, dry_run: bool) -> int:
             print(f"running  {name}: process {run.data.tags.get(names.PID)} is alive")
     print(f"bprun-doctor: {len(running)} RUNNING run(s) in {uri}: {marked} stale, {unknown} unknown")
     return 0
-
-
-def _end_killed(client, run) -> None:
-    """End a stale run KILLED, with its epochs and its tensors cut to where its metrics end."""
-    from runner.tracking.history import metric_history  # (lazy: see main)
-    from runner.tracking.tensors import repair_tensors
-
-    if run.data.tags.get(names.SWEEP) != "true":  # a job's or a single run: it has epochs
-        steps = metric_history(client, run.info.run_id, "train_mse").steps
-        epochs = int(steps.max()) + 1 if steps.size else 0
-        artifacts = urlparse(run.info.artifact_uri)
-        tensors = Path(unquote(artifacts.path)) / names.TENSORS_ARTIFACT
-        if artifacts.scheme == "file" and tensors.is_dir():
-            repair_tensors(tensors, epochs - 1)
-        client.set_tag(run.info.run_id, names.EPOCHS_RUN, str(epochs))
-        client.set_tag(run.info.run_id, names.STOP_REASON, STOP_REASON)
-    client.set_tag(
-        run.info.run_id, names.FAILURE_REASON, "its process ended without closing the run (found by bprun-doctor)"
-    )
-    client.set_terminated(run.info.run_id, "KILLED")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ def tracked_training(
     # A server run keeps what the server does not get beside its other files (runner.tracking.unsent).
     unsent_root = launch.output_dir or Path(launch.start_dir)
     with TrackedRun(destination.uri, experiment_id, run_name, params, tags, unsent_root) as run:
+        for earlier in launch.supersedes:  # the sweep's summary and reports count the job once, as this run
+            run.set_tags_of(earlier, {names.SUPERSEDED_BY: run.run_id})
         _record_inputs(run, training.dataset, launch, config_yaml, tags[names.DATA_SHA256])
         if launch.output_dir is not None:
             launch.output_dir.mkdir(parents=True, exist_ok=True)

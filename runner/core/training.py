@@ -41,6 +41,7 @@ class Launch:
     run_name: str | None = None  # default: tracking.run_name, else built from the settings
     start_dir: str = "."  # where the command started (provenance of a user's own repository)
     tags: dict[str, str] = field(default_factory=dict)
+    supersedes: tuple[str, ...] = ()  # a resumed sweep's earlier runs of this job, which did not finish
 
 
 @dataclass

@@ -99,7 +99,8 @@ class JobLabel:
 
     def __init__(self, state: DictConfig) -> None:
         self.in_sweep = state.mode == RunMode.MULTIRUN
-        self.number = int(state.job.num) + 1 if self.in_sweep else 0
+        position = state.job.env_set.get(names.ENV_JOB_POSITION)
+        self.number = int(position) if position else (int(state.job.num) + 1 if self.in_sweep else 0)
         size = state.job.env_set.get(names.ENV_SWEEP_SIZE)
         self.prefix = f"[{self.number}/{size}]" if size else f"[{self.number}]"
         self.name = ""
@@ -169,6 +170,7 @@ def _run(cfg: DictConfig, state: DictConfig, job: JobLabel) -> RunResult:
         output_dir=Path(state.runtime.output_dir),
         start_dir=state.runtime.cwd,
         tags={names.REQUEUE_OF: str(requeue_of)} if requeue_of else {},
+        supersedes=tuple(filter(None, str(state.job.env_set.get(names.ENV_SUPERSEDES, "")).split(","))),
     )
     observers: list[Observer] = []
     if os.environ.get(names.ENV_CRASH_AT_EPOCH):

@@ -12,7 +12,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
@@ -23,6 +23,9 @@ from runner.core.validation import clean_value
 from runner.sweeps import hydra_name
 from runner.sweeps.launching import refuse_setting
 from runner.sweeps.sweeper import PlannedJob, TrackedSweeper
+
+if TYPE_CHECKING:  # MLflow: imported once a sweep needs it
+    from runner.sweeps.parent import SweepState
 
 _FLOAT = re.compile(r"^[+-]?\d*\.\d+([eE][+-]?\d+)?$")
 
@@ -74,7 +77,7 @@ class GridSweeper(TrackedSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         with self.sweep_lifetime():
-            self.run_jobs(GridJobs(self, jobs, self.max_batch_size or len(jobs) or 1))
+            self.run_jobs(GridJobs(self, jobs, self.max_batch_size or len(jobs) or 1, self.resume_state()))
 
 
 class GridJobs:
@@ -82,8 +85,21 @@ class GridJobs:
     at once: a sweep with a value that does not compose or validate fails before its parent run
     exists."""
 
-    def __init__(self, sweeper: TrackedSweeper, jobs: list[list[str]], batch_size: int) -> None:
-        self.sweeper, self.jobs, self.batch_size = sweeper, jobs, batch_size
+    def __init__(
+        self, sweeper: TrackedSweeper, jobs: list[list[str]], batch_size: int, resumed: SweepState | None = None
+    ) -> None:
+        self.sweeper, self.batch_size = sweeper, batch_size
+        self._supersedes: dict[int, tuple[str, ...]] = {}
+        if resumed is not None:  # a resumed sweep runs the jobs that did not finish, once each
+            for job in jobs:
+                if tuple(job) in resumed.finished:
+                    sweeper.check_unchanged(job, resumed.finished[tuple(job)])
+            sweeper.progress.done = len(jobs) - len(
+                remaining := [job for job in jobs if tuple(job) not in resumed.finished]
+            )
+            jobs = remaining
+            self._supersedes = {index: tuple(resumed.unfinished.get(tuple(job), ())) for index, job in enumerate(jobs)}
+        self.jobs = jobs
         self._composed = [sweeper.compose(job) for job in jobs[:batch_size]]
         self._next = 0
 
@@ -93,7 +109,7 @@ class GridJobs:
         index = self._next
         self._next += 1
         config = self._composed[index] if index < len(self._composed) else self.sweeper.compose(self.jobs[index])
-        return PlannedJob(self.jobs[index], config, index)
+        return PlannedJob(self.jobs[index], config, index, self._supersedes.get(index, ()))
 
     def record(self, tag: Any, result: JobReturn) -> None:
         pass  # a grid plans its jobs whatever their results

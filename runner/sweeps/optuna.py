@@ -22,7 +22,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, Transformer
@@ -35,6 +35,9 @@ from runner.sweeps import hydra_name
 from runner.sweeps.context import JobReport
 from runner.sweeps.launching import SettingRefused, refuse_setting
 from runner.sweeps.sweeper import PlannedJob, TrackedSweeper
+
+if TYPE_CHECKING:  # MLflow: imported once a sweep needs it
+    from runner.sweeps.parent import SweepState
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,42 @@ class Trials:
         self.batch_size = sweeper.n_jobs
         self.asked = 0
         self._overrides: dict[int, list[str]] = {}  # trial number -> its job's overrides
+        self._supersedes: dict[tuple[str, ...], tuple[str, ...]] = {}  # a trial run again: its earlier runs
+
+    def resume(self, resumed: SweepState) -> None:
+        """Rebuild the study from a stopped sweep's store: each finished trial told once, with its
+        objective per epoch (for a pruner); a trial that did not finish asked again first, with
+        the same values, and run as a new run; the rest asked until ``n_trials`` in all."""
+        import optuna  # (lazy: imported by the sweep already)
+
+        for overrides, finished in resumed.finished.items():
+            self.sweeper.check_unchanged(list(overrides), finished)
+            params = self._params(overrides)
+            pruned = finished.stop_reason == "pruned"
+            self.study.add_trial(
+                optuna.trial.create_trial(
+                    params=params,
+                    distributions={key: self.space[key] for key in params},
+                    value=None if pruned else finished.objective,
+                    intermediate_values=dict(enumerate(finished.objective_per_epoch)),
+                    state=optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE,
+                )
+            )
+        self.asked = len(resumed.finished)
+        self.sweeper.progress.done = self.asked
+        for overrides, run_ids in resumed.unfinished.items():
+            if tuple(overrides) not in resumed.finished:
+                self.study.enqueue_trial(self._params(overrides))
+                self._supersedes[tuple(overrides)] = tuple(run_ids)
+
+    def _params(self, overrides: Sequence[str]) -> dict[str, Any]:
+        """The values of the search space's keys in a trial's overrides."""
+        params = {}
+        for override in overrides:
+            key, _, text = override.partition("=")
+            if key in self.space:
+                params[key] = _parsed(text, self.space[key])
+        return params
 
     def next_job(self) -> PlannedJob | None:
         if self.asked >= self.sweeper.n_trials:
@@ -108,7 +147,8 @@ class Trials:
         # Values as the job will train and log them (15 significant digits, see clean_value).
         overrides = [*self.fixed, *(f"{key}={clean_value(value)}" for key, value in trial.params.items())]
         self._overrides[trial.number] = overrides
-        return PlannedJob(overrides, self.sweeper.compose(overrides), trial)
+        supersedes = self._supersedes.pop(tuple(overrides), ())
+        return PlannedJob(overrides, self.sweeper.compose(overrides), trial, supersedes)
 
     def record(self, trial: Any, result: JobReturn) -> None:
         import optuna  # (lazy: imported by the sweep already)
@@ -122,6 +162,14 @@ class Trials:
 
     def overrides_of(self, trial: Any) -> list[str]:
         return self._overrides[trial.number]
+
+
+def _parsed(text: str, distribution: Any) -> Any:
+    """A trial's value as its override wrote it, back in its distribution's type."""
+    choices = getattr(distribution, "choices", None)
+    if choices is not None:
+        return next((choice for choice in choices if str(clean_value(choice)) == text), text)
+    return int(text) if isinstance(distribution.low, int) and not isinstance(distribution.low, bool) else float(text)
 
 
 def _values(distribution: Any) -> list[Any]:
@@ -213,7 +261,11 @@ class OptunaSweeper(TrackedSweeper):
         self.planned_jobs = self.n_trials
         self.name_digits = NAME_DIGITS
         with self.sweep_lifetime():
-            self.run_jobs(Trials(self, study, space, fixed))
+            trials = Trials(self, study, space, fixed)
+            resumed = self.resume_state()
+            if resumed is not None:
+                trials.resume(resumed)
+            self.run_jobs(trials)
             self._report(study, sweep_dir)
 
     def _report(self, study: Any, sweep_dir: Path) -> None:

@@ -23,6 +23,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from runner import names, reports
+from runner.process.errors import InvalidInput
 from runner.reports.table import by_dataset, format_table, runs_table
 from runner.sweeps.context import SweepRun
 from runner.sweeps.naming import parent_name
@@ -81,11 +82,7 @@ def parent_request(
     """The parent run of a sweep of ``jobs`` jobs over ``swept`` (``{key: values}``, or a search
     space's text) tracked at ``destination``."""
     command = command if command is not None else ["bprun", *sys.argv[1:]]
-    varying = tuple(
-        key
-        for key, values in swept.items()
-        if not isinstance(values, list) or len({repr(value) for value in values}) > 1
-    )
+    varying = varying_keys(swept)
     return ParentRequest(
         destination=destination,
         experiment=experiment,
@@ -95,11 +92,22 @@ def parent_request(
             **process_tags(),  # bprun-doctor checks whether the sweep still runs
             names.SWEEP: "true",
             names.SWEEP_COMMAND: " ".join(command),
+            names.SWEEP_ARGV: json.dumps(command[1:]),
+            names.SWEEP_CWD: os.getcwd(),
             names.SWEPT_KEYS: json.dumps(list(swept)),
             names.SWEEP_DIR: sweep_dir,
             **({names.SYNC_TARGET: destination.sync_target} if destination.sync_target else {}),
         },
         params={f"{names.SWEEP_PARAM_PREFIX}{key}": values for key, values in swept.items()},
+    )
+
+
+def varying_keys(swept: dict[str, Any]) -> tuple[str, ...]:
+    """The swept keys whose value differs between jobs (``{key: values}``, or a search space's text)."""
+    return tuple(
+        key
+        for key, values in swept.items()
+        if not isinstance(values, list) or len({repr(value) for value in values}) > 1
     )
 
 
@@ -196,9 +204,92 @@ def finish_sweep(sweep: SweepRun, unrecorded: list[JobOutcome]) -> SweepSummary:
 
 
 def job_runs(client: MlflowClient, parent_run_id: str) -> list[Any]:
-    """The runs of a sweep's jobs, but for those a cluster stopped and requeued: the job's next
-    run (tagged ``bprun.requeue_of``) stands for the job."""
-    return [run for run in sweep_children(client, parent_run_id) if run.data.tags.get(names.REQUEUED) != "true"]
+    """The runs of a sweep's jobs, one per job: a run a cluster stopped and requeued, or one a
+    resumed sweep ran again, is left out for the run that stands for its job now."""
+    return [
+        run
+        for run in sweep_children(client, parent_run_id)
+        if run.data.tags.get(names.REQUEUED) != "true" and names.SUPERSEDED_BY not in run.data.tags
+    ]
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    """A job of a stopped sweep whose run finished: it is not run again when the sweep resumes."""
+
+    run_id: str
+    config_yaml: str  # what the run executed
+    version: str  # bprun's version that ran it
+    objective: float | None
+    objective_per_epoch: tuple[float, ...]
+    stop_reason: str
+
+
+@dataclass(frozen=True)
+class SweepState:
+    """What the store holds of a stopped sweep, by each job's overrides."""
+
+    finished: dict[tuple[str, ...], FinishedJob]
+    unfinished: dict[tuple[str, ...], list[str]]  # the runs (KILLED, FAILED) a new run supersedes
+
+
+def load_sweep_state(sweep: SweepRun, objective: str) -> SweepState:
+    """The finished and unfinished jobs of the sweep's parent run, read from its store."""
+    from runner.tracking.history import metric_history  # (lazy: see the module docstring)
+
+    with reaching_server(sweep):
+        client = sweep_client(sweep)
+        finished: dict[tuple[str, ...], FinishedJob] = {}
+        unfinished: dict[tuple[str, ...], list[str]] = {}
+        for run in job_runs(client, sweep.run_id):
+            overrides = tuple(json.loads(run.data.tags.get(names.JOB_OVERRIDES, "[]")))
+            if run.info.status != "FINISHED":
+                unfinished.setdefault(overrides, []).append(run.info.run_id)
+                continue
+            with tempfile.TemporaryDirectory() as directory:
+                config = Path(client.download_artifacts(run.info.run_id, names.CONFIG_ARTIFACT, directory)).read_text()
+            logged = objective if objective in run.data.metrics else objective.replace("val_", "train_", 1)
+            history = metric_history(client, run.info.run_id, logged)
+            finished[overrides] = FinishedJob(
+                run.info.run_id,
+                config,
+                run.data.tags.get(names.VERSION_TAG_PREFIX + "backprop_runner", ""),
+                run.data.metrics.get(logged),
+                tuple(float(value) for value in history.values),
+                run.data.tags.get(names.STOP_REASON, ""),
+            )
+    return SweepState(finished, unfinished)
+
+
+def reopen_parent(sweep: SweepRun) -> None:
+    """Make a stopped sweep's parent run RUNNING again, in this process (bprun-doctor's tags)."""
+    with reaching_server(sweep):
+        client = sweep_client(sweep)
+        client.log_batch(sweep.run_id, tags=[RunTag(key, value) for key, value in process_tags().items()])
+        if names.FAILURE_REASON in client.get_run(sweep.run_id).data.tags:  # why it stopped before
+            client.delete_tag(sweep.run_id, names.FAILURE_REASON)
+        client.update_run(sweep.run_id, status="RUNNING")
+
+
+class NotASweep(InvalidInput):
+    """bprun-resume was given a run that is not a sweep's parent."""
+
+
+def existing_sweep(destination: Destination, parent_run_id: str, swept: dict[str, Any]) -> SweepRun:
+    """The sweep whose parent run is ``parent_run_id`` in the store at ``destination``, as its
+    jobs know it; ``NotASweep`` when that run is not a sweep's parent."""
+    client = MlflowClient(destination.uri)
+    parent = client.get_run(parent_run_id)
+    if parent.data.tags.get(names.SWEEP) != "true":
+        raise NotASweep(f"run {parent_run_id} ({parent.info.run_name}) is not a sweep's parent run")
+    http = (
+        tuple(http_settings(destination.http_timeout, destination.http_retries).items())
+        if destination.is_server
+        else ()
+    )
+    return SweepRun(
+        parent_run_id, parent.info.experiment_id, destination.uri, destination.sync_target, http, varying_keys(swept)
+    )
 
 
 def end_stopped_sweep(sweep: SweepRun, status: str, reason: str) -> None:

@@ -31,6 +31,7 @@ class SweepProgress:
     failed: int = 0
     pruned: int = 0
     best: Best | None = None
+    done_before: int = 0  # of ``done``, the jobs a resumed sweep had finished before
     started_at: float = field(default_factory=time.monotonic)
     _last_line: float = field(default_factory=time.monotonic)
 
@@ -69,11 +70,12 @@ class SweepProgress:
         return text
 
     def seconds_left(self) -> float | None:
-        """The time the remaining jobs take at the rate jobs have ended so far."""
-        if not self.size or not self.done:
+        """The time the remaining jobs take at the rate jobs have ended in this command."""
+        ended_here = self.done - self.done_before
+        if not self.size or not ended_here:
             return None
         elapsed = time.monotonic() - self.started_at
-        return elapsed / self.done * max(0, self.size - self.done)
+        return elapsed / ended_here * max(0, self.size - self.done)
 
     def due(self) -> bool:
         """Whether a progress line is due (every ``PROGRESS_SECONDS``)."""

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import io
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
@@ -32,15 +36,18 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
 from runner import names
-from runner.core.validation import ConfigError, validate
+from runner.core.validation import ConfigError, settings_yaml, validate
 from runner.process import interruption
-from runner.process.errors import CommandError, CommandExit, RunError
+from runner.process.errors import CommandError, CommandExit, InvalidInput, RunError
 from runner.sweeps.cluster_job import JobsElsewhere
 from runner.sweeps.context import SweepRun
 from runner.sweeps.launching import BatchStream, JobStream, SweepLauncher, sweep_launcher, wait_for_jobs
 from runner.sweeps.overrides import swept_values
 from runner.sweeps.progress import SweepProgress
 from runner.tracking.destination import Destination, TrackingLost, where_to_look
+
+if TYPE_CHECKING:  # MLflow: imported once a sweep needs it (see the module docstring)
+    from runner.sweeps.parent import FinishedJob, SweepState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +65,7 @@ class PlannedJob:
     overrides: list[str]
     config: DictConfig
     tag: Any
+    supersedes: tuple[str, ...] = ()  # a resumed sweep's earlier runs of this job, which did not finish
 
 
 class JobSource(Protocol):
@@ -76,6 +84,24 @@ class JobSource(Protocol):
     def overrides_of(self, tag: Any) -> list[str]:
         """The overrides of the job planned with ``tag``."""
         ...
+
+
+class ResumeRefused(InvalidInput):
+    """A stopped sweep cannot be resumed as it is."""
+
+
+def next_job_number(sweep_dir: Path) -> int:
+    """The number after every job's output folder in ``sweep_dir``: a resumed sweep's jobs
+    continue the numbering, and never write into a folder that exists."""
+    numbers = [int(path.name) for path in sweep_dir.glob("*") if path.is_dir() and path.name.isdigit()]
+    return max(numbers, default=-1) + 1
+
+
+def installed_version() -> str:
+    try:
+        return version("backprop-runner")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class TrackedSweeper(Sweeper):
@@ -102,6 +128,9 @@ class TrackedSweeper(Sweeper):
         objective = str(config.hydra.sweeper.get("objective", names.DEFAULT_RANKING_METRIC))
         direction = str(config.hydra.sweeper.get("direction", "minimize"))
         self.progress = SweepProgress(None, objective, direction)
+        self.resuming = os.environ.get(names.ENV_RESUME_PARENT) or None  # bprun-resume: the parent run
+        self._started = 0  # jobs started by this command
+        self._reopen = False
 
     # --- the life of the sweep -----------------------------------------------------------------
     @contextlib.contextmanager
@@ -116,7 +145,7 @@ class TrackedSweeper(Sweeper):
                 if parent_id := self._end_stopped("KILLED", stop.verb):
                     stop.ended = (
                         f"the sweep's parent run {parent_id} and its running jobs were ended KILLED, "
-                        "every completed epoch logged"
+                        f"every completed epoch logged; continue it with: {self._resume_command()}"
                     )
                 raise
             except BaseException as error:
@@ -136,6 +165,10 @@ class TrackedSweeper(Sweeper):
 
     def _close_launcher(self) -> None:
         self.job_launcher.close()
+
+    def _resume_command(self) -> str:
+        assert self.sweep_run is not None
+        return f"bprun-resume {self.sweep_run.run_id} --tracking-uri {self.sweep_run.tracking_uri}"
 
     def _end_stopped(self, status: str, reason: str) -> str | None:
         """End the parent run and its running jobs ``status``; its id, None if there is no parent yet."""
@@ -172,7 +205,10 @@ class TrackedSweeper(Sweeper):
         )
         if summary.failed:
             raise CommandExit(
-                SweepFailed(f"{summary.failed} of {summary.jobs} job(s) of the sweep failed; see the summary above")
+                SweepFailed(
+                    f"{summary.failed} of {summary.jobs} job(s) of the sweep failed; see the summary above; run them "
+                    f"again with: {self._resume_command()}"
+                )
             )
 
     # --- running the jobs ------------------------------------------------------------------------
@@ -186,6 +222,7 @@ class TrackedSweeper(Sweeper):
         running: dict[int, Any] = {}  # a running job's number -> its tag in ``source``
         progress = self.progress
         progress.size = self.planned_jobs
+        progress.done_before = progress.done  # a resumed sweep's jobs that had finished
         progress.restart_clock()
 
         def step(timeout: float) -> bool:
@@ -208,6 +245,54 @@ class TrackedSweeper(Sweeper):
         wait_for_jobs(step, stream.stop)
         interruption.check()
 
+    def resume_state(self) -> SweepState | None:
+        """The stopped sweep this command continues (``bprun-resume``), read from its store: the
+        parent run is this sweep's, the jobs continue its numbering; None for a new sweep."""
+        if self.resuming is None:
+            return None
+        from runner.sweeps.parent import existing_sweep, load_sweep_state  # (lazy: MLflow)
+
+        where = Destination.configured(self.config.tracking, self.config.hydra.runtime.cwd)
+        swept = swept_values(list(self.config.hydra.overrides.task))
+        try:
+            sweep_run = self.call(existing_sweep, where, self.resuming, swept)
+        except CommandError as error:
+            raise CommandExit(error) from None
+        self.sweep_run = dataclasses.replace(sweep_run, size=self.planned_jobs, name_digits=self.name_digits)
+        self._reopen = True
+        self._next_job = next_job_number(Path(str(self.config.hydra.sweep.dir)))
+        state = self.call(load_sweep_state, self.sweep_run, self.progress.objective)
+        versions = {job.version for job in state.finished.values()} - {installed_version()}
+        if versions:
+            raise CommandExit(
+                ResumeRefused(
+                    f"the sweep's finished jobs ran with backprop-runner {', '.join(sorted(versions))}, this is "
+                    f"{installed_version()}: their results would not be comparable with the jobs run now; install "
+                    "that version to resume it, or start a new sweep"
+                )
+            )
+        return state
+
+    def check_unchanged(self, overrides: list[str], finished: FinishedJob) -> None:
+        """Refuse to resume when a finished job's config, composed now, differs from what it ran."""
+        now = settings_yaml(validate(self.compose(overrides)))
+        if now != finished.config_yaml:
+            difference = "".join(
+                difflib.unified_diff(
+                    finished.config_yaml.splitlines(keepends=True),
+                    now.splitlines(keepends=True),
+                    f"run {finished.run_id}",
+                    "composed now",
+                    n=0,
+                )
+            )
+            raise CommandExit(
+                ResumeRefused(
+                    f"the config of job {' '.join(overrides)} changed since its run {finished.run_id} finished "
+                    f"(the config files, or a default); resuming would mix results of two configs:\n{difference}"
+                )
+            )
+
     def _stream(self, batch_size: int) -> JobStream:
         """The launcher as a stream of jobs; one that only runs batches says so once."""
         if isinstance(self.job_launcher, JobStream):
@@ -221,17 +306,29 @@ class TrackedSweeper(Sweeper):
         return BatchStream(self.job_launcher, batch_size)
 
     def _start(self, stream: JobStream, planned: PlannedJob) -> int:
-        """Start a planned job with its sweep's environment (the parent run created first, when
-        tracked); return its number."""
+        """Start a planned job with its sweep's environment (the parent run created, or a
+        resumed one made RUNNING again, first, when tracked); return its number."""
         if bool(self.config.tracking.enabled) and self.sweep_run is None:
             self._check_jobs_reach_store()
             self.sweep_run = self._start_parent()
             interruption.test_point("sweep-start")
+        elif self._reopen and self.sweep_run is not None:
+            from runner.sweeps.parent import reopen_parent  # (lazy: MLflow, where the parent exists)
+
+            self._check_jobs_reach_store()
+            self.call(reopen_parent, self.sweep_run)
+            self._reopen = False
+            print(f"bprun: resuming the sweep of parent run {self.sweep_run.run_id}", flush=True)
         overrides = list(planned.overrides)
         if self.sweep_run is not None:
-            extra = self.sweep_run.job_overrides()
+            environment = self.sweep_run.job_environment()
+            self._started += 1
+            environment[names.ENV_JOB_POSITION] = str(self.progress.done_before + self._started)
+            if planned.supersedes:
+                environment[names.ENV_SUPERSEDES] = ",".join(planned.supersedes)
+            extra = [f"++hydra.job.env_set.{name}='{value}'" for name, value in environment.items()]
             overrides += extra
-            add_job_environment(planned.config, self.sweep_run.job_environment(), extra)
+            add_job_environment(planned.config, environment, extra)
         interruption.check()
         number = self._next_job
         self._next_job += 1

@@ -12,8 +12,14 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
 
 from runner import names
+
+STOPPED_KILLED = "killed"  # the stop_reason of a run ended because its process was gone
 
 
 def process_start_time(pid: int) -> str | None:
@@ -40,3 +46,24 @@ def is_stale(tags: dict[str, str]) -> bool | None:
         return None
     started = process_start_time(int(tags[names.PID]))
     return started is None or started != tags.get(names.PROCESS_START)
+
+
+def end_stale_run(client: MlflowClient, run: Run, found_by: str = "bprun-doctor") -> None:
+    """End a stale run KILLED (``stop_reason=killed``), with its epochs and its tensors cut to
+    where its metrics end."""
+    from runner.tracking.history import metric_history  # (lazy: tensors import MLflow's artifacts)
+    from runner.tracking.tensors import repair_tensors
+
+    if run.data.tags.get(names.SWEEP) != "true":  # a job's or a single run: it has epochs
+        steps = metric_history(client, run.info.run_id, "train_mse").steps
+        epochs = int(steps.max()) + 1 if steps.size else 0
+        artifacts = urlparse(run.info.artifact_uri)
+        tensors = Path(unquote(artifacts.path)) / names.TENSORS_ARTIFACT
+        if artifacts.scheme == "file" and tensors.is_dir():
+            repair_tensors(tensors, epochs - 1)
+        client.set_tag(run.info.run_id, names.EPOCHS_RUN, str(epochs))
+        client.set_tag(run.info.run_id, names.STOP_REASON, STOPPED_KILLED)
+    client.set_tag(
+        run.info.run_id, names.FAILURE_REASON, f"its process ended without closing the run (found by {found_by})"
+    )
+    client.set_terminated(run.info.run_id, "KILLED")

@@ -110,6 +110,10 @@ class TrackedRun:
             kept.tags.update({key: str(value) for key, value in tags.items()})
             kept.save(self.unsent_folder)
 
+    def set_tags_of(self, run_id: str, tags: dict[str, str]) -> None:
+        """Tag another run of the same store (an earlier run of the same job)."""
+        self.calls(self.client.log_batch, run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+
     def write_text_artifacts(self, files: dict[str, str], upload_now: bool = False) -> None:
         """Write small text artifacts given as ``{relative path: content}``; with ``upload_now``
         a server gets them at once (a run whose process dies still has them), not at the end."""
