@@ -137,7 +137,7 @@ def _chosen_runs(args: argparse.Namespace, client: Any, uri: str) -> tuple[list[
     # (lazy: see _report)
     from mlflow.exceptions import MlflowException
 
-    from runner.tracking.search import experiment_runs, find_latest_sweep, sweep_children
+    from runner.tracking.search import experiment_runs, find_latest_sweep, sweep_jobs
 
     name = args.experiment or DEFAULT_EXPERIMENT
     if args.parent:
@@ -158,7 +158,7 @@ def _chosen_runs(args: argparse.Namespace, client: Any, uri: str) -> tuple[list[
         parent = find_latest_sweep(client, [experiment.experiment_id])
         if parent is None:
             raise NothingToReport(f"no sweep in experiment {name!r} in {uri} (--all-runs reports its runs one by one)")
-    runs = sweep_children(client, parent.info.run_id)
+    runs = sweep_jobs(client, parent.info.run_id)
     if not runs:
         raise NothingToReport(f"the sweep {parent.info.run_id} has no job runs")
     swept_keys = _parse_swept_keys(parent.data.tags.get(names.SWEPT_KEYS))

@@ -69,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bprun-rerun: {stop.verb}; {stop.ended or 'nothing was rerun'}", file=sys.stderr)
         return stop.exit_code
     print(report.summary())
+    if isinstance(report, reruns.SweepRerun):
+        return report.exit_code
     if report.rerun_run_id:
         print(
             f"  run {report.original_run_id} rerun as {report.rerun_run_id} in {report.tracking_uri} "

@@ -58,6 +58,7 @@ from runner.core.run import Launch, TrainingFailed, run_training
 from runner.core.schema import ExperimentConfig
 from runner.core.training import load_data
 from runner.core.validation import ConfigError, clean_value, settings_yaml, validate
+from runner.process import interruption
 from runner.process.errors import EXIT_FAILED, CommandError, InvalidInput
 from runner.reports.comparison import (
     NOT_RECORDED,
@@ -73,6 +74,7 @@ from runner.reports.comparison import (
 from runner.tracking.destination import Destination, resolve_tracking_uri
 from runner.tracking.history import metric_history
 from runner.tracking.provenance import git_diff, project_git_state, provenance_tags
+from runner.tracking.search import sweep_jobs
 from runner.tracking.store import StoreMissing, open_store
 
 log = logging.getLogger(__name__)
@@ -366,10 +368,11 @@ def _check_tolerance(tolerance: float) -> None:
 
 def rerun(
     source: str, *, tracking_uri: str | None = None, tolerance: float = 0.0, overrides: Sequence[str] = ()
-) -> RerunReport:
+) -> RerunReport | SweepRerun:
     """Re-execute a tracked run from its record and compare the result with the original.
 
-    ``source`` is a run id or a Hydra output folder. The store is ``tracking_uri`` when given,
+    ``source`` is a run id or a Hydra output folder; a sweep's parent run reruns every finished
+    job of the sweep (``rerun_sweep``). The store is ``tracking_uri`` when given,
     else the one the folder's ``mlflow_run.json`` names, else ``MLFLOW_TRACKING_URI``, else
     ``./mlflow.db``; a missing SQLite file is an error, never created. ``tolerance``: values
     with ``|a - b| > tolerance`` differ (0: bit for bit). ``overrides`` (``["seed=5"]``) change
@@ -388,9 +391,60 @@ def rerun(
         client = open_store(origin.tracking_uri)
     except StoreMissing as error:
         raise RerunError(str(error)) from None
+    if _original_run(client, origin.run_id).data.tags.get(names.SWEEP) == "true":
+        return rerun_sweep(client, origin.run_id, tolerance)
     return rerun_run(
         client, origin.run_id, tolerance=tolerance, overrides=overrides, start_dir=origin.start_dir(), source=source
     )
+
+
+@dataclass
+class SweepRerun:
+    """The outcome of rerunning every finished job of a sweep (``rerun_sweep``): a row per job,
+    its report or why it has none."""
+
+    parent_run_id: str
+    rows: list[tuple[str, str, RerunReport | None, str]]  # (run id, run name, report, error)
+
+    @property
+    def identical(self) -> bool:
+        return bool(self.rows) and all(report is not None and report.identical for _, _, report, _ in self.rows)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_IDENTICAL if self.identical else EXIT_DIFFERENT
+
+    def summary(self) -> str:
+        """A table, one line per job, then one verdict for the sweep."""
+        lines = ["job run                           name                              verdict"]
+        for run_id, name, report, error in self.rows:
+            verdict = report.summary() if report is not None else f"no verdict: {error}"
+            lines.append(f"{run_id:<33} {name[:33]:<33} {verdict}")
+        same = sum(report is not None and report.identical for _, _, report, _ in self.rows)
+        lines.append(
+            f"sweep {self.parent_run_id}: {'identical' if self.identical else 'different'} "
+            f"({same} of {len(self.rows)} finished job(s) identical)"
+        )
+        return "\n".join(lines)
+
+
+def rerun_sweep(client: MlflowClient, parent_run_id: str, tolerance: float = 0.0) -> SweepRerun:
+    """Rerun every job of a sweep whose run finished, each into the store, and compare each."""
+    rows: list[tuple[str, str, RerunReport | None, str]] = []
+    for run in sweep_jobs(client, parent_run_id):
+        if run.info.status != "FINISHED":
+            continue
+        interruption.check(f"{len(rows)} job(s) of the sweep rerun before it stopped")
+        try:
+            report = rerun_run(
+                client, run.info.run_id, tolerance=tolerance, start_dir=run.data.tags.get(names.SWEEP_CWD)
+            )
+            rows.append((run.info.run_id, run.info.run_name or "", report, ""))
+        except CommandError as error:  # this job has no verdict; the others still get theirs
+            rows.append((run.info.run_id, run.info.run_name or "", None, str(error)))
+    if not rows:
+        raise RerunRefused(f"the sweep {parent_run_id} has no finished job to rerun")
+    return SweepRerun(parent_run_id, rows)
 
 
 def _rerun_untracked(source: str, origin: _Origin, overrides: Sequence[str]) -> RerunReport:

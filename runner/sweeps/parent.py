@@ -31,7 +31,7 @@ from runner.sweeps.progress import Best
 from runner.tracking.destination import Destination, TrackingLost, check_store, http_settings
 from runner.tracking.liveness import process_tags
 from runner.tracking.params import log_params
-from runner.tracking.search import sweep_children
+from runner.tracking.search import sweep_children, sweep_jobs
 from runner.tracking.server_loss import lost_server
 from runner.tracking.store import ensure_experiment
 
@@ -160,13 +160,13 @@ def finish_sweep(sweep: SweepRun, unrecorded: list[JobOutcome]) -> SweepSummary:
         client = sweep_client(sweep)
         parent = client.get_run(sweep.run_id)
         swept_keys = json.loads(parent.data.tags.get(names.SWEPT_KEYS, "[]")) or None
-        children = job_runs(client, sweep.run_id)
+        children = sweep_jobs(client, sweep.run_id)
         orphans = [run.info.run_id for run in children if run.info.status == "RUNNING"]
         for run_id in orphans:  # every job has returned: the process of this one died mid-run
             client.set_tag(run_id, names.FAILURE_REASON, ORPHAN_REASON)
             client.set_terminated(run_id, "FAILED")
         if orphans:
-            children = job_runs(client, sweep.run_id)
+            children = sweep_jobs(client, sweep.run_id)
         # A job whose process died is known to the launcher only by its overrides: its run, if it
         # had one, stands for it.
         launched = {tuple(json.loads(run.data.tags.get(names.JOB_OVERRIDES, "[]"))) for run in children}
@@ -203,16 +203,6 @@ def finish_sweep(sweep: SweepRun, unrecorded: list[JobOutcome]) -> SweepSummary:
     return SweepSummary(failed, "\n\n".join(texts), jobs, unrecorded)
 
 
-def job_runs(client: MlflowClient, parent_run_id: str) -> list[Any]:
-    """The runs of a sweep's jobs, one per job: a run a cluster stopped and requeued, or one a
-    resumed sweep ran again, is left out for the run that stands for its job now."""
-    return [
-        run
-        for run in sweep_children(client, parent_run_id)
-        if run.data.tags.get(names.REQUEUED) != "true" and names.SUPERSEDED_BY not in run.data.tags
-    ]
-
-
 @dataclass(frozen=True)
 class FinishedJob:
     """A job of a stopped sweep whose run finished: it is not run again when the sweep resumes."""
@@ -241,7 +231,7 @@ def load_sweep_state(sweep: SweepRun, objective: str) -> SweepState:
         client = sweep_client(sweep)
         finished: dict[tuple[str, ...], FinishedJob] = {}
         unfinished: dict[tuple[str, ...], list[str]] = {}
-        for run in job_runs(client, sweep.run_id):
+        for run in sweep_jobs(client, sweep.run_id):
             overrides = tuple(json.loads(run.data.tags.get(names.JOB_OVERRIDES, "[]")))
             if run.info.status != "FINISHED":
                 unfinished.setdefault(overrides, []).append(run.info.run_id)

@@ -49,6 +49,16 @@ def sweep_children(client: MlflowClient, parent_run_id: str) -> list[Run]:
     return search_all(client, [experiment_id], f"tags.`{names.PARENT_RUN}` = '{parent_run_id}'")
 
 
+def sweep_jobs(client: MlflowClient, parent_run_id: str) -> list[Run]:
+    """The runs of a sweep's jobs, one per job, oldest first: a run a cluster stopped and
+    requeued, or one a resumed sweep ran again, is left out for the run that stands for its job."""
+    return [
+        run
+        for run in sweep_children(client, parent_run_id)
+        if run.data.tags.get(names.REQUEUED) != "true" and names.SUPERSEDED_BY not in run.data.tags
+    ]
+
+
 def experiment_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
     """Every run of an experiment except sweep parents, oldest first."""
     # A filter cannot select runs *without* a tag, so the parents are dropped here.
