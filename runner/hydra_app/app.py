@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import hydra
+from hydra.conf import HydraConf
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -80,7 +81,7 @@ def run_job(cfg: DictConfig) -> float | None:
     return sweep_objective(result.metrics, state.sweeper.get("objective", "val_mse"))
 
 
-def _run(cfg: DictConfig, state: DictConfig, in_sweep: bool) -> RunResult:
+def _run(cfg: DictConfig, state: HydraConf, in_sweep: bool) -> RunResult:
     settings = validate(cfg)
     sweep = SweepRun.from_job_environment(state.job.env_set)
     tracking = settings.tracking
@@ -127,6 +128,7 @@ def summary(result: RunResult, in_sweep: bool) -> str:
     shown = ", ".join(f"{name}={value:.6g}" for name, value in sorted(result.metrics.items()))
     lines = [f"bprun: {result.history.message}: {shown}"]
     if result.run_id:
+        assert result.tracking_uri is not None  # a tracked run's result names its store with its id
         size = f" ({_megabytes(result.artifact_bytes)} of artifacts)" if result.artifact_bytes is not None else ""
         lines.append(f"  MLflow run {result.run_id} in {result.tracking_uri}{size}")
         if not in_sweep:

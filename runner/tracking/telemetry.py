@@ -59,6 +59,8 @@ class EpochMetrics(Observer):
         values = tracked_metrics(report.train, "train", self.loss)
         if report.validation is not None:
             values.update(tracked_metrics(report.validation, "val", self.loss))
+        # wants_gradients: the engine reports every epoch's gradients to this observer.
+        assert report.grad_weights is not None and report.grad_biases is not None
         layers = zip(
             report.weights,
             report.biases,
