@@ -126,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     process = service.start(command, environment)
     try:
         if not _wait_until_healthy(address, process):
-            if interruption.requested():
-                return 128 + interruption.requested()
+            if received := interruption.requested():
+                return 128 + received
             print(
                 f"bprun-server: the server did not start (exit {process.poll()}); see its output above", file=sys.stderr
             )
@@ -149,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"bprun-server: the server stopped (exit {process.returncode})", file=sys.stderr)
             return EXIT_FAILED
         print("bprun-server: stopped", file=sys.stderr)
-        return 128 + interruption.requested()
+        received = interruption.requested()
+        assert received is not None  # the server still runs: the loop above ended on a signal
+        return 128 + received
     finally:
         service.stop(process)
 

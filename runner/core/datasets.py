@@ -15,11 +15,15 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runner.core.schema import DatasetConfig
+from runner.core.schema import CsvDatasetConfig, DatasetConfig, SpiralsDatasetConfig, SyntheticDatasetConfig
 from runner.process.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BUILTIN_FILES = {
     "iris": ("iris.csv", "species", "classification"),
@@ -61,11 +65,11 @@ class Dataset:
 
     @property
     def n_inputs(self) -> int:
-        return self.X_train.shape[1]
+        return int(self.X_train.shape[1])
 
     @property
     def n_outputs(self) -> int:
-        return self.Y_train.shape[1]
+        return int(self.Y_train.shape[1])
 
     def fingerprint(self) -> str:
         """sha256 over the training and validation arrays (shapes, dtypes and bytes)."""
@@ -73,7 +77,7 @@ class Dataset:
         for array in (self.X_train, self.Y_train, self.X_val, self.Y_val):
             if array is not None:
                 digest.update(f"{array.shape}{array.dtype}".encode())
-                digest.update(np.ascontiguousarray(array))  # the buffer itself: no copy of the data
+                digest.update(np.ascontiguousarray(array).data)  # the buffer itself: no copy of the data
         return digest.hexdigest()
 
 
@@ -126,10 +130,13 @@ def _spirals(rng: np.random.Generator, n: int, noise: float, classes: int) -> tu
 
 
 def _one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    return np.eye(n_classes)[labels]
+    one_hot: np.ndarray = np.eye(n_classes)[labels]
+    return one_hot
 
 
-def _generate(config: DatasetConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
+def _generate(
+    config: SyntheticDatasetConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
     n, noise = config.n_samples, config.noise
     if config.name == "xor":
         X, Y = _xor(rng, n, noise)
@@ -138,6 +145,7 @@ def _generate(config: DatasetConfig, rng: np.random.Generator) -> tuple[np.ndarr
         X, Y = _sine(rng, n, noise)
         return X, Y, "regression", []
     if config.name == "spirals":
+        assert isinstance(config, SpiralsDatasetConfig)  # DATASET_SCHEMAS types spirals so
         X, labels = _spirals(rng, n, noise, config.classes)
         classes = config.classes
     else:
@@ -235,10 +243,10 @@ def _check_text(path: str) -> None:
         ) from None
 
 
-def _numeric(frame, path: str) -> np.ndarray:
+def _numeric(frame: pd.DataFrame, path: str) -> np.ndarray:
     import pandas as pd  # (lazy: see read_table)
 
-    values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    values: np.ndarray = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(values) | (np.abs(values) > LARGEST_VALUE)
     if bad.any():
@@ -264,7 +272,9 @@ def _builtin_path(filename: str) -> str:
 
 
 # --- splitting and scaling -------------------------------------------------------------------
-def _split(X: np.ndarray, Y: np.ndarray, val_fraction: float, rng: np.random.Generator, source: str):
+def _split(
+    X: np.ndarray, Y: np.ndarray, val_fraction: float, rng: np.random.Generator, source: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     n = X.shape[0]
     n_val = round(n * val_fraction)
     if val_fraction > 0 and (n_val < 1 or n - n_val < 1):
@@ -288,6 +298,7 @@ def load_dataset(config: DatasetConfig, data_rng: np.random.Generator, split_rng
     integer_features: list[str] = []
     if config.name in BUILTIN_FILES or config.name == "csv":
         if config.name == "csv":
+            assert isinstance(config, CsvDatasetConfig)  # DATASET_SCHEMAS types csv so
             path, features, targets, task = (
                 os.path.abspath(config.path),
                 config.features,
@@ -300,6 +311,7 @@ def load_dataset(config: DatasetConfig, data_rng: np.random.Generator, split_rng
         X, Y, feature_names, target_names, class_names, integer_features = read_table(path, features, targets, task)
         source = path
     else:
+        assert isinstance(config, SyntheticDatasetConfig)  # DATASET_SCHEMAS types every other name so
         X, Y, task, class_names = _generate(config, data_rng)
         feature_names = [f"x{i}" for i in range(X.shape[1])]
         target_names = ["y"] if Y.shape[1] == 1 else [f"class_{c}" for c in class_names]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from omegaconf import DictConfig
 from threadpoolctl import threadpool_limits
@@ -121,7 +122,7 @@ def run_training(
 
 
 def run(
-    cfg: DictConfig | dict,
+    cfg: DictConfig | dict[str, Any],
     *,
     tracking_uri: str | None = None,
     start_dir: str | None = None,

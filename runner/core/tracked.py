@@ -185,5 +185,6 @@ def _save_model(run: TrackedRun, network: MLP, dataset: Dataset) -> None:
     arrays = {}
     for number, (W, b) in enumerate(zip(network.weights, network.biases), start=1):
         arrays[f"W{number}"], arrays[f"b{number}"] = W, b
-    np.savez(run.artifacts.directory / names.WEIGHTS_ARTIFACT, **arrays)
+    # allow_pickle is named (as its default) so that no array name can set it.
+    np.savez(run.artifacts.directory / names.WEIGHTS_ARTIFACT, allow_pickle=True, **arrays)
     save_pyfunc_model(str(run.artifacts.directory / names.MODEL_ARTIFACT), network, dataset)

@@ -7,10 +7,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from engine import MLP, History, Observer, Schedule, make_optimizer, train
+from engine import MLP, History, Observer, Optimizer, Schedule, make_optimizer, train
 from runner import names
 from runner.core.datasets import Dataset, load_dataset
 from runner.core.schema import AdamConfig, ExperimentConfig, MomentumConfig
@@ -78,7 +79,7 @@ def load_data(settings: ExperimentConfig) -> Dataset:
     return load_dataset(settings.dataset, generators["data"], generators["split"])
 
 
-def build_optimizer(settings: ExperimentConfig):
+def build_optimizer(settings: ExperimentConfig) -> Optimizer:
     """The engine optimizer for ``settings.optimizer`` (options passed by name, never ``_target_``)."""
     config = settings.optimizer
     schedule = Schedule(config.schedule.name, config.schedule.step_size, config.schedule.gamma, config.schedule.min_lr)
@@ -114,9 +115,9 @@ class Training:
     """A network, its optimizer and data, and the engine's ``train`` arguments, ready to run."""
 
     network: MLP
-    optimizer: object
+    optimizer: Optimizer
     dataset: Dataset
-    arguments: dict
+    arguments: dict[str, Any]  # train's keyword arguments
 
     def run(self, observers: Sequence[Observer]) -> History:
         return train(

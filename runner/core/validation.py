@@ -12,7 +12,7 @@ config carrying one is refused (``runner.core.plain_data``).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -206,7 +206,7 @@ def _check_tracking(tracking: TrackingConfig, problems: _Problems) -> None:
         )
 
 
-def validate(cfg: DictConfig | dict) -> ExperimentConfig:
+def validate(cfg: DictConfig | dict[str, Any]) -> ExperimentConfig:
     """Check a composed config (a ``hydra`` node is ignored) and return it as typed settings,
     every interpolation resolved and every float as typed (``clean_value``).
 
@@ -218,7 +218,9 @@ def validate(cfg: DictConfig | dict) -> ExperimentConfig:
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
     try:
-        raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True)
+        # masked_copy keeps keys of any type a DictConfig holds, though its annotation says str only.
+        kept = cast(list[str], [key for key in cfg if key != "hydra"])
+        raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, kept), resolve=True)
     except OmegaConfBaseException as error:  # a bad ${interpolation}
         raise ConfigError(f"{getattr(error, 'full_key', None) or '?'}: {str(error).splitlines()[0]}") from None
     raw = clean_value(raw)
@@ -248,7 +250,8 @@ def validate(cfg: DictConfig | dict) -> ExperimentConfig:
                 f"{', '.join(missing)}: required but not set (???); set it on the command line, "
                 f"for example {missing[0]}=..."
             )
-        settings: ExperimentConfig = OmegaConf.to_object(merged)
+        settings = OmegaConf.to_object(merged)
+        assert isinstance(settings, ExperimentConfig)  # merged is structured by ExperimentConfig
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
         message = str(error).split("\n")[0]
@@ -268,4 +271,6 @@ def settings_yaml(settings: ExperimentConfig) -> str:
 
 
 def settings_dict(settings: ExperimentConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(OmegaConf.structured(settings))
+    plain = OmegaConf.to_container(OmegaConf.structured(settings))
+    assert isinstance(plain, dict)  # a dataclass's container is a dict keyed by its field names
+    return {str(key): value for key, value in plain.items()}

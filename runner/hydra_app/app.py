@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import hydra
+from hydra.conf import HydraConf
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -97,7 +98,7 @@ class JobLabel:
     """How a job is named in the lines it prints: ``[k/N] <run name>`` in a sweep (k counts from
     1, N the sweep's size when its sweeper knows it)."""
 
-    def __init__(self, state: DictConfig) -> None:
+    def __init__(self, state: HydraConf) -> None:
         self.in_sweep = state.mode == RunMode.MULTIRUN
         position = state.job.env_set.get(names.ENV_JOB_POSITION)
         self.number = int(position) if position else (int(state.job.num) + 1 if self.in_sweep else 0)
@@ -138,7 +139,7 @@ def _failed(error: Exception, job: JobLabel) -> BaseException:
     return error
 
 
-def _run(cfg: DictConfig, state: DictConfig, job: JobLabel) -> RunResult:
+def _run(cfg: DictConfig, state: HydraConf, job: JobLabel) -> RunResult:
     settings = validate(cfg)
     sweep = SweepRun.from_job_environment(state.job.env_set)
     tracking = settings.tracking
@@ -188,6 +189,7 @@ def summary(result: RunResult, in_sweep: bool) -> str:
     shown = ", ".join(f"{name}={value:.6g}" for name, value in sorted(result.metrics.items()))
     lines = [f"bprun: {result.history.message}: {shown}"]
     if result.run_id:
+        assert result.tracking_uri is not None  # a tracked run's result names its store with its id
         size = f" ({_megabytes(result.artifact_bytes)} of artifacts)" if result.artifact_bytes is not None else ""
         lines.append(f"  MLflow run {result.run_id} in {result.tracking_uri}{size}")
         if not in_sweep and result.tracking_uri is not None:

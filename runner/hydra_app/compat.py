@@ -54,7 +54,8 @@ def refuse_foreign_callbacks() -> None:
         original_init(self, config, *args, **kwargs)
 
     checked_init.bprun_checked = True  # type: ignore[attr-defined]
-    hydra_callbacks.Callbacks.__init__ = checked_init
+    # Replacing the method is the point: Hydra offers no hook that runs before it instantiates.
+    hydra_callbacks.Callbacks.__init__ = checked_init  # type: ignore[method-assign]
 
 
 def foreign_callbacks(config: DictConfig | None) -> list[str]:

@@ -30,7 +30,7 @@ from importlib import resources
 
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 RESOLVER = "bprun_config_groups"
 HELP_FLAGS = frozenset({"-h", "--help"})
@@ -65,6 +65,7 @@ def groups_text() -> str:
 def _defaults() -> dict[str, str]:
     """The option each group defaults to, from ``config.yaml``'s defaults list."""
     config = OmegaConf.create(resources.files("runner.conf").joinpath("config.yaml").read_text())
+    assert isinstance(config, DictConfig)  # config.yaml is a mapping: Hydra composes from no other
     chosen = {}
     for entry in config.get("defaults", []):
         if isinstance(entry, str) or entry is None:

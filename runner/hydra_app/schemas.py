@@ -21,7 +21,7 @@ def register_schemas() -> None:
     store.store(group="schema/model", name="mlp", node=ModelConfig)
     store.store(group="schema/trainer", name="trainer", node=TrainerConfig)
     store.store(group="schema/tracking", name="tracking", node=TrackingConfig)
-    for name, schema in OPTIMIZER_SCHEMAS.items():
-        store.store(group="schema/optimizer", name=name, node=schema)
-    for name, schema in DATASET_SCHEMAS.items():
-        store.store(group="schema/dataset", name=name, node=schema)
+    for name, optimizer_schema in OPTIMIZER_SCHEMAS.items():
+        store.store(group="schema/optimizer", name=name, node=optimizer_schema)
+    for name, dataset_schema in DATASET_SCHEMAS.items():
+        store.store(group="schema/dataset", name=name, node=dataset_schema)

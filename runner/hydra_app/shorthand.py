@@ -39,14 +39,14 @@ def typed_keys() -> tuple[frozenset[str], frozenset[str]]:
                 integers.add(key)
             elif typing.get_origin(kind) is list and arguments == [int]:
                 integer_lists.add(key)
-            elif dataclasses.is_dataclass(kind):
+            elif isinstance(kind, type) and dataclasses.is_dataclass(kind):
                 walk(kind, key + ".")
 
     walk(ExperimentConfig, "")
-    for schema in OPTIMIZER_SCHEMAS.values():
-        walk(schema, "optimizer.")
-    for schema in DATASET_SCHEMAS.values():
-        walk(schema, "dataset.")
+    for optimizer_schema in OPTIMIZER_SCHEMAS.values():
+        walk(optimizer_schema, "optimizer.")
+    for dataset_schema in DATASET_SCHEMAS.values():
+        walk(dataset_schema, "dataset.")
     return frozenset(integers), frozenset(integer_lists)
 
 
@@ -58,8 +58,9 @@ def expand(arguments: list[str]) -> list[str]:
         match = _OVERRIDE.match(argument)
         if match and match["key"] in integers | integer_lists:
             parts = match["value"].split(",")
-            if match["key"] in integers and all(_whole(part) is not None for part in parts):
-                argument = f"{match['prefix']}{match['key']}={','.join(_whole(part) for part in parts)}"
+            wholes = [whole for part in parts if (whole := _whole(part)) is not None]
+            if match["key"] in integers and len(wholes) == len(parts):
+                argument = f"{match['prefix']}{match['key']}={','.join(wholes)}"
             elif match["key"] in integer_lists and all(part.isdigit() for part in parts):
                 argument = f"{match['prefix']}{match['key']}={','.join(f'[{part}]' for part in parts)}"
         expanded.append(argument)

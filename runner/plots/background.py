@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,7 +47,7 @@ class PlotHelper:
         self._queued: list[tuple[Future, str]] = []  # (the helper's work, run id)
         self._pool.submit(_ready)  # start it now: its start-up overlaps the first job
 
-    def draw(self, metrics: dict[str, Sequence[float]], directory: Path, epochs: Steps, run_id: str) -> None:
+    def draw(self, metrics: Mapping[str, Sequence[float]], directory: Path, epochs: Steps, run_id: str) -> None:
         """Queue ``save_training_plots(metrics, directory, epochs)``; returns at once (after the
         oldest queued run's plots, if ``MAX_QUEUED`` are waiting)."""
         while len(self._queued) >= MAX_QUEUED:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.typing import ColorType, LineStyleType, MarkerType
 
 DPI = 100
 # zlib level 1 instead of Pillow's 6: slightly larger files, encoded in a fraction of the time.
@@ -21,6 +22,17 @@ PLOTTABLE_LIMIT = 1e100
 # viridis without its palest yellows, which vanish on white.
 SEQUENTIAL = ListedColormap(colormaps["viridis"](np.linspace(0.0, 0.88, 256)))
 GRID_ALPHA = {"major": 0.4, "minor": 0.15}
+
+
+class LineProperties(TypedDict, total=False):
+    """Line properties a chart keeps to pass as keyword arguments (``**style``), typed as
+    matplotlib's ``plot`` and ``Line2D`` take them."""
+
+    color: ColorType
+    linestyle: LineStyleType
+    marker: MarkerType
+    markersize: float
+    markeredgewidth: float
 
 
 def categorical_colours(count: int) -> list[Any]:

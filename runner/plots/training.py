@@ -27,9 +27,18 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
+from matplotlib.typing import LineStyleType
 
 from runner import names
-from runner.plots.style import MARKERS_UP_TO, PLOTTABLE_LIMIT, categorical_colours, grid, new_figure, save_png
+from runner.plots.style import (
+    MARKERS_UP_TO,
+    PLOTTABLE_LIMIT,
+    LineProperties,
+    categorical_colours,
+    grid,
+    new_figure,
+    save_png,
+)
 
 LEARNING_CURVES = "learning_curves.png"
 GRADIENT_NORMS = "gradient_norms.png"
@@ -43,7 +52,7 @@ LEARNING_PANELS = (
 )
 SPLITS = (("train", "train", "-"), ("val", "validation", "--"))  # (prefix, legend label, style)
 # Within a layer panel the first statistic is drawn solid (weights), the second dashed (biases).
-LAYER_STYLES = ("-", "--")
+LAYER_STYLES: tuple[LineStyleType, LineStyleType] = ("-", "--")
 
 # Layout, in inches. The margins are fixed rather than computed by constrained or tight layout:
 # those measure every tick label in an extra drawing pass (the benchmarks doc says what it
@@ -81,7 +90,9 @@ LayerPanel = list[tuple[int, int, str]]
 Steps = Sequence[int] | Mapping[str, Sequence[int]]
 
 
-def save_training_plots(metrics: dict[str, Sequence[float]], directory: Path, steps: Steps | None = None) -> list[Path]:
+def save_training_plots(
+    metrics: Mapping[str, Sequence[float]], directory: Path, steps: Steps | None = None
+) -> list[Path]:
     """Write the charts of ``metrics`` into ``directory`` (created if needed) and return the
     paths written, in the order learning curves, gradient norms, weight norms.
 
@@ -113,7 +124,7 @@ def save_training_plots(metrics: dict[str, Sequence[float]], directory: Path, st
 # --- data ------------------------------------------------------------------------------------
 
 
-def load_series(metrics: dict[str, Sequence[float]], steps: Steps | None) -> dict[str, _Series]:
+def load_series(metrics: Mapping[str, Sequence[float]], steps: Steps | None) -> dict[str, _Series]:
     """Every series with at least one finite value, as float arrays with their epochs."""
     loaded = {}
     for name, raw in metrics.items():
@@ -184,7 +195,7 @@ class _Panel:
 class _Layout:
     title: str
     panels: tuple[_Panel, ...]
-    legend_entries: tuple[tuple[str, Any, str], ...] = ()  # figure legend: (label, colour, linestyle)
+    legend_entries: tuple[tuple[str, Any, LineStyleType], ...] = ()  # figure legend: (label, colour, linestyle)
     axes_titles: bool = True
     markers: bool = False  # lines this short also get markers
 
@@ -282,10 +293,14 @@ def _layer_axes(panel: LayerPanel, title: str, ylabel: str, layer_colour: dict[i
     return _Panel(title, ylabel, lines, log_from_decades=0.0)
 
 
-def _layer_legend_entries(panel: LayerPanel, layer_colour: dict[int, Any]) -> tuple[tuple[str, Any, str], ...]:
+def _layer_legend_entries(
+    panel: LayerPanel, layer_colour: dict[int, Any]
+) -> tuple[tuple[str, Any, LineStyleType], ...]:
     """A colour per layer, then what solid and dashed mean: n + 2 entries instead of 2n."""
     layers = sorted({layer for layer, _, _ in panel})
-    entries = [(f"layer {layer}", _hashable(layer_colour[layer]), "-") for layer in layers]
+    entries: list[tuple[str, Any, LineStyleType]] = [
+        (f"layer {layer}", _hashable(layer_colour[layer]), "-") for layer in layers
+    ]
     if any(index == 1 for _, index, _ in panel):
         entries += [("weights", "0.3", LAYER_STYLES[0]), ("biases", "0.3", LAYER_STYLES[1])]
     return tuple(entries)
@@ -316,7 +331,7 @@ def _build(layout: _Layout) -> _Built:
     ]
     figure, axes = _new_figure(len(layout.panels), layout.title, handles, layout.axes_titles)
     lines = []
-    markers = {"marker": "o", "markersize": 3} if layout.markers else {}
+    markers: LineProperties = {"marker": "o", "markersize": 3} if layout.markers else {}
     for ax, panel in zip(axes, layout.panels):
         lines.append([ax.plot([], [], linewidth=1.4, **dict(line.style), **markers)[0] for line in panel.lines])
         # An explicit y skips matplotlib's search for top tick labels to clear, which it makes

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-from runner.plots.style import MARKERS_UP_TO, SEQUENTIAL, categorical_colours, grid, new_figure
+from runner.plots.style import MARKERS_UP_TO, SEQUENTIAL, LineProperties, categorical_colours, grid, new_figure
 from runner.reports.table import (
     UNSUCCESSFUL,
     Histories,
@@ -36,7 +36,13 @@ LABELLED_VALUES_UP_TO = 10
 # the last one labelled: an Optuna search puts trials close together (0.224, 0.229).
 X_LABEL_GAP = 0.1  # the x axis of a final-vs-key chart: room for a label like 0.0891
 COLOUR_BAR_LABEL_GAP = 0.05  # the vertical colour bar: room for a line of text
-FAILED_STYLE = {"marker": "x", "color": "#d62728", "markersize": 9, "markeredgewidth": 2.2, "linestyle": "none"}
+FAILED_STYLE: LineProperties = {
+    "marker": "x",
+    "color": "#d62728",
+    "markersize": 9,
+    "markeredgewidth": 2.2,
+    "linestyle": "none",
+}
 
 
 def _wants_log(key: str, values: np.ndarray) -> bool:
@@ -139,7 +145,11 @@ def learning_curves_figure(ranked: pd.DataFrame, histories: Histories, metric: s
     # When no run has a validation split, every line is the train metric: the chart is named
     # after it and drawn solid (dashes mark a run's fallback only among runs that have one).
     all_fallback = bool(curves) and all(fallback for _, _, fallback, _ in curves)
-    shown = fallback_metric(metric) if all_fallback else metric
+    shown = metric
+    if all_fallback:
+        train_metric = fallback_metric(metric)
+        assert train_metric is not None  # _curve draws a fallback only for a metric that has one
+        shown = train_metric
     # Accuracies stay linear: they live in [0, 1] and their interesting part is near 1.
     limits = _curve_limits([(history, failed) for _, history, _, failed in curves], log=not higher_is_better(metric))
 

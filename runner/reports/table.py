@@ -119,7 +119,7 @@ def runs_table(
         "status": [run.info.status for run in runs] + ["FAILED"] * len(unrecorded),
     }
     for key, raw in swept.items():
-        columns[key] = _parse_values(raw + missing if swept_keys is None else raw)
+        columns[key] = _parse_values([*raw, *missing] if swept_keys is None else raw)
     for name in metric_names:
         run_histories = [histories.get(run.info.run_id, {}).get(name) for run in runs] + missing
         columns[f"final_{name}"] = [h.final if h else math.nan for h in run_histories]

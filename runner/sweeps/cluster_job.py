@@ -83,5 +83,5 @@ def local_addresses() -> set[str]:
     addresses = {"127.0.0.1", "::1", "localhost"}
     for name in {socket.gethostname(), socket.getfqdn()}:
         with contextlib.suppress(OSError):
-            addresses.update(info[4][0] for info in socket.getaddrinfo(name, None))
+            addresses.update(str(info[4][0]) for info in socket.getaddrinfo(name, None))
     return addresses

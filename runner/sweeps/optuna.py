@@ -57,20 +57,22 @@ def distribution(override: Override) -> Any:
         if interval.start is None or interval.end is None or interval.start > interval.end:
             refuse_setting(
                 override.get_key_element(),
-                override.input_line.partition("=")[2],
+                (override.input_line or "").partition("=")[2],
                 f"an interval's low end ({interval.start}) must not be above its high end ({interval.end})",
             )
         if log_scale and interval.start <= 0:
             refuse_setting(
                 override.get_key_element(),
-                override.input_line.partition("=")[2],
+                (override.input_line or "").partition("=")[2],
                 "a log-scale interval must start above 0",
             )
         if isinstance(interval.start, int) and isinstance(interval.end, int):
             return IntDistribution(interval.start, interval.end, log=log_scale)
         return FloatDistribution(float(interval.start), float(interval.end), log=log_scale)
     if override.is_sweep_override():
-        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+        return CategoricalDistribution(
+            [str(value) for value in override.sweep_iterator(transformer=Transformer.encode)]
+        )
     raise ValueError(f"{override.input_line!r} is not a search space")
 
 
@@ -208,7 +210,7 @@ class OptunaSweeper(TrackedSweeper):
             if override.is_sweep_override():
                 space[override.get_key_element()] = distribution(override)
             else:
-                fixed.append(override.input_line)
+                fixed.append(override.input_line or "")
         if not space:
             raise CommandExit(
                 SettingRefused(

@@ -20,5 +20,5 @@ def swept_values(overrides: list[str]) -> dict[str, list[Any] | str]:
         try:
             swept[key] = [clean_value(value) for value in override.sweep_iterator()]
         except Exception:  # interval() and other continuous spaces have no iterator
-            swept[key] = override.input_line.partition("=")[2]
+            swept[key] = (override.input_line or "").partition("=")[2]
     return swept

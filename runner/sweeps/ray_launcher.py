@@ -85,7 +85,7 @@ class RayLauncher(PluginRayLauncher):
         return function(*arguments)
 
     def _remote_options(self) -> dict[str, Any]:
-        return OmegaConf.to_container(self.ray_cfg.remote, resolve=True) if self.ray_cfg.remote else {}
+        return _plain(self.ray_cfg.remote)
 
     def _remote(self, function: Callable[..., Any]) -> Any:
         """``function`` as a Ray remote function with the sweep's ``hydra.launcher.ray.remote`` options."""
@@ -163,7 +163,7 @@ class RayLauncher(PluginRayLauncher):
         ray = import_ray()
         if ray.is_initialized():
             return
-        arguments = OmegaConf.to_container(self.ray_cfg.init, resolve=True) if self.ray_cfg.init else {}
+        arguments = _plain(self.ray_cfg.init)
         if not arguments.get("address"):  # a cluster started for the sweep: the plugin's default, as
             arguments.setdefault("object_store_memory", 78643200)  # Ray's can exceed a small machine's memory
         call = f"ray.init({', '.join(f'{key}={value!r}' for key, value in arguments.items())})"
@@ -179,6 +179,13 @@ class RayLauncher(PluginRayLauncher):
                     f"{reason}"
                 )
             ) from None
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    """A config node of keyword arguments (``hydra.launcher.ray.init``, ``.remote``) as a dict."""
+    container = OmegaConf.to_container(node, resolve=True) if node else {}
+    assert isinstance(container, dict)  # the launcher's schema types both as dicts
+    return {str(key): value for key, value in container.items()}
 
 
 def warm_up_worker() -> None:

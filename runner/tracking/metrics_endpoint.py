@@ -125,8 +125,9 @@ def parse(body: Any) -> tuple[str, list[MetricRow]]:
     another), timestamps and steps integers as MLflow stores them."""
     if not isinstance(body, dict) or not isinstance(body.get("run_id"), str):
         raise BadRequest(400, INVALID, "the body must be a JSON object with a run_id string")
-    columns = [body.get(name) for name in ("keys", "values", "timestamps", "steps")]
-    if not all(isinstance(column, list) for column in columns) or len({len(column) for column in columns}) != 1:
+    given = [body.get(name) for name in ("keys", "values", "timestamps", "steps")]
+    columns = [column for column in given if isinstance(column, list)]
+    if len(columns) != len(given) or len({len(column) for column in columns}) != 1:
         raise BadRequest(400, INVALID, "keys, values, timestamps and steps must be lists of one length")
     if len(columns[0]) > MAX_VALUES_PER_REQUEST:
         raise BadRequest(

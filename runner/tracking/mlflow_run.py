@@ -19,8 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import mlflow.data
 import sqlalchemy.exc
+from mlflow.data.numpy_dataset import from_numpy  # mlflow.data.from_numpy; mypy cannot see that name (set at run time)
 from mlflow.entities import Dataset, DatasetInput, InputTag, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -128,7 +128,7 @@ class TrackedRun:
         """Record the training data as the run's MLflow input (name, digest, schema)."""
         # No source argument: MLflow cannot tell a path string from other kinds of source and
         # warns; where the data came from is the run's data_source tag.
-        data = mlflow.data.from_numpy(features, targets=targets, name=name, digest=digest[:32])
+        data = from_numpy(features, targets=targets, name=name, digest=digest[:32])
         entity = Dataset(**data.to_dict())
         inputs = [DatasetInput(entity, tags=[InputTag(key="mlflow.data.context", value="training")])]
         self.in_background(self._log_inputs, inputs)

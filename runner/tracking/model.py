@@ -23,6 +23,7 @@ with warnings.catch_warnings():
     import mlflow.artifacts
     import mlflow.pyfunc
 from mlflow.models import ModelSignature
+from mlflow.pyfunc import PyFuncModel, PythonModel  # by name: mypy takes mlflow.pyfunc for MLflow's lazy loader
 from mlflow.types import ColSpec, Schema
 
 from engine import MLP
@@ -40,7 +41,7 @@ def _float_vector(values: Any) -> np.ndarray | None:
     return None if values is None else np.array(values, dtype=np.float64).reshape(-1)
 
 
-class MLPModel(mlflow.pyfunc.PythonModel):
+class MLPModel(PythonModel):
     """An engine MLP with the standardization and target scaling of the data it was trained on.
 
     Parameters
@@ -262,7 +263,7 @@ def save_pyfunc_model(path: str, network: MLP, dataset: TrainingData, *, input_e
         pyfunc_logger.setLevel(level)
 
 
-def load_model(run_id: str, tracking_uri: str | None = None) -> mlflow.pyfunc.PyFuncModel:
+def load_model(run_id: str, tracking_uri: str | None = None) -> PyFuncModel:
     """The model a run logged, from any directory: ``tracking_uri`` defaults to where ``bprun``
     logs (``MLFLOW_TRACKING_URI``, else ``mlflow.db`` in the current directory), and a store
     that is not there is refused instead of created. ``model.metadata.get_input_schema()`` lists

@@ -63,10 +63,10 @@ def pending_runs(source: MlflowClient, target: str | None) -> list[Run]:
     experiment_ids = [e.experiment_id for e in source.search_experiments(view_type=ViewType.ALL)]
     if not experiment_ids:
         return []
-    runs = source.search_runs(experiment_ids, f"tags.`{names.SYNC_TARGET}` != ''", max_results=50000)
+    found = source.search_runs(experiment_ids, f"tags.`{names.SYNC_TARGET}` != ''", max_results=50000)
     runs = [
         run
-        for run in runs
+        for run in found
         if names.SYNCED_AS not in run.data.tags and (target is None or run.data.tags[names.SYNC_TARGET] == target)
     ]
     return sorted(runs, key=lambda run: (names.PARENT_RUN in run.data.tags, run.info.start_time))

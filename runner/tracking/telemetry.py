@@ -84,7 +84,8 @@ class EpochMetrics(Observer):
             self.steps.setdefault(name, []).append(epoch)
 
     def _layer_statistics(self, report: EpochReport) -> dict[str, float]:
-        assert report.grad_weights is not None and report.grad_biases is not None  # wants_gradients
+        # wants_gradients: the engine reports every epoch's gradients to this observer.
+        assert report.grad_weights is not None and report.grad_biases is not None
         values = {}
         layers = zip(
             report.weights,

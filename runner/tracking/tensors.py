@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mlflow.artifacts
 import numpy as np
+from numpy.typing import ArrayLike
 
 from engine import MLP, EpochReport, Observer
 from runner import names
@@ -66,8 +67,8 @@ class _GrowingNpy:
         self._data_offset = self._file.tell()
         self.sync(0)
 
-    def append(self, record: np.ndarray) -> None:
-        data = memoryview(np.ascontiguousarray(record, self.dtype)).cast("B")
+    def append(self, record: ArrayLike) -> None:
+        data = np.ascontiguousarray(record, self.dtype).data.cast("B")
         while data:  # a raw write may write less than asked
             data = data[self._file.write(data) :]
         self.records += 1
@@ -124,6 +125,8 @@ class TensorWriter(Observer):
                 )
 
     def on_epoch_end(self, report: EpochReport) -> None:
+        # wants_gradients: the engine reports every epoch's gradients to this observer.
+        assert report.grad_weights is not None and report.grad_biases is not None
         arrays = [
             layer_arrays[number]
             for number in range(len(report.weights))
@@ -150,6 +153,7 @@ class TensorWriter(Observer):
         layer, ``TENSOR_KINDS`` in each)."""
         for file, array in zip(self._files.values(), arrays, strict=True):
             file.append(array)
+        assert self._epochs is not None  # on_train_begin opens the files before the first epoch
         self._epochs.append(np.int64(epoch))
         self.complete += 1
 
