@@ -505,6 +505,7 @@ def test_a_full_disk_is_refused_before_the_database_is_created(
         expected = r"the disk is full"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     database = tmp_path / "store" / "mlflow.db"
+    database.parent.mkdir()
     with pytest.raises(StoreUnavailable, match=expected) as raised:
         run(compose(["trainer.epochs=3"]), start_dir=str(tmp_path), tracking_uri=f"sqlite:///{database}")
     assert "cannot write the MLflow store" in str(raised.value)

@@ -280,6 +280,7 @@ def test_a_runs_model_loads_from_any_directory_without_creating_a_store(tmp_path
     from runner.tracking.model import load_model
     from runner.tracking.store import StoreMissing
 
+    (tmp_path / "project").mkdir()
     uri = f"sqlite:///{tmp_path / 'project' / 'mlflow.db'}"
     result = run(compose(["dataset=diabetes", "trainer.epochs=5", "tracking.tensors_every=0"]), tracking_uri=uri)
     elsewhere = tmp_path / "elsewhere"

@@ -378,9 +378,9 @@ def test_a_job_whose_data_cannot_be_read_fails_alone_and_is_listed(tmp_path: Pat
         "tracking.tensors_every=0",
     )
     assert sweep.result.returncode == 1, sweep.output
-    assert "job #1 failed: bad.csv: data row 2, column 'y'" in sweep.result.stderr.replace(str(tmp_path) + "/", ""), (
-        sweep.output
-    )
+    assert "[2/2] path_bad.csv-csv-gd-lr2-h8: FAILED bad.csv: data row 2, column 'y'" in sweep.result.stderr.replace(
+        str(tmp_path) + "/", ""
+    ), sweep.output
     assert statuses(sweep) == ["FINISHED"], "the failed job has no run"
     assert sweep.parent.info.status == "FAILED"
     assert (sweep.parent.data.tags["sweep.jobs"], sweep.parent.data.tags["sweep.failed_jobs"]) == ("2", "1")
@@ -465,8 +465,8 @@ def test_hydra_float_range_is_logged_as_typed(tmp_path: Path, run_sweep: RunSwee
     text = config_path.read_text()
     assert "0.30000000000000004" not in text
     assert yaml.safe_load(text)["optimizer"]["lr"] == 0.3
-    # Hydra's log of the jobs, the job's overrides and its Hydra folder say 0.3 too.
-    assert "optimizer.lr=0.3 " in sweep.result.stdout and "0.30000000000000004" not in sweep.result.stdout
+    # The jobs' lines, the job's overrides and its Hydra folder say 0.3 too.
+    assert "-lr0.3-h8: FINISHED" in sweep.result.stdout and "0.30000000000000004" not in sweep.result.stdout
     overrides = yaml.safe_load(
         Path(
             sweep.store.client().download_artifacts(child.info.run_id, "overrides.yaml", str(tmp_path / "overrides"))

@@ -82,6 +82,7 @@ def stopped_sync(name: str, base: Path, point: str, number: int) -> dict[str, An
     """An offline sweep, a sync stopped by ``number`` at ``point`` (the first run copied, the
     parent), then a second, full sync."""
     cwd = base / name
+    (base / name / "server").mkdir(parents=True)
     server_uri = f"sqlite:///{(base / name / 'server' / 'mlflow.db').resolve()}"
     offline_uri = offline_sweep(cwd, server_uri)
     marker = cwd / "at-the-point"
@@ -174,6 +175,7 @@ def test_runs_that_have_not_ended_are_skipped_with_the_reason_and_uploaded_once_
 
     from runner.tracking.liveness import process_tags
 
+    (tmp_path / "server").mkdir()
     server_uri = f"sqlite:///{(tmp_path / 'server' / 'mlflow.db').resolve()}"
     cwd = tmp_path / "cwd"
     cwd.mkdir()

@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _upload_kept(paths: list[Path], timeout: float) -> int:
     """Upload every kept run under ``paths`` to its server (see ``runner.tracking.unsent``)."""
-    from runner.tracking.unsent import find_unsent
+    from runner.tracking.unsent import find_unsent  # (lazy: see main)
 
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
