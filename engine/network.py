@@ -108,6 +108,7 @@ class MLP:
         self.activation = activation
         self.output_activation = output_activation
         self.dtype = check_dtype(dtype)
+        self.layer_activations = [activation] * (self.n_layers - 1) + [output_activation]
         self._forwards = [hidden_forward] * (self.n_layers - 1) + [output_forward]
         self._backwards = [hidden_backward] * (self.n_layers - 1) + [output_backward]
 
