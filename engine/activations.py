@@ -37,17 +37,20 @@ def sigmoid(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 def tanh(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Hyperbolic tangent a = tanh(z)."""
-    return np.tanh(z, out=out)
+    a: np.ndarray = np.tanh(z, out=out)
+    return a
 
 
 def relu(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Rectifier a = max(z, 0)."""
-    return np.maximum(z, 0.0, out=out)
+    a: np.ndarray = np.maximum(z, 0.0, out=out)
+    return a
 
 
 def leaky_relu(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """a = z for z > 0, else 0.01 z."""
-    return np.maximum(z, LEAKY_RELU_SLOPE * z, out=out)
+    a: np.ndarray = np.maximum(z, LEAKY_RELU_SLOPE * z, out=out)
+    return a
 
 
 def identity(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

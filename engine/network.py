@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 
 from engine._checks import as_finite_2d, check_choice
 from engine.activations import ACTIVATIONS, get_activation
@@ -32,9 +34,9 @@ OutputDelta = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]
 
 def check_dtype(dtype: object) -> np.dtype:
     """Return the NumPy dtype for ``'float64'``/``'float32'``; raise ValueError otherwise."""
-    name = np.dtype(dtype).name if isinstance(dtype, (type, np.dtype)) else dtype
+    name = np.dtype(cast("npt.DTypeLike", dtype)).name if isinstance(dtype, (type, np.dtype)) else dtype
     check_choice("dtype", name, DTYPES)
-    return np.dtype(DTYPES[name])
+    return np.dtype(DTYPES[cast(str, name)])
 
 
 class Workspace:
@@ -89,7 +91,7 @@ class MLP:
         if (
             not isinstance(sizes, list)
             or len(sizes) < 2
-            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in sizes)
+            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and int(s) >= 1 for s in sizes)
         ):
             raise ValueError(
                 f"sizes={sizes!r} is not allowed: it must be a list of at least two integers >= 1 "

@@ -170,6 +170,7 @@ def train(
     updates.stop_requested = stop_requested
     if any(observer.wants_gradients for observer in observers):
         updates.report_gradients()
+    early_stopping = checks.early_stopping
     history = _empty_history(updates.metrics.names, validate is not None)
     for observer in observers:
         observer.on_train_begin(network)
@@ -205,11 +206,12 @@ def train(
                 )
                 for observer in observers:
                     observer.on_epoch_end(report)
-            problem = checks.early_stopping(epoch, validation_values)
-            if problem is not None:
-                history.stop_reason = "early_stopping"
-                history.message = f"early stopping at epoch {epoch}: {problem}"
-                break
+            if early_stopping is not None and validation_values is not None:
+                problem = early_stopping.check(epoch, validation_values["loss"], network.params)
+                if problem is not None:
+                    history.stop_reason = "early_stopping"
+                    history.message = f"early stopping at epoch {epoch}: {problem}"
+                    break
 
     checks.finish(history)
     for observer in observers:
@@ -440,7 +442,7 @@ class _EpochChecks:
         self.divergence = Divergence(loss)
         self.saturation = Saturation(network.layer_activations, stopping.saturation_patience, loss)
         rule = stopping.early_stopping
-        self.watch = None if rule is None else EarlyStoppingWatch(rule)
+        self.early_stopping = None if rule is None else EarlyStoppingWatch(rule)
 
     def divergence_or_saturation(
         self, train_values: dict[str, float], layer_outputs: Sequence[np.ndarray]
@@ -459,19 +461,13 @@ class _EpochChecks:
             problem = self.saturation.check(train_values["loss"], layer_outputs)
         return validation_values, problem
 
-    def early_stopping(self, epoch: int, validation_values: dict[str, float] | None) -> str | None:
-        """Why training stops early after ``epoch``, or None (always without early stopping)."""
-        if self.watch is None or validation_values is None:
-            return None
-        return self.watch.check(epoch, validation_values["loss"], self.params)
-
     def finish(self, history: History) -> None:
         """Complete ``history`` once the loop has ended; restore the best weights when kept."""
         if history.stop_reason == "completed":
             history.message = f"completed {history.epochs_run} epochs"
-        if self.watch is None:
+        if self.early_stopping is None:
             return
-        history.best_epoch = self.watch.best_epoch
-        history.restored_epoch = self.watch.restore(self.params)
+        history.best_epoch = self.early_stopping.best_epoch
+        history.restored_epoch = self.early_stopping.restore(self.params)
         if history.restored_epoch is not None:
             history.message += f"; restored the weights of epoch {history.restored_epoch}"

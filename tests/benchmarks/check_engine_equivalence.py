@@ -28,6 +28,7 @@ import inspect
 import io
 import math
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -48,16 +49,22 @@ GRADIENT_CHECK_TOLERANCE = 1e-6
 
 
 def import_reference(commit: str, directory: Path):
-    """Extract ``engine/`` at ``commit`` into ``directory/engine_reference`` and import it."""
-    archive = subprocess.run(
-        ["git", "-C", str(REPOSITORY), "archive", "--format=tar", commit, "engine"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(directory, filter="data")
+    """Extract ``engine/`` at ``commit`` into ``directory/engine_reference`` and import it.
+
+    ``commit`` may also be a folder holding a copy of the engine package (its ``.py`` files),
+    for instance the working tree's engine with one change undone."""
     package = directory / "engine_reference"
-    (directory / "engine").rename(package)
+    if Path(commit).is_dir():
+        shutil.copytree(commit, package, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        archive = subprocess.run(
+            ["git", "-C", str(REPOSITORY), "archive", "--format=tar", commit, "engine"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(directory, filter="data")
+        (directory / "engine").rename(package)
     for module in package.glob("*.py"):
         source = module.read_text()
         module.write_text(re.sub(r"\bfrom engine(\.| import)", r"from engine_reference\1", source))
