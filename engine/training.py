@@ -14,6 +14,9 @@ What an epoch reports
 
 All arrays in a report are views of live buffers, valid during the call only: an observer that
 keeps them must copy. The loop never prints, logs or writes files.
+
+An epoch whose loss, metrics or weights are not finite, or whose network saturated (see
+``engine.stopping``), ends training as ``'diverged'``; it is neither reported nor recorded.
 """
 
 from __future__ import annotations
@@ -128,91 +131,58 @@ def train(
     optimizer : Optimizer
         Owns the learning rate and its schedule.
     X, Y : array, shapes ``(n_samples, n_inputs)`` and ``(n_samples, n_outputs)``
-        Training data; cast to the network's dtype. Must be finite and non-empty.
+        Training data, finite and non-empty; cast to the network's dtype.
     epochs : int
-        Number of passes over the data (>= 1).
+        Passes over the data (>= 1).
     loss : str
         A key of ``engine.losses.LOSSES``.
-    batch_size : int or None
-        Rows per update; ``None`` (or >= n_samples) is full-batch gradient descent.
-    rng : np.random.Generator
-        Reshuffles the rows every epoch; required for mini-batches.
+    batch_size, rng : int or None, np.random.Generator or None
+        Rows per update; ``None`` (or >= n_samples) is full-batch gradient descent. Mini-batches
+        need ``rng``, which reshuffles the rows every epoch.
     validation : Validation or (X_val, Y_val), optional
-        Validation data, shapes ``(n_val, n_inputs)`` and ``(n_val, n_outputs)``, evaluated after
-        every epoch.
+        Shapes ``(n_val, n_inputs)`` and ``(n_val, n_outputs)``; evaluated after every epoch.
     metrics : sequence of str
-        Extra metrics from ``METRICS`` (``'mse'``, ``'accuracy'``), reported for train and validation.
+        Extra metrics from ``METRICS``, reported for train and validation.
     stopping : StoppingRules, optional
-        Early stopping (needs validation data) and the saturation check; default ``StoppingRules()``.
+        Early stopping and the saturation check; ``None`` is ``StoppingRules()``.
     observers : sequence of Observer
     stop_requested : callable, optional
-        Asked after every update (every mini-batch); when it returns something true, training
-        stops there with ``stop_reason='interrupted'``. The epoch in progress is neither
-        reported nor recorded, but the updates it made stay in the weights.
+        Asked after every update: once it returns something true, training stops there as
+        ``'interrupted'``; the epoch in progress is not recorded, but its updates stay.
 
     Returns
     -------
     History
-        ``metrics`` holds ``train_<name>`` (and ``val_<name>``) lists, one value per epoch run.
-        Training stops early, with ``stop_reason='diverged'``, at the first epoch whose loss,
-        metrics or weights are not finite, or whose network saturated; that epoch is not reported
-        or recorded. ``history.epochs_run`` always counts the epochs recorded.
+        ``train_<name>`` (and ``val_<name>``) metrics, one value per epoch recorded; how training ended.
     """
     check_limit("epochs", epochs)
-    check_metrics(metrics)
-    if not isinstance(optimizer, Optimizer):
-        raise ValueError(f"optimizer={optimizer!r} is not allowed: it must be an engine Optimizer")
-    output_delta = network.output_delta(loss)
-    X, Y = _check_data(network, X, Y, "X", "Y")
-    validate = _validation_pass(network, validation, loss, metrics)
-    checks = _EpochChecks(network, loss, _check_stopping(stopping, validate is not None), validate)
-    updates = _epoch_updates(network, optimizer, X, Y, output_delta, MetricSums(loss, metrics), batch_size, rng)
-    updates.stop_requested = stop_requested
-    if any(observer.wants_gradients for observer in observers):
-        updates.report_gradients()
-    early_stopping = checks.early_stopping
-    history = _empty_history(updates.metrics.names, validate is not None)
+    updates = _epoch_updates(network, optimizer, X, Y, loss, metrics, batch_size, rng, stop_requested)
+    checks = _EpochChecks(network, loss, metrics, validation, stopping)
+    grad_views = updates.epoch_gradient(any(observer.wants_gradients for observer in observers))
+    history = _empty_history(updates.metrics.names, checks.has_validation)
     for observer in observers:
         observer.on_train_begin(network)
-
-    # Overflow and NaN are expected when a run diverges: the loop detects them after each epoch
-    # and stops with stop_reason='diverged', so NumPy's own warnings would only be noise (and an
-    # error wherever warnings are errors).
+    # Overflow and NaN are expected when a run diverges, and caught by the checks: NumPy's warnings are noise.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         for epoch in range(epochs):
             lr = optimizer.start_epoch(epoch, epochs)
             if not updates.run_epoch():
-                history.stop_reason = "interrupted"
-                history.message = f"interrupted in epoch {epoch}, after {epoch} complete epoch(s)"
+                _stop(history, "interrupted", f"interrupted in epoch {epoch}, after {epoch} complete epoch(s)")
                 break
             train_values = updates.metrics.means()
-            validation_values, problem = checks.divergence_or_saturation(train_values, updates.layer_outputs)
+            val_values, problem = checks.validation_and_divergence(train_values, updates.layer_outputs)
             if problem is not None:
-                history.stop_reason = "diverged"
-                history.message = f"diverged at epoch {epoch}: {problem}"
+                _stop(history, "diverged", f"diverged at epoch {epoch}: {problem}")
                 break
-            _record(history, epoch, train_values, validation_values)
+            _record(history, epoch, train_values, val_values)
             if observers:
-                grad_weights, grad_biases = updates.epoch_gradient
-                report = EpochReport(
-                    epoch,
-                    lr,
-                    train_values,
-                    validation_values,
-                    network.weights,
-                    network.biases,
-                    grad_weights,
-                    grad_biases,
-                )
+                report = EpochReport(epoch, lr, train_values, val_values, network.weights, network.biases, *grad_views)
                 for observer in observers:
                     observer.on_epoch_end(report)
-            if early_stopping is not None and validation_values is not None:
-                problem = early_stopping.check(epoch, validation_values["loss"], network.params)
-                if problem is not None:
-                    history.stop_reason = "early_stopping"
-                    history.message = f"early stopping at epoch {epoch}: {problem}"
-                    break
-
+            problem = checks.early_stopping(epoch, val_values)
+            if problem is not None:
+                _stop(history, "early_stopping", f"early stopping at epoch {epoch}: {problem}")
+                break
     checks.finish(history)
     for observer in observers:
         observer.on_train_end(history)
@@ -227,6 +197,227 @@ def _check_data(network: MLP, X: object, Y: object, x_name: str, y_name: str) ->
     network.check_inputs(x_name, X)
     network.check_targets(y_name, Y)
     return X, Y
+
+
+def _empty_history(names: Sequence[str], has_validation: bool) -> History:
+    splits = ("train", "val") if has_validation else ("train",)
+    return History(metrics={f"{split}_{name}": [] for split in splits for name in names})
+
+
+def _record(history: History, epoch: int, train_values: dict[str, float], val_values: dict[str, float] | None) -> None:
+    """Append the epoch's metrics to ``history``."""
+    history.epochs_run = epoch + 1
+    for name, value in train_values.items():
+        history.metrics[f"train_{name}"].append(value)
+    if val_values is not None:
+        for name, value in val_values.items():
+            history.metrics[f"val_{name}"].append(value)
+
+
+def _stop(history: History, reason: str, message: str) -> None:
+    history.stop_reason, history.message = reason, message
+
+
+def _epoch_updates(
+    network: MLP,
+    optimizer: Optimizer,
+    X: npt.ArrayLike,
+    Y: npt.ArrayLike,
+    loss: str,
+    metrics: Sequence[str],
+    batch_size: int | None,
+    rng: np.random.Generator | None,
+    stop_requested: Callable[[], object] | None,
+) -> _FullBatch | _MiniBatches:
+    """The updates of one epoch, arguments checked: full batch when ``batch_size`` is None or
+    >= n_samples, else shuffled mini-batches."""
+    check_metrics(metrics)
+    if not isinstance(optimizer, Optimizer):
+        raise ValueError(f"optimizer={optimizer!r} is not allowed: it must be an engine Optimizer")
+    output_delta = network.output_delta(loss)
+    X, Y = _check_data(network, X, Y, "X", "Y")
+    if batch_size is not None:
+        check_limit("batch_size", batch_size)
+    sums = MetricSums(loss, metrics)
+    if batch_size is None or batch_size >= X.shape[0]:
+        return _FullBatch(network, optimizer, X, Y, output_delta, sums, stop_requested)
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(
+            f"rng={rng!r} is not allowed: mini-batch training reshuffles every epoch and needs an np.random.Generator"
+        )
+    return _MiniBatches(network, optimizer, X, Y, output_delta, sums, stop_requested, batch_size, rng)
+
+
+class _Updates:
+    """One epoch of gradient updates of ``network`` on ``X`` ``(n, n_inputs)`` and ``Y``
+    ``(n, n_outputs)``, ``run_epoch()`` at a time; ``stop_requested`` is asked after every update.
+
+    After an epoch, ``metrics`` holds its train metrics and ``layer_outputs`` the activations
+    ``a`` of every layer for its last batch.
+    """
+
+    def __init__(
+        self,
+        network: MLP,
+        optimizer: Optimizer,
+        X: np.ndarray,
+        Y: np.ndarray,
+        output_delta: OutputDelta,
+        metrics: MetricSums,
+        stop_requested: Callable[[], object] | None,
+        rows: int,
+    ) -> None:
+        self.network, self.optimizer, self.X, self.Y = network, optimizer, X, Y
+        self.output_delta, self.metrics, self.stop_requested = output_delta, metrics, stop_requested
+        self.workspace = network.workspace(rows)
+        self.layer_outputs = self.workspace.activations
+        self.params = network.params
+        self.grads = np.zeros_like(self.params)
+        self.grad_weights, self.grad_biases = network.layer_views(self.grads)
+        optimizer.reset(network.n_params, network.dtype)
+
+    def epoch_gradient(self, wanted: bool) -> tuple[list[np.ndarray], list[np.ndarray]] | tuple[None, None]:
+        """Per-layer views ``(grad_weights, grad_biases)`` of the gradient each epoch ends with, or
+        ``(None, None)`` when it is not ``wanted`` (then it costs nothing)."""
+        raise NotImplementedError
+
+    def run_epoch(self) -> bool:
+        """Apply one epoch of updates; False when a stop was requested before its end."""
+        raise NotImplementedError
+
+
+class _FullBatch(_Updates):
+    """One update per epoch, from the gradient over all rows, which is the epoch's gradient."""
+
+    def __init__(
+        self,
+        network: MLP,
+        optimizer: Optimizer,
+        X: np.ndarray,
+        Y: np.ndarray,
+        output_delta: OutputDelta,
+        metrics: MetricSums,
+        stop_requested: Callable[[], object] | None,
+    ) -> None:
+        super().__init__(network, optimizer, X, Y, output_delta, metrics, stop_requested, X.shape[0])
+
+    def epoch_gradient(self, wanted: bool) -> tuple[list[np.ndarray], list[np.ndarray]] | tuple[None, None]:
+        return (self.grad_weights, self.grad_biases) if wanted else (None, None)
+
+    def run_epoch(self) -> bool:
+        self.metrics.reset()
+        workspace = self.workspace
+        value = self.network.gradient(self.X, self.Y, self.output_delta, workspace, self.grad_weights, self.grad_biases)
+        self.metrics.add(value, workspace.activations[-1], self.Y, workspace.scratch[-1])
+        self.optimizer.step(self.params, self.grads)
+        return self.stop_requested is None or not self.stop_requested()
+
+
+class _MiniBatches(_Updates):
+    """Shuffled mini-batches of ``batch_size`` rows, the last one smaller when they do not
+    divide n; one update per batch. The epoch's gradient is the mean of the applied ones."""
+
+    def __init__(
+        self,
+        network: MLP,
+        optimizer: Optimizer,
+        X: np.ndarray,
+        Y: np.ndarray,
+        output_delta: OutputDelta,
+        metrics: MetricSums,
+        stop_requested: Callable[[], object] | None,
+        batch_size: int,
+        rng: np.random.Generator,
+    ) -> None:
+        super().__init__(network, optimizer, X, Y, output_delta, metrics, stop_requested, batch_size)
+        self.batch_size, self.rng = batch_size, rng
+        n = X.shape[0]
+        self.n_batches = (n + batch_size - 1) // batch_size
+        self.workspaces = {batch_size: self.workspace}
+        if n % batch_size:
+            self.workspaces[n % batch_size] = network.workspace(n % batch_size)
+        self.grad_sum: np.ndarray | None = None  # a running sum of the gradients the epoch applies
+
+    def epoch_gradient(self, wanted: bool) -> tuple[list[np.ndarray], list[np.ndarray]] | tuple[None, None]:
+        if not wanted:
+            return None, None
+        self.grad_sum = np.zeros_like(self.params)
+        return self.network.layer_views(self.grad_sum)
+
+    def run_epoch(self) -> bool:
+        self.metrics.reset()
+        X, Y, batch_size, grads, grad_sum = self.X, self.Y, self.batch_size, self.grads, self.grad_sum
+        if grad_sum is not None:
+            grad_sum.fill(0.0)
+        order = self.rng.permutation(X.shape[0])
+        for start in range(0, X.shape[0], batch_size):
+            rows = order[start : start + batch_size]
+            workspace = self.workspaces[rows.shape[0]]
+            # mode='clip': the default 'raise' gathers into a temporary and copies it to `out`
+            # (so that a bad index cannot leave it half-written); a permutation's indices are
+            # always in range, so clipping never changes one.
+            X.take(rows, axis=0, out=workspace.inputs, mode="clip")
+            Y.take(rows, axis=0, out=workspace.targets, mode="clip")
+            value = self.network.gradient(
+                workspace.inputs, workspace.targets, self.output_delta, workspace, self.grad_weights, self.grad_biases
+            )
+            self.metrics.add(value, workspace.activations[-1], workspace.targets, workspace.scratch[-1])
+            self.optimizer.step(self.params, grads)
+            if grad_sum is not None:
+                grad_sum += grads
+            if self.stop_requested is not None and self.stop_requested():
+                return False
+        if grad_sum is not None:
+            grad_sum *= 1.0 / self.n_batches
+        self.layer_outputs = workspace.activations
+        return True
+
+
+class _EpochChecks:
+    """The validation pass and the stopping rules of one network, asked after every epoch."""
+
+    def __init__(self, network: MLP, loss: str, metrics: Sequence[str], validation: object, stopping: object) -> None:
+        self.params = network.params
+        self.validate = _validation_pass(network, validation, loss, metrics)
+        self.has_validation = self.validate is not None
+        rules = _check_stopping(stopping, self.has_validation)
+        self.divergence = Divergence(loss)
+        self.saturation = Saturation(network.layer_activations, rules.saturation_patience, loss)
+        self.watch = None if rules.early_stopping is None else EarlyStoppingWatch(rules.early_stopping)
+
+    def validation_and_divergence(
+        self, train_values: dict[str, float], layer_outputs: Sequence[np.ndarray]
+    ) -> tuple[dict[str, float] | None, str | None]:
+        """The epoch's validation metrics (None without validation data) and why it diverged:
+        a non-finite train metric or weight (then validation is skipped), a non-finite
+        validation metric, or saturation; None when it did not."""
+        problem = self.divergence.check("train", train_values, self.params)
+        if problem is not None:
+            return None, problem
+        val_values = None
+        if self.validate is not None:
+            val_values = self.validate()
+            problem = self.divergence.check("val", val_values)
+        if problem is None:
+            problem = self.saturation.check(train_values["loss"], layer_outputs)
+        return val_values, problem
+
+    def early_stopping(self, epoch: int, val_values: dict[str, float] | None) -> str | None:
+        """Why training stops early after ``epoch``, or None (always, without early stopping)."""
+        if self.watch is None or val_values is None:
+            return None
+        return self.watch.check(epoch, val_values["loss"], self.params)
+
+    def finish(self, history: History) -> None:
+        """Complete ``history`` once the loop has ended; restore the best weights when kept."""
+        if history.stop_reason == "completed":
+            history.message = f"completed {history.epochs_run} epochs"
+        if self.watch is None:
+            return
+        history.best_epoch = self.watch.best_epoch
+        history.restored_epoch = self.watch.restore(self.params)
+        if history.restored_epoch is not None:
+            history.message += f"; restored the weights of epoch {history.restored_epoch}"
 
 
 def _validation_pass(
@@ -256,218 +447,3 @@ def _check_stopping(stopping: object, has_validation: bool) -> StoppingRules:
     if stopping.early_stopping is not None and not has_validation:
         raise ValueError("early_stopping needs validation data (validation=Validation(X_val, Y_val)); none was given")
     return stopping
-
-
-def _empty_history(names: Sequence[str], has_validation: bool) -> History:
-    splits = ("train", "val") if has_validation else ("train",)
-    return History(metrics={f"{split}_{name}": [] for split in splits for name in names})
-
-
-def _record(
-    history: History, epoch: int, train_values: dict[str, float], validation_values: dict[str, float] | None
-) -> None:
-    """Append the epoch's metrics to ``history``."""
-    history.epochs_run = epoch + 1
-    for name, value in train_values.items():
-        history.metrics[f"train_{name}"].append(value)
-    if validation_values is not None:
-        for name, value in validation_values.items():
-            history.metrics[f"val_{name}"].append(value)
-
-
-def _epoch_updates(
-    network: MLP,
-    optimizer: Optimizer,
-    X: np.ndarray,
-    Y: np.ndarray,
-    output_delta: OutputDelta,
-    metrics: MetricSums,
-    batch_size: int | None,
-    rng: np.random.Generator | None,
-) -> _FullBatch | _MiniBatches:
-    """The updates of one epoch: full batch when ``batch_size`` is None or >= n_samples."""
-    if batch_size is not None:
-        check_limit("batch_size", batch_size)
-    if batch_size is None or batch_size >= X.shape[0]:
-        return _FullBatch(network, optimizer, X, Y, output_delta, metrics)
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(
-            f"rng={rng!r} is not allowed: mini-batch training reshuffles every epoch and needs an np.random.Generator"
-        )
-    return _MiniBatches(network, optimizer, X, Y, output_delta, metrics, batch_size, rng)
-
-
-class _Updates:
-    """One epoch of gradient updates of ``network`` on ``X`` ``(n, n_inputs)`` and ``Y``
-    ``(n, n_outputs)``, ``run_epoch()`` at a time.
-
-    After an epoch: ``metrics`` holds its train metrics and ``layer_outputs`` the activations of
-    its last batch; after ``report_gradients()``, ``epoch_gradient`` holds per-layer views
-    ``(grad_weights, grad_biases)`` of its gradient, else ``(None, None)``. ``stop_requested``
-    is asked after every update.
-    """
-
-    def __init__(
-        self,
-        network: MLP,
-        optimizer: Optimizer,
-        X: np.ndarray,
-        Y: np.ndarray,
-        output_delta: OutputDelta,
-        metrics: MetricSums,
-        rows: int,
-    ) -> None:
-        self.network, self.optimizer, self.X, self.Y = network, optimizer, X, Y
-        self.output_delta, self.metrics = output_delta, metrics
-        self.workspace = network.workspace(rows)
-        self.layer_outputs = self.workspace.activations
-        self.params = network.params
-        self.grads = np.zeros_like(self.params)
-        self.grad_weights, self.grad_biases = network.layer_views(self.grads)
-        self.epoch_gradient: tuple[list[np.ndarray], list[np.ndarray]] | tuple[None, None] = (None, None)
-        self.stop_requested: Callable[[], object] | None = None
-        optimizer.reset(network.n_params, network.dtype)
-
-    def report_gradients(self) -> None:
-        """Keep the epoch's gradient in ``epoch_gradient``."""
-        raise NotImplementedError
-
-    def run_epoch(self) -> bool:
-        """Apply one epoch of updates; False when a stop was requested before its end."""
-        raise NotImplementedError
-
-
-class _FullBatch(_Updates):
-    """One update per epoch, from the gradient over all rows: the epoch's gradient."""
-
-    def __init__(
-        self,
-        network: MLP,
-        optimizer: Optimizer,
-        X: np.ndarray,
-        Y: np.ndarray,
-        output_delta: OutputDelta,
-        metrics: MetricSums,
-    ) -> None:
-        super().__init__(network, optimizer, X, Y, output_delta, metrics, X.shape[0])
-
-    def report_gradients(self) -> None:
-        self.epoch_gradient = (self.grad_weights, self.grad_biases)
-
-    def run_epoch(self) -> bool:
-        self.metrics.reset()
-        workspace = self.workspace
-        value = self.network.gradient(self.X, self.Y, self.output_delta, workspace, self.grad_weights, self.grad_biases)
-        self.metrics.add(value, workspace.activations[-1], self.Y, workspace.scratch[-1])
-        self.optimizer.step(self.params, self.grads)
-        return self.stop_requested is None or not self.stop_requested()
-
-
-class _MiniBatches(_Updates):
-    """Shuffled mini-batches of ``batch_size`` rows, the last one smaller when they do not
-    divide n; one update per batch. The epoch's gradient is the mean of the applied ones."""
-
-    def __init__(
-        self,
-        network: MLP,
-        optimizer: Optimizer,
-        X: np.ndarray,
-        Y: np.ndarray,
-        output_delta: OutputDelta,
-        metrics: MetricSums,
-        batch_size: int,
-        rng: np.random.Generator,
-    ) -> None:
-        super().__init__(network, optimizer, X, Y, output_delta, metrics, batch_size)
-        self.batch_size, self.rng = batch_size, rng
-        n = X.shape[0]
-        self.n_batches = (n + batch_size - 1) // batch_size
-        self.workspaces = {batch_size: self.workspace}
-        if n % batch_size:
-            self.workspaces[n % batch_size] = network.workspace(n % batch_size)
-        self.grad_sum: np.ndarray | None = None  # a running sum of the gradients the epoch applies
-
-    def report_gradients(self) -> None:
-        self.grad_sum = np.zeros_like(self.params)
-        self.epoch_gradient = self.network.layer_views(self.grad_sum)
-
-    def run_epoch(self) -> bool:
-        self.metrics.reset()
-        X, Y, n, batch_size, grads, grad_sum = (
-            self.X,
-            self.Y,
-            self.X.shape[0],
-            self.batch_size,
-            self.grads,
-            self.grad_sum,
-        )
-        if grad_sum is not None:
-            grad_sum.fill(0.0)
-        order = self.rng.permutation(n)
-        for start in range(0, n, batch_size):
-            rows = order[start : start + batch_size]
-            workspace = self.workspaces[rows.shape[0]]
-            # mode='clip': the default 'raise' gathers into a temporary and copies it to `out`
-            # (so that a bad index cannot leave it half-written); a permutation's indices are
-            # always in range, so clipping never changes one.
-            X.take(rows, axis=0, out=workspace.inputs, mode="clip")
-            Y.take(rows, axis=0, out=workspace.targets, mode="clip")
-            value = self.network.gradient(
-                workspace.inputs, workspace.targets, self.output_delta, workspace, self.grad_weights, self.grad_biases
-            )
-            self.metrics.add(value, workspace.activations[-1], workspace.targets, workspace.scratch[-1])
-            self.optimizer.step(self.params, grads)
-            if grad_sum is not None:
-                grad_sum += grads
-            if self.stop_requested is not None and self.stop_requested():
-                return False
-        if grad_sum is not None:
-            grad_sum *= 1.0 / self.n_batches
-        self.layer_outputs = workspace.activations
-        return True
-
-
-class _EpochChecks:
-    """The stopping rules of one network, asked after every epoch, and its validation pass."""
-
-    def __init__(
-        self,
-        network: MLP,
-        loss: str,
-        stopping: StoppingRules,
-        validate: Callable[[], dict[str, float]] | None,
-    ) -> None:
-        self.params = network.params
-        self.validate = validate
-        self.divergence = Divergence(loss)
-        self.saturation = Saturation(network.layer_activations, stopping.saturation_patience, loss)
-        rule = stopping.early_stopping
-        self.early_stopping = None if rule is None else EarlyStoppingWatch(rule)
-
-    def divergence_or_saturation(
-        self, train_values: dict[str, float], layer_outputs: Sequence[np.ndarray]
-    ) -> tuple[dict[str, float] | None, str | None]:
-        """The epoch's validation metrics (None without validation data) and why it diverged:
-        a non-finite train metric or weight (then validation is skipped), a non-finite
-        validation metric, or saturation; None when it did not."""
-        problem = self.divergence.check("train", train_values, self.params)
-        if problem is not None:
-            return None, problem
-        validation_values = None
-        if self.validate is not None:
-            validation_values = self.validate()
-            problem = self.divergence.check("val", validation_values)
-        if problem is None:
-            problem = self.saturation.check(train_values["loss"], layer_outputs)
-        return validation_values, problem
-
-    def finish(self, history: History) -> None:
-        """Complete ``history`` once the loop has ended; restore the best weights when kept."""
-        if history.stop_reason == "completed":
-            history.message = f"completed {history.epochs_run} epochs"
-        if self.early_stopping is None:
-            return
-        history.best_epoch = self.early_stopping.best_epoch
-        history.restored_epoch = self.early_stopping.restore(self.params)
-        if history.restored_epoch is not None:
-            history.message += f"; restored the weights of epoch {history.restored_epoch}"
