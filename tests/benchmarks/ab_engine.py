@@ -40,12 +40,14 @@ from check_engine_equivalence import REPOSITORY, import_reference  # noqa: E402
 
 import engine  # noqa: E402
 
+ADAM_LR = 0.001  # the cases' rates are for plain SGD
 
-def run_once(package, case: Case, seed: int = 1) -> tuple[float, float, float]:
+
+def run_once(package, case: Case, optimizer_name: str = "gd", seed: int = 1) -> tuple[float, float, float]:
     """Wall seconds and CPU seconds (of the whole process, BLAS threads included) of one
     ``package.train`` call on ``case``, and its last training loss."""
     network = package.MLP(case.sizes, np.random.default_rng(seed), activation="sigmoid", output_activation="sigmoid")
-    optimizer = package.make_optimizer("gd", case.lr)
+    optimizer = package.make_optimizer(optimizer_name, case.lr if optimizer_name == "gd" else ADAM_LR)
     watcher = GradientWatcher()
     shuffle_rng = np.random.default_rng(seed + 1)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -78,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", default="HEAD", help="git commit, or folder of an engine package")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per case and engine (>= 5)")
     parser.add_argument("--cases", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
+    parser.add_argument("--optimizer", default="gd", choices=["gd", "adam"], help=f"adam runs at lr={ADAM_LR}")
+    parser.add_argument(
+        "--results-may-differ",
+        action="store_true",
+        help="time engines whose results differ (a change that is not bit-identical); print how much",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 5:
         parser.error("--repeats must be >= 5")
@@ -90,20 +98,26 @@ def main(argv: list[str] | None = None) -> int:
         for case in (make_case(number) for number in sorted(set(args.cases))):
             seconds: dict[str, list[float]] = {name: [] for name in engines}
             cpu_seconds: dict[str, list[float]] = {name: [] for name in engines}
-            losses = {name: run_once(package, case)[2] for name, package in engines.items()}  # warm-up
+            # warm-up
+            losses = {name: run_once(package, case, args.optimizer)[2] for name, package in engines.items()}
             if losses["reference"] != losses["working tree"]:
-                raise RuntimeError(f"case {case.number}: the engines end at different losses: {losses}")
+                if not args.results_may_differ:
+                    raise RuntimeError(f"case {case.number}: the engines end at different losses: {losses}")
+                print(f"case {case.number}: final losses differ: {losses}", file=sys.stderr)
             for repeat in range(args.repeats):
                 order = list(engines.items()) if repeat % 2 == 0 else list(engines.items())[::-1]
                 for name, package in order:
-                    wall, cpu, _ = run_once(package, case)
+                    wall, cpu, _ = run_once(package, case, args.optimizer)
                     seconds[name].append(wall)
                     cpu_seconds[name].append(cpu)
             rows.append((case, summary(seconds), summary(cpu_seconds)))
             print(f"case {case.number} done", file=sys.stderr, flush=True)
     load_after = os.getloadavg()[0]
 
-    print(f"working tree against the engine at {args.reference}: medians of {args.repeats} alternating runs")
+    print(
+        f"working tree against the engine at {args.reference}, {args.optimizer}: "
+        f"medians of {args.repeats} alternating runs"
+    )
     print()
     print("| case | clock | reference s | working tree s | speed (reference / working tree) | median of pair ratios |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
