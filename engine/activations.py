@@ -30,8 +30,8 @@ def sigmoid(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     np.minimum(out, _SIGMOID_EXPONENT_LIMITS.get(out.dtype, 709.0), out=out)
     np.exp(out, out=out)
     out += 1.0
-    # 1 / x by np.divide, not np.reciprocal: the same IEEE division, but NumPy vectorizes divide
-    # and not reciprocal, which made it the slowest step of the forward pass (2x).
+    # 1 / x by np.divide, not np.reciprocal: the same IEEE division, but NumPy's divide loop is
+    # vectorized and its reciprocal loop is not.
     return np.divide(1.0, out, out=out)
 
 

@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", default="HEAD", help="git commit, or folder of an engine package")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per case and engine (>= 5)")
     parser.add_argument("--cases", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
+    parser.add_argument(
+        "--threads", type=int, default=THREADS, help=f"BLAS threads (default {THREADS}, as bench_engine.py)"
+    )
     parser.add_argument("--optimizer", default="gd", choices=["gd", "adam"], help=f"adam runs at lr={ADAM_LR}")
     parser.add_argument(
         "--results-may-differ",
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = os.getloadavg()[0]
     rows = []
-    with tempfile.TemporaryDirectory() as directory, threadpool_limits(limits=THREADS):
+    with tempfile.TemporaryDirectory() as directory, threadpool_limits(limits=args.threads):
         reference = import_reference(args.reference, Path(directory))
         engines = {"reference": reference, "working tree": engine}
         for case in (make_case(number) for number in sorted(set(args.cases))):
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()[0]
 
     print(
-        f"working tree against the engine at {args.reference}, {args.optimizer}: "
+        f"working tree against the engine at {args.reference}, {args.optimizer}, {args.threads} BLAS thread(s): "
         f"medians of {args.repeats} alternating runs"
     )
     print()
