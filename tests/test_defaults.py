@@ -3,7 +3,9 @@ the engine's own value, so a run from a config and a call of the engine with not
 
 Each field of the schema classes that reach the engine is either paired with the engine's
 argument or dataclass field here, or listed as the runner's own (with why); a new field that is
-neither fails ``test_every_schema_field_is_paired_or_the_runners_own``.
+neither fails ``test_every_schema_field_is_paired_or_the_runners_own``. The config options that
+restate the schema's defaults (``conf/trainer/default.yaml``, ``conf/model/mlp.yaml``, the
+optimizers' options) must restate them exactly.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 import engine
 from engine.optimizers import Adam, Momentum, Nesterov
 from runner.core import schema
 
 NO_DEFAULT = "<no default: the caller must say>"
+CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 def argument_default(function: Callable[..., object], name: str) -> object:
@@ -122,3 +126,34 @@ def test_the_engine_has_no_default_for_what_the_runner_alone_defaults() -> None:
 def test_nesterov_shares_the_momentum_default() -> None:
     assert argument_default(Nesterov, "momentum") == argument_default(Momentum, "momentum")
     assert schema.OPTIMIZER_SCHEMAS["nesterov"] is schema.MomentumConfig
+
+
+# Config options that restate defaults, and the schema each builds on.
+RESTATING_OPTIONS = {
+    "trainer/default.yaml": schema.TrainerConfig,
+    "model/mlp.yaml": schema.ModelConfig,
+    "optimizer/gd.yaml": schema.OptimizerConfig,
+    "optimizer/momentum.yaml": schema.MomentumConfig,
+    "optimizer/nesterov.yaml": schema.MomentumConfig,
+    "optimizer/adam.yaml": schema.AdamConfig,
+}
+
+
+def restated(option: dict, cls: type, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(key, option's value, schema default) of every key the option sets that has a default."""
+    found = []
+    for key, value in option.items():
+        default = field_default(cls, key)
+        if dataclasses.is_dataclass(default):
+            found += restated(value, type(default), f"{prefix}{key}.")
+        elif default != NO_DEFAULT:
+            found.append((f"{prefix}{key}", value, default))
+    return found
+
+
+@pytest.mark.parametrize("option", list(RESTATING_OPTIONS))
+def test_config_options_restate_the_schema_defaults_exactly(option: str) -> None:
+    values = OmegaConf.to_container(OmegaConf.load(CONF / option))
+    values.pop("defaults")
+    different = [entry for entry in restated(values, RESTATING_OPTIONS[option]) if entry[1] != entry[2]]
+    assert not different, different
