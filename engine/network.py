@@ -198,7 +198,9 @@ class MLP:
             delta = deltas[layer]
             a_prev = X if layer == 0 else activations[layer - 1]
             np.matmul(a_prev.T, delta, out=grad_weights[layer])
-            delta.sum(axis=0, out=grad_biases[layer])
+            # grad_b = delta.sum(axis=0), by the ufunc reduction that ndarray.sum wraps: once per layer
+            # and batch, its Python wrapper costs as much as the sum itself on small networks.
+            np.add.reduce(delta, axis=0, out=grad_biases[layer])
             if layer > 0:
                 np.matmul(delta, self.weights[layer].T, out=deltas[layer - 1])
                 self._backwards[layer - 1](activations[layer - 1], deltas[layer - 1], scratch[layer - 1])

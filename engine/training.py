@@ -166,10 +166,10 @@ def train(
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         for epoch in range(epochs):
             lr = optimizer.start_epoch(epoch, epochs)
-            if not updates.run_epoch():
+            train_values = updates.run_epoch()
+            if train_values is None:
                 _stop(history, "interrupted", f"interrupted in epoch {epoch}, after {epoch} complete epoch(s)")
                 break
-            train_values = updates.metrics.means()
             val_values, problem = checks.validation_and_divergence(train_values, updates.layer_outputs)
             if problem is not None:
                 _stop(history, "diverged", f"diverged at epoch {epoch}: {problem}")
@@ -252,8 +252,8 @@ class _Updates:
     """One epoch of gradient updates of ``network`` on ``X`` ``(n, n_inputs)`` and ``Y``
     ``(n, n_outputs)``, ``run_epoch()`` at a time; ``stop_requested`` is asked after every update.
 
-    After an epoch, ``metrics`` holds its train metrics and ``layer_outputs`` the activations
-    ``a`` of every layer for its last batch.
+    After an epoch, ``layer_outputs`` holds the activations ``a`` of every layer for its last
+    batch; ``metrics`` sums the train metrics over its batches.
     """
 
     def __init__(
@@ -281,8 +281,9 @@ class _Updates:
         ``(None, None)`` when it is not ``wanted`` (then it costs nothing)."""
         raise NotImplementedError
 
-    def run_epoch(self) -> bool:
-        """Apply one epoch of updates; False when a stop was requested before its end."""
+    def run_epoch(self) -> dict[str, float] | None:
+        """Apply one epoch of updates and return its train metrics; None when a stop was
+        requested before its end."""
         raise NotImplementedError
 
 
@@ -304,13 +305,15 @@ class _FullBatch(_Updates):
     def epoch_gradient(self, wanted: bool) -> tuple[list[np.ndarray], list[np.ndarray]] | tuple[None, None]:
         return (self.grad_weights, self.grad_biases) if wanted else (None, None)
 
-    def run_epoch(self) -> bool:
+    def run_epoch(self) -> dict[str, float] | None:
         self.metrics.reset()
         workspace = self.workspace
         value = self.network.gradient(self.X, self.Y, self.output_delta, workspace, self.grad_weights, self.grad_biases)
         self.metrics.add(value, workspace.activations[-1], self.Y, workspace.scratch[-1])
         self.optimizer.step(self.params, self.grads)
-        return self.stop_requested is None or not self.stop_requested()
+        if self.stop_requested is not None and self.stop_requested():
+            return None
+        return self.metrics.means()
 
 
 class _MiniBatches(_Updates):
@@ -344,7 +347,7 @@ class _MiniBatches(_Updates):
         self.grad_sum = np.zeros_like(self.params)
         return self.network.layer_views(self.grad_sum)
 
-    def run_epoch(self) -> bool:
+    def run_epoch(self) -> dict[str, float] | None:
         self.metrics.reset()
         X, Y, batch_size, grads, grad_sum = self.X, self.Y, self.batch_size, self.grads, self.grad_sum
         if grad_sum is not None:
@@ -366,11 +369,11 @@ class _MiniBatches(_Updates):
             if grad_sum is not None:
                 grad_sum += grads
             if self.stop_requested is not None and self.stop_requested():
-                return False
+                return None
         if grad_sum is not None:
             grad_sum *= 1.0 / self.n_batches
         self.layer_outputs = workspace.activations
-        return True
+        return self.metrics.means()
 
 
 class _EpochChecks:
