@@ -253,7 +253,8 @@ class _Updates:
     ``(n, n_outputs)``, ``run_epoch()`` at a time; ``stop_requested`` is asked after every update.
 
     After an epoch, ``layer_outputs`` holds the activations ``a`` of every layer for its last
-    batch; ``metrics`` sums the train metrics over its batches.
+    batch; ``metrics`` sums the train metrics over its batches. Building one resets the
+    optimizer's state: training starts from a fresh optimizer.
     """
 
     def __init__(
