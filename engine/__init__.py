@@ -7,10 +7,12 @@ from engine.activations import ACTIVATIONS
 from engine.gradcheck import GradientCheck, gradient_check
 from engine.initializers import INITIALIZERS
 from engine.losses import LOSSES
+from engine.metrics import METRICS, evaluate
 from engine.network import MLP
 from engine.optimizers import OPTIMIZERS, Optimizer, make_optimizer
 from engine.schedules import SCHEDULE_NAMES, Schedule
-from engine.training import METRICS, EarlyStopping, EpochReport, History, Observer, evaluate, train
+from engine.stopping import EarlyStopping, StoppingRules
+from engine.training import EpochReport, History, Observer, Validation, train
 
 __all__ = [
     "ACTIVATIONS",
@@ -27,6 +29,8 @@ __all__ = [
     "Observer",
     "Optimizer",
     "Schedule",
+    "StoppingRules",
+    "Validation",
     "evaluate",
     "gradient_check",
     "make_optimizer",

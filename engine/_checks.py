@@ -3,10 +3,12 @@ argument, the bad value and what is allowed."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 
-def check_choice(argument: str, value: object, table: dict) -> None:
+def check_choice(argument: str, value: object, table: Mapping[str, object]) -> None:
     """Raise unless ``value`` is a key of ``table``."""
     if not isinstance(value, str) or value not in table:
         allowed = ", ".join(sorted(table))

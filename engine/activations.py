@@ -30,24 +30,27 @@ def sigmoid(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     np.minimum(out, _SIGMOID_EXPONENT_LIMITS.get(out.dtype, 709.0), out=out)
     np.exp(out, out=out)
     out += 1.0
-    # 1 / x by np.divide, not np.reciprocal: the same IEEE division, but NumPy vectorizes divide
-    # and not reciprocal, which made it the slowest step of the forward pass (2x).
+    # 1 / x by np.divide, not np.reciprocal: the same IEEE division, but NumPy's divide loop is
+    # vectorized and its reciprocal loop is not.
     return np.divide(1.0, out, out=out)
 
 
 def tanh(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Hyperbolic tangent a = tanh(z)."""
-    return np.tanh(z, out=out)
+    a: np.ndarray = np.tanh(z, out=out)
+    return a
 
 
 def relu(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Rectifier a = max(z, 0)."""
-    return np.maximum(z, 0.0, out=out)
+    a: np.ndarray = np.maximum(z, 0.0, out=out)
+    return a
 
 
 def leaky_relu(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """a = z for z > 0, else 0.01 z."""
-    return np.maximum(z, LEAKY_RELU_SLOPE * z, out=out)
+    a: np.ndarray = np.maximum(z, LEAKY_RELU_SLOPE * z, out=out)
+    return a
 
 
 def identity(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -25,10 +25,13 @@ class Limit:
 
     def allows(self, value: object) -> bool:
         kind = numbers.Integral if self.integer else numbers.Real
-        if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, kind):
             return False
-        above = value > self.low if self.low_open else value >= self.low
-        below = value < self.high if self.high_open or math.isinf(self.high) else value <= self.high
+        number = float(value)
+        if not math.isfinite(number):
+            return False
+        above = number > self.low if self.low_open else number >= self.low
+        below = number < self.high if self.high_open or math.isinf(self.high) else number <= self.high
         return above and below
 
     def describe(self) -> str:

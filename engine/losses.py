@@ -31,7 +31,8 @@ LossFunction = Callable[[np.ndarray, np.ndarray, np.ndarray], float]
 def _log_clipped(p: np.ndarray, out: np.ndarray) -> np.ndarray:
     # log(0) would be -inf; the smallest normal float keeps the loss finite and exact elsewhere.
     np.maximum(p, np.finfo(p.dtype).tiny, out=out)
-    return np.log(out, out=out)
+    np.log(out, out=out)
+    return out
 
 
 def mse(a: np.ndarray, y: np.ndarray, out: np.ndarray) -> float:
@@ -45,7 +46,7 @@ def mse(a: np.ndarray, y: np.ndarray, out: np.ndarray) -> float:
 
 def cross_entropy(a: np.ndarray, y: np.ndarray, out: np.ndarray) -> float:
     """Categorical cross-entropy, summed over classes, averaged over samples; dE/da = -y / (n a)."""
-    n = a.shape[0]
+    n: int = a.shape[0]
     value = -float(np.vdot(y, _log_clipped(a, out))) / n
     np.maximum(a, np.finfo(a.dtype).tiny, out=out)
     np.divide(y, out, out=out)
@@ -71,9 +72,10 @@ def binary_cross_entropy(a: np.ndarray, y: np.ndarray, out: np.ndarray) -> float
 
 
 def _softmax_cross_entropy_delta(a: np.ndarray, y: np.ndarray, out: np.ndarray) -> float:
-    value = -float(np.vdot(y, _log_clipped(a, out))) / a.shape[0]
+    n: int = a.shape[0]
+    value = -float(np.vdot(y, _log_clipped(a, out))) / n
     np.subtract(a, y, out=out)
-    out *= 1.0 / a.shape[0]
+    out *= 1.0 / n
     return value
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 
 from engine._checks import as_finite_2d, check_choice
 from engine.activations import ACTIVATIONS, get_activation
@@ -32,9 +34,9 @@ OutputDelta = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]
 
 def check_dtype(dtype: object) -> np.dtype:
     """Return the NumPy dtype for ``'float64'``/``'float32'``; raise ValueError otherwise."""
-    name = np.dtype(dtype).name if isinstance(dtype, (type, np.dtype)) else dtype
+    name = np.dtype(cast("npt.DTypeLike", dtype)).name if isinstance(dtype, (type, np.dtype)) else dtype
     check_choice("dtype", name, DTYPES)
-    return np.dtype(DTYPES[name])
+    return np.dtype(DTYPES[cast(str, name)])
 
 
 class Workspace:
@@ -89,7 +91,7 @@ class MLP:
         if (
             not isinstance(sizes, list)
             or len(sizes) < 2
-            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in sizes)
+            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and int(s) >= 1 for s in sizes)
         ):
             raise ValueError(
                 f"sizes={sizes!r} is not allowed: it must be a list of at least two integers >= 1 "
@@ -108,6 +110,7 @@ class MLP:
         self.activation = activation
         self.output_activation = output_activation
         self.dtype = check_dtype(dtype)
+        self.layer_activations = [activation] * (self.n_layers - 1) + [output_activation]
         self._forwards = [hidden_forward] * (self.n_layers - 1) + [output_forward]
         self._backwards = [hidden_backward] * (self.n_layers - 1) + [output_backward]
 
@@ -195,6 +198,8 @@ class MLP:
             delta = deltas[layer]
             a_prev = X if layer == 0 else activations[layer - 1]
             np.matmul(a_prev.T, delta, out=grad_weights[layer])
+            # grad_b = delta.sum(axis=0), by the ufunc reduction that ndarray.sum wraps: once per layer
+            # and batch, its Python wrapper costs as much as the sum itself on small networks.
             np.add.reduce(delta, axis=0, out=grad_biases[layer])
             if layer > 0:
                 np.matmul(delta, self.weights[layer].T, out=deltas[layer - 1])

@@ -117,8 +117,10 @@ class Adam(Optimizer):
         np.multiply(grads, grads, out=buffer)
         buffer *= 1.0 - self.beta2
         s += buffer
-        # m_hat / (sqrt(s_hat) + eps) rewritten with both corrections folded into two scalars:
-        # = m * c2 / c1 / (sqrt(s) + eps * c2), c1 = 1 - b1^t, c2 = sqrt(1 - b2^t). Exact.
+        # m_hat / (sqrt(s_hat) + eps) with both bias corrections folded into scalars, which saves
+        # the two passes over the parameters that m_hat and s_hat would take:
+        # = m * c2 / c1 / (sqrt(s) + eps * c2), c1 = 1 - b1^t, c2 = sqrt(1 - b2^t) (equal in exact
+        # arithmetic; rounded differently).
         correction1 = 1.0 - self.beta1**self._t
         correction2 = math.sqrt(1.0 - self.beta2**self._t)
         np.sqrt(s, out=buffer)

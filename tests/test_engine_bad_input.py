@@ -61,12 +61,24 @@ def test_y_columns_must_match_the_network_outputs() -> None:
 def test_validation_data_is_checked_like_training_data() -> None:
     _X, _Y = _data()
     X_val, Y_val = _data(6)
-    with pytest.raises(ValueError, match=r"^X_val has 6 rows but Y_val has 5: they must match$"):
-        _train(X_val=X_val, Y_val=Y_val[:5])
-    with pytest.raises(ValueError, match=r"^X_val has 2 columns but the network expects n_inputs=3$"):
-        _train(X_val=X_val[:, :2], Y_val=Y_val)
-    with pytest.raises(ValueError, match=r"^X_val and Y_val must be given together$"):
-        _train(X_val=X_val)
+    with pytest.raises(ValueError, match=r"^validation\.X has 6 rows but validation\.Y has 5: they must match$"):
+        _train(validation=engine.Validation(X_val, Y_val[:5]))
+    with pytest.raises(ValueError, match=r"^validation\.X has 2 columns but the network expects n_inputs=3$"):
+        _train(validation=(X_val[:, :2], Y_val))
+    with pytest.raises(ValueError, match=r"^validation\.Y has 3 columns but the network has n_outputs=2$"):
+        _train(validation=(X_val, np.zeros((6, 3))))
+
+
+@pytest.mark.parametrize(
+    ("validation", "shown"),
+    [("X_val", "str"), ([np.zeros((2, 3)), np.zeros((2, 2))], "list"), ((np.zeros((2, 3)),), "tuple")],
+)
+def test_validation_must_be_a_validation_or_a_pair(validation, shown: str) -> None:
+    expected = (
+        rf"^validation of type {shown} is not allowed: it must be a Validation\(X, Y\), an \(X, Y\) tuple or None$"
+    )
+    with pytest.raises(ValueError, match=expected):
+        _train(validation=validation)
 
 
 def test_predict_checks_the_input_columns() -> None:
@@ -117,21 +129,28 @@ def test_a_one_dimensional_y_is_one_column() -> None:
         ("X", 9, 2, np.inf, "inf"),
         ("Y", 4, 0, -np.inf, "-inf"),
         ("Y", 0, 1, np.nan, "nan"),
-        ("X_val", 3, 0, np.inf, "inf"),
-        ("Y_val", 5, 1, np.nan, "nan"),
+        ("validation.X", 3, 0, np.inf, "inf"),
+        ("validation.Y", 5, 1, np.nan, "nan"),
     ],
 )
 def test_non_finite_data_names_the_argument_row_and_column(
     argument: str, row: int, column: int, value: float, printed: str
 ) -> None:
     X, Y = _data()
-    arrays = {"X": X, "Y": Y, "X_val": X[:6].copy(), "Y_val": Y[:6].copy()}
+    arrays = {"X": X, "Y": Y, "validation.X": X[:6].copy(), "validation.Y": Y[:6].copy()}
     arrays[argument][row, column] = value
     network = _network()
     params_before = network.params.copy()
-    expected = rf"^{argument} holds {re.escape(printed)} at row {row}, column {column}: all values must be finite$"
+    expected = (
+        rf"^{re.escape(argument)} holds {re.escape(printed)} at row {row}, column {column}: all values must be finite$"
+    )
     with pytest.raises(ValueError, match=expected):
-        _train(network, X=arrays["X"], Y=arrays["Y"], X_val=arrays["X_val"], Y_val=arrays["Y_val"])
+        _train(
+            network,
+            X=arrays["X"],
+            Y=arrays["Y"],
+            validation=engine.Validation(arrays["validation.X"], arrays["validation.Y"]),
+        )
     # Refused before any update.
     np.testing.assert_array_equal(network.params, params_before)
 
@@ -334,8 +353,27 @@ def test_early_stopping_settings_are_checked() -> None:
         ValueError, match=r"^early_stopping\.min_delta=-0\.1 is not allowed: it must lie in \[0\.0, inf\)$"
     ):
         engine.EarlyStopping(min_delta=-0.1)
-    with pytest.raises(ValueError, match=r"^early_stopping needs a validation set \(X_val, Y_val\); none was given$"):
-        _train(early_stopping=engine.EarlyStopping())
+    with pytest.raises(
+        ValueError,
+        match=r"^early_stopping needs validation data \(validation=Validation\(X_val, Y_val\)\); none was given$",
+    ):
+        _train(stopping=engine.StoppingRules(early_stopping=engine.EarlyStopping()))
+
+
+def test_stopping_rules_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"^saturation_patience=-1 is not allowed: it must be an integer >= 0$"):
+        engine.StoppingRules(saturation_patience=-1)
+    with pytest.raises(ValueError, match=r"^saturation_patience=2\.5 is not allowed: it must be an integer >= 0$"):
+        engine.StoppingRules(saturation_patience=2.5)
+    with pytest.raises(
+        ValueError, match=r"^early_stopping=5 is not allowed: it must be an engine EarlyStopping or None$"
+    ):
+        engine.StoppingRules(early_stopping=5)
+    with pytest.raises(
+        ValueError,
+        match=r"^stopping=\{'saturation_patience': 5\} is not allowed: it must be an engine StoppingRules or None$",
+    ):
+        _train(stopping={"saturation_patience": 5})
 
 
 # ---------------------------------------------------------------------------------------------

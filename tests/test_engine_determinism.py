@@ -33,7 +33,7 @@ TRAINING_SCRIPT = textwrap.dedent(
                          output_activation="softmax", init="he_normal")
     history = engine.train(network, engine.make_optimizer("adam", 0.01), X[:30], Y[:30], epochs=15,
                            loss="cross_entropy", batch_size=7, rng=np.random.default_rng(shuffle_seed),
-                           X_val=X[30:], Y_val=Y[30:], metrics=["accuracy", "mse"])
+                           validation=engine.Validation(X[30:], Y[30:]), metrics=["accuracy", "mse"])
     print(json.dumps({
         "weights_sha256": hashlib.sha256(network.params.tobytes()).hexdigest(),
         "weights_hex": [float(v).hex() for v in network.params],

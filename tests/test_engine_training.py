@@ -218,9 +218,8 @@ def _train_halving(
         [[1.0]],
         [[0.0]],
         epochs=epochs,
-        X_val=[[1.0]],
-        Y_val=[[target]],
-        early_stopping=early_stopping,
+        validation=engine.Validation([[1.0]], [[target]]),
+        stopping=engine.StoppingRules(early_stopping=early_stopping),
         observers=observers,
     )
     return network, history
@@ -340,8 +339,7 @@ def test_a_non_finite_validation_loss_counts_as_divergence() -> None:
         [[1.0]],
         [[0.0]],
         epochs=100,
-        X_val=[[1e10]],
-        Y_val=[[0.0]],
+        validation=engine.Validation([[1e10]], [[0.0]]),
         observers=[recorder],
     )
     assert history.stop_reason == "diverged"
@@ -370,8 +368,7 @@ def test_observers_are_called_in_order_with_the_values_of_the_history() -> None:
         epochs=6,
         batch_size=4,
         rng=np.random.default_rng(0),
-        X_val=X_val,
-        Y_val=Y_val,
+        validation=engine.Validation(X_val, Y_val),
         observers=[first, second],
     )
     for recorder in (first, second):
@@ -510,8 +507,7 @@ def test_mse_and_accuracy_metrics_with_a_softmax_classifier() -> None:
         Y,
         epochs=5,
         loss="cross_entropy",
-        X_val=X_val,
-        Y_val=Y_val,
+        validation=(X_val, Y_val),
         metrics=["mse", "accuracy"],
         observers=[observer],
     )
@@ -561,7 +557,7 @@ def test_requested_mse_metric_is_reported_even_when_the_loss_is_mse() -> None:
     X, Y = _regression_data(1)
     network = engine.MLP([3, 4, 2], np.random.default_rng(3))
     history = engine.train(
-        network, engine.make_optimizer("gd", 0.3), X, Y, epochs=2, loss="mse", X_val=X, Y_val=Y, metrics=["mse"]
+        network, engine.make_optimizer("gd", 0.3), X, Y, epochs=2, loss="mse", validation=(X, Y), metrics=["mse"]
     )
     assert history.metrics["train_mse"] == history.metrics["train_loss"]
     assert history.metrics["val_mse"] == history.metrics["val_loss"]
@@ -578,7 +574,7 @@ def test_saturation_with_a_huge_learning_rate_stops_as_diverged() -> None:
         X,
         Y,
         epochs=500,
-        saturation_patience=15,
+        stopping=engine.StoppingRules(saturation_patience=15),
     )
     assert history.stop_reason == "diverged"
     assert "saturated" in history.message and "layer 2" in history.message
@@ -592,7 +588,7 @@ def test_saturation_with_a_huge_learning_rate_stops_as_diverged() -> None:
             X,
             Y,
             epochs=500,
-            saturation_patience=patience,
+            stopping=engine.StoppingRules(saturation_patience=patience),
         )
         assert history.stop_reason == "completed", history.message
 

@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig
 from threadpoolctl import threadpool_limits
 
-from engine import MLP, EarlyStopping, Observer
+from engine import MLP, EarlyStopping, Observer, StoppingRules, Validation
 from runner.core.datasets import Dataset
 from runner.core.schema import ExperimentConfig
 from runner.core.training import (
@@ -77,6 +77,7 @@ def run_training(
     if trainer.early_stopping.enabled:
         stopping = trainer.early_stopping
         early_stopping = EarlyStopping(stopping.patience, stopping.min_delta, stopping.restore_best_weights)
+    validation = None if dataset.X_val is None else Validation(dataset.X_val, dataset.Y_val)
     training = Training(
         network,
         build_optimizer(settings),
@@ -86,11 +87,9 @@ def run_training(
             "loss": trainer.loss,
             "batch_size": trainer.batch_size,
             "rng": generators["shuffle"],
-            "X_val": dataset.X_val,
-            "Y_val": dataset.Y_val,
+            "validation": validation,
             "metrics": ["mse"] + (["accuracy"] if dataset.task == "classification" else []),
-            "early_stopping": early_stopping,
-            "saturation_patience": trainer.saturation_patience,
+            "stopping": StoppingRules(early_stopping=early_stopping, saturation_patience=trainer.saturation_patience),
             "stop_requested": interruption.requested,
         },
     )

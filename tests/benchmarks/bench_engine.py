@@ -31,6 +31,9 @@ no input gradient); element-wise work is not counted. Beside it, the same run ti
 products of one case-4 batch alone (``ProductsClock``): the share an engine would reach if all its
 other work were free, the ceiling for any engine built on NumPy's matmul.
 
+To compare the engine with another commit's on the same four cases (no torch or scikit-learn
+needed), run ``ab_engine.py --reference COMMIT``: both engines in one process, runs alternating.
+
 The OpenBLAS core type is whatever the environment selects; the output prints
 ``OPENBLAS_CORETYPE``. To benchmark without an inherited override, unset it for this command
 only: ``env -u OPENBLAS_CORETYPE .venv/bin/python tests/benchmarks/bench_engine.py``.

@@ -4,10 +4,12 @@ Performance work on ``engine/`` must not change its math. This script extracts `
 git commit (default ``HEAD``: it checks uncommitted work) as a package named ``engine_reference``,
 trains both engines from the same seeds on a grid of configurations
 (every activation, loss and optimizer, a schedule, full batch and mini-batches with a smaller
-last batch, float64 and float32, metrics, validation, early stopping, an observer that asks for
-gradients) and compares the final parameters, every recorded metric, every epoch's reported
-gradient and the predictions. It also runs ``gradient_check`` on the current engine for every
-activation x loss pair with several outputs.
+last batch, float64 and float32, metrics, validation, early stopping, divergence and saturation,
+an observer that asks for gradients) and compares how training ended (reason, epochs, best and
+restored epoch, message), the final parameters, every recorded metric, every epoch's reported
+gradient and the predictions. Each engine is called with the ``train`` signature it has. It
+also runs ``gradient_check`` on the current engine for every activation x loss pair with
+several outputs.
 
 Run from the repository root::
 
@@ -22,8 +24,11 @@ configurations are bit-identical. Against a commit older than a deliberate chang
 from __future__ import annotations
 
 import argparse
+import inspect
 import io
+import math
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -44,16 +49,22 @@ GRADIENT_CHECK_TOLERANCE = 1e-6
 
 
 def import_reference(commit: str, directory: Path):
-    """Extract ``engine/`` at ``commit`` into ``directory/engine_reference`` and import it."""
-    archive = subprocess.run(
-        ["git", "-C", str(REPOSITORY), "archive", "--format=tar", commit, "engine"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(directory, filter="data")
+    """Extract ``engine/`` at ``commit`` into ``directory/engine_reference`` and import it.
+
+    ``commit`` may also be a folder holding a copy of the engine package (its ``.py`` files),
+    for instance the working tree's engine with one change undone."""
     package = directory / "engine_reference"
-    (directory / "engine").rename(package)
+    if Path(commit).is_dir():
+        shutil.copytree(commit, package, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        archive = subprocess.run(
+            ["git", "-C", str(REPOSITORY), "archive", "--format=tar", commit, "engine"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(directory, filter="data")
+        (directory / "engine").rename(package)
     for module in package.glob("*.py"):
         source = module.read_text()
         module.write_text(re.sub(r"\bfrom engine(\.| import)", r"from engine_reference\1", source))
@@ -241,6 +252,54 @@ CONFIGS = [
         True,
     ),
     (
+        "saturation: sigmoid gd with a huge rate",
+        [2, 4, 1],
+        "sigmoid",
+        "sigmoid",
+        "mse",
+        ("gd", 1e4, {}),
+        None,
+        None,
+        300,
+        "float64",
+        (),
+        False,
+        None,
+        True,
+    ),
+    (
+        "divergence: validation loss overflows",
+        [2, 8, 1],
+        "identity",
+        "identity",
+        "mse",
+        ("gd", 0.5, {}),
+        None,
+        None,
+        300,
+        "float64",
+        ("mse",),
+        True,
+        (50, 0.0, True),
+        True,
+    ),
+    (
+        "divergence: NaN weights mid-epoch",
+        [2, 8, 1],
+        "identity",
+        "identity",
+        "mse",
+        ("gd", 0.5, {}),
+        None,
+        32,
+        5,
+        "float64",
+        (),
+        False,
+        None,
+        True,
+    ),
+    (
         "wide 784-64-10 mini-batch",
         [784, 64, 10],
         "sigmoid",
@@ -257,6 +316,18 @@ CONFIGS = [
         True,
     ),
 ]
+
+
+def validation_and_stopping(package, X_val, Y_val, rule) -> dict[str, object]:
+    """The validation and stopping arguments of ``package.train``, in the signature it has: the
+    grouped ``validation=`` and ``stopping=`` (whose default saturation patience is the old
+    keyword's, 20), or the separate keywords of engines before them."""
+    if "validation" in inspect.signature(package.train).parameters:
+        return {
+            "validation": None if X_val is None else package.Validation(X_val, Y_val),
+            "stopping": package.StoppingRules(early_stopping=rule),
+        }
+    return {"X_val": X_val, "Y_val": Y_val, "early_stopping": rule}
 
 
 def train_one(package, config, seed: int = 7) -> dict[str, object]:
@@ -286,7 +357,7 @@ def train_one(package, config, seed: int = 7) -> dict[str, object]:
     else:
         schedule_object = None
     optimizer = package.make_optimizer(optimizer_name, lr, schedule_object, **options)
-    stopping = package.EarlyStopping(*early_stopping) if early_stopping else None
+    rule = package.EarlyStopping(*early_stopping) if early_stopping else None
     recorder = GradientRecorder()
     history = package.train(
         network,
@@ -297,18 +368,23 @@ def train_one(package, config, seed: int = 7) -> dict[str, object]:
         loss=loss,
         batch_size=batch_size,
         rng=np.random.default_rng(seed + 2),
-        X_val=X_val,
-        Y_val=Y_val,
         metrics=metrics,
-        early_stopping=stopping,
         observers=[recorder] if observe else [],
+        **validation_and_stopping(package, X_val, Y_val, rule),
     )
-    result = {"params": network.params.copy(), "predictions": network.predict(X)}
+    with np.errstate(all="ignore"):  # a diverged network predicts NaN or inf
+        result = {"params": network.params.copy(), "predictions": network.predict(X)}
     for key, values in history.metrics.items():
         result[f"history {key}"] = np.array(values)
     if recorder.gradients:
         result["epoch gradients"] = np.stack(recorder.gradients)
-    result["stop"] = (history.stop_reason, history.epochs_run, history.best_epoch)
+    result["stop"] = (
+        history.stop_reason,
+        history.epochs_run,
+        history.best_epoch,
+        getattr(history, "restored_epoch", None),
+        history.message,
+    )
     return result
 
 
@@ -321,9 +397,15 @@ def compare(reference: dict, current: dict, dtype: str) -> tuple[bool, str]:
         expected, got = reference[key], current[key]
         if expected.shape != got.shape:
             return False, f"DIFFERENT shape of {key}: {expected.shape} -> {got.shape}"
-        identical &= bool(np.array_equal(expected, got))
-        scale = max(float(np.max(np.abs(expected), initial=0.0)), np.finfo(expected.dtype).tiny)
-        worst = max(worst, float(np.max(np.abs(expected - got), initial=0.0)) / scale)
+        # A diverged run's weights may hold NaN or inf: the same non-finite value in the same place counts as equal.
+        same = (expected == got) | (np.isnan(expected) & np.isnan(got))
+        identical &= bool(same.all())
+        finite = np.isfinite(expected)
+        if not np.array_equal(finite | same, np.ones_like(finite)):
+            worst = math.inf  # a non-finite value where the other engine has another
+            continue
+        scale = max(float(np.max(np.abs(expected[finite]), initial=0.0)), np.finfo(expected.dtype).tiny)
+        worst = max(worst, float(np.max(np.abs(expected[~same] - got[~same]), initial=0.0)) / scale)
     close = worst <= TOLERANCE[dtype]
     verdict = (
         "bit-identical"

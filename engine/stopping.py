@@ -1,0 +1,211 @@
+"""When training stops before its last epoch: the settings (``StoppingRules``) and the rules.
+
+Each rule is a small object with one job, asked once per epoch through ``check(...)``, which
+returns why training must stop, in words, or ``None``. A rule works from one network's plain
+values (a loss, that network's layer outputs, its flat parameter vector), never from the
+training loop's buffers, so that every network trained side by side can have rules of its own.
+
+- ``Divergence``: a non-finite metric or weight.
+- ``Saturation``: the train loss stuck while a sigmoid/tanh layer has its units pinned.
+- ``EarlyStoppingWatch``: the validation loss has stopped improving (``EarlyStopping``); keeps a
+  copy of the best epoch's parameters and restores it when asked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.limits import check_limit
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when the validation loss has not improved by more than ``min_delta`` for ``patience``
+    epochs; with ``restore_best_weights`` the network ends with the weights of its best epoch."""
+
+    patience: int = 20
+    min_delta: float = 0.0
+    restore_best_weights: bool = False
+
+    def __post_init__(self) -> None:
+        check_limit("early_stopping.patience", self.patience)
+        check_limit("early_stopping.min_delta", self.min_delta)
+
+
+@dataclass(frozen=True)
+class StoppingRules:
+    """The stopping rules ``train`` applies besides divergence, which is always checked.
+
+    Parameters
+    ----------
+    early_stopping : EarlyStopping or None
+        Stops on the validation loss; needs validation data. ``None``: off.
+    saturation_patience : int
+        Stop as diverged when, for this many epochs in a row, the train loss stays the same
+        (relative change < 1e-9) while a sigmoid/tanh layer has at least 99% of its units pinned
+        at their bounds (no gradient flows back through it): a learning rate so large that the
+        network saturated learns nothing more, yet never produces a NaN. 0 turns the check off.
+    """
+
+    early_stopping: EarlyStopping | None = None
+    saturation_patience: int = 20
+
+    def __post_init__(self) -> None:
+        if self.early_stopping is not None and not isinstance(self.early_stopping, EarlyStopping):
+            raise ValueError(
+                f"early_stopping={self.early_stopping!r} is not allowed: it must be an engine EarlyStopping or None"
+            )
+        check_limit("saturation_patience", self.saturation_patience)
+
+
+class Divergence:
+    """Finds the first non-finite quantity of an epoch: one of its metrics, else a weight."""
+
+    def __init__(self, loss: str) -> None:
+        # An mse loss is named as such ('train_mse is inf'), as it is wherever it is logged.
+        self.loss_name = "mse" if loss == "mse" else "loss"
+
+    def check(self, split: str, metrics: Mapping[str, float], params: np.ndarray | None = None) -> str | None:
+        """What is not finite among ``metrics`` (named ``<split>_<name>``) and ``params``, or None.
+
+        Parameters
+        ----------
+        split : str
+            ``'train'`` or ``'val'``, the prefix of the metric names in the message.
+        metrics : mapping of str to float
+            One network's metrics of the epoch, ``'loss'`` among them.
+        params : array, shape ``(n_params,)``, optional
+            That network's flat parameter vector.
+        """
+        for name, value in metrics.items():
+            if not math.isfinite(value):
+                return f"{split}_{self.loss_name if name == 'loss' else name} is {value}"
+        # A NaN or inf anywhere makes the sum non-finite: one reduction, no mask of the size of params.
+        # np.add.reduce is the reduction ndarray.sum wraps: once per epoch, the wrapper costs as
+        # much as the sum itself on a small network.
+        if params is not None and not math.isfinite(float(np.add.reduce(params))):
+            return "a weight is not finite"
+        return None
+
+
+# Activations that saturate, and how close to which bounds counts as pinned.
+SATURATION_BOUNDS = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+PINNED_WITHIN = 1e-6
+PINNED_FRACTION = 0.99
+STUCK_RELATIVE_CHANGE = 1e-9
+
+
+class Saturation:
+    """Counts the epochs in a row in which the train loss is stuck and a layer's units are pinned.
+
+    Parameters
+    ----------
+    layer_activations : sequence of str
+        The activation of each layer of the network, output layer last.
+    patience : int
+        Stuck epochs in a row that make the network saturated; 0 turns the check off (as does a
+        network without sigmoid or tanh layers).
+    loss : str
+        The loss's name, for the message.
+    """
+
+    def __init__(self, layer_activations: Sequence[str], patience: int, loss: str) -> None:
+        check_limit("saturation_patience", patience)
+        self.layers = [
+            (index, SATURATION_BOUNDS[name])
+            for index, name in enumerate(layer_activations)
+            if name in SATURATION_BOUNDS
+        ]
+        self.patience = patience if self.layers else 0
+        self.loss = loss
+        self.previous_loss = math.nan
+        self.stuck_epochs = 0
+
+    def check(self, train_loss: float, layer_outputs: Sequence[np.ndarray]) -> str | None:
+        """Count this epoch; say so once ``patience`` epochs in a row were stuck, else None.
+
+        Parameters
+        ----------
+        train_loss : float
+            The network's train loss of the epoch.
+        layer_outputs : sequence of array, shapes ``(rows, sizes[l + 1])``
+            The network's activations ``a`` of every layer, from the epoch's last batch.
+        """
+        if not self.patience:
+            return None
+        stuck = abs(train_loss - self.previous_loss) <= STUCK_RELATIVE_CHANGE * abs(train_loss)
+        self.previous_loss = train_loss
+        # The loss test is one comparison; counting pinned units only happens once it holds.
+        layer = self._pinned_layer(layer_outputs) if stuck else None
+        if layer is None:
+            self.stuck_epochs = 0
+            return None
+        self.stuck_epochs += 1
+        if self.stuck_epochs < self.patience:
+            return None
+        return (
+            f"saturated: the units of layer {layer + 1} are pinned at their bounds and train_{self.loss} "
+            f"has stayed at {train_loss:.6g} for {self.patience} epochs (is the learning rate too large?)"
+        )
+
+    def _pinned_layer(self, layer_outputs: Sequence[np.ndarray]) -> int | None:
+        """A layer with nearly every unit pinned: no gradient flows back through it."""
+        for index, (low, high) in self.layers:
+            a = layer_outputs[index]
+            pinned = np.count_nonzero((a <= low + PINNED_WITHIN) | (a >= high - PINNED_WITHIN))
+            if pinned >= PINNED_FRACTION * a.size:
+                return index
+        return None
+
+
+class EarlyStoppingWatch:
+    """Follows one network's validation loss for an ``EarlyStopping`` rule.
+
+    ``best_epoch`` is the last epoch that improved on the best loss by more than ``min_delta``;
+    with ``restore_best_weights`` a copy of that epoch's parameters is kept for ``restore``.
+    """
+
+    def __init__(self, rule: EarlyStopping) -> None:
+        self.rule = rule
+        self.best_loss = math.inf
+        self.best_epoch: int | None = None
+        self.best_params: np.ndarray | None = None
+        self.epochs_without_improvement = 0
+
+    def check(self, epoch: int, val_loss: float, params: np.ndarray) -> str | None:
+        """Count ``epoch``; say so once ``patience`` epochs in a row did not improve, else None.
+
+        Parameters
+        ----------
+        epoch : int
+            The 0-based epoch that ``val_loss`` and ``params`` are from.
+        val_loss : float
+            The network's validation loss after the epoch.
+        params : array, shape ``(n_params,)``
+            The network's flat parameter vector after the epoch (copied when it is the best).
+        """
+        rule = self.rule
+        if val_loss < self.best_loss - rule.min_delta:
+            self.best_loss, self.best_epoch, self.epochs_without_improvement = val_loss, epoch, 0
+            if rule.restore_best_weights:
+                self.best_params = params.copy()
+            return None
+        self.epochs_without_improvement += 1
+        if self.epochs_without_improvement < rule.patience:
+            return None
+        return (
+            f"val_loss has not improved by more than {rule.min_delta} for {rule.patience} epochs "
+            f"(best {self.best_loss:.6g} at epoch {self.best_epoch})"
+        )
+
+    def restore(self, params: np.ndarray) -> int | None:
+        """Copy the kept parameters of the best epoch into ``params``; return that epoch, or None
+        when none were kept (``restore_best_weights`` off, or no epoch checked)."""
+        if self.best_params is None:
+            return None
+        np.copyto(params, self.best_params)
+        return self.best_epoch
