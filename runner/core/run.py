@@ -77,7 +77,9 @@ def run_training(
     if trainer.early_stopping.enabled:
         stopping = trainer.early_stopping
         early_stopping = EarlyStopping(stopping.patience, stopping.min_delta, stopping.restore_best_weights)
-    validation = None if dataset.X_val is None else Validation(dataset.X_val, dataset.Y_val)
+    validation = None
+    if dataset.X_val is not None and dataset.Y_val is not None:  # a data set has both or neither
+        validation = Validation(dataset.X_val, dataset.Y_val)
     training = Training(
         network,
         build_optimizer(settings),

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from runner.core.validation import clean_value
 from runner.sweeps import hydra_name
 from runner.sweeps.launching import refuse_setting
+from runner.sweeps.resuming import check_unchanged, resume_state
 from runner.sweeps.sweeper import PlannedJob, TrackedSweeper
 
 if TYPE_CHECKING:  # MLflow: imported once a sweep needs it
@@ -77,7 +78,7 @@ class GridSweeper(TrackedSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         with self.sweep_lifetime():
-            self.run_jobs(GridJobs(self, jobs, self.max_batch_size or len(jobs) or 1, self.resume_state()))
+            self.run_jobs(GridJobs(self, jobs, self.max_batch_size or len(jobs) or 1, resume_state(self)))
 
 
 class GridJobs:
@@ -93,7 +94,7 @@ class GridJobs:
         if resumed is not None:  # a resumed sweep runs the jobs that did not finish, once each
             for job in jobs:
                 if tuple(job) in resumed.finished:
-                    sweeper.check_unchanged(job, resumed.finished[tuple(job)])
+                    check_unchanged(sweeper, job, resumed.finished[tuple(job)])
             sweeper.progress.done = len(jobs) - len(
                 remaining := [job for job in jobs if tuple(job) not in resumed.finished]
             )

@@ -34,6 +34,7 @@ from runner.process.errors import CommandExit
 from runner.sweeps import hydra_name
 from runner.sweeps.context import JobReport
 from runner.sweeps.launching import SettingRefused, refuse_setting
+from runner.sweeps.resuming import check_unchanged, resume_state
 from runner.sweeps.sweeper import PlannedJob, TrackedSweeper
 
 if TYPE_CHECKING:  # MLflow: imported once a sweep needs it
@@ -110,7 +111,7 @@ class Trials:
         import optuna  # (lazy: imported by the sweep already)
 
         for overrides, finished in resumed.finished.items():
-            self.sweeper.check_unchanged(list(overrides), finished)
+            check_unchanged(self.sweeper, list(overrides), finished)
             params = self._params(overrides)
             pruned = finished.stop_reason == "pruned"
             self.study.add_trial(
@@ -261,7 +262,7 @@ class OptunaSweeper(TrackedSweeper):
         self.name_digits = NAME_DIGITS
         with self.sweep_lifetime():
             trials = Trials(self, study, space, fixed)
-            resumed = self.resume_state()
+            resumed = resume_state(self)
             if resumed is not None:
                 trials.resume(resumed)
             self.run_jobs(trials)

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import io
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from hydra.core.plugins import Plugins
@@ -36,9 +33,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
 from runner import names
-from runner.core.validation import ConfigError, settings_yaml, validate
+from runner.core.validation import ConfigError, validate
 from runner.process import interruption
-from runner.process.errors import CommandError, CommandExit, InvalidInput, RunError
+from runner.process.errors import CommandError, CommandExit, RunError
 from runner.sweeps.cluster_job import JobsElsewhere
 from runner.sweeps.context import SweepRun
 from runner.sweeps.launching import BatchStream, JobStream, SweepLauncher, sweep_launcher, wait_for_jobs
@@ -47,7 +44,7 @@ from runner.sweeps.progress import SweepProgress
 from runner.tracking.destination import Destination, TrackingLost, where_to_look
 
 if TYPE_CHECKING:  # MLflow: imported once a sweep needs it (see the module docstring)
-    from runner.sweeps.parent import FinishedJob, SweepState
+    pass
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,26 +83,9 @@ class JobSource(Protocol):
         ...
 
 
-class ResumeRefused(InvalidInput):
-    """A stopped sweep cannot be resumed as it is."""
-
-
-def next_job_number(sweep_dir: Path) -> int:
-    """The number after every job's output folder in ``sweep_dir``: a resumed sweep's jobs
-    continue the numbering, and never write into a folder that exists."""
-    numbers = [int(path.name) for path in sweep_dir.glob("*") if path.is_dir() and path.name.isdigit()]
-    return max(numbers, default=-1) + 1
-
-
-def installed_version() -> str:
-    try:
-        return version("backprop-runner")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-class TrackedSweeper(Sweeper):
-    """Base class of bprun's sweepers (see the module docstring)."""
+class SweepLifetime(Sweeper):
+    """What every bprun sweeper shares: its launcher, its parent run's life (created before the
+    first job, ended however the sweep ends, with the summary), composing and recording its jobs."""
 
     config: DictConfig
     hydra_context: HydraContext
@@ -120,7 +100,7 @@ class TrackedSweeper(Sweeper):
             )
         )
         self.sweep_run: SweepRun | None = None
-        self._next_job = 0
+        self.next_job = 0
         self._unrecorded: list[Any] = []  # JobOutcome of jobs that failed before their run existed
         self._server_lost: TrackingLost | None = None  # a job found the tracking server gone
         self.planned_jobs: int | None = None  # how many jobs the sweep runs, when its sweeper knows
@@ -130,7 +110,7 @@ class TrackedSweeper(Sweeper):
         self.progress = SweepProgress(None, objective, direction)
         self.resuming = os.environ.get(names.ENV_RESUME_PARENT) or None  # bprun-resume: the parent run
         self._started = 0  # jobs started by this command
-        self._reopen = False
+        self.parent_to_reopen = False
 
     # --- the life of the sweep -----------------------------------------------------------------
     @contextlib.contextmanager
@@ -211,130 +191,6 @@ class TrackedSweeper(Sweeper):
                 )
             )
 
-    # --- running the jobs ------------------------------------------------------------------------
-    def run_jobs(self, source: JobSource) -> None:
-        """Run the jobs ``source`` plans: each started as soon as the launcher has a free slot
-        (in batches, on a launcher that only runs batches), each result handed back to
-        ``source`` as its job ends, the parent run created before the first job starts."""
-        from runner.sweeps.parent import log_best  # (lazy: MLflow, where the parent exists)
-
-        stream = self._stream(source.batch_size)
-        running: dict[int, Any] = {}  # a running job's number -> its tag in ``source``
-        progress = self.progress
-        progress.size = self.planned_jobs
-        progress.done_before = progress.done  # a resumed sweep's jobs that had finished
-        progress.restart_clock()
-
-        def step(timeout: float) -> bool:
-            while len(running) < stream.capacity() and (planned := source.next_job()) is not None:
-                running[self._start(stream, planned)] = planned.tag
-            if not running:
-                return True
-            done = stream.next_result(timeout)
-            if done is not None:
-                number, result = done
-                tag = running.pop(number)
-                self._record([source.overrides_of(tag)], [result])
-                if progress.ended(result) and self.sweep_run is not None and progress.best is not None:
-                    self.call(log_best, self.sweep_run, progress.objective, progress.best, progress.done)
-                source.record(tag, result)
-            if progress.due():
-                print(progress.line(len(running)), flush=True)
-            return False
-
-        wait_for_jobs(step, stream.stop)
-        interruption.check()
-
-    def resume_state(self) -> SweepState | None:
-        """The stopped sweep this command continues (``bprun-resume``), read from its store: the
-        parent run is this sweep's, the jobs continue its numbering; None for a new sweep."""
-        if self.resuming is None:
-            return None
-        from runner.sweeps.parent import existing_sweep, load_sweep_state  # (lazy: MLflow)
-
-        where = Destination.configured(self.config.tracking, self.config.hydra.runtime.cwd)
-        swept = swept_values(list(self.config.hydra.overrides.task))
-        try:
-            sweep_run = self.call(existing_sweep, where, self.resuming, swept)
-        except CommandError as error:
-            raise CommandExit(error) from None
-        self.sweep_run = dataclasses.replace(sweep_run, size=self.planned_jobs, name_digits=self.name_digits)
-        self._reopen = True
-        self._next_job = next_job_number(Path(str(self.config.hydra.sweep.dir)))
-        state = self.call(load_sweep_state, self.sweep_run, self.progress.objective)
-        versions = {job.version for job in state.finished.values()} - {installed_version()}
-        if versions:
-            raise CommandExit(
-                ResumeRefused(
-                    f"the sweep's finished jobs ran with backprop-runner {', '.join(sorted(versions))}, this is "
-                    f"{installed_version()}: their results would not be comparable with the jobs run now; install "
-                    "that version to resume it, or start a new sweep"
-                )
-            )
-        return state
-
-    def check_unchanged(self, overrides: list[str], finished: FinishedJob) -> None:
-        """Refuse to resume when a finished job's config, composed now, differs from what it ran."""
-        now = settings_yaml(validate(self.compose(overrides)))
-        if now != finished.config_yaml:
-            difference = "".join(
-                difflib.unified_diff(
-                    finished.config_yaml.splitlines(keepends=True),
-                    now.splitlines(keepends=True),
-                    f"run {finished.run_id}",
-                    "composed now",
-                    n=0,
-                )
-            )
-            raise CommandExit(
-                ResumeRefused(
-                    f"the config of job {' '.join(overrides)} changed since its run {finished.run_id} finished "
-                    f"(the config files, or a default); resuming would mix results of two configs:\n{difference}"
-                )
-            )
-
-    def _stream(self, batch_size: int) -> JobStream:
-        """The launcher as a stream of jobs; one that only runs batches says so once."""
-        if isinstance(self.job_launcher, JobStream):
-            return self.job_launcher
-        option = self.config.hydra.runtime.choices.get("hydra/launcher")
-        print(
-            f"bprun: hydra/launcher={option} runs jobs in batches of {batch_size}: a job starts when the batch "
-            "before it has ended",
-            flush=True,
-        )
-        return BatchStream(self.job_launcher, batch_size)
-
-    def _start(self, stream: JobStream, planned: PlannedJob) -> int:
-        """Start a planned job with its sweep's environment (the parent run created, or a
-        resumed one made RUNNING again, first, when tracked); return its number."""
-        if bool(self.config.tracking.enabled) and self.sweep_run is None:
-            self._check_jobs_reach_store()
-            self.sweep_run = self._start_parent()
-            interruption.test_point("sweep-start")
-        elif self._reopen and self.sweep_run is not None:
-            from runner.sweeps.parent import reopen_parent  # (lazy: MLflow, where the parent exists)
-
-            self._check_jobs_reach_store()
-            self.call(reopen_parent, self.sweep_run)
-            self._reopen = False
-            print(f"bprun: resuming the sweep of parent run {self.sweep_run.run_id}", flush=True)
-        overrides = list(planned.overrides)
-        if self.sweep_run is not None:
-            environment = self.sweep_run.job_environment()
-            self._started += 1
-            environment[names.ENV_JOB_POSITION] = str(self.progress.done_before + self._started)
-            if planned.supersedes:
-                environment[names.ENV_SUPERSEDES] = ",".join(planned.supersedes)
-            extra = [f"++hydra.job.env_set.{name}='{value}'" for name, value in environment.items()]
-            overrides += extra
-            add_job_environment(planned.config, environment, extra)
-        interruption.check()
-        number = self._next_job
-        self._next_job += 1
-        stream.start((overrides, planned.config), number)
-        return number
-
     def compose(self, overrides: list[str]) -> DictConfig:
         interruption.check()
         config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -402,6 +258,86 @@ class TrackedSweeper(Sweeper):
         """``function(*arguments)`` where MLflow is imported already: in one of the launcher's
         workers when it has them, else here."""
         return self.job_launcher.call(function, *arguments)
+
+
+class TrackedSweeper(SweepLifetime):
+    """Base class of bprun's sweepers: runs the jobs a sweeper plans (see the module docstring)."""
+
+    # --- running the jobs ------------------------------------------------------------------------
+    def run_jobs(self, source: JobSource) -> None:
+        """Run the jobs ``source`` plans: each started as soon as the launcher has a free slot
+        (in batches, on a launcher that only runs batches), each result handed back to
+        ``source`` as its job ends, the parent run created before the first job starts."""
+        from runner.sweeps.parent import log_best  # (lazy: MLflow, where the parent exists)
+
+        stream = self._stream(source.batch_size)
+        running: dict[int, Any] = {}  # a running job's number -> its tag in ``source``
+        progress = self.progress
+        progress.size = self.planned_jobs
+        progress.done_before = progress.done  # a resumed sweep's jobs that had finished
+        progress.restart_clock()
+
+        def step(timeout: float) -> bool:
+            while len(running) < stream.capacity() and (planned := source.next_job()) is not None:
+                running[self._start(stream, planned)] = planned.tag
+            if not running:
+                return True
+            done = stream.next_result(timeout)
+            if done is not None:
+                number, result = done
+                tag = running.pop(number)
+                self._record([source.overrides_of(tag)], [result])
+                if progress.ended(result) and self.sweep_run is not None and progress.best is not None:
+                    self.call(log_best, self.sweep_run, progress.objective, progress.best, progress.done)
+                source.record(tag, result)
+            if progress.due():
+                print(progress.line(len(running)), flush=True)
+            return False
+
+        wait_for_jobs(step, stream.stop)
+        interruption.check()
+
+    def _stream(self, batch_size: int) -> JobStream:
+        """The launcher as a stream of jobs; one that only runs batches says so once."""
+        if isinstance(self.job_launcher, JobStream):
+            return self.job_launcher
+        option = self.config.hydra.runtime.choices.get("hydra/launcher")
+        print(
+            f"bprun: hydra/launcher={option} runs jobs in batches of {batch_size}: a job starts when the batch "
+            "before it has ended",
+            flush=True,
+        )
+        return BatchStream(self.job_launcher, batch_size)
+
+    def _start(self, stream: JobStream, planned: PlannedJob) -> int:
+        """Start a planned job with its sweep's environment (the parent run created, or a
+        resumed one made RUNNING again, first, when tracked); return its number."""
+        if bool(self.config.tracking.enabled) and self.sweep_run is None:
+            self._check_jobs_reach_store()
+            self.sweep_run = self._start_parent()
+            interruption.test_point("sweep-start")
+        elif self.parent_to_reopen and self.sweep_run is not None:
+            from runner.sweeps.parent import reopen_parent  # (lazy: MLflow, where the parent exists)
+
+            self._check_jobs_reach_store()
+            self.call(reopen_parent, self.sweep_run)
+            self.parent_to_reopen = False
+            print(f"bprun: resuming the sweep of parent run {self.sweep_run.run_id}", flush=True)
+        overrides = list(planned.overrides)
+        if self.sweep_run is not None:
+            environment = self.sweep_run.job_environment()
+            self._started += 1
+            environment[names.ENV_JOB_POSITION] = str(self.progress.done_before + self._started)
+            if planned.supersedes:
+                environment[names.ENV_SUPERSEDES] = ",".join(planned.supersedes)
+            extra = [f"++hydra.job.env_set.{name}='{value}'" for name, value in environment.items()]
+            overrides += extra
+            add_job_environment(planned.config, environment, extra)
+        interruption.check()
+        number = self.next_job
+        self.next_job += 1
+        stream.start((overrides, planned.config), number)
+        return number
 
 
 def add_job_environment(config: DictConfig, environment: dict[str, str], overrides: list[str]) -> None:
