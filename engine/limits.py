@@ -67,6 +67,7 @@ LIMITS: dict[str, Limit] = {
     "early_stopping.patience": COUNT,
     "early_stopping.min_delta": NON_NEGATIVE,
     "saturation_patience": Limit(0, integer=True),
+    "divergence_factor": Limit(0.0),
 }
 
 

@@ -6,6 +6,8 @@ values (a loss, that network's layer outputs, its flat parameter vector), never 
 training loop's buffers, so that every network trained side by side can have rules of its own.
 
 - ``Divergence``: a non-finite metric or weight.
+- ``Growth``: the train loss grown past a multiple of its first value (a run on its way to
+  overflow, stopped before its values wreck every chart they are drawn in).
 - ``Saturation``: the train loss stuck while a sigmoid/tanh layer has its units pinned.
 - ``EarlyStoppingWatch``: the validation loss has stopped improving (``EarlyStopping``); keeps a
   copy of the best epoch's parameters and restores it when asked.
@@ -49,10 +51,14 @@ class StoppingRules:
         (relative change < 1e-9) while a sigmoid/tanh layer has at least 99% of its units pinned
         at their bounds (no gradient flows back through it): a learning rate so large that the
         network saturated learns nothing more, yet never produces a NaN. 0 turns the check off.
+    divergence_factor : float
+        Stop as diverged at the first epoch whose train loss is more than this many times the
+        first epoch's (that epoch is not recorded). 0 turns the check off; else it must be > 1.
     """
 
     early_stopping: EarlyStopping | None = None
     saturation_patience: int = 20
+    divergence_factor: float = 100.0
 
     def __post_init__(self) -> None:
         if self.early_stopping is not None and not isinstance(self.early_stopping, EarlyStopping):
@@ -60,6 +66,9 @@ class StoppingRules:
                 f"early_stopping={self.early_stopping!r} is not allowed: it must be an engine EarlyStopping or None"
             )
         check_limit("saturation_patience", self.saturation_patience)
+        check_limit("divergence_factor", self.divergence_factor)
+        if 0 < self.divergence_factor <= 1:
+            raise ValueError(f"divergence_factor={self.divergence_factor!r} is not allowed: it must be 0 (off) or > 1")
 
 
 class Divergence:
@@ -89,6 +98,30 @@ class Divergence:
         # much as the sum itself on a small network.
         if params is not None and not math.isfinite(float(np.add.reduce(params))):
             return "a weight is not finite"
+        return None
+
+
+class Growth:
+    """Finds a train loss grown past ``factor`` times the first epoch's: a run diverging that has
+    not overflowed yet. ``factor`` 0 turns the check off."""
+
+    def __init__(self, factor: float, loss: str) -> None:
+        self.factor = factor
+        self.loss_name = "mse" if loss == "mse" else "loss"
+        self.first: float | None = None
+
+    def check(self, train_loss: float) -> str | None:
+        """Count this epoch's train loss; say why it diverged, or None."""
+        if not self.factor:
+            return None
+        if self.first is None:
+            self.first = train_loss
+            return None
+        if self.first > 0 and train_loss > self.factor * self.first:
+            return (
+                f"train_{self.loss_name} grew to {train_loss:.6g}, more than {self.factor:g} times its first "
+                f"value {self.first:.6g}"
+            )
         return None
 
 

@@ -33,7 +33,7 @@ from engine.limits import check_limit
 from engine.metrics import METRICS, MetricSums, check_metrics, evaluate
 from engine.network import MLP, OutputDelta
 from engine.optimizers import Optimizer
-from engine.stopping import Divergence, EarlyStopping, EarlyStoppingWatch, Saturation, StoppingRules
+from engine.stopping import Divergence, EarlyStopping, EarlyStoppingWatch, Growth, Saturation, StoppingRules
 
 __all__ = [
     "METRICS",
@@ -106,6 +106,12 @@ class Observer:
     def on_train_end(self, history: History) -> None:
         """Called once when training ends: completed, early-stopped, diverged or interrupted."""
 
+    def stop_training(self) -> tuple[str, str] | None:
+        """Asked after each ``on_epoch_end``: ``(stop_reason, message)`` ends training after this
+        epoch, which stays recorded (a pruner that finds the run will not win: ``'pruned'``);
+        None goes on."""
+        return None
+
 
 def train(
     network: MLP,
@@ -132,10 +138,8 @@ def train(
         Owns the learning rate and its schedule.
     X, Y : array, shapes ``(n_samples, n_inputs)`` and ``(n_samples, n_outputs)``
         Training data, finite and non-empty; cast to the network's dtype.
-    epochs : int
-        Passes over the data (>= 1).
-    loss : str
-        A key of ``engine.losses.LOSSES``.
+    epochs, loss : int, str
+        Passes over the data (>= 1); a key of ``engine.losses.LOSSES``.
     batch_size, rng : int or None, np.random.Generator or None
         Rows per update; ``None`` (or >= n_samples) is full-batch gradient descent. Mini-batches
         need ``rng``, which reshuffles the rows every epoch.
@@ -144,16 +148,16 @@ def train(
     metrics : sequence of str
         Extra metrics from ``METRICS``, reported for train and validation.
     stopping : StoppingRules, optional
-        Early stopping and the saturation check; ``None`` is ``StoppingRules()``.
+        Early stopping, the saturation and growth checks; ``None`` is ``StoppingRules()``.
     observers : sequence of Observer
+        Told of every epoch; one may end training after it (``Observer.stop_training``).
     stop_requested : callable, optional
         Asked after every update: once it returns something true, training stops there as
         ``'interrupted'``; the epoch in progress is not recorded, but its updates stay.
 
     Returns
     -------
-    History
-        ``train_<name>`` (and ``val_<name>``) metrics, one value per epoch recorded; how training ended.
+    History: ``train_<name>`` (and ``val_<name>``) metrics, one value per epoch recorded; how it ended.
     """
     check_limit("epochs", epochs)
     updates = _epoch_updates(network, optimizer, X, Y, loss, metrics, batch_size, rng, stop_requested)
@@ -177,8 +181,10 @@ def train(
             _record(history, epoch, train_values, val_values)
             if observers:
                 report = EpochReport(epoch, lr, train_values, val_values, network.weights, network.biases, *grad_views)
-                for observer in observers:
-                    observer.on_epoch_end(report)
+                requested = _notify(observers, report)
+                if requested is not None:
+                    _stop(history, *requested)
+                    break
             problem = checks.early_stopping(epoch, val_values)
             if problem is not None:
                 _stop(history, "early_stopping", f"early stopping at epoch {epoch}: {problem}")
@@ -187,6 +193,13 @@ def train(
     for observer in observers:
         observer.on_train_end(history)
     return history
+
+
+def _notify(observers: Sequence[Observer], report: EpochReport) -> tuple[str, str] | None:
+    """Hand the epoch to every observer; the first stop one of them asks for, if any."""
+    for observer in observers:
+        observer.on_epoch_end(report)
+    return next((stop for observer in observers if (stop := observer.stop_training()) is not None), None)
 
 
 def _check_data(network: MLP, X: object, Y: object, x_name: str, y_name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -386,6 +399,7 @@ class _EpochChecks:
         self.has_validation = self.validate is not None
         rules = _check_stopping(stopping, self.has_validation)
         self.divergence = Divergence(loss)
+        self.growth = Growth(rules.divergence_factor, loss)
         self.saturation = Saturation(network.layer_activations, rules.saturation_patience, loss)
         self.watch = None if rules.early_stopping is None else EarlyStoppingWatch(rules.early_stopping)
 
@@ -395,7 +409,7 @@ class _EpochChecks:
         """The epoch's validation metrics (None without validation data) and why it diverged:
         a non-finite train metric or weight (then validation is skipped), a non-finite
         validation metric, or saturation; None when it did not."""
-        problem = self.divergence.check("train", train_values, self.params)
+        problem = self.divergence.check("train", train_values, self.params) or self.growth.check(train_values["loss"])
         if problem is not None:
             return None, problem
         val_values = None

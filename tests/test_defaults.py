@@ -66,6 +66,10 @@ PAIRS: dict[tuple[type, str], tuple[str, Callable[[], object]]] = {
         "StoppingRules.saturation_patience",
         lambda: field_default(engine.StoppingRules, "saturation_patience"),
     ),
+    (schema.TrainerConfig, "divergence_factor"): (
+        "StoppingRules.divergence_factor",
+        lambda: field_default(engine.StoppingRules, "divergence_factor"),
+    ),
     # Early stopping is off unless asked for: enabled=False in the config, no rule in the engine.
     (schema.EarlyStoppingConfig, "enabled"): (
         "StoppingRules.early_stopping is not None",

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+import engine
 from engine.stopping import Divergence, EarlyStopping, EarlyStoppingWatch, Saturation
 
 
@@ -74,3 +75,56 @@ def test_saturation_patience_is_checked(patience) -> None:
         ValueError, match=rf"^saturation_patience={patience!r} is not allowed: it must be an integer >= 0$"
     ):
         Saturation(["sigmoid"], patience=patience, loss="mse")
+
+
+def test_growth_stops_a_train_loss_past_its_factor_of_the_first_epochs() -> None:
+    from engine.stopping import Growth
+
+    growth = Growth(100.0, "mse")
+    assert [growth.check(value) for value in (0.5, 2.0, 50.0)] == [None, None, None]
+    assert growth.check(50.01) == "train_mse grew to 50.01, more than 100 times its first value 0.5"
+    assert Growth(0.0, "mse").check(1e300) is None  # off
+    zero = Growth(100.0, "cross_entropy")
+    assert zero.check(0.0) is None and zero.check(1.0) is None  # a first loss of 0 sets no scale
+
+
+@pytest.mark.parametrize("factor", [0.5, 1.0, -2.0])
+def test_a_divergence_factor_at_or_below_1_is_refused(factor: float) -> None:
+    with pytest.raises(ValueError, match="divergence_factor"):
+        engine.StoppingRules(divergence_factor=factor)
+
+
+def test_a_run_that_grows_past_the_factor_ends_diverged_with_every_logged_loss_below_it() -> None:
+    X = np.linspace(-1, 1, 40).reshape(-1, 1)
+    Y = 3 * X
+    network = engine.MLP([1, 8, 1], np.random.default_rng(0), activation="relu", output_activation="identity")
+    history = engine.train(
+        network,
+        engine.make_optimizer("gd", 2.0),
+        X,
+        Y,
+        epochs=200,
+        stopping=engine.StoppingRules(divergence_factor=10.0),
+    )
+    losses = history.metrics["train_loss"]
+    assert history.stop_reason == "diverged" and "more than 10 times its first value" in history.message
+    assert max(losses) <= 10 * losses[0] and len(losses) == history.epochs_run
+
+
+def test_an_observer_can_end_training_after_an_epoch_which_stays_recorded() -> None:
+    class PruneAt(engine.Observer):
+        def __init__(self) -> None:
+            self.epoch = -1
+
+        def on_epoch_end(self, report: engine.EpochReport) -> None:
+            self.epoch = report.epoch
+
+        def stop_training(self) -> tuple[str, str] | None:
+            return ("pruned", f"pruned at epoch {self.epoch}") if self.epoch == 4 else None
+
+    X = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    Y = np.array([[0.0], [1.0], [1.0], [0.0]])
+    network = engine.MLP([2, 4, 1], np.random.default_rng(0))
+    history = engine.train(network, engine.make_optimizer("gd", 1.0), X, Y, epochs=50, observers=[PruneAt()])
+    assert (history.stop_reason, history.message, history.epochs_run) == ("pruned", "pruned at epoch 4", 5)
+    assert len(history.metrics["train_loss"]) == 5

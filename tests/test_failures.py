@@ -69,14 +69,21 @@ def assert_no_run(store: Any, result: Finished) -> None:
 # =============================================================================================
 # 3. Divergence and saturation
 # =============================================================================================
-DIVERGING = ("model.output_activation=identity", "optimizer.lr=1e6", "trainer.epochs=100")
+DIVERGING = (
+    "model.output_activation=identity",
+    "optimizer.lr=1e6",
+    "trainer.epochs=100",
+    "trainer.divergence_factor=0",
+)
+# The diverging command of the docs: its loss grows past 100 times its first before it overflows.
+GROWING = ("dataset=diabetes", "optimizer.lr=0.5", "model.output_activation=identity", "model.activation=relu")
 SATURATING = ("optimizer.lr=1e4", "trainer.epochs=500")
 
 
 @pytest.fixture(scope="module")
 def failed_trainings(tmp_path_factory: pytest.TempPathFactory, make_store) -> dict[str, tuple[Any, Finished]]:
     base = tmp_path_factory.mktemp("diverge")
-    stores = {name: make_store(f"diverge-{name}") for name in ("diverging", "saturating")}
+    stores = {name: make_store(f"diverge-{name}") for name in ("diverging", "saturating", "growing")}
     jobs = {
         name: (
             lambda name=name, overrides=overrides: (
@@ -84,7 +91,7 @@ def failed_trainings(tmp_path_factory: pytest.TempPathFactory, make_store) -> di
                 cli(*overrides, "tracking.tensors_every=10", cwd=base / name, uri=stores[name].uri),
             )
         )
-        for name, overrides in (("diverging", DIVERGING), ("saturating", SATURATING))
+        for name, overrides in (("diverging", DIVERGING), ("saturating", SATURATING), ("growing", GROWING))
     }
     return run_parallel(jobs)
 
@@ -106,7 +113,7 @@ def test_a_diverging_run_ends_failed_with_the_epoch_and_no_infinite_metric(faile
     run = only_run(store)
     assert run.info.status == "FAILED"
     reason = run.data.tags.get("failure_reason", "")
-    # As in the example, 'diverged at epoch 17: train_mse is inf'.
+    # 'diverged at epoch 17: train_mse is inf' (the growth check is off here).
     match = re.fullmatch(r"diverged at epoch (\d+): train_mse is (inf|nan)", reason)
     assert match, reason
     assert reason in result.stderr, result.output
@@ -114,6 +121,20 @@ def test_a_diverging_run_ends_failed_with_the_epoch_and_no_infinite_metric(faile
     assert steps == list(range(len(steps))) and 0 < len(steps) <= int(match.group(1)) + 1
     assert run.data.tags.get("stop_reason") == "diverged"
     assert_every_metric_finite(store, run)
+
+
+def test_a_growing_loss_ends_the_run_before_it_wrecks_the_scale_of_every_chart(failed_trainings) -> None:
+    store, result = failed_trainings["growing"]
+    assert result.returncode == 1, result.output
+    run = only_run(store)
+    assert run.info.status == "FAILED" and run.data.tags.get("stop_reason") == "diverged"
+    reason = run.data.tags["failure_reason"]
+    assert re.fullmatch(
+        r"diverged at epoch \d+: train_mse grew to \S+, more than 100 times its first value \S+", reason
+    )
+    assert run.info.run_id in result.stderr, result.output  # the failure line names the run
+    losses = [metric.value for metric in history(store, run)]
+    assert max(losses) <= 100 * losses[0], (max(losses), losses[0])
 
 
 def test_a_saturated_run_ends_failed_although_no_value_is_ever_nan(failed_trainings) -> None:

@@ -91,7 +91,11 @@ def run_training(
             "rng": generators["shuffle"],
             "validation": validation,
             "metrics": ["mse"] + (["accuracy"] if dataset.task == "classification" else []),
-            "stopping": StoppingRules(early_stopping=early_stopping, saturation_patience=trainer.saturation_patience),
+            "stopping": StoppingRules(
+                early_stopping=early_stopping,
+                saturation_patience=trainer.saturation_patience,
+                divergence_factor=trainer.divergence_factor,
+            ),
             "stop_requested": interruption.requested,
         },
     )

@@ -120,6 +120,8 @@ class TrainerConfig:
     blas_threads: int = 1
     # Epochs of a stuck loss with saturated sigmoid/tanh units before the run counts as diverged.
     saturation_patience: int = 20
+    # Stop as diverged once the train loss is more than this many times its first epoch's: 0 off.
+    divergence_factor: float = 100.0
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 

@@ -55,6 +55,7 @@ KEY_LIMITS: dict[str, Limit] = {
     "trainer.epochs": LIMITS["epochs"],
     "trainer.batch_size": LIMITS["batch_size"],
     "trainer.saturation_patience": LIMITS["saturation_patience"],
+    "trainer.divergence_factor": LIMITS["divergence_factor"],
     "trainer.early_stopping.patience": LIMITS["early_stopping.patience"],
     "trainer.early_stopping.min_delta": LIMITS["early_stopping.min_delta"],
     "trainer.blas_threads": Limit(1, integer=True),
@@ -183,6 +184,12 @@ def _check_trainer(settings: ExperimentConfig, problems: _Problems) -> None:
         problems.append(
             f"trainer.loss={trainer.loss!r} needs model.output_activation='{required}', got {model.output_activation!r}"
         )
+    problems.need(
+        trainer.divergence_factor == 0 or trainer.divergence_factor > 1,
+        "trainer.divergence_factor",
+        trainer.divergence_factor,
+        "it must be 0 (off) or > 1",
+    )
     if trainer.early_stopping.enabled and settings.dataset.val_fraction == 0:
         problems.append("trainer.early_stopping.enabled=True needs a validation split: set dataset.val_fraction > 0")
 

@@ -321,11 +321,14 @@ CONFIGS = [
 def validation_and_stopping(package, X_val, Y_val, rule) -> dict[str, object]:
     """The validation and stopping arguments of ``package.train``, in the signature it has: the
     grouped ``validation=`` and ``stopping=`` (whose default saturation patience is the old
-    keyword's, 20), or the separate keywords of engines before them."""
+    keyword's, 20), or the separate keywords of engines before them. The growth check is off
+    where an engine has it: it only ends a diverging run sooner, which engines without it cannot
+    match (tests/test_engine_stopping.py checks it)."""
     if "validation" in inspect.signature(package.train).parameters:
+        growth = {"divergence_factor": 0.0} if "divergence_factor" in package.StoppingRules.__dataclass_fields__ else {}
         return {
             "validation": None if X_val is None else package.Validation(X_val, Y_val),
-            "stopping": package.StoppingRules(early_stopping=rule),
+            "stopping": package.StoppingRules(early_stopping=rule, **growth),
         }
     return {"X_val": X_val, "Y_val": Y_val, "early_stopping": rule}
 
