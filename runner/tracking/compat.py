@@ -431,8 +431,12 @@ def _column(kind: str, key: str) -> str:
 
 
 def _train_twin(objective: str, metrics: Sequence[str]) -> str | None:
-    """``train_mse`` for ``val_mse`` when the jobs log it: drawn with the objective."""
-    twin = "train_" + objective[len("val_") :] if objective.startswith("val_") else None
+    """``train_mse`` for ``val_mse`` (``loss/train_mse`` for ``loss/val_mse``) when the jobs log
+    it: drawn with the objective."""
+    prefix, slash, name = objective.rpartition("/")
+    if not name.startswith("val_"):
+        return None
+    twin = f"{prefix}{slash}train_{name[len('val_') :]}"
     return twin if twin in metrics else None
 
 
@@ -472,7 +476,7 @@ def _sweep_charts(
     )
     if twin:  # drawn in the first chart; its own chart stays hidden (the UI's "deleted")
         charts.append(_line_chart(model, twin) | {"deleted": True})
-    charts += [_line_chart(ids[_section_of(name)], name) for name in others]
+    charts += [_line_chart(ids[section], name) for section in names for name in others if _section_of(name) == section]
     return sections, charts
 
 
