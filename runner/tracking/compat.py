@@ -389,9 +389,11 @@ def write_sweep_view(
     lower_is_better: bool = True,
 ) -> str | None:
     """Save ``sweep_view_state`` as a view of the experiment (``client``: an ``MlflowClient``),
-    named ``name`` (by default after the sweep and its objective; a view of the same name, in
-    any case, is replaced), and return the link that opens it (``saved_view_link``); None when
-    the installed MLflow is not one the layout was checked against."""
+    named ``name`` (by default after the sweep, its number of jobs and its objective; a view of
+    the same name, in any case, is replaced), and return the link that opens it
+    (``saved_view_link``); None when the installed MLflow is not one the layout was checked
+    against. The view shows every run whose parent is the sweep: ``child_run_ids`` only counts
+    them for the name."""
     if version("mlflow") not in SAVED_VIEW_MLFLOW_VERSIONS:
         return None
     if not child_run_ids:
@@ -471,9 +473,9 @@ def _sweep_charts(
         _chart(model, "SCATTER", xaxis={"key": key, "type": "PARAM"}, yaxis={"key": objective, "type": "METRIC"})
         for key in swept_keys
     ]
-    charts.append(
-        _chart(model, "PARALLEL", selectedParams=list(swept_keys), selectedMetrics=[objective], showAllRuns=False)
-    )
+    if swept_keys:  # parallel coordinates need two axes at least
+        parallel = {"selectedParams": list(swept_keys), "selectedMetrics": [objective], "showAllRuns": False}
+        charts.append(_chart(model, "PARALLEL", **parallel))
     if twin:  # drawn in the first chart; its own chart stays hidden (the UI's "deleted")
         charts.append(_line_chart(model, twin) | {"deleted": True})
     charts += [_line_chart(ids[section], name) for section in names for name in others if _section_of(name) == section]
@@ -481,6 +483,8 @@ def _sweep_charts(
 
 
 def _chart(section: str, kind: str, **fields: Any) -> dict[str, Any]:
+    """A chart of the kind ``kind`` (LINE, SCATTER, PARALLEL...) in ``section``, with the fields
+    every chart of the UI has."""
     base = {"uuid": saved_view_key(), "type": kind, "runsCountToCompare": 100 if kind == "SCATTER" else 10}
     return base | {"metricSectionId": section, "deleted": False, "isGenerated": False} | fields
 
