@@ -19,9 +19,15 @@ server and client names below are still there.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
+import secrets
 import sqlite3
+import time
 import warnings
+import zlib
 from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -261,3 +267,242 @@ class SqlMetricWriter:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+# --- MLflow UI: a saved view of a sweep -----------------------------------------------------------
+# The experiment page's Views menu saves what a person arranged (columns, sort, filter, grouping,
+# charts) as an experiment tag, and a link naming the tag's key opens the runs page arranged that
+# way. Neither the tag nor the state inside it is documented: the layout here is the one MLflow's UI
+# bundle writes and reads in the versions of ``SAVED_VIEW_MLFLOW_VERSIONS`` (a view saved by hand,
+# decoded; the bundle's loader), checked in a browser by ``tests/test_views.py``. The UI reading the
+# tag is the server's: a server of another version may ignore or refuse such a view.
+
+SAVED_VIEW_MLFLOW_VERSIONS = ("3.17.2",)
+SAVED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+# The UI refuses to save a larger view, and MLflow's store refuses a larger experiment tag.
+MAX_SAVED_VIEW_CHARS = 20_000
+# The UI's own keys and chart ids: milliseconds since the epoch, then 8 characters of [0-9a-z].
+_KEY_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+_SECTION_MODEL = "Model metrics"  # the UI's section of the metrics whose names have no "/"
+_PARENT_TAG = "mlflow.parentRunId"
+
+
+def saved_view_key(now_ms: int | None = None) -> str:
+    """A new key as the UI makes them (``1796654253765dri64ehk``): unique per call."""
+    milliseconds = int(time.time() * 1000) if now_ms is None else now_ms
+    return f"{milliseconds}{''.join(secrets.choice(_KEY_ALPHABET) for _ in range(8))}"
+
+
+def saved_view_link(experiment_id: str, key: str, charts: bool = False) -> str:
+    """The page a saved view opens on, as the part of a URL after the server's address.
+
+    The UI's own links name the runs tab and ``compareRunsMode`` (TABLE, CHART); the bare
+    experiment page drops the key. ``workflowType`` keeps the model-training sidebar, as the links
+    ``runner.tracking.destination`` prints do. Any search setting in the query (``orderByKey``...)
+    would make the UI ignore the view, so there is none."""
+    mode = "CHART" if charts else "TABLE"
+    query = f"viewStateShareKey={key}&compareRunsMode={mode}&workflowType=machine_learning"
+    return f"#/experiments/{experiment_id}/runs?{query}"
+
+
+def encode_view_state(state: Mapping[str, Any]) -> str:
+    """The tag's ``state`` field: ``deflate;`` and the base64 of the zlib-deflated JSON (the UI
+    inflates it with pako, which reads zlib's format)."""
+    packed = zlib.compress(json.dumps(state, separators=(",", ":")).encode())
+    return "deflate;" + base64.b64encode(packed).decode()
+
+
+def decode_view_state(value: str) -> dict[str, Any]:
+    """The state inside a ``mlflow.sharedViewState.<key>`` tag's value (deflated or plain JSON,
+    both of which the UI reads)."""
+    state = json.loads(value)["state"]
+    if state.startswith("deflate;"):
+        state = zlib.decompress(base64.b64decode(state[len("deflate;") :])).decode()
+    return dict(json.loads(state))
+
+
+def sweep_view_state(
+    parent_run_id: str,
+    swept_keys: Sequence[str],
+    objective: str,
+    metrics: Sequence[str],
+    lower_is_better: bool = True,
+) -> dict[str, Any]:
+    """The state of a view of one sweep's jobs, as the UI saves it.
+
+    The runs table: the jobs of ``parent_run_id`` grouped under a row that stands for the sweep
+    and shows its best ``objective`` (a view cannot expand a parent run: the UI drops
+    ``runsExpanded`` when it saves or loads a view, and nests children only in start-time
+    order), sorted by ``objective``, the swept params and the objective (with its ``train_``
+    twin) as the first columns. The charts: the objective and its twin over epochs, the objective
+    against each swept param and all of them on parallel coordinates, the other metrics without
+    a ``/``; then a collapsed section per prefix (``layer1``...). ``metrics`` names every other
+    metric the jobs log: the UI adds a chart of its own, where it chooses, for any it has none of.
+    """
+    if not re.fullmatch(r"[0-9A-Za-z-]+", parent_run_id):
+        raise ValueError(f"not a run id: {parent_run_id!r}")
+    twin = _train_twin(objective, metrics)
+    shown = [objective, *([twin] if twin else [])]
+    columns = [_column("params", key) for key in swept_keys] + [_column("metrics", name) for name in shown]
+    sections, charts = _sweep_charts(swept_keys, objective, twin, metrics)
+    return {
+        # The search settings (the page's URL carries the same ones).
+        "searchFilter": f"tags.`{_PARENT_TAG}` = '{parent_run_id}'",
+        "orderByKey": _column("metrics", objective),
+        "orderByAsc": lower_is_better,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+        # The table: the name and start-time columns stay first whatever the order says.
+        "selectedColumns": columns,
+        "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", *columns, "duration"],
+        "columnWidths": {column: 140 for column in columns if column.startswith("metrics.")},
+        "groupBy": {
+            "aggregateFunction": "min" if lower_is_better else "max",
+            "groupByKeys": [{"mode": "tag", "groupByData": _PARENT_TAG}],
+        },
+        "groupsExpanded": {f"tag.{_PARENT_TAG}.{parent_run_id}": True},
+        # Every job is drawn (the UI's default hides all but the first 10), one curve per job.
+        "runsHiddenMode": "SHOW_ALL",
+        "useGroupedValuesInCharts": False,
+        "compareRunCharts": charts,
+        "compareRunSections": sections,
+        # Sections keep this order: unordered ones are sorted by name when a new metric appears.
+        "isAccordionReordered": True,
+        "hideEmptyCharts": True,
+        "viewMaximized": False,
+        "runListHidden": False,
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+    }
+
+
+def write_sweep_view(
+    client: Any,
+    experiment_id: str,
+    parent_run_id: str,
+    child_run_ids: Sequence[str],
+    swept_keys: Sequence[str],
+    objective: str,
+    metrics: Sequence[str],
+    name: str | None = None,
+    lower_is_better: bool = True,
+) -> str | None:
+    """Save ``sweep_view_state`` as a view of the experiment (``client``: an ``MlflowClient``),
+    named ``name`` (by default after the sweep, its number of jobs and its objective; a view of
+    the same name, in any case, is replaced), and return the link that opens it
+    (``saved_view_link``); None when the installed MLflow is not one the layout was checked
+    against. The view shows every run whose parent is the sweep: ``child_run_ids`` only counts
+    them for the name."""
+    if version("mlflow") not in SAVED_VIEW_MLFLOW_VERSIONS:
+        return None
+    if not child_run_ids:
+        raise ValueError(f"sweep {parent_run_id} has no jobs to show")
+    state = sweep_view_state(parent_run_id, swept_keys, objective, metrics, lower_is_better)
+    name = name or f"sweep {parent_run_id[:8]} ({len(child_run_ids)} jobs) by {objective}"
+    now = int(time.time() * 1000)
+    key, created = _saved_view_named(client, experiment_id, name) or (saved_view_key(now), now)
+    # The envelope the UI writes, its fields in its order.
+    value = json.dumps({"name": name, "createdAt": created, "updatedAt": now, "state": encode_view_state(state)})
+    if len(value) > MAX_SAVED_VIEW_CHARS:
+        raise ValueError(
+            f"the view of sweep {parent_run_id} takes {len(value)} characters, over the UI's {MAX_SAVED_VIEW_CHARS}"
+        )
+    client.set_experiment_tag(experiment_id, SAVED_VIEW_TAG_PREFIX + key, value)
+    return saved_view_link(experiment_id, key)
+
+
+def _saved_view_named(client: Any, experiment_id: str, name: str) -> tuple[str, int] | None:
+    """The key and creation time of the experiment's saved view called ``name`` (the UI compares
+    names without case), None when there is none."""
+    for tag, value in client.get_experiment(experiment_id).tags.items():
+        if not tag.startswith(SAVED_VIEW_TAG_PREFIX):
+            continue
+        try:
+            envelope = json.loads(value)
+            if envelope["name"].strip().lower() == name.strip().lower():
+                return tag[len(SAVED_VIEW_TAG_PREFIX) :], int(envelope["createdAt"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # another tool's tag, or a broken one: the UI skips those too
+    return None
+
+
+def _column(kind: str, key: str) -> str:
+    """A runs-table column id, also the UI's sort key: ``params.`optimizer.lr```."""
+    return f"{kind}.`{key}`"
+
+
+def _train_twin(objective: str, metrics: Sequence[str]) -> str | None:
+    """``train_mse`` for ``val_mse`` (``loss/train_mse`` for ``loss/val_mse``) when the jobs log
+    it: drawn with the objective."""
+    prefix, slash, name = objective.rpartition("/")
+    if not name.startswith("val_"):
+        return None
+    twin = f"{prefix}{slash}train_{name[len('val_') :]}"
+    return twin if twin in metrics else None
+
+
+def _natural(name: str) -> list[Any]:
+    """A sort key that puts ``layer2`` before ``layer10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _section_of(metric: str) -> str:
+    """The UI's section of a metric: the text before its last ``/``."""
+    prefix = metric.rpartition("/")[0]
+    return _SECTION_MODEL if not prefix else "System metrics" if prefix == "system" else prefix
+
+
+def _sweep_charts(
+    swept_keys: Sequence[str], objective: str, twin: str | None, metrics: Sequence[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The sections and charts of ``sweep_view_state``, in the order they are drawn."""
+    others = sorted({name for name in metrics if name not in (objective, twin)}, key=_natural)
+    names = [_SECTION_MODEL, *sorted({_section_of(name) for name in others} - {_SECTION_MODEL}, key=_natural)]
+    ids = {section: saved_view_key() for section in names}
+    # New metrics go to the end of a section marked reordered, not among its charts; only the
+    # first section is open (its charts are drawn as soon as the page opens).
+    sections: list[dict[str, Any]] = [
+        {"uuid": ids[section], "name": section, "display": section == _SECTION_MODEL, "isReordered": True}
+        | {"deleted": False, "isGenerated": True}
+        for section in names
+    ]
+    model = ids[_SECTION_MODEL]
+    charts = [_line_chart(model, objective, [objective, twin] if twin else None)]
+    charts += [
+        _chart(model, "SCATTER", xaxis={"key": key, "type": "PARAM"}, yaxis={"key": objective, "type": "METRIC"})
+        for key in swept_keys
+    ]
+    if swept_keys:  # parallel coordinates need two axes at least
+        parallel = {"selectedParams": list(swept_keys), "selectedMetrics": [objective], "showAllRuns": False}
+        charts.append(_chart(model, "PARALLEL", **parallel))
+    if twin:  # drawn in the first chart; its own chart stays hidden (the UI's "deleted")
+        charts.append(_line_chart(model, twin) | {"deleted": True})
+    charts += [_line_chart(ids[section], name) for section in names for name in others if _section_of(name) == section]
+    return sections, charts
+
+
+def _chart(section: str, kind: str, **fields: Any) -> dict[str, Any]:
+    """A chart of the kind ``kind`` (LINE, SCATTER, PARALLEL...) in ``section``, with the fields
+    every chart of the UI has."""
+    base = {"uuid": saved_view_key(), "type": kind, "runsCountToCompare": 100 if kind == "SCATTER" else 10}
+    return base | {"metricSectionId": section, "deleted": False, "isGenerated": False} | fields
+
+
+def _line_chart(section: str, metric: str, together: Sequence[str] | None = None) -> dict[str, Any]:
+    """A chart of ``metric`` over epochs, one curve per run, as the UI generates it; with
+    ``together``, one chart of those metrics (the UI's multi-metric line chart)."""
+    chosen = {"selectedMetricKeys": list(together)} if together else {"displayName": metric.rpartition("/")[2]}
+    return _chart(section, "LINE", metricKey=metric, isGenerated=not together, **chosen) | {
+        "lineSmoothness": 0,
+        "xAxisScaleType": "linear",
+        "scaleType": "linear",
+        "range": {},
+        "xAxisKey": "step",
+        "selectedXAxisMetricKey": "",
+        "yAxisKey": "metric",
+        "yAxisExpressions": [],
+        "ignoreOutliers": False,
+        "useGlobalXaxisKey": True,
+        "useGlobalLineSmoothing": True,
+    }
