@@ -52,6 +52,8 @@ SWEPT_KEYS = "sweep.swept_keys"  # JSON list of the keys the sweep varies
 SWEEP_DIR = "sweep.dir"
 SWEEP_JOBS = "sweep.jobs"
 SWEEP_FAILED_JOBS = "sweep.failed_jobs"
+SWEEP_VIEW = "sweep.view"  # the page of the sweep's saved view in the MLflow UI
+DESCRIPTION = "mlflow.note.content"  # a run's description in the MLflow UI
 SWEEP_BEST_RUN = "sweep.best_run_id"  # the job whose objective is the best so far
 SWEEP_BEST_RUN_NAME = "sweep.best_run_name"
 BEST_PREFIX = "best_"  # the parent's metric best_<objective>: the best objective so far, step = jobs ended

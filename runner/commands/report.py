@@ -182,6 +182,11 @@ def _sweep_heading(client: Any, parent: Any) -> str:
     ]
     if command:
         lines.append(f"  {command}")
+    view = parent.data.tags.get(names.SWEEP_VIEW)
+    if view:
+        from runner.tracking.destination import page_address  # (lazy: see _report)
+
+        lines.append(f"  in the MLflow UI, ranked with their charts: {page_address(client.tracking_uri, view)}")
     return "\n".join(lines)
 
 

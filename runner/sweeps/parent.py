@@ -28,7 +28,8 @@ from runner.reports.table import by_dataset, format_table, runs_table
 from runner.sweeps.context import SweepRun
 from runner.sweeps.naming import parent_name
 from runner.sweeps.progress import Best
-from runner.tracking.destination import Destination, TrackingLost, check_store, http_settings
+from runner.tracking.compat import write_sweep_view
+from runner.tracking.destination import Destination, TrackingLost, check_store, http_settings, page_address
 from runner.tracking.liveness import process_tags
 from runner.tracking.params import log_params
 from runner.tracking.search import sweep_children, sweep_jobs
@@ -69,6 +70,7 @@ class SweepSummary:
     table: str
     jobs: int = 0
     unrecorded: list[JobOutcome] = field(default_factory=list)
+    view: str | None = None  # the address of the sweep's saved view in the MLflow UI
 
 
 def parent_request(
@@ -153,7 +155,9 @@ def sweep_client(sweep: SweepRun) -> MlflowClient:
     return MlflowClient(sweep.tracking_uri)
 
 
-def finish_sweep(sweep: SweepRun, unrecorded: list[JobOutcome]) -> SweepSummary:
+def finish_sweep(
+    sweep: SweepRun, unrecorded: list[JobOutcome], objective: str = names.DEFAULT_RANKING_METRIC
+) -> SweepSummary:
     """Attach the comparison table and its charts to the parent run (``summary/``), record the
     job counts, and end the parent FINISHED, or FAILED when a job did not finish."""
     with reaching_server(sweep):
@@ -195,12 +199,36 @@ def finish_sweep(sweep: SweepRun, unrecorded: list[JobOutcome]) -> SweepSummary:
                 client.log_artifacts(sweep.run_id, directory, names.SUMMARY_ARTIFACT)
             client.set_tag(sweep.run_id, names.SWEEP_JOBS, str(jobs))
             client.set_tag(sweep.run_id, names.SWEEP_FAILED_JOBS, str(failed))
+            view = _save_view(client, sweep, children, swept_keys or [], objective)
         except Exception as error:
             if lost_server(error) is None:  # the status matters most, if the store still answers
                 client.set_terminated(sweep.run_id, status)
             raise
         client.set_terminated(sweep.run_id, status)
-    return SweepSummary(failed, "\n\n".join(texts), jobs, unrecorded)
+    return SweepSummary(failed, "\n\n".join(texts), jobs, unrecorded, view)
+
+
+def _save_view(
+    client: MlflowClient, sweep: SweepRun, children: list[Any], swept_keys: list[str], objective: str
+) -> str | None:
+    """Save the sweep's view in the MLflow UI (its jobs ranked by the objective, the swept values
+    first, the objective's curves first among the charts), link it from the parent run's tags and
+    description, and return its address; None where the UI's layout is not one bprun knows."""
+    logged = sorted({key for run in children for key in run.data.metrics})
+    if not children or not logged:
+        return None
+    if objective not in logged:  # a sweep without a validation split ranks by the train_ twin
+        objective = objective.replace("val_", "train_", 1)
+    varying = [key for key in swept_keys if key in sweep.swept_keys] or swept_keys
+    link = write_sweep_view(
+        client, sweep.experiment_id, sweep.run_id, [run.info.run_id for run in children], varying, objective, logged
+    )
+    if link is None:
+        return None
+    address = page_address(sweep.tracking_uri, link)
+    description = f"A sweep of {len(children)} jobs; its runs ranked by {objective}, with their charts: {address}"
+    client.log_batch(sweep.run_id, tags=[RunTag(names.SWEEP_VIEW, link), RunTag(names.DESCRIPTION, description)])
+    return address
 
 
 @dataclass(frozen=True)

@@ -175,10 +175,12 @@ class SweepLifetime(Sweeper):
         from runner.sweeps.parent import finish_sweep  # (lazy: MLflow)
 
         try:
-            summary = self.call(finish_sweep, self.sweep_run, self._unrecorded)
+            summary = self.call(finish_sweep, self.sweep_run, self._unrecorded, self.progress.objective)
         except TrackingLost as error:  # one message; the store cannot be told anything more
             raise CommandExit(error) from None
         print(summary.table)
+        if summary.view:
+            print(f"  the sweep's runs ranked, with their charts: {summary.view}")
         interruption.check(
             f"every job of the sweep had run; its parent run {self.sweep_run.run_id} was ended "
             f"{'FAILED' if summary.failed else 'FINISHED'} with the summary"

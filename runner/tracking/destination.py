@@ -205,6 +205,12 @@ UI_ADDRESS = "http://127.0.0.1:5000"  # where ``mlflow ui`` serves by default
 UI_COMMAND = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --workers 1"
 
 
+def page_address(uri: str, page: str) -> str:
+    """The address of a UI page (``#/experiments/...``) of the store at ``uri``: on its server,
+    or on ``mlflow ui`` for a file store (started with ``where_to_look``'s command)."""
+    return f"{uri.rstrip('/') if is_server(uri) else UI_ADDRESS}/{page}"
+
+
 def where_to_look(uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
     """How to see runs of ``uri`` in the MLflow UI: the page of the run (or experiment) on a
     server, or for a file store the ``mlflow ui`` command and the page it then serves."""
