@@ -107,6 +107,8 @@ ENV_NAME_DIGITS = "BPRUN_NAME_DIGITS"  # significant digits of a float in a job'
 ENV_SWEPT_KEYS = "BPRUN_SWEPT_KEYS"  # the keys a job's sweep varies, comma-separated (its run's name shows them)
 ENV_SWEEP_SYNC_TARGET = "BPRUN_SYNC_TARGET"
 ENV_RESUME_PARENT = "BPRUN_RESUME_PARENT"  # bprun-resume: the parent run of the sweep to continue
+ENV_PRUNER = "BPRUN_PRUNER"  # an Optuna trial: its pruner, objective and number (runner.sweeps.pruning)
+TRIAL = "optuna.trial"  # an Optuna trial's run: its number in the study
 ENV_SUPERSEDES = "BPRUN_SUPERSEDES"  # a resumed job: the ids of its runs that did not finish, comma-separated
 ENV_REQUEUE_OF = "BPRUN_REQUEUE_OF"  # a requeued job: the run it had before (names.REQUEUE_OF)
 # MLflow's own: the store, and its http client's timeout and retries (read at every request).

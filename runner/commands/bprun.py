@@ -45,7 +45,9 @@ def main() -> None:
         )
         sys.exit(EXIT_INVALID)
     if parallel_workers_requested(arguments):
-        start_forkserver(WORKER_PRELOAD)
+        # Optuna's trials import Optuna for their pruner: once, in the server, for every worker.
+        optuna = ("optuna",) if any(argument.lstrip("+") == "hydra/sweeper=optuna" for argument in arguments) else ()
+        start_forkserver((*WORKER_PRELOAD, *optuna))
     interruption.test_point("startup")
     sys.exit(run(arguments))
 

@@ -81,6 +81,8 @@ def tracked_training(
         elif history.stop_reason == "interrupted":
             run.kill(history.message)
         else:
+            if history.stop_reason == "pruned":  # the UI shows it apart from runs finished in full
+                run.set_tags({names.DESCRIPTION: history.message})
             _save_model(run, training.network, training.dataset)
         artifact_bytes = sum(path.stat().st_size for path in run.artifacts.directory.rglob("*") if path.is_file())
     metrics = final_metrics(history, settings.trainer.loss)

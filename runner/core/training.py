@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import MLP, History, Observer, Optimizer, Schedule, make_optimizer, train
+from engine import MLP, EpochReport, History, Observer, Optimizer, Schedule, make_optimizer, train
 from runner import names
 from runner.core.datasets import Dataset, load_dataset
 from runner.core.schema import AdamConfig, ExperimentConfig, MomentumConfig
@@ -128,6 +128,21 @@ class Training:
             observers=list(observers),
             **self.arguments,
         )
+
+
+class StopAfter(Observer):
+    """Ends training after epoch ``epoch`` as ``(stop_reason, message)``: a stop decided outside
+    the run (a pruner's), replayed by a rerun."""
+
+    def __init__(self, epoch: int, stop_reason: str, message: str) -> None:
+        self.epoch, self.stop = epoch, (stop_reason, message)
+        self.last = -1
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        self.last = report.epoch
+
+    def stop_training(self) -> tuple[str, str] | None:
+        return self.stop if self.last >= self.epoch else None
 
 
 def run_pointer(run_id: str, uri: str, experiment_id: str) -> str:

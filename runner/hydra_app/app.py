@@ -8,6 +8,7 @@ folder). Composition is Hydra's, the work is the core's.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -34,8 +35,9 @@ from runner.hydra_app.progress import ProgressBar
 from runner.hydra_app.schemas import register_schemas
 from runner.process import interruption
 from runner.process.errors import CommandError, CommandExit, DiskFull, RunCrashed, out_of_space
-from runner.sweeps.context import JobReport, SweepRun
+from runner.sweeps.context import JobReport, SweepRun, decoded
 from runner.sweeps.naming import job_name
+from runner.sweeps.pruning import PrunerSpec, Pruning
 from runner.tracking.destination import Destination, where_to_look
 
 T = TypeVar("T")
@@ -75,7 +77,8 @@ def run_job(cfg: DictConfig) -> JobReport | None:
     logged_as = objective_name if objective_name in result.metrics else objective_name.replace("val_", "train_", 1)
     shown = f" {logged_as}={objective:.6g}" if objective is not None else ""
     where = f" (run {result.run_id})" if result.run_id else ""
-    print(f"{job.label}: FINISHED{shown} after {result.history.epochs_run} epochs, {seconds:.1f} s{where}", flush=True)
+    status = "PRUNED" if result.history.stop_reason == "pruned" else "FINISHED"
+    print(f"{job.label}: {status}{shown} after {result.history.epochs_run} epochs, {seconds:.1f} s{where}", flush=True)
     loss = str(cfg.trainer.loss)
     histories = {}
     for key, values in result.history.metrics.items():  # the engine's names, as the run logged them
@@ -178,9 +181,21 @@ def _run(cfg: DictConfig, state: HydraConf, job: JobLabel) -> RunResult:
         observers.append(_CrashAt(int(os.environ[names.ENV_CRASH_AT_EPOCH])))
     if os.environ.get(names.ENV_PAUSE_AT_EPOCH):
         observers.append(_PauseAt(int(os.environ[names.ENV_PAUSE_AT_EPOCH]), Path(os.environ[names.ENV_PAUSE_FOLDER])))
+    pruner = state.job.env_set.get(names.ENV_PRUNER)
+    if pruner and sweep is not None:  # an Optuna trial whose pruner may stop it
+        spec = PrunerSpec.from_environment(decoded(str(pruner)))
+        observers.append(_pruning(sweep, spec, settings.trainer.loss))
+        launch = dataclasses.replace(launch, tags={**launch.tags, names.TRIAL: str(spec.trial)})
     if sys.stderr.isatty() and not job.in_sweep:  # a person watching one run, not a log or a sweep
         observers.append(ProgressBar(settings.trainer.epochs, settings.trainer.loss))
     return run_training(settings, target, parent=parent, launch=launch, observers=observers)
+
+
+def _pruning(sweep: SweepRun, spec: PrunerSpec, loss: str) -> Pruning:
+    """A trial's pruner, with what the store holds of the sweep's other trials."""
+    from runner.sweeps.parent import other_trials  # (lazy: MLflow, in a tracked trial's process)
+
+    return Pruning(spec, loss, other_trials(sweep, spec.objective))
 
 
 def summary(result: RunResult, in_sweep: bool) -> str:

@@ -52,11 +52,12 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from threadpoolctl import threadpool_limits
 
+from engine import Observer
 from runner import names
 from runner.core.datasets import DataError, Dataset
 from runner.core.run import Launch, TrainingFailed, run_training
 from runner.core.schema import ExperimentConfig
-from runner.core.training import load_data
+from runner.core.training import StopAfter, load_data
 from runner.core.validation import ConfigError, clean_value, settings_yaml, validate
 from runner.process import interruption
 from runner.process.errors import EXIT_FAILED, CommandError, InvalidInput
@@ -505,7 +506,8 @@ def rerun_run(
                 f"run {run_id} has no metric history to compare a rerun with (it ended before its first "
                 "epoch was logged); nothing was rerun"
             )
-        rerun_id, metrics = _train(settings, client.tracking_uri, run_id, overrides, dataset)
+        observers = _replayed_stop(original.data.tags)
+        rerun_id, metrics = _train(settings, client.tracking_uri, run_id, overrides, dataset, observers)
         try:
             rerun_artifacts = RunArtifacts(client, rerun_id, Path(scratch))
             after = _record(client, client.get_run(rerun_id), rerun_artifacts, with_weights)
@@ -580,8 +582,21 @@ def _checked_data(
     )
 
 
+def _replayed_stop(tags: dict[str, str]) -> list[Observer]:
+    """What decided outside the run where it stopped, done again: a trial its pruner stopped
+    stops after the same epoch (its pruner read other runs, which a rerun does not have)."""
+    if tags.get(names.STOP_REASON) != "pruned" or not tags.get(names.EPOCHS_RUN, "").isdigit():
+        return []
+    return [StopAfter(int(tags[names.EPOCHS_RUN]) - 1, "pruned", tags.get(names.DESCRIPTION, "pruned"))]
+
+
 def _train(
-    settings: ExperimentConfig, uri: str, run_id: str, overrides: Sequence[str], dataset: Dataset
+    settings: ExperimentConfig,
+    uri: str,
+    run_id: str,
+    overrides: Sequence[str],
+    dataset: Dataset,
+    observers: Sequence[Observer] = (),
 ) -> tuple[str, dict[str, float]]:
     """Train the rerun as a run of its own in the original's store, never a child of a sweep;
     returns its run id and final metrics (none when it diverged)."""
@@ -590,7 +605,7 @@ def _train(
         extra_tags[names.RERUN_OVERRIDES] = json.dumps(list(overrides))
     launch = Launch(overrides=tuple(overrides), start_dir=os.getcwd(), tags=extra_tags)
     try:
-        result = run_training(settings, Destination(uri), launch=launch, dataset=dataset)
+        result = run_training(settings, Destination(uri), launch=launch, dataset=dataset, observers=observers)
         rerun_id, metrics = result.run_id, result.metrics
     except TrainingFailed as failure:  # diverged, like the original may have: compare its FAILED run
         rerun_id, metrics = failure.run_id, {}

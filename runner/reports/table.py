@@ -29,6 +29,10 @@ DEFAULT_METRIC = names.DEFAULT_RANKING_METRIC
 # Every table has final_/best_ columns for these, whether or not any run logged them.
 SUMMARY_METRICS = ("train_mse", "val_mse")
 UNSUCCESSFUL = ("FAILED", "KILLED")
+# A run a pruner stopped early (stop_reason=pruned): FINISHED in MLflow, shown apart and not ranked
+# with the runs that trained in full, whose final values it cannot be compared with.
+PRUNED = "PRUNED"
+UNRANKED = (*UNSUCCESSFUL, PRUNED)
 # Whole-experiment reports show the params that differ between runs, except where a run was
 # tracked and a restatement of model.hidden plus the data set's shape.
 IGNORED_PARAM_PREFIXES = ("tracking.",)
@@ -116,7 +120,7 @@ def runs_table(
     columns: dict[str, Any] = {
         "run_id": [run.info.run_id for run in runs] + [""] * len(unrecorded),
         "run_name": [run.info.run_name for run in runs] + [" ".join(overrides) for overrides, _ in unrecorded],
-        "status": [run.info.status for run in runs] + ["FAILED"] * len(unrecorded),
+        "status": [_status(run) for run in runs] + ["FAILED"] * len(unrecorded),
     }
     for key, raw in swept.items():
         columns[key] = _parse_values([*raw, *missing] if swept_keys is None else raw)
@@ -280,12 +284,17 @@ def uses_fallback(table: pd.DataFrame, metric: str) -> bool:
     return bool((_final_values(table, metric).isna() & _final_values(table, fallback).notna()).any())
 
 
+def _status(run: Any) -> str:
+    """The run's status as the tables show it: MLflow's, or PRUNED for a run a pruner stopped."""
+    return PRUNED if run.data.tags.get(names.STOP_REASON) == "pruned" else str(run.info.status)
+
+
 def rank_runs(table: pd.DataFrame, metric: str = DEFAULT_METRIC, top_k: int | None = None) -> pd.DataFrame:
     """The rows best first by the final ``metric`` (lowest, or highest for accuracies); failed and
     killed runs and runs without a value come last. Ties keep their order. ``top_k`` keeps only
     the first rows."""
     values = ranking_values(table, metric).to_numpy(dtype=float)
-    last = np.isnan(values) | table["status"].isin(UNSUCCESSFUL).to_numpy()
+    last = np.isnan(values) | table["status"].isin(UNRANKED).to_numpy()
     order_value = np.where(last, 0.0, -values if higher_is_better(metric) else values)
     order = np.lexsort((order_value, last))  # the last key sorts first; lexsort is stable
     ranked = table.iloc[order].reset_index(drop=True)
@@ -370,7 +379,7 @@ def format_table(table: pd.DataFrame, metric: str = DEFAULT_METRIC, top_k: int |
     columns = _present_columns(ranked, metric, compact=True)
     header = ["#", *columns]
     # Runs without the metric (or failed) are listed after the ranked ones, without a rank.
-    unranked = (ranking_values(ranked, metric).isna() | ranked["status"].isin(UNSUCCESSFUL)).to_numpy()
+    unranked = (ranking_values(ranked, metric).isna() | ranked["status"].isin(UNRANKED)).to_numpy()
     rows = [
         ["-" if unranked[index] else str(index + 1), *cells]
         for index, cells in enumerate(_display_table(ranked, columns))

@@ -95,6 +95,15 @@ class JobReport:
     objective_per_epoch: tuple[float, ...] = ()
 
 
+def encoded(text: str) -> str:
+    """A value for a job's ``hydra.job.env_set``, as an override carries it (``decoded`` reads it)."""
+    return _encode(text)
+
+
+def decoded(text: str) -> str:
+    return _decode(text)
+
+
 def _encode(text: str) -> str:
     return "".join(_ENCODED.get(character, character) for character in text)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from hydra.core.utils import JobReturn
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from runner import names
 from runner.core.validation import clean_value
 from runner.sweeps import hydra_name
 from runner.sweeps.launching import refuse_setting
@@ -43,7 +44,7 @@ class GridSweeperConf:
 
     _target_: str = hydra_name("GridSweeper")
     max_batch_size: int | None = None  # launch the grid in batches of at most this many jobs (None: all at once)
-    params: dict[str, str] = field(default_factory=dict)  # more swept keys: key: a,b,c
+    params: Any = None  # more swept keys, {key: a,b,c} (Any: a dict given on the command line replaces it whole)
 
 
 class GridSweeper(TrackedSweeper):
@@ -90,7 +91,7 @@ class GridJobs:
         self, sweeper: TrackedSweeper, jobs: list[list[str]], batch_size: int, resumed: SweepState | None = None
     ) -> None:
         self.sweeper, self.batch_size = sweeper, batch_size
-        self._supersedes: dict[int, tuple[str, ...]] = {}
+        self._supersedes: dict[int, list[str]] = {}
         if resumed is not None:  # a resumed sweep runs the jobs that did not finish, once each
             for job in jobs:
                 if tuple(job) in resumed.finished:
@@ -99,7 +100,7 @@ class GridJobs:
                 remaining := [job for job in jobs if tuple(job) not in resumed.finished]
             )
             jobs = remaining
-            self._supersedes = {index: tuple(resumed.unfinished.get(tuple(job), ())) for index, job in enumerate(jobs)}
+            self._supersedes = {index: resumed.unfinished.get(tuple(job), []) for index, job in enumerate(jobs)}
         self.jobs = jobs
         self._composed = [sweeper.compose(job) for job in jobs[:batch_size]]
         self._next = 0
@@ -110,7 +111,9 @@ class GridJobs:
         index = self._next
         self._next += 1
         config = self._composed[index] if index < len(self._composed) else self.sweeper.compose(self.jobs[index])
-        return PlannedJob(self.jobs[index], config, index, self._supersedes.get(index, ()))
+        supersedes = self._supersedes.get(index)
+        environment = {names.ENV_SUPERSEDES: ",".join(supersedes)} if supersedes else {}
+        return PlannedJob(self.jobs[index], config, index, environment)
 
     def record(self, tag: Any, result: JobReturn) -> None:
         pass  # a grid plans its jobs whatever their results

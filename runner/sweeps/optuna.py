@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +29,13 @@ from hydra.core.override_parser.types import IntervalSweep, Override, Transforme
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
+from runner import names
 from runner.core.validation import clean_value
 from runner.process.errors import CommandExit
 from runner.sweeps import hydra_name
 from runner.sweeps.context import JobReport
 from runner.sweeps.launching import SettingRefused, refuse_setting
+from runner.sweeps.pruning import PrunerSpec, check_pruner, make_pruner
 from runner.sweeps.resuming import check_unchanged, resume_state
 from runner.sweeps.sweeper import PlannedJob, TrackedSweeper
 
@@ -85,7 +87,11 @@ class OptunaSweeperConf:
     seed: int = 0  # TPE's seed: the same sweep proposes the same trials
     direction: str = "minimize"
     objective: str = "val_mse"  # final metric each job returns; val_* falls back to train_* without a validation split
-    params: dict[str, str] = field(default_factory=dict)
+    params: Any = None  # more search spaces, {key: space} (Any: a dict given on the command line replaces it whole)
+    # Stops a trial at the first epoch the pruner says it will not win: none, median, percentile,
+    # successive_halving, hyperband; its options (named as in Optuna) in pruner_args.
+    pruner: str = "none"
+    pruner_args: Any = None
 
 
 # Significant digits of a sampled value in a job's run name (lr0.727, not lr0.726685588222449);
@@ -102,7 +108,7 @@ class Trials:
         self.batch_size = sweeper.n_jobs
         self.asked = 0
         self._overrides: dict[int, list[str]] = {}  # trial number -> its job's overrides
-        self._supersedes: dict[tuple[str, ...], tuple[str, ...]] = {}  # a trial run again: its earlier runs
+        self._supersedes: dict[tuple[str, ...], list[str]] = {}  # a trial run again: its earlier runs
 
     def resume(self, resumed: SweepState) -> None:
         """Rebuild the study from a stopped sweep's store: each finished trial told once, with its
@@ -128,7 +134,7 @@ class Trials:
         for overrides, run_ids in resumed.unfinished.items():
             if tuple(overrides) not in resumed.finished:
                 self.study.enqueue_trial(self._params(overrides))
-                self._supersedes[tuple(overrides)] = tuple(run_ids)
+                self._supersedes[tuple(overrides)] = run_ids
 
     def _params(self, overrides: Sequence[str]) -> dict[str, Any]:
         """The values of the search space's keys in a trial's overrides."""
@@ -147,17 +153,28 @@ class Trials:
         # Values as the job will train and log them (15 significant digits, see clean_value).
         overrides = [*self.fixed, *(f"{key}={clean_value(value)}" for key, value in trial.params.items())]
         self._overrides[trial.number] = overrides
-        supersedes = self._supersedes.pop(tuple(overrides), ())
-        return PlannedJob(overrides, self.sweeper.compose(overrides), trial, supersedes)
+        environment = {}
+        if supersedes := self._supersedes.pop(tuple(overrides), None):
+            environment[names.ENV_SUPERSEDES] = ",".join(supersedes)
+        if self.sweeper.pruner != "none":
+            environment[names.ENV_PRUNER] = self.sweeper.pruner_spec(trial.number).to_environment()
+        return PlannedJob(overrides, self.sweeper.compose(overrides), trial, environment)
 
     def record(self, trial: Any, result: JobReturn) -> None:
         import optuna  # (lazy: imported by the sweep already)
 
         report = result.return_value if result.status == JobStatus.COMPLETED else None
-        value = report.objective if isinstance(report, JobReport) else None
-        if value is not None and value == value:  # a number, not NaN
-            self.study.tell(trial, float(value))
-        else:  # the job failed (it returned no objective, or raised)
+        if not isinstance(report, JobReport):  # the job failed
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return
+        for epoch, value in enumerate(report.objective_per_epoch):  # what the sampler and pruner learn from
+            if value == value:
+                trial.report(value, epoch)
+        if report.stop_reason == "pruned":
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif report.objective is not None and report.objective == report.objective:  # a number, not NaN
+            self.study.tell(trial, float(report.objective))
+        else:  # a run without its objective
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
     def overrides_of(self, trial: Any) -> list[str]:
@@ -189,6 +206,8 @@ class OptunaSweeper(TrackedSweeper):
         direction: str = "minimize",
         objective: str = "val_mse",
         params: dict[str, str] | None = None,
+        pruner: str = "none",
+        pruner_args: Any = None,
     ) -> None:
         for key, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
             if value < 1:
@@ -198,6 +217,14 @@ class OptunaSweeper(TrackedSweeper):
         self.n_trials, self.n_jobs, self.seed, self.direction = n_trials, n_jobs, seed, direction
         self.objective = objective
         self.params = dict(params or {})
+        self.pruner, self.pruner_args = pruner, dict(pruner_args or {})
+
+    def pruner_spec(self, trial: int) -> PrunerSpec:
+        """What trial ``trial`` needs to ask the pruner. The sweep's folder names the study: the
+        same for every trial, and for the trials of a resumed sweep (Hyperband puts trials into
+        brackets by the study's name and their number)."""
+        study = str(self.config.hydra.sweep.dir)
+        return PrunerSpec(self.pruner, self.pruner_args, self.objective, self.direction, study, trial)
 
     def _search_space(self, arguments: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
         parser = OverridesParser.create()
@@ -242,14 +269,25 @@ class OptunaSweeper(TrackedSweeper):
     def sweep(self, arguments: list[str]) -> None:
         import optuna  # (lazy: seconds of imports, for Optuna sweeps only)
 
+        check_pruner(self.pruner, self.pruner_args)
+        if self.pruner != "none" and not self.config.tracking.enabled:
+            refuse_setting(
+                "hydra.sweeper.pruner",
+                self.pruner,
+                "a pruner reads the trials' epochs from the store: it needs a tracked sweep, not tracking=none",
+            )
         space, fixed = self._search_space(arguments)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(direction=self.direction, sampler=optuna.samplers.TPESampler(seed=self.seed))
+        study = optuna.create_study(
+            direction=self.direction,
+            sampler=optuna.samplers.TPESampler(seed=self.seed),
+            pruner=make_pruner(self.pruner, self.pruner_args),
+        )
         log.info(
-            "Optuna: %d trials, %d at a time, TPE seed %d, %s %s over %s",
+            "Optuna: %d trials, TPE seed %d, pruner %s, %s %s over %s",
             self.n_trials,
-            self.n_jobs,
             self.seed,
+            self.pruner,
             self.direction,
             self.objective,
             ", ".join(space),

@@ -28,6 +28,7 @@ from runner.reports.table import by_dataset, format_table, runs_table
 from runner.sweeps.context import SweepRun
 from runner.sweeps.naming import parent_name
 from runner.sweeps.progress import Best
+from runner.sweeps.pruning import OtherTrial
 from runner.tracking.compat import write_sweep_view
 from runner.tracking.destination import Destination, TrackingLost, check_store, http_settings, page_address
 from runner.tracking.liveness import process_tags
@@ -277,6 +278,24 @@ def load_sweep_state(sweep: SweepRun, objective: str) -> SweepState:
                 run.data.tags.get(names.STOP_REASON, ""),
             )
     return SweepState(finished, unfinished)
+
+
+def other_trials(sweep: SweepRun, objective: str) -> list[OtherTrial]:
+    """The sweep's Optuna trials that ended (finished or pruned), each with its objective after
+    every epoch, for a trial's pruner (``runner.sweeps.pruning``)."""
+    from runner.tracking.history import metric_history  # (lazy: see the module docstring)
+
+    with reaching_server(sweep):
+        client = sweep_client(sweep)
+        trials = []
+        for run in sweep_jobs(client, sweep.run_id):
+            number = run.data.tags.get(names.TRIAL)
+            if run.info.status != "FINISHED" or number is None or not number.isdigit():
+                continue
+            logged = objective if objective in run.data.metrics else objective.replace("val_", "train_", 1)
+            values = tuple(float(value) for value in metric_history(client, run.info.run_id, logged).values)
+            trials.append(OtherTrial(int(number), run.data.tags.get(names.STOP_REASON) == "pruned", values))
+    return trials
 
 
 def reopen_parent(sweep: SweepRun) -> None:

@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from hydra.core.plugins import Plugins
@@ -37,7 +37,7 @@ from runner.core.validation import ConfigError, validate
 from runner.process import interruption
 from runner.process.errors import CommandError, CommandExit, RunError
 from runner.sweeps.cluster_job import JobsElsewhere
-from runner.sweeps.context import SweepRun
+from runner.sweeps.context import SweepRun, encoded
 from runner.sweeps.launching import BatchStream, JobStream, SweepLauncher, sweep_launcher, wait_for_jobs
 from runner.sweeps.overrides import swept_values
 from runner.sweeps.progress import SweepProgress
@@ -62,7 +62,9 @@ class PlannedJob:
     overrides: list[str]
     config: DictConfig
     tag: Any
-    supersedes: tuple[str, ...] = ()  # a resumed sweep's earlier runs of this job, which did not finish
+    environment: dict[str, str] = field(
+        default_factory=dict
+    )  # variables of its own: a trial's pruner, the runs it supersedes
 
 
 class JobSource(Protocol):
@@ -330,8 +332,7 @@ class TrackedSweeper(SweepLifetime):
             environment = self.sweep_run.job_environment()
             self._started += 1
             environment[names.ENV_JOB_POSITION] = str(self.progress.done_before + self._started)
-            if planned.supersedes:
-                environment[names.ENV_SUPERSEDES] = ",".join(planned.supersedes)
+            environment.update({name: encoded(value) for name, value in planned.environment.items()})
             extra = [f"++hydra.job.env_set.{name}='{value}'" for name, value in environment.items()]
             overrides += extra
             add_job_environment(planned.config, environment, extra)
