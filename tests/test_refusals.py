@@ -44,6 +44,22 @@ REFUSALS = [
         (*OPTUNA, "optimizer.lr=interval(0.1,1)", "hydra.sweeper.n_trials=0"),
         "hydra.sweeper.n_trials=0 is not allowed: it must be an integer >= 1",
     ),
+    (
+        "an unknown pruner",
+        (*OPTUNA, "optimizer.lr=interval(0.1,1)", "hydra.sweeper.pruner=medain"),
+        "hydra.sweeper.pruner='medain' is not allowed: choose one of none, median, percentile, successive_halving, "
+        "hyperband",
+    ),
+    (
+        "an option the pruner does not take",
+        (
+            *OPTUNA,
+            "optimizer.lr=interval(0.1,1)",
+            "hydra.sweeper.pruner=median",
+            "+hydra.sweeper.pruner_args={warmup:3}",
+        ),
+        "hydra.sweeper.pruner_args.warmup is not allowed: the median pruner takes n_startup_trials, n_warmup_steps",
+    ),
     ("no workers", ("-m", "hydra.launcher.n_jobs=0", "seed=0,1"), "hydra.launcher.n_jobs=0 is not allowed"),
     ("negative workers", ("-m", "hydra.launcher.n_jobs=-1", "seed=0,1"), "hydra.launcher.n_jobs=-1 is not allowed"),
     ("a hidden size of 0", ("model.hidden=[0]",), "model.hidden=[0] is not allowed"),

@@ -665,3 +665,42 @@ def test_a_cluster_launcher_without_its_extra_names_the_extra_to_install(monkeyp
     assert missing_extra("hydra/launcher", "submitit_slurm") == "slurm"
     assert missing_extra("hydra/launcher", "submitit_local") == "slurm"
     assert missing_extra("hydra/launcher", "local") is None
+
+
+def test_whole_batches_plan_the_next_batch_once_this_one_has_ended() -> None:
+    """``WholeBatches`` on a stream of 2 slots: a batch of 3 waits for a slot for its third job,
+    and nothing of the next batch is planned until every job of this one has ended."""
+    from hydra.core.utils import JobReturn
+
+    from runner.sweeps.launching import WholeBatches
+
+    class TwoSlots:
+        def __init__(self) -> None:
+            self.running: list[int] = []
+            self.started: list[int] = []
+
+        def capacity(self) -> int:
+            return 2
+
+        def start(self, job: Any, number: int) -> None:
+            assert len(self.running) < 2
+            self.running.append(number)
+            self.started.append(number)
+
+        def next_result(self, timeout: float) -> tuple[int, JobReturn] | None:
+            return (self.running.pop(0), JobReturn()) if self.running else None
+
+        def stop(self) -> None:
+            self.running.clear()
+
+    slots = TwoSlots()
+    batches = WholeBatches(slots, 3)
+    job: Any = ([], None)
+    assert batches.capacity() == 3
+    for number in range(3):
+        batches.start(job, number)
+    assert slots.started == [0, 1]  # the third waits for a free slot
+    assert batches.next_result(0)[0] == 0 and slots.started == [0, 1, 2]
+    assert batches.capacity() == 0  # the batch is ending: plan nothing
+    assert batches.next_result(0)[0] == 1 and batches.capacity() == 0
+    assert batches.next_result(0)[0] == 2 and batches.capacity() == 3  # all ended: the next batch

@@ -94,6 +94,7 @@ def run_job(cfg: DictConfig) -> JobReport | None:
         result.history.epochs_run,
         seconds,
         tuple(per_epoch),
+        logged_as,
     )
 
 

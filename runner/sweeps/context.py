@@ -83,7 +83,8 @@ class SweepRun:
 class JobReport:
     """What a sweep's job returns to its sweeper (Hydra's ``JobReturn.return_value``): the
     objective an optimizing sweeper minimizes or maximizes (None when the run has no value of
-    it), the objective after every epoch (for a pruner), and the run."""
+    it) and the metric that gave it (``train_mse`` for ``val_mse`` without a validation split),
+    the objective after every epoch (for a pruner), and the run."""
 
     objective: float | None
     run_id: str | None
@@ -93,6 +94,7 @@ class JobReport:
     epochs_run: int
     seconds: float
     objective_per_epoch: tuple[float, ...] = ()
+    objective_name: str = names.DEFAULT_RANKING_METRIC
 
 
 def encoded(text: str) -> str:

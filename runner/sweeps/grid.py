@@ -87,6 +87,8 @@ class GridJobs:
     at once: a sweep with a value that does not compose or validate fails before its parent run
     exists."""
 
+    whole_batches = False  # a grid plans nothing from results: each job starts as a slot frees
+
     def __init__(
         self, sweeper: TrackedSweeper, jobs: list[list[str]], batch_size: int, resumed: SweepState | None = None
     ) -> None:

@@ -121,6 +121,42 @@ class BatchStream:
         self._queued.clear()  # a batch stops as its launcher stops it, inside launch_composed
 
 
+class WholeBatches:
+    """A ``JobStream`` on which jobs are planned in whole batches of ``batch_size``: the next batch
+    is planned once every job of this one has ended, so a sampler proposes the same trials
+    whatever order jobs end in. A batch larger than the launcher's slots waits for free ones."""
+
+    def __init__(self, stream: JobStream, batch_size: int) -> None:
+        self.stream, self.batch_size = stream, batch_size
+        self._waiting: list[tuple[ComposedJob, int]] = []  # planned, waiting for a free slot
+        self._running = 0  # started on ``stream``
+        self._ending = False  # a job of this batch has ended: plan none until all have
+
+    def capacity(self) -> int:
+        return 0 if self._ending else self.batch_size
+
+    def start(self, job: ComposedJob, number: int) -> None:
+        self._waiting.append((job, number))
+        self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        while self._waiting and self._running < self.stream.capacity():
+            self.stream.start(*self._waiting.pop(0))
+            self._running += 1
+
+    def next_result(self, timeout: float) -> tuple[int, JobReturn] | None:
+        done = self.stream.next_result(timeout)
+        if done is not None:
+            self._running -= 1
+            self._start_waiting()
+            self._ending = bool(self._running or self._waiting)
+        return done
+
+    def stop(self) -> None:
+        self._waiting.clear()
+        self.stream.stop()
+
+
 def run_all(stream: JobStream, jobs: Sequence[ComposedJob], initial_job_idx: int) -> list[JobReturn]:
     """Every job through ``stream``, a new one started as a slot frees; results in job order.
     A recorded Ctrl-C or SIGTERM stops the running jobs and raises ``Interrupted``."""

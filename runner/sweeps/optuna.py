@@ -7,8 +7,10 @@ small part of it that matters here, on Optuna 4's ask-and-tell API: TPE (seeded)
 - ``interval(a,b)`` (float), ``int(interval(a,b))`` (integer), either with ``tag(log, ...)``;
 - ``choice(a,b,c)``, ``a,b,c`` and ``range(a,b[,step])`` (categorical),
 
-given on the command line or in ``hydra.sweeper.params``. Trials run through Hydra's launcher in
-batches of ``n_jobs`` (in parallel with ``hydra.launcher.n_jobs``). Each job returns its
+given on the command line or in ``hydra.sweeper.params``. A trial is proposed as soon as the
+launcher has a free worker (``hydra.launcher.n_jobs``), the sampler having seen every result told
+so far; with ``asynchronous=false``, or on a launcher that only runs batches, trials are proposed
+in batches of ``n_jobs``, the next batch once this one has ended. Each job returns its
 objective (the final ``hydra.sweeper.objective`` metric, ``val_mse`` by default, ``train_mse``
 without a validation split); a job that fails returns none and its trial is told FAIL. The best
 trial goes to the console, to ``optimization_results.yaml`` in the sweep folder, and to the tags
@@ -83,7 +85,10 @@ class OptunaSweeperConf:
 
     _target_: str = hydra_name("OptunaSweeper")
     n_trials: int = 20
-    n_jobs: int = 1  # trials launched together; with hydra.launcher.n_jobs they run in parallel
+    n_jobs: int = 1  # trials launched together on a launcher that only runs batches, or when not asynchronous
+    # true: a trial is proposed as soon as a worker is free; false: in batches of n_jobs, the next
+    # batch once this one has ended, so the same sweep proposes the same trials in every run
+    asynchronous: bool = True
     seed: int = 0  # TPE's seed: the same sweep proposes the same trials
     direction: str = "minimize"
     objective: str = "val_mse"  # final metric each job returns; val_* falls back to train_* without a validation split
@@ -106,7 +111,10 @@ class Trials:
     def __init__(self, sweeper: OptunaSweeper, study: Any, space: dict[str, Any], fixed: list[str]) -> None:
         self.sweeper, self.study, self.space, self.fixed = sweeper, study, space, fixed
         self.batch_size = sweeper.n_jobs
+        self.whole_batches = not sweeper.asynchronous
         self.asked = 0
+        self.told = 0
+        self._batch_start = 0  # the first trial of the batch being planned (whole batches)
         self._overrides: dict[int, list[str]] = {}  # trial number -> its job's overrides
         self._supersedes: dict[tuple[str, ...], list[str]] = {}  # a trial run again: its earlier runs
 
@@ -129,7 +137,7 @@ class Trials:
                     state=optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE,
                 )
             )
-        self.asked = len(resumed.finished)
+        self.asked = self.told = len(resumed.finished)
         self.sweeper.progress.done = self.asked
         for overrides, run_ids in resumed.unfinished.items():
             if tuple(overrides) not in resumed.finished:
@@ -148,6 +156,8 @@ class Trials:
     def next_job(self) -> PlannedJob | None:
         if self.asked >= self.sweeper.n_trials:
             return None
+        if self.asked == self.told:  # none running: a new batch
+            self._batch_start = len(self.study.trials)
         trial = self.study.ask(self.space)
         self.asked += 1
         # Values as the job will train and log them (15 significant digits, see clean_value).
@@ -157,12 +167,16 @@ class Trials:
         if supersedes := self._supersedes.pop(tuple(overrides), None):
             environment[names.ENV_SUPERSEDES] = ",".join(supersedes)
         if self.sweeper.pruner != "none":
-            environment[names.ENV_PRUNER] = self.sweeper.pruner_spec(trial.number).to_environment()
+            # A trial of whole batches prunes against the batches before its own only: what it
+            # sees is then the same in every run of the sweep.
+            seen_before = self._batch_start if self.whole_batches else trial.number
+            environment[names.ENV_PRUNER] = self.sweeper.pruner_spec(trial.number, seen_before).to_environment()
         return PlannedJob(overrides, self.sweeper.compose(overrides), trial, environment)
 
     def record(self, trial: Any, result: JobReturn) -> None:
         import optuna  # (lazy: imported by the sweep already)
 
+        self.told += 1
         report = result.return_value if result.status == JobStatus.COMPLETED else None
         if not isinstance(report, JobReport):  # the job failed
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -202,6 +216,7 @@ class OptunaSweeper(TrackedSweeper):
         self,
         n_trials: int = 20,
         n_jobs: int = 1,
+        asynchronous: bool = True,
         seed: int = 0,
         direction: str = "minimize",
         objective: str = "val_mse",
@@ -215,16 +230,17 @@ class OptunaSweeper(TrackedSweeper):
         if direction not in ("minimize", "maximize"):
             refuse_setting("hydra.sweeper.direction", direction, "choose minimize or maximize")
         self.n_trials, self.n_jobs, self.seed, self.direction = n_trials, n_jobs, seed, direction
-        self.objective = objective
+        self.asynchronous, self.objective = asynchronous, objective
         self.params = dict(params or {})
         self.pruner, self.pruner_args = pruner, dict(pruner_args or {})
 
-    def pruner_spec(self, trial: int) -> PrunerSpec:
-        """What trial ``trial`` needs to ask the pruner. The sweep's folder names the study: the
-        same for every trial, and for the trials of a resumed sweep (Hyperband puts trials into
-        brackets by the study's name and their number)."""
+    def pruner_spec(self, trial: int, seen_before: int) -> PrunerSpec:
+        """What trial ``trial`` needs to ask the pruner, comparing it with the trials numbered
+        below ``seen_before``. The sweep's folder names the study: the same for every trial, and
+        for the trials of a resumed sweep (Hyperband puts trials into brackets by the study's
+        name and their number)."""
         study = str(self.config.hydra.sweep.dir)
-        return PrunerSpec(self.pruner, self.pruner_args, self.objective, self.direction, study, trial)
+        return PrunerSpec(self.pruner, self.pruner_args, self.objective, self.direction, study, trial, seen_before)
 
     def _search_space(self, arguments: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
         parser = OverridesParser.create()

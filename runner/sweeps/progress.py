@@ -16,6 +16,7 @@ PROGRESS_SECONDS = 5.0
 @dataclass
 class Best:
     value: float
+    metric: str  # the objective as the job logged it (train_mse for val_mse without a validation split)
     run_name: str
     run_id: str | None
 
@@ -56,14 +57,14 @@ class SweepProgress:
             value < self.best.value if self.direction == "minimize" else value > self.best.value
         )
         if better:
-            self.best = Best(value, report.run_name, report.run_id)
+            self.best = Best(value, report.objective_name, report.run_name, report.run_id)
         return better
 
     def line(self, running: int) -> str:
         total = f"/{self.size}" if self.size else ""
         text = f"sweep: {self.done}{total} done ({self.failed} failed, {self.pruned} pruned), {running} running"
         if self.best is not None:
-            text += f"; best {self.objective}={self.best.value:.6g} ({self.best.run_name})"
+            text += f"; best {self.best.metric}={self.best.value:.6g} ({self.best.run_name})"
         left = self.seconds_left()
         if left is not None:
             text += f"; about {_duration(left)} left"

@@ -44,6 +44,7 @@ class PrunerSpec:
     direction: str = "minimize"
     study: str = ""
     trial: int = 0
+    seen_before: int = 0  # the other trials it compares with are those numbered below this
 
     def to_environment(self) -> str:
         return json.dumps(asdict(self))
@@ -117,7 +118,7 @@ class Pruning(Observer):
         )
         known = {other.number: other for other in others}
         for number in range(spec.trial):  # the same numbers as the sweeper's study: brackets follow them
-            other = known.get(number)
+            other = known.get(number) if number < spec.seen_before else None
             self.study.add_trial(_as_finished_trial(optuna, other))
         self.trial = self.study.ask()
         self._decision: tuple[str, str] | None = None

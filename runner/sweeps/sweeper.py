@@ -38,7 +38,14 @@ from runner.process import interruption
 from runner.process.errors import CommandError, CommandExit, RunError
 from runner.sweeps.cluster_job import JobsElsewhere
 from runner.sweeps.context import SweepRun, encoded
-from runner.sweeps.launching import BatchStream, JobStream, SweepLauncher, sweep_launcher, wait_for_jobs
+from runner.sweeps.launching import (
+    BatchStream,
+    JobStream,
+    SweepLauncher,
+    WholeBatches,
+    sweep_launcher,
+    wait_for_jobs,
+)
 from runner.sweeps.overrides import swept_values
 from runner.sweeps.progress import SweepProgress
 from runner.tracking.destination import Destination, TrackingLost, where_to_look
@@ -71,6 +78,7 @@ class JobSource(Protocol):
     """What a sweeper plans, job by job, and what it learns from each job's result."""
 
     batch_size: int  # jobs launched together on a launcher that only runs batches
+    whole_batches: bool  # plan jobs in whole batches of batch_size on every launcher
 
     def next_job(self) -> PlannedJob | None:
         """The job to start now, or None when there is none to start now."""
@@ -274,7 +282,7 @@ class TrackedSweeper(SweepLifetime):
         ``source`` as its job ends, the parent run created before the first job starts."""
         from runner.sweeps.parent import log_best  # (lazy: MLflow, where the parent exists)
 
-        stream = self._stream(source.batch_size)
+        stream = self._stream(source)
         running: dict[int, Any] = {}  # a running job's number -> its tag in ``source``
         progress = self.progress
         progress.size = self.planned_jobs
@@ -301,10 +309,12 @@ class TrackedSweeper(SweepLifetime):
         wait_for_jobs(step, stream.stop)
         interruption.check()
 
-    def _stream(self, batch_size: int) -> JobStream:
-        """The launcher as a stream of jobs; one that only runs batches says so once."""
+    def _stream(self, source: JobSource) -> JobStream:
+        """The launcher as a stream of jobs, planned in whole batches when ``source`` asks for
+        them; a launcher that only runs batches says so once."""
+        batch_size = source.batch_size
         if isinstance(self.job_launcher, JobStream):
-            return self.job_launcher
+            return WholeBatches(self.job_launcher, batch_size) if source.whole_batches else self.job_launcher
         option = self.config.hydra.runtime.choices.get("hydra/launcher")
         print(
             f"bprun: hydra/launcher={option} runs jobs in batches of {batch_size}: a job starts when the batch "
