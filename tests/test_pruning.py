@@ -6,6 +6,9 @@ A sweep of 8 trials with the median pruner, planned in whole batches of 2 on 2 w
 job line, the summary and ``bprun-report``; a batch starts once the one before it has ended; the
 same sweep run again proposes the same trials and prunes them at the same epochs; ``bprun-rerun``
 of a pruned run is identical, pruning point included.
+
+A trial's pruner, given the other trials as the store holds them, prunes a trial that falls
+behind them and keeps one that leads, for every pruner bprun offers.
 """
 
 from __future__ import annotations
@@ -15,8 +18,6 @@ from typing import Any
 
 import pytest
 from support import cli, history
-
-pytestmark = pytest.mark.slow
 
 EPOCHS = 300
 SWEEP = (
@@ -51,6 +52,7 @@ def pruned_sweep(make_store, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     return store, result
 
 
+@pytest.mark.slow
 def test_pruned_trials_end_at_their_epoch_with_their_metrics(pruned_sweep: tuple[Any, Any]) -> None:
     store, result = pruned_sweep
     runs = trials(store)
@@ -69,11 +71,14 @@ def test_pruned_trials_end_at_their_epoch_with_their_metrics(pruned_sweep: tuple
         assert any(f"] {run.info.run_name}: PRUNED train_mse=" in line for line in lines), result.stdout
         assert any(f"{run.info.run_name}  PRUNED" in line for line in lines), result.stdout  # the summary table
     (parent,) = [run for run in store.runs() if run.data.tags.get("bprun.sweep") == "true"]
-    report = cli(parent.info.run_id, cwd=Path(store.directory), uri=store.uri, module="runner.commands.report")
+    report = cli(
+        "--parent", parent.info.run_id, cwd=Path(store.directory), uri=store.uri, module="runner.commands.report"
+    )
     assert report.returncode == 0, report.output
     assert report.stdout.count("PRUNED") >= len(pruned), report.stdout
 
 
+@pytest.mark.slow
 def test_whole_batches_start_once_the_batch_before_has_ended(pruned_sweep: tuple[Any, Any]) -> None:
     _, result = pruned_sweep
     lines = result.stdout.splitlines()
@@ -87,6 +92,7 @@ def test_whole_batches_start_once_the_batch_before_has_ended(pruned_sweep: tuple
             assert first(f"[{before}/8] ", ": FINISHED ", ": PRUNED ") < started, result.stdout
 
 
+@pytest.mark.slow
 def test_the_same_sweep_in_whole_batches_proposes_and_prunes_the_same(
     pruned_sweep: tuple[Any, Any], make_store, tmp_path: Path
 ) -> None:
@@ -98,6 +104,7 @@ def test_the_same_sweep_in_whole_batches_proposes_and_prunes_the_same(
     assert {n: outcome(run) for n, run in first.items()} == {n: outcome(run) for n, run in second.items()}
 
 
+@pytest.mark.slow
 def test_a_rerun_of_a_pruned_trial_is_identical(pruned_sweep: tuple[Any, Any], tmp_path: Path) -> None:
     store, _ = pruned_sweep
     run = next(run for run in trials(store).values() if run.data.tags["stop_reason"] == "pruned")
@@ -107,3 +114,27 @@ def test_a_rerun_of_a_pruned_trial_is_identical(pruned_sweep: tuple[Any, Any], t
     (copy,) = [r for r in store.runs() if r.data.tags.get("rerun_of") == run.info.run_id]
     assert copy.data.tags["stop_reason"] == "pruned" and copy.data.tags["epochs_run"] == run.data.tags["epochs_run"]
     assert [m.value for m in history(store, copy)] == [m.value for m in history(store, run)]
+
+
+@pytest.mark.parametrize("pruner", ["median", "percentile", "successive_halving", "hyperband"])
+def test_a_trials_pruner_stops_it_behind_the_others_it_read(pruner: str) -> None:
+    from engine import EpochReport
+    from runner.sweeps.pruning import OtherTrial, PrunerSpec, Pruning
+
+    def curve(level: float) -> tuple[float, ...]:
+        return tuple(level + 1.0 / (epoch + 1) for epoch in range(60))
+
+    others = [OtherTrial(number, False, curve(0.1 * number)) for number in range(30)]
+    args = {"percentile": {"percentile": 50.0}}.get(pruner, {})
+
+    def stopped_at(level: float) -> int | None:
+        spec = PrunerSpec(pruner, args, "val_mse", "minimize", "study", trial=30, seen_before=30)
+        pruning = Pruning(spec, "mse", others)
+        for epoch, value in enumerate(curve(level)):
+            pruning.on_epoch_end(EpochReport(epoch, 0.1, {"loss": value}, {"loss": value}, [], [], None, None))
+            if pruning.stop_training() is not None:
+                return epoch
+        return None
+
+    assert stopped_at(10.0) is not None  # far behind every other trial
+    assert stopped_at(-1.0) is None  # ahead of them all

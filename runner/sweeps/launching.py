@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from runner.process import interruption
 from runner.process.errors import CommandError, CommandExit, InvalidInput
+from runner.sweeps.composing import JobComposer
 
 T = TypeVar("T")
 
@@ -181,14 +182,12 @@ def sweep_launcher(launcher: Launcher) -> SweepLauncher:
     return launcher if isinstance(launcher, SweepLauncher) else HydraLauncher(launcher)
 
 
-def compose_jobs(
-    hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]]
-) -> list[ComposedJob]:
+def compose_jobs(composer: JobComposer, job_overrides: Sequence[Sequence[str]]) -> list[ComposedJob]:
     """``(overrides, composed config)`` of each job, as ``launch_composed`` takes them."""
     jobs = []
     for overrides in job_overrides:
         interruption.check()
-        jobs.append((list(overrides), hydra_context.config_loader.load_sweep_config(config, list(overrides))))
+        jobs.append((list(overrides), composer.compose(list(overrides))))
     return jobs
 
 

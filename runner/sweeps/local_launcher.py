@@ -36,6 +36,7 @@ from runner.process import interruption
 from runner.process.children import ChildPool, start_forkserver
 from runner.process.errors import CommandError, CommandExit
 from runner.sweeps import WORKER_PRELOAD, hydra_name
+from runner.sweeps.composing import JobComposer
 from runner.sweeps.launching import (
     ComposedJob,
     compose_jobs,
@@ -83,11 +84,12 @@ class LocalLauncher(Launcher):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+        self.composer = JobComposer(hydra_context, config)  # for launch(): jobs given as overrides
         if self.n_jobs > 1:
             start_forkserver(WORKER_PRELOAD)  # its imports overlap the sweeper's composing
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        return self.launch_composed(compose_jobs(self.hydra_context, self.config, job_overrides), initial_job_idx)
+        return self.launch_composed(compose_jobs(self.composer, job_overrides), initial_job_idx)
 
     def launch_composed(self, jobs: Sequence[ComposedJob], initial_job_idx: int) -> list[JobReturn]:
         """Run each ``(overrides, composed config)`` job; job ``i`` gets number

@@ -195,6 +195,17 @@ class Trials:
         return self._overrides[trial.number]
 
 
+def sampler_seed(seed: int, done: int) -> int:
+    """The sampler's seed for a sweep with ``done`` trials finished before this command: ``seed``
+    for a new sweep. A resumed sweep's sampler starts from a seed of its own, derived from both:
+    seeded with ``seed`` again, it would propose the stopped sweep's first trials again."""
+    if done == 0:
+        return seed
+    import numpy as np  # (lazy: only a resumed sweep needs it)
+
+    return int(np.random.SeedSequence([seed, done]).generate_state(1)[0])
+
+
 def _parsed(text: str, distribution: Any) -> Any:
     """A trial's value as its override wrote it, back in its distribution's type."""
     choices = getattr(distribution, "choices", None)
@@ -294,11 +305,6 @@ class OptunaSweeper(TrackedSweeper):
             )
         space, fixed = self._search_space(arguments)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(
-            direction=self.direction,
-            sampler=optuna.samplers.TPESampler(seed=self.seed),
-            pruner=make_pruner(self.pruner, self.pruner_args),
-        )
         log.info(
             "Optuna: %d trials, TPE seed %d, pruner %s, %s %s over %s",
             self.n_trials,
@@ -315,8 +321,14 @@ class OptunaSweeper(TrackedSweeper):
         self.planned_jobs = self.n_trials
         self.name_digits = NAME_DIGITS
         with self.sweep_lifetime():
-            trials = Trials(self, study, space, fixed)
             resumed = resume_state(self)
+            done = len(resumed.finished) if resumed is not None else 0
+            study = optuna.create_study(
+                direction=self.direction,
+                sampler=optuna.samplers.TPESampler(seed=sampler_seed(self.seed, done)),
+                pruner=make_pruner(self.pruner, self.pruner_args),
+            )
+            trials = Trials(self, study, space, fixed)
             if resumed is not None:
                 trials.resume(resumed)
             self.run_jobs(trials)

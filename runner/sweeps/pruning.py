@@ -5,7 +5,8 @@
 trial's number and the objective (``PrunerSpec``, through the job's environment); the job builds
 its pruner's view of the study from what the store holds of the sweep's other trials (their
 objective after every epoch: trials run in other processes, on other machines, and the store is
-what they share), reports its own objective every epoch, and stops at the first epoch the pruner
+what they share), each replayed through the pruner epoch by epoch so that a pruner that keeps
+state in the trials (successive halving's rungs) has it; it reports its own objective every epoch, and stops at the first epoch the pruner
 says it will not win: its run ends FINISHED with ``stop_reason=pruned``, its metrics, tensors and
 model kept (``Pruning``). The sweeper tells the study the trial was pruned.
 """
@@ -114,12 +115,14 @@ class Pruning(Observer):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.spec, self.loss = spec, loss
         self.study = optuna.create_study(
-            study_name=spec.study, direction=spec.direction, pruner=make_pruner(spec.pruner, spec.args)
+            study_name=spec.study,
+            direction=spec.direction,
+            sampler=optuna.samplers.RandomSampler(seed=0),  # asked for no values: a trial here is its epochs
+            pruner=make_pruner(spec.pruner, spec.args),
         )
-        known = {other.number: other for other in others}
+        known = {other.number: other for other in others if other.number < spec.seen_before}
         for number in range(spec.trial):  # the same numbers as the sweeper's study: brackets follow them
-            other = known.get(number) if number < spec.seen_before else None
-            self.study.add_trial(_as_finished_trial(optuna, other))
+            _replay(optuna, self.study, known.get(number))
         self.trial = self.study.ask()
         self._decision: tuple[str, str] | None = None
 
@@ -138,15 +141,22 @@ class Pruning(Observer):
         return self._decision
 
 
-def _as_finished_trial(optuna: Any, other: OtherTrial | None) -> Any:
-    """A trial of the local study: one that ended as the store says, or a placeholder that keeps
-    the numbering (a trial still running, or failed) and that pruners leave out."""
+def _replay(optuna: Any, study: Any, other: OtherTrial | None) -> None:
+    """Add a trial that ended to the local study as it ran: its objective reported epoch by epoch,
+    the pruner asked after each (a pruner keeps what it learns, such as a successive-halving
+    rung's values, in the trials), then told how it ended. A trial still running, failed, or
+    not to be seen keeps its number as a failed trial, which pruners leave out."""
+    trial = study.ask()
     if other is None or not other.objective_per_epoch:
-        return optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL)
-    values = dict(enumerate(other.objective_per_epoch))
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return
+    for epoch, value in enumerate(other.objective_per_epoch):
+        trial.report(value, epoch)
+        trial.should_prune()  # what the trial did next is known: its answer only records the rung
     if other.pruned:
-        return optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, intermediate_values=values)
-    return optuna.trial.create_trial(value=other.objective_per_epoch[-1], intermediate_values=values)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+        study.tell(trial, other.objective_per_epoch[-1])
 
 
 def objective_of(report: EpochReport, objective: str, loss: str) -> float | None:

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.process.errors import CommandExit, InvalidInput
 from runner.sweeps.cluster_job import job_process, local_addresses
+from runner.sweeps.composing import JobComposer
 from runner.sweeps.launching import (
     ComposedJob,
     JobLost,
@@ -57,6 +58,7 @@ class RayLauncher(PluginRayLauncher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.composer = JobComposer(hydra_context, config)  # for launch(): jobs given as overrides
         # Ray starts a worker process per job slot for this sweep, each with its imports to do
         # (seconds of a core): started now, they do them while bprun composes and validates the
         # jobs and creates the parent run, instead of after.
@@ -111,7 +113,7 @@ class RayLauncher(PluginRayLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
-        return self.launch_composed(compose_jobs(self.hydra_context, self.config, job_overrides), initial_job_idx)
+        return self.launch_composed(compose_jobs(self.composer, job_overrides), initial_job_idx)
 
     def launch_composed(self, jobs: Sequence[ComposedJob], initial_job_idx: int) -> list[JobReturn]:
         return run_all(self, jobs, initial_job_idx)

@@ -37,6 +37,7 @@ from runner.core.validation import ConfigError, validate
 from runner.process import interruption
 from runner.process.errors import CommandError, CommandExit, RunError
 from runner.sweeps.cluster_job import JobsElsewhere
+from runner.sweeps.composing import JobComposer
 from runner.sweeps.context import SweepRun, encoded
 from runner.sweeps.launching import (
     BatchStream,
@@ -104,6 +105,7 @@ class SweepLifetime(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         self.hydra_context = hydra_context
+        self.composer = JobComposer(hydra_context, config)  # one Hydra composition per list of group overrides
         self.job_launcher = sweep_launcher(
             Plugins.instance().instantiate_launcher(
                 hydra_context=hydra_context, task_function=task_function, config=config
@@ -205,7 +207,7 @@ class SweepLifetime(Sweeper):
 
     def compose(self, overrides: list[str]) -> DictConfig:
         interruption.check()
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        config = self.composer.compose(overrides)
         try:
             validate(config)
         except ConfigError as error:
