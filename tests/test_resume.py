@@ -137,6 +137,9 @@ def test_a_resume_is_refused_while_the_sweep_runs_and_for_a_second_resume(tmp_pa
         process.wait(0)
     finally:
         process.kill_everything()
+    # The first resume holds its first job at epoch 5 until the second has been refused.
+    pauses = tmp_path / "pauses"
+    pauses.mkdir()
     first = Background(
         parent.info.run_id,
         "--tracking-uri",
@@ -144,10 +147,11 @@ def test_a_resume_is_refused_while_the_sweep_runs_and_for_a_second_resume(tmp_pa
         cwd=cwd,
         uri=None,
         label="first",
+        env={"BPRUN_TEST_PAUSE_AT_EPOCH": "5", "BPRUN_TEST_PAUSE_FOLDER": str(pauses)},
         module="runner.commands.resume",
     )
     try:
-        wait_until(lambda: "resuming the sweep" in first.stdout_so_far(), START_TIMEOUT, "the first resume", first)
+        wait_until(lambda: any(pauses.glob("*.paused")), START_TIMEOUT, "the first resume's job paused", first)
         second = cli(parent.info.run_id, "--tracking-uri", store.uri, cwd=cwd, module="runner.commands.resume")
         assert second.returncode == 2, second.output
         assert "is still running" in second.stderr or "another bprun-resume" in second.stderr, second.output
