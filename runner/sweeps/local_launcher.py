@@ -113,6 +113,7 @@ class LocalLauncher(Launcher):
                 for future in pending:
                     future.cancel()
                 wait(pending)
+                interruption.test_point("workers-stopped")
                 break
         interruption.check()
         try:
