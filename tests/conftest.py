@@ -5,6 +5,9 @@ Everything a test writes goes to pytest's temporary directories: CLI runs get a 
 directory (so Hydra's ``outputs/`` and a default ``mlflow.db`` land there) and, where a test
 reads runs back, ``MLFLOW_TRACKING_URI`` pointing at a SQLite file in a temporary store. Nothing
 here uses pytest's cache, so the suite behaves the same with ``-p no:cacheprovider``.
+
+Every process a test starts ends when pytest ends, however pytest ends (``guard.py``): the
+session starts the guard here, and pytest-xdist's workers die with the controller.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import guard
 import pytest
 from omegaconf import DictConfig
 
@@ -83,6 +87,7 @@ def run_cli(*overrides: str, cwd: Path, env: dict[str, str] | None = None) -> su
         capture_output=True,
         text=True,
         timeout=CLI_TIMEOUT_SECONDS,
+        preexec_fn=guard.dying_with_pytest(),
     )
 
 
@@ -123,6 +128,25 @@ def run_cli_fixture() -> Callable[..., subprocess.CompletedProcess[str]]:
 def compose_fixture() -> Callable[[Sequence[str]], DictConfig]:
     """``compose(overrides)`` as a fixture."""
     return compose
+
+
+# The key of pytest-xdist's worker input that holds the controller's pid.
+CONTROLLER_KEY = "bprun_controller_pid"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every process of the session ends with it (see ``guard.py``)."""
+    worker_input = getattr(config, "workerinput", None)
+    if worker_input is None:
+        guard.start_session()
+    elif CONTROLLER_KEY in worker_input:
+        guard.die_with_controller(worker_input[CONTROLLER_KEY])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist's controller, for each worker it starts: its own pid."""
+    node.workerinput[CONTROLLER_KEY] = os.getpid()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -12,7 +12,9 @@
 - else the tests that use it are skipped, saying what to install.
 
 A watchdog process stops the throwaway cluster and deletes its directory when the session ends,
-and also when the test process dies without tearing down (killed), so no server outlives it.
+and also when the test process dies without tearing down (killed), so no server outlives it. The
+watchdog and the cluster are started without the session's mark (``guard.py``): the guard, which
+kills marked processes once pytest has ended, would stop them before the watchdog's clean stop.
 
 Use it with ``from postgres import postgres_uri`` in a conftest.py or a test module.
 """
@@ -34,6 +36,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from guard import without_mark
 
 ENV = "BPRUN_TEST_POSTGRES_URI"
 # Seconds initdb, a start or a stop may take on a loaded 2-core machine (each takes about one).
@@ -113,11 +116,19 @@ def _throwaway_cluster() -> Iterator[str]:
         stdin=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        env=without_mark(),
     )  # Ctrl-C does not reach it
 
     def run(*command: str) -> None:
         result = subprocess.run(
-            command, check=False, cwd=folder, capture_output=True, text=True, timeout=SERVER_TIMEOUT, **as_user
+            command,
+            check=False,
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=SERVER_TIMEOUT,
+            env=without_mark(),
+            **as_user,
         )
         if result.returncode != 0:
             logged = log.read_text()[-3000:] if log.exists() else ""

@@ -2,7 +2,8 @@
 (a file, a row in the store), signal them, and see what they and their children leave behind.
 
 Nothing here waits a fixed time for a process to reach a state: ``wait_until`` polls for the
-event with a generous deadline, so tests pass on a busy machine.
+event with a generous deadline, so tests pass on a busy machine. The commands started here die
+with pytest, however pytest ends (``guard.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from guard import dying_with_pytest
 
 EXPERIMENT = "backprop-runner"
 PARENT_TAG = "mlflow.parentRunId"
@@ -83,6 +86,7 @@ def cli(
             capture_output=True,
             text=True,
             timeout=timeout,
+            preexec_fn=dying_with_pytest(),
         )
     except subprocess.TimeoutExpired as expired:
         return Finished(args, None, time.monotonic() - started, _text(expired.stdout), _text(expired.stderr))
@@ -119,6 +123,7 @@ class Background:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
+                preexec_fn=dying_with_pytest(),
             )
         self.pid = self.popen.pid
 

@@ -8,6 +8,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from guard import dying_with_pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -18,7 +20,12 @@ def contracts() -> list[dict]:
 def test_the_import_contracts_hold() -> None:
     command = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
     result = subprocess.run(
-        [sys.executable, "-c", command, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", command, "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=dying_with_pytest(),
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert f"Contracts: {len(contracts())} kept, 0 broken." in result.stdout, result.stdout[-3000:]

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from guard import dying_with_pytest
 from support import CLI_TIMEOUT, cli, cli_environment, history, only_run
 
 pytestmark = pytest.mark.slow
@@ -244,7 +245,14 @@ def test_tracking_none_does_not_import_mlflow(tmp_path: Path) -> None:
         "metrics = run(cfg).metrics\n"
         "print(json.dumps({'mlflow': 'mlflow' in sys.modules, 'metrics': sorted(metrics)}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=dying_with_pytest(),
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"mlflow": False, "metrics": ["train_accuracy", "train_mse"]}

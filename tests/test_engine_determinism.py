@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from guard import dying_with_pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "engine"
@@ -52,6 +53,7 @@ def _run_training_in_fresh_process(seed: int) -> dict:
         text=True,
         timeout=120,
         check=False,
+        preexec_fn=dying_with_pytest(),
     )
     assert completed.returncode == 0, completed.stderr
     return json.loads(completed.stdout)
@@ -219,6 +221,7 @@ def test_importing_engine_does_not_load_the_runner_stack(module: str) -> None:
         text=True,
         timeout=60,
         check=False,
+        preexec_fn=dying_with_pytest(),
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "False"

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from guard import dying_with_pytest
 from support import (
     CLI_TIMEOUT,
     EXPERIMENT,
@@ -425,11 +426,12 @@ def test_offline_runs_sync_to_the_server_once_and_completely(tmp_path: Path, sto
 def mount(*arguments: str) -> bool:
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
-    return subprocess.run(["mount", *arguments], capture_output=True, timeout=60).returncode == 0
+    mounted = subprocess.run(["mount", *arguments], capture_output=True, timeout=60, preexec_fn=dying_with_pytest())
+    return mounted.returncode == 0
 
 
 def unmount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60)
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60, preexec_fn=dying_with_pytest())
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ back.
 Points are reached through events, never by waiting a fixed time: a run logging its metrics, or
 a named point where bprun stops until the signal arrives (``BPRUN_TEST_SIGNAL_POINT``: start-up
 imports, the start of a job, the end of a run, the sweep's parent just created, the sweep's
-summary). After every scenario:
+summary, the workers just stopped, the fork server still importing). After every scenario:
 
 - the command exits 128 + the signal's number, with one line saying what was ended, no traceback;
 - no run is RUNNING (after SIGKILL: until ``bprun-doctor``);
@@ -60,6 +60,8 @@ class Scenario:
     point: str | None = None  # a named test point; None: wait until ``logging`` runs log metrics
     logging: int = 1
     presses: int = 1
+    # A named point bprun reaches after the signal, where the whole process group then gets SIGTERM.
+    then_at: str | None = None
 
 
 @dataclass
@@ -108,6 +110,13 @@ SCENARIOS = {
     "workers-training-sigkill": Scenario(
         ("-m", *PARALLEL, "seed=0,1,2,3", *ENDLESS), signal.SIGKILL, group=False, logging=2
     ),
+    "workers-training-sigterm-group": Scenario(("-m", *PARALLEL, "seed=0,1,2,3", *ENDLESS), signal.SIGTERM, logging=2),
+    "workers-stopped-sigterm-group": Scenario(
+        ("-m", *PARALLEL, "seed=0,1,2,3", *ENDLESS), signal.SIGTERM, group=False, logging=2, then_at="workers-stopped"
+    ),
+    "workers-forkserver-importing-sigkill": Scenario(
+        ("-m", *PARALLEL, "seed=0,1", *ENDLESS), signal.SIGKILL, group=False, point="forkserver-preload"
+    ),
 }
 
 
@@ -115,8 +124,9 @@ def play(name: str, scenario: Scenario, base: Path, store: Any) -> Outcome:
     cwd = base / name
     marker = cwd / "at-the-point"
     environment = {}
-    if scenario.point is not None:
-        environment = {"BPRUN_TEST_SIGNAL_POINT": scenario.point, "BPRUN_TEST_SIGNAL_MARKER": str(marker)}
+    point = scenario.point or scenario.then_at
+    if point is not None:
+        environment = {"BPRUN_TEST_SIGNAL_POINT": point, "BPRUN_TEST_SIGNAL_MARKER": str(marker)}
     process = Background(*scenario.args, cwd=cwd, uri=store.uri, env=environment)
     try:
         if scenario.point is not None:
@@ -142,6 +152,9 @@ def play(name: str, scenario: Scenario, base: Path, store: Any) -> Outcome:
             except (ScenarioError, ProcessLookupError):
                 if process.running():
                     raise
+        if scenario.then_at is not None:
+            wait_until(marker.exists, START_TIMEOUT, f"the point {scenario.then_at}", process)
+            process.signal(signal.SIGTERM, group=True)
         result = process.wait(sent)
         leftovers = process.leftovers()
     finally:
@@ -297,6 +310,41 @@ def test_a_signal_to_a_parallel_sweep_ends_every_running_job_killed(outcomes, na
     assert parent.info.status == "KILLED", outcome.output
     children = outcome.children()
     assert len(children) >= 2 and {run.info.status for run in children} == {"KILLED"}, outcome.output
+
+
+def test_sigterm_to_the_group_ends_a_parallel_sweep_and_every_process(outcomes: dict[str, Outcome]) -> None:
+    """SIGTERM to the whole process group (a CI job's timeout, say) reaches bprun, its workers and
+    the fork server at once. The fork server carries on (the pool learns of its workers' exits
+    through it), so bprun waits for its workers to end their runs and then ends them: nothing is
+    left (see the consistency test)."""
+    outcome = outcomes["workers-training-sigterm-group"]
+    (parent,) = outcome.parents()
+    assert parent.info.status == "KILLED", outcome.output
+    children = outcome.children()
+    assert len(children) >= 2 and {run.info.status for run in children} == {"KILLED"}, outcome.output
+
+
+def test_sigterm_to_the_group_once_bprun_has_stopped_its_workers_leaves_no_process(
+    outcomes: dict[str, Outcome],
+) -> None:
+    """SIGTERM to bprun, then, once it has stopped its workers (their jobs ended KILLED, the
+    workers idle), SIGTERM to the whole group: the workers, told to stop already, get the signal
+    on top, and so does the fork server. Each worker still ends when bprun ends the pool, and bprun
+    still learns of it; no process is left (see the consistency test)."""
+    outcome = outcomes["workers-stopped-sigterm-group"]
+    assert "already stopping" in outcome.result.stderr, outcome.output
+    (parent,) = outcome.parents()
+    assert parent.info.status == "KILLED", outcome.output
+    children = outcome.children()
+    assert len(children) >= 2 and {run.info.status for run in children} == {"KILLED"}, outcome.output
+
+
+def test_a_fork_server_still_importing_dies_with_bprun(outcomes: dict[str, Outcome]) -> None:
+    """bprun killed while its fork server imports what jobs need (it reads multiprocessing's pipe
+    only after that): the server dies with bprun, the resource tracker with them, before any
+    worker exists (see the consistency test for the processes)."""
+    outcome = outcomes["workers-forkserver-importing-sigkill"]
+    assert outcome.children() == [], outcome.output
 
 
 def test_sigkill_of_bprun_ends_its_workers_and_their_runs(outcomes: dict[str, Outcome], tmp_path: Path) -> None:

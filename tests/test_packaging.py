@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from guard import dying_with_pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +27,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
         check=True,
         timeout=600,
+        preexec_fn=dying_with_pytest(),
     )
     (path,) = out.glob("backprop_runner-*.whl")
     return path
@@ -79,6 +81,7 @@ def test_bprun_runs_from_the_unpacked_wheel(wheel: Path, tmp_path: Path) -> None
         capture_output=True,
         text=True,
         timeout=300,
+        preexec_fn=dying_with_pytest(),
     )
     assert result.returncode == 0, result.stderr
     assert "completed 3 epochs" in result.stdout
@@ -87,5 +90,11 @@ def test_bprun_runs_from_the_unpacked_wheel(wheel: Path, tmp_path: Path) -> None
 def test_the_installed_extras_are_consistent() -> None:
     """The test install (``.[test,ray,slurm]``) is one of the documented combinations: pip finds
     no broken requirement in it (the ray extra's cloudpickle 2 included)."""
-    checked = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=300)
+    checked = subprocess.run(
+        [sys.executable, "-m", "pip", "check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=dying_with_pytest(),
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr

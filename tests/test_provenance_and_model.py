@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from guard import dying_with_pytest
 
 import runner
 from engine import MLP, Schedule, make_optimizer, train
@@ -42,7 +43,9 @@ def git(directory: Path, *arguments: str) -> str:
         "commit.gpgsign=false",
         *arguments,
     ]
-    return subprocess.run(command, cwd=directory, check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        command, cwd=directory, check=True, capture_output=True, text=True, preexec_fn=dying_with_pytest()
+    ).stdout
 
 
 def make_repo(directory: Path) -> str:
@@ -400,6 +403,7 @@ def test_mlflow_models_predict_cli_gives_the_engines_predictions(tmp_path: Path)
         text=True,
         timeout=300,
         env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        preexec_fn=dying_with_pytest(),
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     predictions = pd.DataFrame(json.loads((tmp_path / "out.json").read_text())["predictions"])

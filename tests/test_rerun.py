@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from guard import dying_with_pytest
 
 from runner.reports.rerun import RerunError
 
@@ -80,6 +81,7 @@ def _python(*arguments: str, cwd: Path, **environment: str) -> subprocess.Comple
         capture_output=True,
         text=True,
         timeout=SUBPROCESS_TIMEOUT_SECONDS,
+        preexec_fn=dying_with_pytest(),
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from guard import dying_with_pytest
 from support import PARENT_TAG, START_TIMEOUT, Background, cli, query, run_parallel, wait_until
 
 pytestmark = pytest.mark.slow
@@ -84,6 +85,7 @@ class Server:
                 stderr=log,
                 env=environment,
                 start_new_session=True,
+                preexec_fn=dying_with_pytest(signal.SIGTERM),  # the server stops its web workers
             )
 
         def healthy() -> bool:

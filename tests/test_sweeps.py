@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from guard import dying_with_pytest
 
 from runner.commands.bprun import parallel_workers_requested
 from runner.sweeps.context import SweepRun
@@ -486,7 +487,9 @@ def test_the_worker_preload_imports_what_a_job_needs() -> None:
         "needed = ('mlflow', 'matplotlib', 'hydra', 'runner.core.tracked', 'runner.sweeps.local_launcher')\n"
         "assert all(name in sys.modules for name in needed), [n for n in needed if n not in sys.modules]\n"
     )
-    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=120, preexec_fn=dying_with_pytest()
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -516,7 +519,9 @@ def test_bprun_can_start_the_fork_server_before_importing_anything_but_the_stand
         " - {'runner', '__main__', '__mp_main__', '_distutils_hack'})\n"
         "assert not [name for name in third_party if not name.startswith('__editable__')], third_party\n"
     )
-    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=60, preexec_fn=dying_with_pytest()
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -619,6 +624,7 @@ def test_report_on_the_latest_sweep(basic_grid: Sweep, tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=300,
+        preexec_fn=dying_with_pytest(),
     )
     assert result.returncode == 0, result.stderr
     assert basic_grid.parent.info.run_id in result.stdout  # the latest sweep by default

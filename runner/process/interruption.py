@@ -19,6 +19,7 @@ from collections.abc import Sequence
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _received: int | None = None
+_arrived = 0  # how many signals have arrived, the first and the later ones
 _report_signals = False
 _stopping_line = "bprun: stopping at the next safe point; every completed epoch is kept"
 
@@ -47,7 +48,8 @@ class Interrupted(BaseException):
 
 
 def _record(signum: int, frame: object) -> None:
-    global _received
+    global _received, _arrived
+    _arrived += 1
     first = _received is None
     if first:
         _received = signum
@@ -106,8 +108,9 @@ def reset() -> None:
 
 
 # Test seam: with BPRUN_TEST_SIGNAL_POINT=<name>, the process stops at ``test_point(<name>)``,
-# creates the file BPRUN_TEST_SIGNAL_MARKER, and waits there for a signal (at most a minute),
-# so that a test can interrupt it at that exact point and read back what it leaves behind.
+# creates the file BPRUN_TEST_SIGNAL_MARKER, and waits there for a signal (at most a minute;
+# one that arrived before it reached the point does not count), so that a test can interrupt it
+# at that exact point and read back what it leaves behind.
 TEST_POINT_VARIABLE = "BPRUN_TEST_SIGNAL_POINT"
 TEST_MARKER_VARIABLE = "BPRUN_TEST_SIGNAL_MARKER"
 TEST_POINT_WAIT_SECONDS = 60.0
@@ -117,8 +120,9 @@ def test_point(name: str) -> None:
     """A named point where tests interrupt the process (see ``TEST_POINT_VARIABLE``)."""
     if os.environ.get(TEST_POINT_VARIABLE) != name:
         return
+    arrived = _arrived
     with open(os.environ[TEST_MARKER_VARIABLE], "w") as marker:
         marker.write(f"{os.getpid()}\n")
     deadline = time.monotonic() + TEST_POINT_WAIT_SECONDS
-    while _received is None and time.monotonic() < deadline:
+    while _arrived == arrived and time.monotonic() < deadline:
         time.sleep(0.01)

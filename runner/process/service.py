@@ -8,28 +8,24 @@ program SIGTERM (``PR_SET_PDEATHSIG``), and the program stops its own children.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: only the command's own stop applies
-        pass
+from runner.process import lifetime
 
 
 def start(command: Sequence[str], environment: dict[str, str], **options: Any) -> subprocess.Popen:
     """``command`` in a session of its own, ending when this process ends; ``options`` go to
     ``subprocess.Popen`` (``cwd``, ``stdout``, ...)."""
     return subprocess.Popen(
-        list(command), env=environment, start_new_session=True, preexec_fn=_die_with_parent, **options
+        list(command),
+        env=environment,
+        start_new_session=True,
+        preexec_fn=lifetime.dying_with_this_process(signal.SIGTERM),
+        **options,
     )
 
 

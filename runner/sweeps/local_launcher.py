@@ -140,6 +140,7 @@ class LocalLauncher(Launcher):
             for future in self._running:
                 future.cancel()
             wait(self._running)
+            interruption.test_point("workers-stopped")
         self._running.clear()
 
     def _prepare(self) -> None:

@@ -6,9 +6,10 @@ trial's number and the objective (``PrunerSpec``, through the job's environment)
 its pruner's view of the study from what the store holds of the sweep's other trials (their
 objective after every epoch: trials run in other processes, on other machines, and the store is
 what they share), each replayed through the pruner epoch by epoch so that a pruner that keeps
-state in the trials (successive halving's rungs) has it; it reports its own objective every epoch, and stops at the first epoch the pruner
-says it will not win: its run ends FINISHED with ``stop_reason=pruned``, its metrics, tensors and
-model kept (``Pruning``). The sweeper tells the study the trial was pruned.
+state in the trials (successive halving's rungs) has it. The job reports its own objective every
+epoch and stops at the first epoch the pruner says it will not win: its run ends FINISHED with
+``stop_reason=pruned``, its metrics, tensors and model kept (``Pruning``). The sweeper tells the
+study the trial was pruned.
 """
 
 from __future__ import annotations

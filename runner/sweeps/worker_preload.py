@@ -13,6 +13,10 @@ settle_forkserver_signals()  # first: a Ctrl-C to the process group must not bre
 
 import gc  # noqa: E402
 
+from runner.process import interruption  # noqa: E402
+
+interruption.test_point("forkserver-preload")
+
 import runner.sweeps.local_launcher  # noqa: E402,F401  (what runs a job in a worker: Hydra's job runner)
 from runner.sweeps.warm_up import warm_up  # noqa: E402
 
