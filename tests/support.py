@@ -238,8 +238,12 @@ def query(db: Path, sql: str, parameters: tuple = ()) -> list[tuple]:
 
 
 def runs_logging(db: Path) -> int:
-    """How many runs have logged a metric."""
-    rows = query(db, "SELECT count(DISTINCT run_uuid) FROM metrics")
+    """How many job runs have logged a metric (a sweep's parent logs its best_<objective> too)."""
+    rows = query(
+        db,
+        "SELECT count(DISTINCT run_uuid) FROM metrics WHERE run_uuid NOT IN "
+        "(SELECT run_uuid FROM tags WHERE key = 'bprun.sweep' AND value = 'true')",
+    )
     return rows[0][0] if rows else 0
 
 

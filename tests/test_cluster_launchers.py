@@ -5,7 +5,8 @@ Each sweep is read back from the store: one parent, every job nested and FINISHE
 for every epoch; a job reruns identical in one process; Ctrl-C cancels the cluster's jobs and
 leaves no run RUNNING and no job computing; a job killed outright is recorded FAILED while the
 others finish; a requeued job marks its run and starts a new one linked to it; a launcher that
-runs jobs on other machines refuses a local store.
+runs jobs on other machines refuses a local store; a Ray sweep stopped by Ctrl-C resumes to every
+job once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 from support import PARENT_TAG, PROMPT_EXIT_SECONDS, START_TIMEOUT, Background, cli, query, wait_until
+from test_resume import GRID, assert_resumed_whole, jobs, parents, stop_after_finished
 from test_team_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -136,7 +138,21 @@ def test_an_8_job_sweep_on_a_ray_cluster_lands_whole(ray_sweep: dict[str, Any]) 
     assert_complete(store, children, jobs=8, epochs=EPOCHS)
     # Each job computed with the BLAS threads of its config, and says so.
     assert {child.data.tags["blas.threads"] for child in children} == {"1"}
-    assert "Launching 8 jobs as Ray tasks" in result.stderr + result.stdout
+    lines = result.stdout.splitlines()
+    for k in range(1, 9):  # each job said where it stands, as it started and as it ended
+        assert any(line.startswith(f"[{k}/8] ") and line.endswith(": started") for line in lines), result.stdout
+        assert any(line.startswith(f"[{k}/8] ") and ": FINISHED " in line for line in lines), result.stdout
+
+
+def test_a_ray_sweep_stopped_by_ctrl_c_resumes_to_every_job_once(ray_cluster: str, store, tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    grid = ("-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={ray_cluster}", *GRID[1:])
+    stop_after_finished(grid, cwd, store, signal.SIGINT, finished=2)
+    (parent,) = parents(store)
+    before = {run.info.run_id: run.info.status for run in jobs(store, parent.info.run_id)}
+    resumed = cli(parent.info.run_id, "--tracking-uri", store.uri, cwd=cwd, module="runner.commands.resume")
+    assert resumed.returncode == 0, resumed.output
+    assert_resumed_whole(store, before, 12)
 
 
 def test_a_job_of_the_ray_sweep_reruns_identical_in_one_process(ray_sweep: dict[str, Any], tmp_path: Path) -> None:

@@ -280,6 +280,11 @@ def test_early_stopping_min_delta_ignores_improvements_that_are_too_small() -> N
 # ---------------------------------------------------------------------------------------------
 
 
+# The non-finite rule alone: these cases grow past any multiple of their first loss long before
+# they overflow, which the growth rule (tests/test_engine_stopping.py) would stop first.
+NON_FINITE_ONLY = engine.StoppingRules(divergence_factor=0)
+
+
 def _assert_history_is_finite(history: engine.History) -> None:
     for name, values in history.metrics.items():
         assert len(values) == history.epochs_run, name
@@ -294,7 +299,13 @@ def test_divergence_stops_at_the_first_non_finite_loss_on_a_case_solved_by_hand(
     recorder = Recorder()
     network = _halving_network()
     history = engine.train(
-        network, engine.make_optimizer("gd", 1000.0), [[1.0]], [[0.0]], epochs=100, observers=[recorder]
+        network,
+        engine.make_optimizer("gd", 1000.0),
+        [[1.0]],
+        [[0.0]],
+        epochs=100,
+        observers=[recorder],
+        stopping=NON_FINITE_ONLY,
     )
     assert history.stop_reason == "diverged"
     assert history.message == "diverged at epoch 43: train_mse is inf"
@@ -316,7 +327,14 @@ def test_divergence_of_a_network_with_hidden_layers_is_reported_not_raised(case:
         X, Y = _regression_data(0, n=20)
     recorder = Recorder()
     history = engine.train(
-        network, engine.make_optimizer("gd", 1000.0), X, Y, epochs=200, metrics=["mse"], observers=[recorder]
+        network,
+        engine.make_optimizer("gd", 1000.0),
+        X,
+        Y,
+        epochs=200,
+        metrics=["mse"],
+        observers=[recorder],
+        stopping=NON_FINITE_ONLY,
     )
     assert history.stop_reason == "diverged"
     match = re.fullmatch(r"diverged at epoch (\d+): (train_\w+ is (inf|nan)|a weight is not finite)", history.message)
@@ -341,6 +359,7 @@ def test_a_non_finite_validation_loss_counts_as_divergence() -> None:
         epochs=100,
         validation=engine.Validation([[1e10]], [[0.0]]),
         observers=[recorder],
+        stopping=NON_FINITE_ONLY,
     )
     assert history.stop_reason == "diverged"
     assert history.message.startswith("diverged at epoch 40: ")
