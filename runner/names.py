@@ -6,6 +6,8 @@ The full schema (what each tag, metric and artifact means) is in ``docs/tracking
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 # --- tags MLflow itself defines --------------------------------------------------------------
 PARENT_RUN = "mlflow.parentRunId"  # nests a sweep's job runs under its parent in the UI
 RUN_NAME = "mlflow.runName"
@@ -135,6 +137,38 @@ def layer_of(metric: str) -> int | None:
     prefix, slash, _ = metric.partition("/")
     digits = prefix[len(_LAYER_PREFIX) :]
     return int(digits) if slash and prefix.startswith(_LAYER_PREFIX) and digits.isdigit() else None
+
+
+# A run logs its loss and accuracy as 1_loss/<name> and 2_accuracy/<name> (1_loss/train_mse): the
+# MLflow UI puts a metric in the section named by the text before its last "/", orders the
+# sections by name, and puts the metrics without a "/" after them all; so a run's page and the
+# chart view open on the loss, then the accuracy, then the layer<l>/ statistics. Everything else
+# (reports, objectives, the command line) calls them by their short names (train_mse).
+LOSS_SECTION = "1_loss"
+ACCURACY_SECTION = "2_accuracy"
+_SECTIONS = (LOSS_SECTION, ACCURACY_SECTION)
+
+
+def logged_metric_name(name: str) -> str:
+    """The name a run logs the loss or accuracy metric ``name`` under: ``1_loss/train_mse``."""
+    if "/" in name:
+        return name
+    return f"{ACCURACY_SECTION if name.endswith('_accuracy') else LOSS_SECTION}/{name}"
+
+
+def short_metric_name(logged: str) -> str:
+    """A logged metric's short name: ``train_mse`` for ``1_loss/train_mse``; any other unchanged."""
+    section, slash, name = logged.partition("/")
+    return name if slash and section in _SECTIONS else logged
+
+
+def metric_key(logged: Collection[str], name: str) -> str | None:
+    """The key under which a run's ``logged`` metrics hold the metric ``name`` (a short name):
+    its logged name, or ``name`` itself in a store written before the sections; None if neither."""
+    for key in (logged_metric_name(name), name):
+        if key in logged:
+            return key
+    return None
 
 
 def tracked_metric_name(split: str, engine_name: str, loss: str) -> str:

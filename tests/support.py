@@ -259,7 +259,11 @@ def only_run(store: Any) -> Any:
     return found[0]
 
 
-def history(store: Any, run: Any, key: str = "train_mse") -> list[Any]:
+# The names runs log their loss and accuracy under (runner.names.logged_metric_name).
+TRAIN_MSE, VAL_MSE = "1_loss/train_mse", "1_loss/val_mse"
+
+
+def history(store: Any, run: Any, key: str = TRAIN_MSE) -> list[Any]:
     return sorted(client(store).get_metric_history(run.info.run_id, key), key=lambda metric: metric.step)
 
 

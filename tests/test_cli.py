@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from guard import dying_with_pytest
-from support import CLI_TIMEOUT, cli, cli_environment, history, only_run
+from support import CLI_TIMEOUT, TRAIN_MSE, cli, cli_environment, history, only_run
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +122,7 @@ def test_xor_run_is_the_one_finished_run_in_the_experiment(xor: Scenario) -> Non
 
 def test_xor_train_mse_is_logged_every_epoch_and_falls(xor: Scenario) -> None:
     run = only_run(xor.store)
-    history = xor.store.client().get_metric_history(run.info.run_id, "train_mse")
+    history = xor.store.client().get_metric_history(run.info.run_id, TRAIN_MSE)
     history = sorted(history, key=lambda metric: metric.step)
     assert [metric.step for metric in history] == list(range(XOR_EPOCHS))
     values = [metric.value for metric in history]
@@ -130,7 +130,7 @@ def test_xor_train_mse_is_logged_every_epoch_and_falls(xor: Scenario) -> None:
     # Full-batch gradient descent on xor from 0.25 (chance) to well below it: a clear drop.
     assert values[-1] < values[0]
     assert values[-1] < 0.5 * values[0], (values[0], values[-1])
-    assert run.data.metrics["train_mse"] == values[-1]
+    assert run.data.metrics[TRAIN_MSE] == values[-1]
 
 
 def test_xor_params_are_the_flattened_config(xor: Scenario) -> None:
@@ -162,7 +162,7 @@ def test_xor_summary_names_the_run_and_the_dashboard_command(xor: Scenario) -> N
     assert f"mlflow ui --workers 1 --backend-store-uri {xor.store.uri}" in stdout
     printed = re.search(r"train_mse=([-+0-9.eE]+)", stdout)
     assert printed, stdout
-    assert float(printed.group(1)) == pytest.approx(run.data.metrics["train_mse"], rel=1e-5)
+    assert float(printed.group(1)) == pytest.approx(run.data.metrics[TRAIN_MSE], rel=1e-5)
 
 
 def test_mlflow_tracking_uri_wins_over_tracking_uri_and_the_working_directory(xor: Scenario) -> None:
@@ -217,7 +217,7 @@ def test_a_diverging_run_exits_non_zero_and_is_failed_with_a_reason(runs: dict[s
     run = only_run(scenario.store)
     assert run.info.status == "FAILED"
     assert "diverged" in run.data.tags["failure_reason"]
-    history = scenario.store.client().get_metric_history(run.info.run_id, "train_mse")
+    history = scenario.store.client().get_metric_history(run.info.run_id, TRAIN_MSE)
     # It really diverged: training stopped early, and nothing non-finite was stored (MLflow
     # would keep inf as 1.8e308).
     assert 0 < len(history) < DIVERGING_EPOCHS

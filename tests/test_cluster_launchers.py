@@ -97,7 +97,7 @@ def assert_stopped_sweep(store: Any, running: int) -> None:
     client = store.client()
     for child in children:
         assert child.info.status == "KILLED" and child.data.tags["stop_reason"] == "interrupted", child.data.tags
-        steps = sorted(metric.step for metric in client.get_metric_history(child.info.run_id, "train_mse"))
+        steps = sorted(metric.step for metric in client.get_metric_history(child.info.run_id, "1_loss/train_mse"))
         assert steps == list(range(int(child.data.tags["epochs_run"]))) and steps
 
 

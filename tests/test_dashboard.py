@@ -7,8 +7,9 @@ Proven, each value compared with what ``MlflowClient`` reads back from the same 
 - the experiment page opens on the runs table (no mode toggle clicked): the sweep's parent run
   with its name, the count of matching runs, and, once the parent is expanded in the table, its
   two nested child runs with their names (hidden while the parent is collapsed);
-- a child's run page charts ``train_mse`` in its model metrics tab, and the chart plots exactly
-  the logged history (steps and values);
+- a child's run page opens its model metrics tab on the loss: the first section is ``1_loss``,
+  its first chart ``train_mse``, plotting exactly the logged history (steps and values), the
+  layers' sections after it;
 - a child's artifacts show ``plots/learning_curves.png`` as an image of the PNG's own size,
   uploaded by the job and served by the tracking server (``mlflow-artifacts:``).
 
@@ -36,7 +37,7 @@ from typing import Any
 
 import pytest
 from postgres import postgres_uri  # noqa: F401  (the session's PostgreSQL database, a fixture)
-from support import START_TIMEOUT, Background, cli, wait_until
+from support import START_TIMEOUT, TRAIN_MSE, Background, cli, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -226,25 +227,29 @@ def test_the_dashboard_opens_on_the_runs_table_with_nested_children(sweep: Sweep
     screenshot(page, "dashboard-runs.png")
 
 
-def test_a_child_run_page_charts_its_train_mse_history(sweep: Sweep, server: str, page: Any) -> None:
+def test_a_child_run_page_opens_on_its_train_mse_chart(sweep: Sweep, server: str, page: Any) -> None:
     from mlflow.tracking import MlflowClient
 
     history = sorted(
-        MlflowClient(sweep.uri).get_metric_history(sweep.child.info.run_id, "train_mse"), key=lambda metric: metric.step
+        MlflowClient(sweep.uri).get_metric_history(sweep.child.info.run_id, TRAIN_MSE), key=lambda metric: metric.step
     )
     assert history
 
     page.goto(run_page(server, sweep, sweep.child))
     page.get_by_text(sweep.child.info.run_id).first.wait_for()  # the Overview tab names the run
     page.get_by_role("tab", name="Model metrics").click()
-    # Charts are grouped by metric prefix and drawn only once scrolled into view; the search box
-    # keeps the one wanted (a person would do the same with this many layer metrics).
-    page.get_by_placeholder("Search metric charts").fill("train_mse")
-    card = page.locator('[data-testid="experiment-view-compare-runs-card"]', has=page.locator('h4[title="train_mse"]'))
+    # The first section is the loss, before the layers' statistics; its first chart is train_mse,
+    # the first thing a person sees, without scrolling or searching.
+    headers = page.get_by_test_id("experiment-view-compare-runs-section-header")
+    headers.first.wait_for()
+    sections = [header.inner_text().split("\n")[0] for header in headers.all()]
+    assert sections[0].startswith("1_loss") and sections[-1].startswith("Model metrics"), sections
+    assert [name for name in sections if name.startswith("layer")] == ["layer1", "layer2"], sections
+    card = page.locator('[data-testid="experiment-view-compare-runs-card"]').first
+    assert card.locator("h4").first.inner_text() == "train_mse"
     plot = card.locator(".js-plotly-plot")
     # Plotly draws one marker per logged step once the data has arrived.
     plot.locator("g.scatterlayer path.point").nth(len(history) - 1).wait_for()
-    assert card.get_by_text(f"{sweep.child.info.run_name} (train_mse)").is_visible()
 
     # What the chart plots: Plotly keeps its traces on the chart's element.
     traces = plot.evaluate(

@@ -44,6 +44,7 @@ from support import (
     PARENT_TAG,
     PROMPT_EXIT_SECONDS,
     START_TIMEOUT,
+    TRAIN_MSE,
     Background,
     Finished,
     artifact_dir,
@@ -219,7 +220,7 @@ def test_doctor_marks_runs_of_dead_processes_killed_and_nothing_else(tmp_path: P
                 store.db,
                 "SELECT r.run_uuid, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
                 "AND t.key = 'bprun.pid' JOIN latest_metrics m ON m.run_uuid = r.run_uuid "
-                "AND m.key = 'train_mse'",
+                "AND m.key = '1_loss/train_mse'",
             )
             return {run_id: int(pid) for run_id, pid in rows}
 
@@ -268,7 +269,7 @@ def test_sigkill_leaves_tensors_that_load_and_the_doctor_ends_them_with_the_metr
     )
     try:
         wait_until(
-            lambda: (query(store.db, "SELECT count(*) FROM metrics WHERE key = 'train_mse'") or [(0,)])[0][0] >= 2,
+            lambda: (query(store.db, f"SELECT count(*) FROM metrics WHERE key = '{TRAIN_MSE}'") or [(0,)])[0][0] >= 2,
             START_TIMEOUT,
             "metrics flushed",
             process,
@@ -399,7 +400,7 @@ def test_offline_runs_sync_to_the_server_once_and_completely(tmp_path: Path, sto
         }
 
     source_histories = histories(source_client, source)
-    assert len(source_histories["train_mse"]) == 30
+    assert len(source_histories["1_loss/train_mse"]) == 30
     assert histories(copy_client, copy) == source_histories
 
     def files(store_client: Any, run: Any, directory: Path) -> dict[str, str]:
@@ -693,7 +694,7 @@ def test_four_workers_lose_no_run_and_no_metric_point(attempt: int, tmp_path: Pa
         assert steps == list(range(CONCURRENCY_EPOCHS)), (run.info.run_id, len(steps))
     # The raw table agrees: 16 x 200 train_mse rows, no duplicate.
     assert query(
-        store.db, "SELECT count(*), count(DISTINCT run_uuid || ':' || step) FROM metrics WHERE key = 'train_mse'"
+        store.db, "SELECT count(*), count(DISTINCT run_uuid || ':' || step) FROM metrics WHERE key = '1_loss/train_mse'"
     ) == [(16 * CONCURRENCY_EPOCHS, 16 * CONCURRENCY_EPOCHS)]
 
 

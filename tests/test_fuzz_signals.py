@@ -156,7 +156,7 @@ def check(trial: Trial, outcome: dict[str, Any], scratch: Path) -> list[str]:
             problems.append(f"{label}: still RUNNING")
         if run.data.tags.get("bprun.sweep") == "true":
             continue
-        steps = sorted(metric.step for metric in client.get_metric_history(run.info.run_id, "train_mse"))
+        steps = sorted(metric.step for metric in client.get_metric_history(run.info.run_id, "1_loss/train_mse"))
         if steps != list(range(len(steps))):
             problems.append(f"{label}: train_mse steps not contiguous from 0 ({steps[:3]}...{steps[-3:]})")
         if run.info.status == "FINISHED" and len(steps) != EPOCHS:

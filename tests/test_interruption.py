@@ -375,7 +375,7 @@ def test_a_parallel_sweep_whose_worker_is_killed_ends_failed(tmp_path: Path, mak
                 store.db,
                 "SELECT t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
                 "AND t.key = 'bprun.pid' JOIN latest_metrics m ON m.run_uuid = r.run_uuid "
-                "AND m.key = 'train_mse' WHERE r.status = 'RUNNING'",
+                "AND m.key = '1_loss/train_mse' WHERE r.status = 'RUNNING'",
             )
             return sorted(int(pid) for (pid,) in rows)
 

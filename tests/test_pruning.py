@@ -41,7 +41,7 @@ def trials(store: Any) -> dict[int, Any]:
 
 
 def outcome(run: Any) -> tuple[str, str, float]:
-    return run.data.tags["stop_reason"], run.data.params["optimizer.lr"], run.data.metrics["train_mse"]
+    return run.data.tags["stop_reason"], run.data.params["optimizer.lr"], run.data.metrics["1_loss/train_mse"]
 
 
 @pytest.fixture(scope="module")

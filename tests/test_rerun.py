@@ -433,6 +433,30 @@ def test_a_killed_original_is_compared_over_the_epochs_it_logged(tmp_path: Path,
     )
 
 
+def test_an_original_logged_before_the_loss_sections_reruns_identical(tmp_path: Path, compose, store) -> None:
+    """A store written before the loss and accuracy sections (``train_mse``, not
+    ``1_loss/train_mse``): its runs rerun identical, compared metric by metric."""
+    import sqlite3
+
+    from runner.core.run import run
+    from runner.reports.rerun import rerun
+
+    run(compose(["dataset=moons", "trainer.epochs=20", "tracking.tensors_every=0"]), tracking_uri=store.uri)
+    with sqlite3.connect(store.db) as database:  # the names such a store holds
+        for table in ("metrics", "latest_metrics"):
+            for section in ("1_loss/", "2_accuracy/"):
+                database.execute(
+                    f"UPDATE {table} SET key = substr(key, ?) WHERE substr(key, 1, ?) = ?",
+                    (len(section) + 1, len(section), section),
+                )
+    (original,) = store.runs()
+    assert {"train_mse", "val_mse", "train_accuracy", "val_accuracy"} <= set(original.data.metrics)
+    report = rerun(original.info.run_id, tracking_uri=store.uri)
+    assert report.identical and report.comparison.epochs_compared == 20, report.summary()
+    (copy,) = _reruns_of(store, original.info.run_id)
+    assert "1_loss/train_mse" in copy.data.metrics
+
+
 # --- artifacts: absent by the run's listing, never by a failed download ----------------------------
 SMALL = ("dataset=moons", "trainer.epochs=5", "tracking.tensors_every=0")
 

@@ -205,7 +205,7 @@ def test_jobs_start_as_slots_free_and_the_sweep_shows_its_progress(tmp_path: Pat
         assert any(line.startswith(f"[{k}/4] ") and ": FINISHED train_mse=" in line for line in lines), result.stdout
     best = min(client(store).get_metric_history(parent.info.run_id, "best_val_mse"), key=lambda metric: metric.step)
     final = client(store).get_run(parent.info.run_id)
-    assert final.data.metrics["best_val_mse"] == min(run.data.metrics["train_mse"] for run in children)
+    assert final.data.metrics["best_val_mse"] == min(run.data.metrics["1_loss/train_mse"] for run in children)
     assert final.data.tags["sweep.best_run_id"] in {run.info.run_id for run in children}
     assert best.step >= 1
 

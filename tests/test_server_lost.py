@@ -265,7 +265,7 @@ def test_the_server_holds_part_of_each_lost_run_and_no_count_it_could_not_know(o
     for run in runs.values():
         assert run["status"] == "RUNNING"  # nothing could be told to the server
     for child in children.values():
-        steps = child["steps"]["train_mse"]
+        steps = child["steps"]["1_loss/train_mse"]
         assert steps == list(range(len(steps))) and 0 < len(steps) <= PAUSE_AT + 1
         assert "config.yaml" in child["files"]  # uploaded as the run started
 

@@ -122,7 +122,7 @@ def final_train_mse(sweep: Sweep) -> dict[tuple[float, str], float]:
     for child in sweep.children:
         key = (float(child.data.params["optimizer.lr"]), child.data.params["model.hidden"])
         assert key not in finals, f"two children for {key}"
-        finals[key] = child.data.metrics["train_mse"]
+        finals[key] = child.data.metrics["1_loss/train_mse"]
     return finals
 
 
@@ -271,10 +271,10 @@ def test_a_grid_on_two_workers_on_a_fresh_store(
 
     for child in sweep.children:
         assert child.data.tags["blas.threads"] == "1", "each worker's BLAS thread count is fixed"
-        history = client.get_metric_history(child.info.run_id, "train_mse")
+        history = client.get_metric_history(child.info.run_id, "1_loss/train_mse")
         assert len(history) == GRID_EPOCHS
         assert sorted(m.step for m in history) == list(range(GRID_EPOCHS))
-        assert max(history, key=lambda m: m.step).value == child.data.metrics["train_mse"]
+        assert max(history, key=lambda m: m.step).value == child.data.metrics["1_loss/train_mse"]
 
     # Results do not depend on the launcher: the same floats, bit for bit.
     assert final_train_mse(sweep) == final_train_mse(basic_grid)
@@ -552,14 +552,14 @@ def test_optuna_sweep_reports_the_best_child(optuna_sweep: Sweep) -> None:
         assert child.data.tags["epochs_run"] == str(OPTUNA_EPOCHS)
 
     # xor has no validation split: the objective falls back to the final train_mse.
-    objectives = [child.data.metrics["train_mse"] for child in sweep.children]
-    assert not any("val_mse" in child.data.metrics for child in sweep.children)
+    objectives = [child.data.metrics["1_loss/train_mse"] for child in sweep.children]
+    assert not any("1_loss/val_mse" in child.data.metrics for child in sweep.children)
     best_index = int(np.argmin(objectives))
     best = sweep.children[best_index]
 
     results = optuna_results(sweep)
     assert results["completed_trials"] == 6 and results["trials"] == 6
-    assert results["best_value"] == best.data.metrics["train_mse"]
+    assert results["best_value"] == best.data.metrics["1_loss/train_mse"]
     assert results["best_trial"] == best_index  # children are in trial order (one at a time)
     best_params = results["best_params"]
     assert set(best_params) == {"optimizer.lr", "model.hidden"}
@@ -571,14 +571,14 @@ def test_optuna_sweep_reports_the_best_child(optuna_sweep: Sweep) -> None:
     assert len(lines) == 1, sweep.output
     match = re.fullmatch(r"Optuna: best (\S+) = (\S+) at trial (\d+): (.*)", lines[0])
     assert match, lines[0]
-    assert float(match[2]) == pytest.approx(best.data.metrics["train_mse"], rel=1e-5)
+    assert float(match[2]) == pytest.approx(best.data.metrics["1_loss/train_mse"], rel=1e-5)
     assert int(match[3]) == best_index
     printed = dict(item.split("=", 1) for item in match[4].split())
     assert float(printed["optimizer.lr"]) == best_params["optimizer.lr"]
     assert printed["model.hidden"] == best.data.params["model.hidden"]
 
     tags = sweep.parent.data.tags
-    assert float(tags["optuna.best_value"]) == best.data.metrics["train_mse"]
+    assert float(tags["optuna.best_value"]) == best.data.metrics["1_loss/train_mse"]
     assert json.loads(tags["optuna.best_params"]) == best_params
     assert tags["optuna.best_trial"] == str(best_index)
 
@@ -594,8 +594,8 @@ def test_optuna_sweep_with_the_same_seed_proposes_the_same_trials(
 
     assert trials(again) == trials(optuna_sweep)
     assert len(set(trials(again))) == 6
-    assert [c.data.metrics["train_mse"] for c in again.children] == [
-        c.data.metrics["train_mse"] for c in optuna_sweep.children
+    assert [c.data.metrics["1_loss/train_mse"] for c in again.children] == [
+        c.data.metrics["1_loss/train_mse"] for c in optuna_sweep.children
     ]
     assert optuna_results(again) == optuna_results(optuna_sweep)
 
@@ -639,7 +639,7 @@ def test_report_on_the_latest_sweep(basic_grid: Sweep, tmp_path: Path) -> None:
     assert sorted(zip(table["optimizer.lr"].astype(float), table["model.hidden"].astype(str))) == sorted(
         GRID_COMBINATIONS
     )
-    by_run = {child.info.run_id: child.data.metrics["train_mse"] for child in basic_grid.children}
+    by_run = {child.info.run_id: child.data.metrics["1_loss/train_mse"] for child in basic_grid.children}
     for run_id, value in zip(table["run_id"], finals):
         assert math.isclose(value, by_run[run_id], rel_tol=1e-12)
 

@@ -145,7 +145,7 @@ def test_the_server_takes_the_runs_metrics_through_its_endpoint(team_sweep, serv
     }
     missing = requests.post(endpoint, json={**bad, "run_id": "0" * 32, "values": [1.0]}, timeout=30)
     assert missing.status_code == 404 and missing.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
-    steps = [metric.step for metric in client(uri).get_metric_history(child.info.run_id, "train_mse")]
+    steps = [metric.step for metric in client(uri).get_metric_history(child.info.run_id, "1_loss/train_mse")]
     assert sorted(steps) == list(range(SWEEP_EPOCHS))  # nothing refused was stored
 
 
@@ -186,7 +186,7 @@ def test_sweeps_and_runs_from_several_processes_at_once_lose_nothing(server, tmp
         assert (len(sweep_parents), len(others)) == (parents, jobs), experiment
         for run in others:
             assert run.info.status == "FINISHED"
-            assert len(client(uri).get_metric_history(run.info.run_id, "train_mse")) == 20
+            assert len(client(uri).get_metric_history(run.info.run_id, "1_loss/train_mse")) == 20
             # sweep-a's jobs run in bprun's process, their plots drawn by its plot helper
             plots = {artifact.path for artifact in client(uri).list_artifacts(run.info.run_id, "plots")}
             assert "plots/learning_curves.png" in plots, (experiment, plots)

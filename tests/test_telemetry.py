@@ -60,7 +60,7 @@ def test_layer_statistics_are_logged_every_epoch(iris_run):
             assert all(math.isfinite(m.value) and m.value >= 0 for m in history)
     final_norm = max(client.get_metric_history(result.run_id, "layer3/weight_norm"), key=lambda m: m.step).value
     assert final_norm == pytest.approx(np.linalg.norm(result.network.weights[2]), rel=1e-12)
-    for name in ("train_mse", "val_mse", "train_accuracy", "val_accuracy"):
+    for name in ("1_loss/train_mse", "1_loss/val_mse", "2_accuracy/train_accuracy", "2_accuracy/val_accuracy"):
         assert len(client.get_metric_history(result.run_id, name)) == EPOCHS
 
 
@@ -150,7 +150,7 @@ def test_an_interrupted_run_keeps_what_it_logged(compose, store):
     (run,) = client.search_runs([client.get_experiment_by_name("backprop-runner").experiment_id])
     assert run.info.status == "KILLED"
     # The interrupt comes from an observer after the telemetry observers saw epoch 5 complete.
-    assert len(client.get_metric_history(run.info.run_id, "train_mse")) == 6
+    assert len(client.get_metric_history(run.info.run_id, "1_loss/train_mse")) == 6
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"plots", "tensors", "config.yaml"} <= artifacts
     assert "model" not in artifacts  # an interrupted training is not a model to serve

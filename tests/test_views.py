@@ -55,6 +55,8 @@ SWEPT = ["optimizer.lr", "seed"]
 SWEEP = ("-m", "dataset=moons", "optimizer.lr=0.1,1,3", "seed=0,1", "trainer.epochs=30")
 JOBS = 6
 OBJECTIVE, TWIN = "val_mse", "train_mse"
+# What the sweep's runs log them as (runner.names.logged_metric_name).
+LOGGED_OBJECTIVE, LOGGED_TWIN = "1_loss/val_mse", "1_loss/train_mse"
 LAYER_STATISTICS = ["weight_norm", "bias_norm", "grad_weight_norm", "grad_bias_norm", "update_ratio"]
 # Every wait in the browser: a cold page loads several MB of JavaScript on a busy 2-core machine.
 UI_TIMEOUT_MS = 120_000
@@ -170,10 +172,14 @@ def test_a_sweep_view_puts_the_swept_params_and_the_objective_first() -> None:
     assert len(set(uuids)) == len(uuids) and all(KEY.fullmatch(uuid) for uuid in uuids)
 
 
-def test_the_twin_of_a_prefixed_objective_keeps_its_prefix() -> None:
-    state = sweep_view_state("0123abcd", SWEPT, "1_loss/val_mse", ["1_loss/train_mse", *layer_metrics(1)])
+def test_the_twin_of_a_prefixed_objective_keeps_its_prefix_and_the_accuracy_section_is_open() -> None:
+    accuracy = ["2_accuracy/train_accuracy", "2_accuracy/val_accuracy"]
+    state = sweep_view_state("0123abcd", SWEPT, "1_loss/val_mse", ["1_loss/train_mse", *accuracy, *layer_metrics(2)])
     assert state["compareRunCharts"][0]["selectedMetricKeys"] == ["1_loss/val_mse", "1_loss/train_mse"]
     assert state["selectedColumns"][-1] == "metrics.`1_loss/train_mse`"
+    sections = state["compareRunSections"]
+    assert [section["name"] for section in sections] == ["Model metrics", "2_accuracy", "layer1", "layer2"]
+    assert [section["display"] for section in sections] == [True, True, False, False]
 
 
 def test_writing_a_sweep_view_twice_replaces_it(tmp_path: Path) -> None:
@@ -235,8 +241,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     [parent] = [run for run in runs if PARENT_TAG not in run.data.tags]
     jobs = [run for run in runs if run.data.tags.get(PARENT_TAG) == parent.info.run_id]
     assert len(jobs) == JOBS and len(runs) == JOBS + 1, finished.output
-    ranked = sorted(jobs, key=lambda run: run.data.metrics[OBJECTIVE])
-    metrics = sorted({key for run in jobs for key in run.data.metrics} - {OBJECTIVE})
+    ranked = sorted(jobs, key=lambda run: run.data.metrics[LOGGED_OBJECTIVE])
+    metrics = sorted({key for run in jobs for key in run.data.metrics} - {LOGGED_OBJECTIVE})
     return Sweep(folder, uri, experiment.experiment_id, parent, ranked, metrics)
 
 
@@ -272,7 +278,7 @@ def view(sweep: Sweep) -> str:
     jobs = [run.info.run_id for run in sweep.ranked]
     client = MlflowClient(sweep.uri)
     link = write_sweep_view(
-        client, sweep.experiment_id, sweep.parent.info.run_id, jobs, swept, OBJECTIVE, sweep.metrics
+        client, sweep.experiment_id, sweep.parent.info.run_id, jobs, swept, LOGGED_OBJECTIVE, sweep.metrics
     )
     assert link is not None
     return link
@@ -353,15 +359,16 @@ def test_the_views_table_ranks_the_jobs_under_their_sweep(sweep: Sweep, server: 
         for cell in page.locator(".ag-header-row-column .ag-header-cell").all()
     )
     shown = [text for _, column, text in headers if text][:6]
-    assert shown == ["Run Name", "Created", *SWEPT, OBJECTIVE, TWIN]
+    assert shown == ["Run Name", "Created", *SWEPT, LOGGED_OBJECTIVE, LOGGED_TWIN]
 
     # The values a person reads in the objective's column: the sweep's best on the group row.
     cells = page.locator(".ag-center-cols-container .ag-row").all()
+    column = f"metrics.`{LOGGED_OBJECTIVE}`"
     read = sorted(
-        (int(row.get_attribute("row-index")), number(row.locator(f'[col-id="metrics.`{OBJECTIVE}`"]').inner_text()))
-        for row in cells
+        (int(row.get_attribute("row-index")), number(row.locator(f'[col-id="{column}"]').inner_text())) for row in cells
     )
-    expected = [sweep.ranked[0].data.metrics[OBJECTIVE]] + [run.data.metrics[OBJECTIVE] for run in sweep.ranked]
+    values = [run.data.metrics[LOGGED_OBJECTIVE] for run in sweep.ranked]
+    expected = [values[0], *values]
     assert [value for _, value in read] == pytest.approx(expected, rel=1e-6)
     screenshot(page, "sweep-view-runs.png")
 
@@ -379,27 +386,28 @@ def test_the_views_first_chart_draws_the_objective_of_every_job(
     page.wait_for_function(
         "([element, metric, jobs]) => element.data && element.data.filter("
         "trace => trace.metricKey === metric && trace.mode === 'lines+markers').length === jobs",
-        arg=[plot.element_handle(), OBJECTIVE, JOBS],
+        arg=[plot.element_handle(), LOGGED_OBJECTIVE, JOBS],
     )
     traces = plot.evaluate(
         "element => element.data.filter(trace => trace.mode === 'lines+markers').map(trace => "
         "({run: trace.uuid, metric: trace.metricKey, x: Array.from(trace.x), y: Array.from(trace.y)}))"
     )
-    objective = {trace["run"]: trace for trace in traces if trace["metric"] == OBJECTIVE}
+    objective = {trace["run"]: trace for trace in traces if trace["metric"] == LOGGED_OBJECTIVE}
     assert sorted(objective) == sorted(run.info.run_id for run in sweep.ranked)
     for run in sweep.ranked:
-        history = sorted(client.get_metric_history(run.info.run_id, OBJECTIVE), key=lambda metric: metric.step)
+        history = sorted(client.get_metric_history(run.info.run_id, LOGGED_OBJECTIVE), key=lambda metric: metric.step)
         assert objective[run.info.run_id]["x"] == [metric.step for metric in history]
         assert objective[run.info.run_id]["y"] == pytest.approx([metric.value for metric in history], rel=1e-12)
         # The legend names each job's curve as a person reads it.
-        assert cards.first.get_by_text(f"{run.info.run_name} ({OBJECTIVE})", exact=True).count() == 1
-    assert {trace["metric"] for trace in traces} == {OBJECTIVE, TWIN}
+        assert cards.first.get_by_text(f"{run.info.run_name} ({LOGGED_OBJECTIVE})", exact=True).count() == 1
+    assert {trace["metric"] for trace in traces} == {LOGGED_OBJECTIVE, LOGGED_TWIN}
 
     titles = [card.locator("h4").first.inner_text() for card in cards.all()[:4]]
-    assert titles == [f"{OBJECTIVE} vs {TWIN}", *(f"{key} vs. {OBJECTIVE}" for key in SWEPT), "Parallel Coordinates"]
+    scatter = [f"{key} vs. {LOGGED_OBJECTIVE}" for key in SWEPT]
+    assert titles == [f"{LOGGED_OBJECTIVE} vs {LOGGED_TWIN}", *scatter, "Parallel Coordinates"]
     sections = [
         header.inner_text().split("\n")[0]
         for header in page.get_by_test_id("experiment-view-compare-runs-section-header").all()
     ]
-    assert sections == ["Model metrics", "layer1", "layer2"]  # the layer statistics last
+    assert sections == ["Model metrics", "2_accuracy", "layer1", "layer2"]  # the layer statistics last
     screenshot(page, "sweep-view-charts.png")

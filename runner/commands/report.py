@@ -102,7 +102,9 @@ def _report(args: argparse.Namespace, uri: str) -> None:
         dataset: runs_table(client, group, swept_keys, metrics=[args.metric]) for dataset, group in groups.items()
     }
     if all(ranking_values(table, args.metric).isna().all() for table, _ in tables.values()):
-        logged = sorted({name for run in runs for name in run.data.metrics if "/" not in name})
+        logged = sorted(
+            {names.short_metric_name(key) for run in runs for key in run.data.metrics if names.layer_of(key) is None}
+        )
         raise NothingToReport(f"no run has a value of {args.metric!r}; logged: {', '.join(logged) or 'nothing'}")
     keys = sorted({key for table, _ in tables.values() for key in swept_columns(table)})
     if args.color_by and clean_key(args.color_by) not in keys:

@@ -617,8 +617,10 @@ def _record(client: MlflowClient, run: Any, artifacts: RunArtifacts, with_weight
     """What the comparison needs of ``run``: status, tags, compared histories and, when they are
     compared, its final weights."""
     run_id = run.info.run_id
-    histories = {
-        name: metric_history(client, run_id, name).as_dict() for name in run.data.metrics if is_compared_metric(name)
+    histories = {  # by short name: an original logged before the sections compares with its rerun
+        names.short_metric_name(key): metric_history(client, run_id, key).as_dict()
+        for key in run.data.metrics
+        if is_compared_metric(names.short_metric_name(key))
     }
     weights = artifacts.weights() if with_weights else None
     return RunRecord(run.info.status, dict(run.data.tags), histories, weights)

@@ -76,9 +76,10 @@ def fetch_histories(
     for run in runs:
         run_histories = histories.setdefault(run.info.run_id, {})
         for metric in metrics:
-            if metric in run_histories or metric not in run.data.metrics:
+            key = names.metric_key(run.data.metrics, metric)
+            if metric in run_histories or key is None:
                 continue
-            run_histories[metric] = metric_history(client, run.info.run_id, metric)
+            run_histories[metric] = metric_history(client, run.info.run_id, key)
     return histories
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,16 +218,19 @@ def _save_view(
     logged = sorted({key for run in children for key in run.data.metrics})
     if not children or not logged:
         return None
-    if objective not in logged:  # a sweep without a validation split ranks by the train_ twin
-        objective = objective.replace("val_", "train_", 1)
-    varying = [key for key in swept_keys if key in sweep.swept_keys] or swept_keys
+    # A sweep without a validation split ranks by the train_ twin.
+    key = names.metric_key(logged, objective) or names.metric_key(logged, objective.replace("val_", "train_", 1))
+    if key is None:
+        return None
+    varying = [name for name in swept_keys if name in sweep.swept_keys] or swept_keys
     link = write_sweep_view(
-        client, sweep.experiment_id, sweep.run_id, [run.info.run_id for run in children], varying, objective, logged
+        client, sweep.experiment_id, sweep.run_id, [run.info.run_id for run in children], varying, key, logged
     )
     if link is None:
         return None
     address = page_address(sweep.tracking_uri, link)
-    description = f"A sweep of {len(children)} jobs; its runs ranked by {objective}, with their charts: {address}"
+    ranked_by = names.short_metric_name(key)
+    description = f"A sweep of {len(children)} jobs; its runs ranked by {ranked_by}, with their charts: {address}"
     client.log_batch(sweep.run_id, tags=[RunTag(names.SWEEP_VIEW, link), RunTag(names.DESCRIPTION, description)])
     return address
 
@@ -267,7 +270,7 @@ def load_sweep_state(sweep: SweepRun, objective: str) -> SweepState:
                 continue
             with tempfile.TemporaryDirectory() as directory:
                 config = Path(client.download_artifacts(run.info.run_id, names.CONFIG_ARTIFACT, directory)).read_text()
-            logged = objective if objective in run.data.metrics else objective.replace("val_", "train_", 1)
+            logged = objective_key(run.data.metrics, objective)
             history = metric_history(client, run.info.run_id, logged)
             finished[overrides] = FinishedJob(
                 run.info.run_id,
@@ -292,10 +295,17 @@ def other_trials(sweep: SweepRun, objective: str) -> list[OtherTrial]:
             number = run.data.tags.get(names.TRIAL)
             if run.info.status != "FINISHED" or number is None or not number.isdigit():
                 continue
-            logged = objective if objective in run.data.metrics else objective.replace("val_", "train_", 1)
+            logged = objective_key(run.data.metrics, objective)
             values = tuple(float(value) for value in metric_history(client, run.info.run_id, logged).values)
             trials.append(OtherTrial(int(number), run.data.tags.get(names.STOP_REASON) == "pruned", values))
     return trials
+
+
+def objective_key(logged: Collection[str], objective: str) -> str:
+    """The key of a job run's ``logged`` metrics that holds the sweep's objective: the objective
+    itself, or its train_ twin in a run without a validation split."""
+    twin = objective.replace("val_", "train_", 1)
+    return names.metric_key(logged, objective) or names.metric_key(logged, twin) or names.logged_metric_name(twin)
 
 
 def reopen_parent(sweep: SweepRun) -> None:

@@ -33,6 +33,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from runner import names
+
 CHECKED_MLFLOW_VERSIONS = ("3.17.2",)
 
 
@@ -458,14 +460,15 @@ def _sweep_charts(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The sections and charts of ``sweep_view_state``, in the order they are drawn."""
     others = sorted({name for name in metrics if name not in (objective, twin)}, key=_natural)
-    names = [_SECTION_MODEL, *sorted({_section_of(name) for name in others} - {_SECTION_MODEL}, key=_natural)]
-    ids = {section: saved_view_key() for section in names}
-    # New metrics go to the end of a section marked reordered, not among its charts; only the
-    # first section is open (its charts are drawn as soon as the page opens).
+    section_names = [_SECTION_MODEL, *sorted({_section_of(name) for name in others} - {_SECTION_MODEL}, key=_natural)]
+    ids = {section: saved_view_key() for section in section_names}
+    # New metrics go to the end of a section marked reordered, not among its charts; the layers'
+    # sections are closed (an open section's charts are drawn as soon as the page opens).
     sections: list[dict[str, Any]] = [
-        {"uuid": ids[section], "name": section, "display": section == _SECTION_MODEL, "isReordered": True}
+        {"uuid": ids[section], "name": section, "display": names.layer_of(f"{section}/") is None}
+        | {"isReordered": True}
         | {"deleted": False, "isGenerated": True}
-        for section in names
+        for section in section_names
     ]
     model = ids[_SECTION_MODEL]
     charts = [_line_chart(model, objective, [objective, twin] if twin else None)]
@@ -478,7 +481,9 @@ def _sweep_charts(
         charts.append(_chart(model, "PARALLEL", **parallel))
     if twin:  # drawn in the first chart; its own chart stays hidden (the UI's "deleted")
         charts.append(_line_chart(model, twin) | {"deleted": True})
-    charts += [_line_chart(ids[section], name) for section in names for name in others if _section_of(name) == section]
+    charts += [
+        _line_chart(ids[section], name) for section in section_names for name in others if _section_of(name) == section
+    ]
     return sections, charts
 
 

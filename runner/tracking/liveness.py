@@ -55,7 +55,8 @@ def end_stale_run(client: MlflowClient, run: Run, found_by: str = "bprun-doctor"
     from runner.tracking.tensors import repair_tensors
 
     if run.data.tags.get(names.SWEEP) != "true":  # a job's or a single run: it has epochs
-        steps = metric_history(client, run.info.run_id, "train_mse").steps
+        loss_key = names.metric_key(run.data.metrics, "train_mse") or "train_mse"
+        steps = metric_history(client, run.info.run_id, loss_key).steps
         epochs = int(steps.max()) + 1 if steps.size else 0
         artifacts = urlparse(run.info.artifact_uri)
         tensors = Path(unquote(artifacts.path)) / names.TENSORS_ARTIFACT

@@ -2,14 +2,15 @@
 
 Metric names (``step = epoch``, 0-based; layers are numbered from 1, input side first):
 
-- ``train_mse``, ``val_mse``; ``train_loss``/``val_loss`` when the loss is not mse;
-  ``train_accuracy``/``val_accuracy`` for classification.
+- ``1_loss/train_mse``, ``1_loss/val_mse`` (``1_loss/train_loss``, ``1_loss/val_loss`` when the
+  loss is not mse); ``2_accuracy/train_accuracy``, ``2_accuracy/val_accuracy`` for classification
+  (``names.logged_metric_name``: the sections put them first in the MLflow UI);
 - ``layer<l>/weight_norm``, ``layer<l>/bias_norm``: L2 norms of W and b after the epoch;
 - ``layer<l>/grad_weight_norm``, ``layer<l>/grad_bias_norm``: L2 norms of the epoch's gradient
   (the mean of the mini-batch gradients applied during it);
 - ``layer<l>/update_ratio``: ||W_after - W_before|| / ||W_after|| over the epoch.
 
-The ``/`` groups a layer's charts together in the MLflow UI. The full tensors go to disk
+The ``/`` groups a section's charts together in the MLflow UI. The full tensors go to disk
 (``runner.tracking.tensors``).
 """
 
@@ -42,7 +43,8 @@ def _norm(array: np.ndarray) -> float:
 class EpochMetrics(Observer):
     """Sends each epoch's loss metrics, and every ``layer_stats_every``-th epoch's layer
     statistics (and the last epoch's), to ``sink`` in one batch per epoch; keeps what it sent
-    (``series``, with each series' epochs in ``steps``) for the plots drawn at the end."""
+    (``series``, by short name, with each series' epochs in ``steps``) for the plots drawn at
+    the end."""
 
     def __init__(self, sink: MetricLogger, loss: str, layer_stats_every: int = 1) -> None:
         self.sink = sink
@@ -78,7 +80,7 @@ class EpochMetrics(Observer):
             self._held = None
 
     def _send(self, values: dict[str, float], epoch: int) -> None:
-        self.sink.log_metrics(values, epoch)
+        self.sink.log_metrics({names.logged_metric_name(name): value for name, value in values.items()}, epoch)
         for name, value in values.items():
             self.series.setdefault(name, []).append(value)
             self.steps.setdefault(name, []).append(epoch)
