@@ -12,6 +12,7 @@ job once.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -138,8 +139,10 @@ def test_an_8_job_sweep_on_a_ray_cluster_lands_whole(ray_sweep: dict[str, Any]) 
     assert_complete(store, children, jobs=8, epochs=EPOCHS)
     # Each job computed with the BLAS threads of its config, and says so.
     assert {child.data.tags["blas.threads"] for child in children} == {"1"}
-    lines = result.stdout.splitlines()
-    for k in range(1, 9):  # each job said where it stands, as it started and as it ended
+    # Each job said where it stands as it started and as it ended (Ray prefixes its workers' lines
+    # with "(run_ray_job pid=...) ").
+    lines = [re.sub(r"^\(run_ray_job pid=\d+\) ", "", line) for line in result.stdout.splitlines()]
+    for k in range(1, 9):
         assert any(line.startswith(f"[{k}/8] ") and line.endswith(": started") for line in lines), result.stdout
         assert any(line.startswith(f"[{k}/8] ") and ": FINISHED " in line for line in lines), result.stdout
 

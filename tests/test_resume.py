@@ -164,7 +164,7 @@ def test_a_resume_is_refused_when_a_finished_jobs_config_changed(tmp_path: Path,
     presets = tmp_path / "conf" / "experiment"
     presets.mkdir(parents=True)
     (presets / "mine.yaml").write_text("# @package _global_\ntrainer:\n  epochs: 2500\n")
-    stop_after_finished((f"--config-dir={tmp_path / 'conf'}", *GRID, "+experiment=mine"), cwd, store, signal.SIGINT)
+    stop_after_finished((f"--config-dir={tmp_path / 'conf'}", *GRID, "experiment=mine"), cwd, store, signal.SIGINT)
     (presets / "mine.yaml").write_text("# @package _global_\ntrainer:\n  epochs: 2400\n")
     (parent,) = parents(store)
     refused = cli(parent.info.run_id, "--tracking-uri", store.uri, cwd=cwd, module="runner.commands.resume")
