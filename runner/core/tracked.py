@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from runner.plots.background import active_helper
 from runner.plots.training import save_training_plots
 from runner.process import interruption
 from runner.tracking.destination import Destination, check_store
+from runner.tracking.metric_sinks import MetricBuffer
 from runner.tracking.mlflow_run import TrackedRun
 from runner.tracking.model import save_pyfunc_model
 from runner.tracking.params import flatten
@@ -47,34 +49,96 @@ def tracked_training(
     """Train inside a new MLflow run at ``destination``: metrics every epoch, tensors streamed
     into the artifact folder, then plots, weights and the model. Plots and tensors are also
     written when training fails or is interrupted."""
-    config_yaml = settings_yaml(settings)
-    tags = _tags(settings, training.dataset, launch, destination, config_yaml)
-    if parent is None:
-        check_store(destination)
-        experiment_id = ensure_experiment(destination.uri, settings.tracking.experiment)
-    else:  # the sweep created the experiment and its parent run
-        if destination.is_server:  # a job after the server went away fails at once, in one line
+    with TrackedTraining(settings, destination, parent, launch, training) as tracked:
+        history = training.run([*tracked.observers, *observers])
+        tracked.trained(history)
+    return tracked.result()
+
+
+class TrackedTraining:
+    """A training's MLflow run, as a context manager around the training itself: entering
+    creates the run with its params, tags and inputs and makes the telemetry observers
+    (``observers``); ``trained(history)`` ends the telemetry and records how training ended (its
+    model, when it ended well); leaving ends the run (see ``TrackedRun``), also when training
+    raised, with the plots and tensors of the epochs it completed. ``metrics``, shared by the runs
+    of a stack, writes their values together."""
+
+    def __init__(
+        self,
+        settings: ExperimentConfig,
+        destination: Destination,
+        parent: ParentRun | None,
+        launch: Launch,
+        training: Training,
+        metrics: MetricBuffer | None = None,
+    ) -> None:
+        self.settings, self.destination, self.parent = settings, destination, parent
+        self.launch, self.training, self._metrics = launch, training, metrics
+        self._history: History | None = None
+        self._ended_telemetry = False
+
+    def __enter__(self) -> TrackedTraining:
+        settings, destination, launch = self.settings, self.destination, self.launch
+        config_yaml = settings_yaml(settings)
+        tags = _tags(settings, self.training.dataset, launch, destination, config_yaml)
+        if self.parent is None:
             check_store(destination)
-        experiment_id = parent.experiment_id
-        tags[names.PARENT_RUN] = parent.run_id
-        tags[names.JOB_OVERRIDES] = json.dumps(list(launch.overrides))  # the job the sweep launched
-    run_name = launch.run_name or settings.tracking.run_name or default_run_name(settings)
-    params = _params(settings, training.network, launch)
-    # The store's checks can take seconds on a busy machine: a signal that came meanwhile stops
-    # the run before it exists, leaving nothing behind.
-    interruption.test_point("run-create")
-    interruption.check()
-    # A server run keeps what the server does not get beside its other files (runner.tracking.unsent).
-    unsent_root = launch.output_dir or Path(launch.start_dir)
-    with TrackedRun(destination.uri, experiment_id, run_name, params, tags, unsent_root) as run:
+            self.experiment_id = ensure_experiment(destination.uri, settings.tracking.experiment)
+        else:  # the sweep created the experiment and its parent run
+            if destination.is_server:  # a job after the server went away fails at once, in one line
+                check_store(destination)
+            self.experiment_id = self.parent.experiment_id
+            tags[names.PARENT_RUN] = self.parent.run_id
+            tags[names.JOB_OVERRIDES] = json.dumps(list(launch.overrides))  # the job the sweep launched
+        run_name = launch.run_name or settings.tracking.run_name or default_run_name(settings)
+        params = _params(settings, self.training.network, launch)
+        # The store's checks can take seconds on a busy machine: a signal that came meanwhile stops
+        # the run before it exists, leaving nothing behind.
+        interruption.test_point("run-create")
+        interruption.check()
+        # A server run keeps what the server does not get beside its other files (runner.tracking.unsent).
+        unsent_root = launch.output_dir or Path(launch.start_dir)
+        self.run = TrackedRun(destination.uri, self.experiment_id, run_name, params, tags, unsent_root, self._metrics)
+        self.run.__enter__()
+        try:
+            self._start(config_yaml, tags[names.DATA_SHA256])
+        except BaseException as error:
+            self.run.__exit__(type(error), error, error.__traceback__)
+            raise
+        return self
+
+    def _start(self, config_yaml: str, fingerprint: str) -> None:
+        """What the run records before training, and its telemetry observers."""
+        run, launch, settings = self.run, self.launch, self.settings
         for earlier in launch.supersedes:  # the sweep's summary and reports count the job once, as this run
             run.set_tags_of(earlier, {names.SUPERSEDED_BY: run.run_id})
-        _record_inputs(run, training.dataset, launch, config_yaml, tags[names.DATA_SHA256])
+        _record_inputs(run, self.training.dataset, launch, config_yaml, fingerprint)
         if launch.output_dir is not None:
             launch.output_dir.mkdir(parents=True, exist_ok=True)
-            pointer = run_pointer(run.run_id, destination.uri, experiment_id)
+            pointer = run_pointer(run.run_id, self.destination.uri, self.experiment_id)
             (launch.output_dir / names.RUN_POINTER_FILE).write_text(pointer)
-        history = _train_with_telemetry(run, settings, training, observers)
+        self.epoch_metrics = EpochMetrics(run, settings.trainer.loss, settings.tracking.layer_stats_every)
+        self.tensor_writer = None
+        if settings.tracking.tensors_every != 0:
+            epochs = settings.trainer.epochs
+            self.tensor_writer = TensorWriter(
+                run.artifacts.directory / names.TENSORS_ARTIFACT,
+                snapshot_spacing(settings.tracking.tensors_every, epochs),
+                epochs,
+            )
+            run.metrics.before_flush.append(self.tensor_writer.sync)
+
+    @property
+    def observers(self) -> list[Observer]:
+        """The telemetry observers, to train with: tensors first, so that by the time an epoch's
+        metrics are flushed its tensors are written."""
+        return [*([self.tensor_writer] if self.tensor_writer else []), self.epoch_metrics]
+
+    def trained(self, history: History) -> None:
+        """Training ended with ``history``: end the telemetry, record how it ended."""
+        self._history = history
+        self._end_telemetry(completed=history.stop_reason != "interrupted")
+        run = self.run
         run.set_tags({names.STOP_REASON: history.stop_reason, names.EPOCHS_RUN: str(history.epochs_run)})
         if history.stop_reason == "diverged":
             run.fail(history.message)
@@ -83,12 +147,46 @@ def tracked_training(
         else:
             if history.stop_reason == "pruned":  # the UI shows it apart from runs finished in full
                 run.set_tags({names.DESCRIPTION: history.message})
-            _save_model(run, training.network, training.dataset)
-        artifact_bytes = sum(path.stat().st_size for path in run.artifacts.directory.rglob("*") if path.is_file())
-    metrics = final_metrics(history, settings.trainer.loss)
-    return RunResult(
-        metrics, history, training.network, training.dataset, run.run_id, destination.uri, experiment_id, artifact_bytes
-    )
+            _save_model(run, self.training.network, self.training.dataset)
+
+    def _end_telemetry(self, completed: bool) -> None:
+        """Close the tensor files and draw the plots, once, however training ended."""
+        if self._ended_telemetry:
+            return
+        self._ended_telemetry = True
+        if self.tensor_writer is not None:
+            self.run.metrics.before_flush.remove(self.tensor_writer.sync)  # the buffer may be a stack's
+            try:
+                self.tensor_writer.close()
+            except OSError as error:  # a full disk: say so once, keep the run's own error
+                log.warning("could not finish the tensor files: %s", error)
+        _save_plots(self.epoch_metrics, self.run, completed)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            if error is not None:
+                self._end_telemetry(completed=False)
+            # Measured before the end: a server run's staged files go once uploaded.
+            directory = self.run.artifacts.directory
+            self.artifact_bytes = sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+        finally:
+            self.run.__exit__(kind, error, tb)
+
+    def result(self) -> RunResult:
+        """What the run returns, once it has ended."""
+        assert self._history is not None, "a run's result comes after its training"
+        metrics = final_metrics(self._history, self.settings.trainer.loss)
+        training = self.training
+        return RunResult(
+            metrics,
+            self._history,
+            training.network,
+            training.dataset,
+            self.run.run_id,
+            self.destination.uri,
+            self.experiment_id,
+            self.artifact_bytes,
+        )
 
 
 def _params(settings: ExperimentConfig, network: MLP, launch: Launch) -> dict[str, Any]:
@@ -130,36 +228,6 @@ def _record_inputs(run: TrackedRun, dataset: Dataset, launch: Launch, config_yam
     # Uploaded at once to a server: a run whose process or server dies still has its config.
     run.write_text_artifacts(text_artifacts, upload_now=True)
     run.log_dataset(dataset.name, dataset.X_train, dataset.Y_train, fingerprint)
-
-
-def _train_with_telemetry(
-    run: TrackedRun, settings: ExperimentConfig, training: Training, observers: Sequence[Observer]
-) -> History:
-    """Train with every epoch's metrics logged and its tensors streamed; the plots are drawn
-    however training ends."""
-    epoch_metrics = EpochMetrics(run, settings.trainer.loss, settings.tracking.layer_stats_every)
-    tensor_writer = None
-    if settings.tracking.tensors_every != 0:
-        epochs = settings.trainer.epochs
-        tensor_writer = TensorWriter(
-            run.artifacts.directory / names.TENSORS_ARTIFACT,
-            snapshot_spacing(settings.tracking.tensors_every, epochs),
-            epochs,
-        )
-        run.metrics.before_flush.append(tensor_writer.sync)
-    completed = False
-    try:
-        # Tensors first: by the time an epoch's metrics are flushed its tensors are written.
-        history = training.run([*([tensor_writer] if tensor_writer else []), epoch_metrics, *observers])
-        completed = history.stop_reason != "interrupted"
-    finally:
-        if tensor_writer is not None:
-            try:
-                tensor_writer.close()
-            except OSError as error:  # a full disk: say so once, keep the run's own error
-                log.warning("could not finish the tensor files: %s", error)
-        _save_plots(epoch_metrics, run, completed)
-    return history
 
 
 def _save_plots(epoch_metrics: EpochMetrics, run: TrackedRun, completed: bool) -> None:

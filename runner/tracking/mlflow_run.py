@@ -52,6 +52,9 @@ class TrackedRun:
     A run on a server that stops answering goes on: what the server does not get is kept under
     ``unsent_root`` (``runner.tracking.unsent``), and the run's end raises ``TrackingLost`` naming
     the folder and the command that uploads it.
+
+    ``metrics``, when given, is a buffer the run shares with other runs of the same local store
+    (a stack's), which its owner closes: their values of a flush are written together.
     """
 
     def __init__(
@@ -62,11 +65,13 @@ class TrackedRun:
         params: dict[str, Any],
         tags: dict[str, str],
         unsent_root: Path = Path(),
+        metrics: MetricBuffer | None = None,
     ) -> None:
         self.uri, self.experiment_id, self.run_name = uri, experiment_id, run_name
         self.client = MlflowClient(uri)
         self._params, self._tags = params, tags
         self._unsent_root = unsent_root
+        self._shared_metrics = metrics
         self._outcome: tuple[str, str] | None = None  # (status, failure reason) set by fail or kill
         self._ended = False
         self._kept: UnsentRun | None = None  # once the server is lost: what is kept for bprun-sync
@@ -82,8 +87,11 @@ class TrackedRun:
         self.artifacts: RunArtifacts = open_artifacts(
             run.info.artifact_uri, self.unsent_folder / ARTIFACTS, self.run_id, self.client, self.calls, self._sender
         )
-        sink = open_sink(self.uri, self.client, self.calls, self._sender)
-        self.metrics = MetricBuffer(FallbackSink(sink, self._keep_metrics) if self._sender else sink)
+        if self._shared_metrics is not None:
+            self.metrics = self._shared_metrics
+        else:
+            sink = open_sink(self.uri, self.client, self.calls, self._sender)
+            self.metrics = MetricBuffer(FallbackSink(sink, self._keep_metrics) if self._sender else sink)
         self.calls(log_params, self.client, self.run_id, self._params)
         return self
 
@@ -191,7 +199,8 @@ class TrackedRun:
             kept.save(self.unsent_folder)
             raise TrackingLost(self._kept_message(kept), self.run_id) from None
         finally:
-            self.metrics.sink.close()
+            if self._shared_metrics is None:
+                self.metrics.sink.close()
             if self._sender is not None:
                 self._sender.close()
         shutil.rmtree(self.unsent_folder, ignore_errors=True)  # everything in it is uploaded
