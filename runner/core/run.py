@@ -29,6 +29,7 @@ from runner.core.schema import ExperimentConfig
 from runner.core.training import (
     Launch,
     ParentRun,
+    RunRequest,
     RunResult,
     Training,
     TrainingFailed,
@@ -41,7 +42,7 @@ from runner.core.validation import validate
 from runner.process import interruption
 from runner.tracking.destination import Destination, where_to_look
 
-__all__ = ["Launch", "ParentRun", "RunResult", "TrainingFailed", "run", "run_training"]
+__all__ = ["Launch", "ParentRun", "RunRequest", "RunResult", "TrainingFailed", "run", "run_training"]
 
 
 def run_training(

@@ -16,6 +16,7 @@ from runner import names
 from runner.core.datasets import Dataset, load_dataset
 from runner.core.schema import AdamConfig, ExperimentConfig, MomentumConfig
 from runner.process.errors import RunError
+from runner.tracking.destination import Destination
 
 SEED_PURPOSES = ("data", "split", "init", "shuffle")
 
@@ -43,6 +44,18 @@ class Launch:
     start_dir: str = "."  # where the command started (provenance of a user's own repository)
     tags: dict[str, str] = field(default_factory=dict)
     supersedes: tuple[str, ...] = ()  # a resumed sweep's earlier runs of this job, which did not finish
+
+
+@dataclass
+class RunRequest:
+    """A run to train, as ``run_training`` takes it (``run_training(**vars(request))``): its
+    settings, where to track it, the sweep's parent run, how it was launched, extra observers."""
+
+    settings: ExperimentConfig
+    destination: Destination | None
+    parent: ParentRun | None = None
+    launch: Launch = field(default_factory=Launch)
+    observers: Sequence[Observer] = ()
 
 
 @dataclass

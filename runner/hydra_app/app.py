@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine import EpochReport, Observer
 from runner import names
-from runner.core.run import Launch, ParentRun, RunResult, run_training
+from runner.core.run import Launch, ParentRun, RunRequest, RunResult, run_training
 from runner.core.training import default_run_name
 from runner.core.validation import validate
 from runner.hydra_app.compat import refuse_foreign_callbacks
@@ -57,38 +58,70 @@ def run_job(cfg: DictConfig) -> JobReport | None:
     A single run that fails ends the command with one message (``CommandExit``); in a sweep the
     job says in one line what became of it (``[k/N] run name: ...``), the error is raised for the
     sweeper to record, and the other jobs go on."""
+    job = start_job(cfg)
+    try:
+        result = run_training(**vars(job.request))
+    except Exception as error:
+        return end_job(job, error)
+    return end_job(job, result)
+
+
+@dataclass
+class StartedJob:
+    """A job between its start and its end: what it trains (``request``) and how it says so."""
+
+    label: JobLabel
+    request: RunRequest
+    objective: str  # hydra.sweeper.objective, for the job's line and its JobReport
+    started: float  # time.monotonic() at its start
+
+
+def start_job(cfg: DictConfig) -> StartedJob:
+    """A job's start, in Hydra's job context: its settings validated, where it is tracked, how it
+    was launched, its observers; its start line. Raises as ``run_job`` does."""
     state = HydraConfig.get()
-    job = JobLabel(state)
+    label = JobLabel(state)
     interruption.test_point("job-start")
     started = time.monotonic()
     try:
-        result = _run(cfg, state, job)
+        request = _request(cfg, state, label)
     except Exception as error:
-        raise _failed(error, job) from None
-    seconds = time.monotonic() - started
-    objective_name = str(state.sweeper.get("objective", names.DEFAULT_RANKING_METRIC))
-    objective = sweep_objective(result.metrics, objective_name)
+        raise _failed(error, label) from None
+    objective = str(state.sweeper.get("objective", names.DEFAULT_RANKING_METRIC))
+    return StartedJob(label, request, objective, started)
+
+
+def end_job(job: StartedJob, outcome: RunResult | Exception) -> JobReport | None:
+    """A job's end: its line and its ``JobReport``, or its error raised as ``run_job`` raises it."""
+    label = job.label
+    if isinstance(outcome, Exception):
+        raise _failed(outcome, label) from None
+    result = outcome
+    seconds = time.monotonic() - job.started
+    objective = sweep_objective(result.metrics, job.objective)
     record.info("%s", summary(result, in_sweep=False))
-    if not job.in_sweep:
+    if not label.in_sweep:
         print(summary(result, in_sweep=False))
         # The run ended FINISHED; a signal that came meanwhile still ends bprun.
         interruption.check(f"run {result.run_id or '(untracked)'} had completed all its epochs")
         return None
-    logged_as = objective_name if objective_name in result.metrics else objective_name.replace("val_", "train_", 1)
+    logged_as = job.objective if job.objective in result.metrics else job.objective.replace("val_", "train_", 1)
     shown = f" {logged_as}={objective:.6g}" if objective is not None else ""
     where = f" (run {result.run_id})" if result.run_id else ""
     status = "PRUNED" if result.history.stop_reason == "pruned" else "FINISHED"
-    print(f"{job.label}: {status}{shown} after {result.history.epochs_run} epochs, {seconds:.1f} s{where}", flush=True)
-    loss = str(cfg.trainer.loss)
+    print(
+        f"{label.label}: {status}{shown} after {result.history.epochs_run} epochs, {seconds:.1f} s{where}", flush=True
+    )
+    loss = job.request.settings.trainer.loss
     histories = {}
     for key, values in result.history.metrics.items():  # the engine's names, as the run logged them
         split, _, name = key.partition("_")
         histories[names.tracked_metric_name(split, name, loss)] = values
-    per_epoch = sweep_objective(histories, objective_name) or []
+    per_epoch = sweep_objective(histories, job.objective) or []
     return JobReport(
         objective,
         result.run_id,
-        job.name,
+        label.name,
         "FINISHED",
         result.history.stop_reason,
         result.history.epochs_run,
@@ -143,7 +176,8 @@ def _failed(error: Exception, job: JobLabel) -> BaseException:
     return error
 
 
-def _run(cfg: DictConfig, state: HydraConf, job: JobLabel) -> RunResult:
+def _request(cfg: DictConfig, state: HydraConf, job: JobLabel) -> RunRequest:
+    """What the job trains, from its config and Hydra's state (see the module docstring)."""
     settings = validate(cfg)
     sweep = SweepRun.from_job_environment(state.job.env_set)
     tracking = settings.tracking
@@ -189,7 +223,7 @@ def _run(cfg: DictConfig, state: HydraConf, job: JobLabel) -> RunResult:
         launch = dataclasses.replace(launch, tags={**launch.tags, names.TRIAL: str(spec.trial)})
     if sys.stderr.isatty() and not job.in_sweep:  # a person watching one run, not a log or a sweep
         observers.append(ProgressBar(settings.trainer.epochs, settings.trainer.loss))
-    return run_training(settings, target, parent=parent, launch=launch, observers=observers)
+    return RunRequest(settings, target, parent, launch, observers)
 
 
 def _pruning(sweep: SweepRun, spec: PrunerSpec, loss: str) -> Pruning:
