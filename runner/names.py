@@ -7,6 +7,7 @@ The full schema (what each tag, metric and artifact means) is in ``docs/tracking
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 # --- tags MLflow itself defines --------------------------------------------------------------
 PARENT_RUN = "mlflow.parentRunId"  # nests a sweep's job runs under its parent in the UI
@@ -54,6 +55,7 @@ SWEPT_KEYS = "sweep.swept_keys"  # JSON list of the keys the sweep varies
 SWEEP_DIR = "sweep.dir"
 SWEEP_JOBS = "sweep.jobs"
 SWEEP_FAILED_JOBS = "sweep.failed_jobs"
+SWEEP_STACKS = "sweep.stacks"  # hydra/launcher=stacked: how the sweep's jobs were stacked
 SWEEP_VIEW = "sweep.view"  # the page of the sweep's saved view in the MLflow UI
 DESCRIPTION = "mlflow.note.content"  # a run's description in the MLflow UI
 SWEEP_BEST_RUN = "sweep.best_run_id"  # the job whose objective is the best so far
@@ -124,6 +126,17 @@ ENV_CRASH_AT_EPOCH = "BPRUN_TEST_CRASH_AT_EPOCH"
 # creates in the folder ENV_PAUSE_FOLDER names, so that a test can act at a known epoch.
 ENV_PAUSE_AT_EPOCH = "BPRUN_TEST_PAUSE_AT_EPOCH"
 ENV_PAUSE_FOLDER = "BPRUN_TEST_PAUSE_FOLDER"
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A config's settings by dotted key, as runs name their params: ``{'optimizer': {'lr': 1}}``
+    -> ``{'optimizer.lr': 1}``; lists stay values."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
 def layer_metric(layer: int, statistic: str) -> str:

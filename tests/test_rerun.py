@@ -237,8 +237,8 @@ def test_rerun_is_identical_and_recorded_beside_the_original(world: World, case:
     assert new.data.tags["data.sha256"] == original.data.tags["data.sha256"]
     assert new.data.tags["epochs_run"] == original.data.tags["epochs_run"]
     # Read back independently of the tool: every epoch of every loss metric, and the weights.
-    names = [name for name in original.data.metrics if name.startswith(("train_", "val_"))]
-    assert {"train_mse", "val_mse"} <= set(names)
+    names = [name for name in original.data.metrics if name.startswith(("1_loss/", "2_accuracy/"))]
+    assert {"1_loss/train_mse", "1_loss/val_mse"} <= set(names)
     for name in names:
         history = _history(client, original_id, name)
         assert len(history) == int(original.data.tags["epochs_run"])

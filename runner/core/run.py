@@ -63,6 +63,21 @@ def run_training(
     interruption.check()  # nothing has started: stopping here leaves nothing behind
     if dataset is None:
         dataset = load_data(settings)
+    training = build_training(settings, dataset)
+    # A fixed thread count: OpenBLAS sums in another order at another count (results drift by 1e-13).
+    with threadpool_limits(limits=settings.trainer.blas_threads, user_api="blas"):
+        if destination is None:
+            history = training.run(observers)
+            result = RunResult(final_metrics(history, settings.trainer.loss), history, training.network, dataset)
+        else:
+            from runner.core.tracked import tracked_training  # (lazy: an untracked run never imports MLflow)
+
+            result = tracked_training(settings, destination, parent, launch, training, observers)
+    return ended(result, parent)
+
+
+def build_training(settings: ExperimentConfig, dataset: Dataset) -> Training:
+    """The network ``settings`` describe, its optimizer and the engine's training arguments."""
     generators = make_generators(settings)
     model, trainer = settings.model, settings.trainer
     network = MLP(
@@ -81,7 +96,7 @@ def run_training(
     validation = None
     if dataset.X_val is not None and dataset.Y_val is not None:  # a data set has both or neither
         validation = Validation(dataset.X_val, dataset.Y_val)
-    training = Training(
+    return Training(
         network,
         build_optimizer(settings),
         dataset,
@@ -100,15 +115,11 @@ def run_training(
             "stop_requested": interruption.requested,
         },
     )
-    # A fixed thread count: OpenBLAS sums in another order at another count (results drift by 1e-13).
-    with threadpool_limits(limits=trainer.blas_threads, user_api="blas"):
-        if destination is None:
-            history = training.run(observers)
-            result = RunResult(final_metrics(history, trainer.loss), history, network, dataset)
-        else:
-            from runner.core.tracked import tracked_training  # (lazy: an untracked run never imports MLflow)
 
-            result = tracked_training(settings, destination, parent, launch, training, observers)
+
+def ended(result: RunResult, parent: ParentRun | None) -> RunResult:
+    """``result``, once its run has ended; raised instead as ``Interrupted`` when training was
+    stopped by a signal, as ``TrainingFailed`` when it diverged (see the module docstring)."""
     if result.history.stop_reason == "interrupted":
         epochs = f"after {result.history.epochs_run} complete epoch(s)"
         interruption.check(

@@ -39,6 +39,7 @@ from runner.process.errors import CommandError, CommandExit, DiskFull, RunCrashe
 from runner.sweeps.context import JobReport, SweepRun, decoded
 from runner.sweeps.naming import job_name
 from runner.sweeps.pruning import PrunerSpec, Pruning
+from runner.sweeps.stacked_launcher import Stackable, register_stackable
 from runner.tracking.destination import Destination, where_to_look
 
 T = TypeVar("T")
@@ -286,5 +287,12 @@ class _CrashAt(Observer):
         if report.epoch == self.epoch:
             raise RuntimeError(f"injected failure at epoch {self.epoch} ({names.ENV_CRASH_AT_EPOCH})")
 
+
+def _request_of(job: StartedJob) -> RunRequest:
+    return job.request
+
+
+# hydra/launcher=stacked starts and ends the jobs it trains together as run_job does.
+register_stackable(run_job, Stackable(start_job, _request_of, end_job))
 
 main = hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")(run_job)

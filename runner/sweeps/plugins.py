@@ -17,7 +17,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
 
-from runner.sweeps import cluster_configs, grid, hydra_name, local_launcher, optuna
+from runner.sweeps import cluster_configs, grid, hydra_name, local_launcher, optuna, stacked_launcher
 
 __all__ = ["PLUGINS", "Plugin", "hydra_name", "missing_extra", "register_plugins"]
 
@@ -45,6 +45,13 @@ PLUGINS = (
     Plugin("runner.sweeps.optuna", "OptunaSweeper", "hydra/sweeper", "optuna", optuna.OptunaSweeperConf),
     Plugin(
         "runner.sweeps.local_launcher", "LocalLauncher", "hydra/launcher", "local", local_launcher.LocalLauncherConf
+    ),
+    Plugin(
+        "runner.sweeps.stacked_launcher",
+        "StackedLauncher",
+        "hydra/launcher",
+        "stacked",
+        stacked_launcher.StackedLauncherConf,
     ),
     Plugin(
         "runner.sweeps.ray_launcher",

@@ -8,6 +8,10 @@ from typing import Any
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
+from runner.names import flatten
+
+__all__ = ["MAX_PARAMS_PER_CALL", "flatten", "format_param", "log_params"]
+
 MAX_PARAMS_PER_CALL = 100  # MLflow's own limit per log_batch call
 
 
@@ -25,14 +29,3 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
     entries = [Param(key, format_param(value)) for key, value in params.items()]
     for start in range(0, len(entries), MAX_PARAMS_PER_CALL):
         client.log_batch(run_id, params=entries[start : start + MAX_PARAMS_PER_CALL])
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys for a nested dict: ``{'optimizer': {'lr': 1}}`` -> ``{'optimizer.lr': 1}``;
-    lists stay values."""
-    if not isinstance(node, dict):
-        return {prefix: node}
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
