@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 
 from engine._checks import check_choice
 
@@ -91,7 +92,7 @@ def _sigmoid_binary_cross_entropy_delta(a: np.ndarray, y: np.ndarray, out: np.nd
     return value
 
 
-def member_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def member_dots(a: np.ndarray, b: np.ndarray) -> npt.NDArray[np.float64]:
     """``float(np.vdot(a[m], b[m]))`` for every member ``m`` of stacked ``(M, n, k)`` arrays, as a
     float64 array of shape ``(M,)``; either one may be an ``(n, k)`` array shared by all members.
 
@@ -142,7 +143,7 @@ StackedLossFunction = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 def _stacked_mse(a: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
     np.subtract(a, y, out=out)
-    count = out.shape[-2] * out.shape[-1]
+    count: int = out.shape[-2] * out.shape[-1]
     value = member_dots(out, out) / count
     out *= 2.0 / count
     return value
@@ -161,7 +162,8 @@ def _stacked_binary_cross_entropy_value(a: np.ndarray, y: np.ndarray, scratch: n
     total = member_dots(y, _log_clipped(a, scratch))
     np.subtract(1.0, a, out=scratch)
     total += member_dots(1.0 - y, _log_clipped(scratch, scratch))
-    return -total / (a.shape[-2] * a.shape[-1])
+    size: int = a.shape[-2] * a.shape[-1]
+    return -total / size
 
 
 def _stacked_binary_cross_entropy(a: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from engine._checks import check_choice
 from engine.losses import member_dots
@@ -57,25 +58,30 @@ class MetricSums:
 
 class StackedMetricSums(MetricSums):
     """``MetricSums`` of stacked members (``engine.stacked``): ``add`` takes each member's loss
-    (shape ``(M,)``) and outputs of shape ``(M, rows, n_outputs)``, and every sum is an array of
-    shape ``(M,)``. It mirrors ``MetricSums.add`` operation for operation, so each member's sums
-    are the ones it gets alone."""
+    (shape ``(M,)``) and outputs of shape ``(M, rows, n_outputs)``, and ``means()`` gives arrays of
+    one value per member. It mirrors ``MetricSums.add`` operation for operation, so each member's
+    sums are the ones it gets alone."""
+
+    def reset(self) -> None:
+        self.member_sums: dict[str, float | np.ndarray] = dict.fromkeys(self.names, 0.0)
+        self.count = 0
 
     def add(self, loss_value: float | np.ndarray, a: np.ndarray, y: np.ndarray, scratch: np.ndarray) -> None:
+        sums = self.member_sums
         rows = a.shape[-2]
         self.count += rows
-        self.sums["loss"] += loss_value * rows
+        sums["loss"] += loss_value * rows
         if self.mse:
             if self.mse_is_loss:
-                self.sums["mse"] += loss_value * rows
+                sums["mse"] += loss_value * rows
             else:
                 np.subtract(a, y, out=scratch)
-                self.sums["mse"] += member_dots(scratch, scratch) / a.shape[-1]
+                sums["mse"] += member_dots(scratch, scratch) / a.shape[-1]
         if self.accuracy:
-            self.sums["accuracy"] += members_correct(a, y)
+            sums["accuracy"] += members_correct(a, y)
 
-    def means(self) -> dict[str, np.ndarray]:  # type: ignore[override]  # one value per member
-        return {name: np.asarray(total) / self.count for name, total in self.sums.items()}
+    def means(self) -> dict[str, npt.NDArray[np.float64]]:  # type: ignore[override]  # one value per member
+        return {name: np.asarray(total) / self.count for name, total in self.member_sums.items()}
 
 
 def count_correct(a: np.ndarray, y: np.ndarray) -> int:
@@ -85,12 +91,14 @@ def count_correct(a: np.ndarray, y: np.ndarray) -> int:
     return int(np.count_nonzero(a.argmax(axis=1) == y.argmax(axis=1)))
 
 
-def members_correct(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+def members_correct(a: np.ndarray, y: np.ndarray) -> npt.NDArray[np.intp]:
     """``count_correct`` of every member of stacked outputs ``(M, rows, n_outputs)`` (``y`` of that
     shape or ``(rows, n_outputs)``), as an integer array of shape ``(M,)``."""
     if a.shape[-1] == 1:
-        return np.count_nonzero((a > 0.5) == (y > 0.5), axis=(-2, -1))
-    return np.count_nonzero(a.argmax(axis=-1) == y.argmax(axis=-1), axis=-1)
+        counts: npt.NDArray[np.intp] = np.count_nonzero((a > 0.5) == (y > 0.5), axis=(-2, -1))
+    else:
+        counts = np.count_nonzero(a.argmax(axis=-1) == y.argmax(axis=-1), axis=-1)
+    return counts
 
 
 def evaluate(

@@ -198,7 +198,7 @@ class StackedOptimizer:
             groups.setdefault(member.schedule, []).append(index)
         self.schedules = [(schedule, np.array(indices)) for schedule, indices in groups.items()]
 
-    def _column(self, values: Sequence[float]) -> np.ndarray:
+    def _column(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
         return np.array(values, np.float64).astype(self.dtype)[:, None]
 
     def start_epoch(self, epoch: int, total: int) -> np.ndarray:

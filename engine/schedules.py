@@ -20,11 +20,10 @@ from typing import TypeVar
 
 import numpy as np
 
-Rate = TypeVar("Rate", float, np.ndarray)
-
 from engine._checks import check_choice
 from engine.limits import check_limit
 
+Rate = TypeVar("Rate", float, np.ndarray)
 SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine")
 
 

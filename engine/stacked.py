@@ -228,7 +228,8 @@ def _members(
     for index, group in enumerate(observer_lists):
         if isinstance(group, Observer) or not isinstance(group, Sequence):
             raise ValueError(
-                f"observers[{index}]={group!r} is not allowed: observers must hold one sequence of observers per network"
+                f"observers[{index}]={group!r} is not allowed: "
+                "observers must hold one sequence of observers per network"
             )
     names = StackedMetricSums(run.loss, run.metrics).names
     return [
@@ -286,7 +287,7 @@ def _shuffles(
                 "np.random.Generator per network"
             )
         return [None] * count
-    generators = _per_member("rngs", rngs, count)
+    generators: list[np.random.Generator | None] = list(_per_member("rngs", rngs, count))
     for index, rng in enumerate(generators):
         if mini_batches and not isinstance(rng, np.random.Generator):
             raise ValueError(f"rngs[{index}]={rng!r} is not allowed: it must be an np.random.Generator")
@@ -332,7 +333,9 @@ def _run_epoch(stack: _Stack, epoch: int, epochs: int) -> _Stack | None:
     train_values = stack.updates.run_epoch()
     if train_values is None:
         for member in stack.members:
-            stop_history(member.history, "interrupted", f"interrupted in epoch {epoch}, after {epoch} complete epoch(s)")
+            stop_history(
+                member.history, "interrupted", f"interrupted in epoch {epoch}, after {epoch} complete epoch(s)"
+            )
         stack.interrupted = True
         return stack
     train = cast(dict[str, np.ndarray], train_values)
@@ -377,9 +380,7 @@ class _Stack:
             self.validate = lambda: evaluate(self.network, X_val, Y_val, run.loss, run.metrics, workspace)
         self.limits = np.array([member.growth.limit for member in members])
         self.reported = [position for position, member in enumerate(members) if member.reported]
-        self.records = {
-            key: [member.history.metrics[key] for member in members] for key in members[0].history.metrics
-        }
+        self.records = {key: [member.history.metrics[key] for member in members] for key in members[0].history.metrics}
         self.interrupted = False
         self.saturation: StackedSaturation
 
@@ -399,7 +400,9 @@ class _Stack:
         keep = np.array([position for position in range(len(self.members)) if position not in set(stopped)], np.intp)
         if not keep.size:
             return None
-        kept = _Stack([self.members[p] for p in keep.tolist()], self.params[keep], self.optimizer.select(keep), self.run)
+        kept = _Stack(
+            [self.members[p] for p in keep.tolist()], self.params[keep], self.optimizer.select(keep), self.run
+        )
         self.saturation.select(keep)
         kept.saturation = self.saturation
         return kept
@@ -510,7 +513,8 @@ def _not_finite(values: dict[str, np.ndarray], suspects: np.ndarray) -> list[int
     """Positions where ``suspects`` holds or any of ``values`` is not finite."""
     for array in values.values():
         suspects = suspects | ~np.isfinite(array)
-    return cast(list[int], np.flatnonzero(suspects).tolist())
+    positions: list[int] = np.flatnonzero(suspects).tolist()
+    return positions
 
 
 def _member_values(values: dict[str, np.ndarray], position: int) -> dict[str, float]:

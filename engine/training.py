@@ -40,7 +40,6 @@ from engine.network import MLP, OutputDelta
 from engine.optimizers import Optimizer
 from engine.stopping import Divergence, EarlyStopping, EarlyStoppingWatch, Growth, Saturation, StoppingRules
 
-
 __all__ = [
     "METRICS",
     "EarlyStopping",
@@ -237,7 +236,9 @@ def empty_history(names: Sequence[str], has_validation: bool) -> History:
     return History(metrics={f"{split}_{name}": [] for split in splits for name in names})
 
 
-def record_epoch(history: History, epoch: int, train_values: dict[str, float], val_values: dict[str, float] | None) -> None:
+def record_epoch(
+    history: History, epoch: int, train_values: dict[str, float], val_values: dict[str, float] | None
+) -> None:
     """Append the epoch's metrics to ``history``."""
     history.epochs_run = epoch + 1
     for name, value in train_values.items():
