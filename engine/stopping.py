@@ -225,13 +225,20 @@ class StackedSaturation:
         self.patience = np.array([rule.patience for rule in rules])
         self.previous_loss = np.full(len(rules), math.nan)
         self.stuck_epochs = np.zeros(len(rules), np.int64)
+        self.on = self.patience > 0
 
-    def check(self, train_losses: np.ndarray, layer_outputs: Sequence[np.ndarray]) -> list[str | None]:
-        verdicts: list[str | None] = [None] * len(train_losses)
-        on = self.patience > 0
-        stuck = on & (np.abs(train_losses - self.previous_loss) <= STUCK_RELATIVE_CHANGE * np.abs(train_losses))
-        self.previous_loss = np.where(on, train_losses, self.previous_loss)
-        self.stuck_epochs[~stuck] = 0
+    def check(self, train_losses: np.ndarray, layer_outputs: Sequence[np.ndarray]) -> dict[int, str]:
+        """The members found saturated this epoch, by position, with ``Saturation.check``'s
+        message."""
+        if not self.on.any():
+            return {}
+        stuck = np.abs(train_losses - self.previous_loss) <= STUCK_RELATIVE_CHANGE * np.abs(train_losses)
+        stuck &= self.on
+        np.copyto(self.previous_loss, train_losses, where=self.on)
+        self.stuck_epochs *= stuck  # 0 where the loss moved
+        verdicts: dict[int, str] = {}
+        if not stuck.any():
+            return verdicts
         for member in np.flatnonzero(stuck).tolist():
             layer = pinned_layer(self.layers, [outputs[member] for outputs in layer_outputs])
             if layer is None:
@@ -239,13 +246,13 @@ class StackedSaturation:
                 continue
             self.stuck_epochs[member] += 1
             if self.stuck_epochs[member] >= self.patience[member]:
-                loss = float(train_losses[member])
-                verdicts[member] = saturation_message(layer, self.loss, loss, int(self.patience[member]))
+                loss, patience = float(train_losses[member]), int(self.patience[member])
+                verdicts[member] = saturation_message(layer, self.loss, loss, patience)
         return verdicts
 
     def select(self, keep: np.ndarray) -> None:
         self.patience, self.previous_loss = self.patience[keep], self.previous_loss[keep]
-        self.stuck_epochs = self.stuck_epochs[keep]
+        self.stuck_epochs, self.on = self.stuck_epochs[keep], self.on[keep]
 
 
 class EarlyStoppingWatch:
