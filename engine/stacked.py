@@ -195,6 +195,7 @@ class _Member:
     growth: Growth = field(init=False)
     watch: EarlyStoppingWatch | None = field(init=False)
     reported: bool = field(init=False)  # observers or early stopping: asked after every epoch
+    finished: bool = False
 
     def __post_init__(self) -> None:
         self.growth = Growth(self.rules.divergence_factor, self.loss)
@@ -502,11 +503,13 @@ class _Stack:
         """Copy the stacked parameters of the members at ``positions`` (all by default) into
         their own networks."""
         for position in range(len(self.members)) if positions is None else positions:
-            np.copyto(self.members[position].network.params, self.params[position])
+            if not self.members[position].finished:  # its weights may be its best epoch's
+                np.copyto(self.members[position].network.params, self.params[position])
 
     def finish(self, position: int) -> None:
         """End the training of the member at ``position`` (its network synced), as ``train`` ends."""
         member = self.members[position]
+        member.finished = True
         history = member.history
         history.epochs_run = len(history.metrics["train_loss"])
         finish_history(history, member.watch, member.network.params)
