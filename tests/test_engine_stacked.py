@@ -449,11 +449,58 @@ def test_members_stop_early_each_at_its_own_patience_and_restore_their_best_weig
     assert any(outcome.history.restored_epoch is not None for outcome in lone)
 
 
-def test_a_member_stopped_by_its_observer_leaves_the_others_training() -> None:
-    members = [Member(1, gd(0.5), stop_after=3), Member(2, gd(0.2)), Member(3, gd(0.9), stop_after=1)]
+STOPPING_OPTIMIZERS = {
+    "gd": lambda lr, option: engine.make_optimizer("gd", lr),
+    "momentum": lambda lr, option: engine.make_optimizer("momentum", lr / 4, momentum=option),
+    "adam": lambda lr, option: engine.make_optimizer("adam", lr / 20, beta1=option),
+}
+
+
+@pytest.mark.parametrize("optimizer", list(STOPPING_OPTIMIZERS))
+def test_a_member_stopped_by_its_observer_leaves_the_others_training(optimizer: str) -> None:
+    # The members that stay keep their optimizer state when the stack loses one.
+    def make(lr: float, option: float) -> Callable[[], engine.Optimizer]:
+        return lambda: STOPPING_OPTIMIZERS[optimizer](lr, option)
+
+    members = [
+        Member(1, make(0.5, 0.9), stop_after=3),
+        Member(2, make(0.2, 0.5)),
+        Member(3, make(0.9, 0.7), stop_after=1),
+        Member(4, make(0.4, 0.0)),
+    ]
     lone = check(Case([3, 5, 2], members, epochs=8, batch_size=11, validation=True, metrics=("mse",)))
-    assert _stops(lone) == [("pruned", 3), ("completed", 8), ("pruned", 1)]
+    assert _stops(lone) == [("pruned", 3), ("completed", 8), ("pruned", 1), ("completed", 8)]
     assert lone[0].history.message == "pruned after 3 epochs"
+
+
+class Shrinker(Recorder):
+    """Halves its network's weights after every second epoch: what an observer changes in the
+    network it was given is trained on, alone and stacked."""
+
+    def on_train_begin(self, network: engine.MLP) -> None:
+        super().on_train_begin(network)
+        self.network = network
+
+    def on_epoch_end(self, report: engine.EpochReport) -> None:
+        super().on_epoch_end(report)
+        if report.epoch % 2:
+            self.network.params *= 0.5
+
+
+def test_what_an_observer_changes_in_its_network_is_trained_on() -> None:
+    X, Y = make_data(30, 3, 2, "mse", 0)
+    outcomes = []
+    for stacked in (False, True):
+        networks = [engine.MLP([3, 6, 2], np.random.default_rng(seed)) for seed in range(3)]
+        optimizers = [engine.make_optimizer("momentum", lr) for lr in (0.1, 0.3, 0.5)]
+        observers = [Shrinker(), Recorder(), Shrinker()]
+        if stacked:
+            engine.train_stacked(networks, optimizers, X, Y, epochs=6, observers=[[each] for each in observers])
+        else:
+            for network, optimizer, observer in zip(networks, optimizers, observers):
+                engine.train(network, optimizer, X, Y, epochs=6, observers=[observer])
+        outcomes.append(([network.params.copy() for network in networks], [each.events for each in observers]))
+    assert _same(outcomes[0], outcomes[1])
 
 
 def test_members_stopping_in_the_same_epoch_and_every_member_stopping() -> None:
