@@ -159,7 +159,9 @@ class Adam(Optimizer):
 
 class _StackedAdam(Adam):
     """Adam's ``step`` over stacked members, with each member's two step scalars from its own
-    ``Adam.step_scalars`` (the powers b^t are Python's, as alone), as columns."""
+    ``Adam.step_scalars`` at its own float rate ``member_lrs`` (the powers b^t Python's, as
+    alone), as columns in the parameters' dtype. The ``lr`` it is given, the rates already rounded
+    to that dtype, is not used."""
 
     def __init__(self, members: Sequence[Adam], dtype: np.dtype) -> None:
         first = members[0]
@@ -169,7 +171,7 @@ class _StackedAdam(Adam):
 
     def step_scalars(self, lr: Any, t: int) -> tuple[np.ndarray, np.ndarray]:
         scalars = [member.step_scalars(rate, t) for member, rate in zip(self.members, self.member_lrs)]
-        columns = np.array(scalars).astype(self.dtype)
+        columns = np.array(scalars, np.float64).astype(self.dtype)
         return columns[:, 0:1], columns[:, 1:2]
 
 
@@ -179,15 +181,24 @@ class StackedOptimizer:
     ``columns`` (and the learning rate) an ``(M, 1)`` column of the members' values in the
     parameters' dtype, which is the value each member's step rounds its float to alone.
 
-    The members must be of one class; their settings, schedules included, may differ. Their own
-    objects are left as they are: the state lives here, and ``select`` carries it over to the
-    members that stay.
+    The members must be of one class (``optimizers[i]`` in the refusal is ``members[i]``); their
+    settings, schedules included, may differ. Their own objects are left as they are: the state
+    lives here, and ``select`` carries it over to the members that stay.
     """
 
     def __init__(self, members: Sequence[Optimizer], n_params: int, dtype: np.dtype) -> None:
         self.members, self.n_params, self.dtype = list(members), n_params, dtype
         first = self.members[0]
-        self.inner: Optimizer = _StackedAdam(members, dtype) if isinstance(first, Adam) else copy.copy(first)  # type: ignore[arg-type]
+        for index, member in enumerate(self.members):
+            if not isinstance(member, Optimizer):
+                raise ValueError(f"optimizers[{index}]={member!r} is not allowed: it must be an engine Optimizer")
+            if type(member) is not type(first):
+                raise ValueError(
+                    f"optimizers[{index}] is {type(member).__name__} but optimizers[0] is {type(first).__name__}: "
+                    "the optimizers of a stack must be of one kind (their settings may differ)"
+                )
+        adams = [member for member in self.members if isinstance(member, Adam)]
+        self.inner: Optimizer = _StackedAdam(adams, dtype) if adams else copy.copy(first)
         for name in first.columns:
             setattr(self.inner, name, self._column([getattr(member, name) for member in self.members]))
         self.inner.reset((len(self.members), n_params), dtype)
@@ -206,7 +217,7 @@ class StackedOptimizer:
         lrs = np.empty(len(self.members))
         for schedule, indices in self.schedules:
             lrs[indices] = schedule.lr_at(self.base_lrs[indices], epoch, total)
-        self.inner.lr = self._column(lrs)  # type: ignore[assignment]
+        self.inner.lr = self._column(lrs)  # type: ignore[assignment]  # the members' rates as a column
         if isinstance(self.inner, _StackedAdam):
             self.inner.member_lrs = lrs.tolist()
         return lrs

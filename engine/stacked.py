@@ -109,11 +109,18 @@ def train_stacked(
     check_limit("epochs", epochs)
     run = _Run.checked(networks, X, Y, loss, metrics, batch_size, validation, stop_requested)
     members = _members(networks, optimizers, rngs, stopping, observers, run)
+    template = members[0].network
+    # Refuses optimizers of different kinds, before any observer hears of training.
+    optimizer = StackedOptimizer([member.optimizer for member in members], template.n_params, template.dtype)
     run.wants_gradients = any(observer.wants_gradients for member in members for observer in member.observers)
     for member in members:
         for observer in member.observers:
             observer.on_train_begin(member.network)
-    stack: _Stack | None = _Stack.first(members, run)
+    patience = [member.rules.saturation_patience for member in members]
+    saturation = StackedSaturation(template.layer_activations, patience, run.loss)
+    # The parameters as the observers leave them at the start, as train trains them.
+    params = np.stack([member.network.params for member in members])
+    stack: _Stack | None = _Stack(members, params, optimizer, saturation, run)
     try:
         # Overflow and NaN are expected when a member diverges, and caught by the checks.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
@@ -215,16 +222,7 @@ def _members(
     """The members, every argument checked: what must be shared is, and each has its own."""
     count = len(networks)
     _check_networks(networks)
-    optimizers = _per_member("optimizers", optimizers, count)
-    first_kind = type(optimizers[0])
-    for index, optimizer in enumerate(optimizers):
-        if not isinstance(optimizer, Optimizer):
-            raise ValueError(f"optimizers[{index}]={optimizer!r} is not allowed: it must be an engine Optimizer")
-        if type(optimizer) is not first_kind:
-            raise ValueError(
-                f"optimizers[{index}] is {type(optimizer).__name__} but optimizers[0] is {first_kind.__name__}: "
-                "the optimizers of a stack must be of one kind (their settings may differ)"
-            )
+    optimizers = _per_member("optimizers", optimizers, count)  # their kinds: StackedOptimizer checks them
     shuffles = _shuffles(rngs, count, run.batch_size is not None)
     rules = _stopping_rules(stopping, count, run.validation is not None)
     observer_lists = _per_member("observers", observers, count) if len(observers) else [()] * count
@@ -362,8 +360,16 @@ class _Stack:
     """The members still training and their stacked state: parameters, optimizer state, the
     epoch of updates, the validation pass, the saturation counts."""
 
-    def __init__(self, members: list[_Member], params: np.ndarray, optimizer: StackedOptimizer, run: _Run) -> None:
+    def __init__(
+        self,
+        members: list[_Member],
+        params: np.ndarray,
+        optimizer: StackedOptimizer,
+        saturation: StackedSaturation,
+        run: _Run,
+    ) -> None:
         self.members, self.params, self.optimizer, self.run = members, params, optimizer, run
+        self.saturation = saturation
         self.network = StackedMLP(members[0].network, params)
         output_delta = self.network.output_delta(run.loss)
         sums = StackedMetricSums(run.loss, run.metrics)
@@ -385,30 +391,15 @@ class _Stack:
         self.reported = [position for position, member in enumerate(members) if member.reported]
         self.records = {key: [member.history.metrics[key] for member in members] for key in members[0].history.metrics}
         self.interrupted = False
-        self.saturation: StackedSaturation
-
-    @classmethod
-    def first(cls, members: list[_Member], run: _Run) -> _Stack:
-        """The stack of every member, from their networks' parameters and a fresh optimizer state."""
-        template = members[0].network
-        params = np.stack([member.network.params for member in members])
-        optimizer = StackedOptimizer([member.optimizer for member in members], template.n_params, template.dtype)
-        stack = cls(members, params, optimizer, run)
-        patience = [member.rules.saturation_patience for member in members]
-        stack.saturation = StackedSaturation(template.layer_activations, patience, run.loss)
-        return stack
 
     def without(self, stopped: Sequence[int]) -> _Stack | None:
         """The stack of the members that go on, each with its parameters and optimizer state."""
         keep = np.array([position for position in range(len(self.members)) if position not in set(stopped)], np.intp)
         if not keep.size:
             return None
-        kept = _Stack(
-            [self.members[p] for p in keep.tolist()], self.params[keep], self.optimizer.select(keep), self.run
-        )
         self.saturation.select(keep)
-        kept.saturation = self.saturation
-        return kept
+        members = [self.members[position] for position in keep.tolist()]
+        return _Stack(members, self.params[keep], self.optimizer.select(keep), self.saturation, self.run)
 
     def validation_and_divergence(
         self, epoch: int, train: dict[str, np.ndarray]

@@ -19,8 +19,8 @@ An epoch whose loss, metrics or weights are not finite, or whose network saturat
 ``engine.stopping``), ends training as ``'diverged'``; it is neither reported nor recorded.
 
 ``engine.stacked`` trains several networks at once with the same epoch of updates
-(``FullBatch``, ``MiniBatches``: their code works on a leading member axis) and the same record,
-stops and observer calls (the functions without a leading underscore).
+(``FullBatch``, ``MiniBatches``: their code works on a leading member axis), the same checks of
+the arguments, stops, observer calls and ending (the functions here without a leading underscore).
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def train(
             if problem is not None:
                 stop_history(history, "diverged", f"diverged at epoch {epoch}: {problem}")
                 break
-            record_epoch(history, epoch, train_values, val_values)
+            _record(history, epoch, train_values, val_values)
             if observers:
                 report = EpochReport(epoch, lr, train_values, val_values, network.weights, network.biases, *grad_views)
                 requested = notify(observers, report)
@@ -236,9 +236,7 @@ def empty_history(names: Sequence[str], has_validation: bool) -> History:
     return History(metrics={f"{split}_{name}": [] for split in splits for name in names})
 
 
-def record_epoch(
-    history: History, epoch: int, train_values: dict[str, float], val_values: dict[str, float] | None
-) -> None:
+def _record(history: History, epoch: int, train_values: dict[str, float], val_values: dict[str, float] | None) -> None:
     """Append the epoch's metrics to ``history``."""
     history.epochs_run = epoch + 1
     for name, value in train_values.items():
@@ -273,17 +271,18 @@ def _epoch_updates(
     if batch_size is not None:
         check_limit("batch_size", batch_size)
     sums = MetricSums(loss, metrics)
-    optimizer.reset(network.n_params, network.dtype)
     if batch_size is None or batch_size >= X.shape[0]:
+        optimizer.reset(network.n_params, network.dtype)
         return FullBatch(network, optimizer, X, Y, output_delta, sums, stop_requested)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(
             f"rng={rng!r} is not allowed: mini-batch training reshuffles every epoch and needs an np.random.Generator"
         )
+    optimizer.reset(network.n_params, network.dtype)
     return MiniBatches(network, optimizer, X, Y, output_delta, sums, stop_requested, batch_size, rng)
 
 
-class Updates:
+class _Updates:
     """One epoch of gradient updates of ``network`` on ``X`` ``(n, n_inputs)`` and ``Y``
     ``(n, n_outputs)``, ``run_epoch()`` at a time; ``stop_requested`` is asked after every update.
 
@@ -326,7 +325,7 @@ class Updates:
         raise NotImplementedError
 
 
-class FullBatch(Updates):
+class FullBatch(_Updates):
     """One update per epoch, from the gradient over all rows, which is the epoch's gradient."""
 
     def __init__(
@@ -355,7 +354,7 @@ class FullBatch(Updates):
         return self.metrics.means()
 
 
-class MiniBatches(Updates):
+class MiniBatches(_Updates):
     """Shuffled mini-batches of ``batch_size`` rows, the last one smaller when they do not
     divide n; one update per batch. The epoch's gradient is the mean of the applied ones."""
 
