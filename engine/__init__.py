@@ -11,6 +11,7 @@ from engine.metrics import METRICS, evaluate
 from engine.network import MLP
 from engine.optimizers import OPTIMIZERS, Optimizer, make_optimizer
 from engine.schedules import SCHEDULE_NAMES, Schedule
+from engine.stacked import train_stacked
 from engine.stopping import EarlyStopping, StoppingRules
 from engine.training import EpochReport, History, Observer, Validation, train
 
@@ -35,4 +36,5 @@ __all__ = [
     "gradient_check",
     "make_optimizer",
     "train",
+    "train_stacked",
 ]

@@ -1,6 +1,9 @@
 """Activation functions and their backward passes, keyed by the names used in configs.
 
-Rows are samples: ``z`` and ``a`` have shape ``(n_samples, n_units)``.
+Rows are samples: ``z`` and ``a`` have shape ``(n_samples, n_units)``, or
+``(n_members, n_samples, n_units)`` for networks stacked on a leading axis (``engine.stacked``):
+every function works element by element or along the last axis, so a member's slice gets the
+values it would get alone.
 
 Every backward pass works from the cached *output* ``a = f(z)`` (never from ``z``), because
 that is what the forward pass keeps: for example sigmoid' = a (1 - a). It turns
@@ -64,9 +67,9 @@ def identity(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 def softmax(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Row-wise a_k = e^(z_k) / sum_j e^(z_j), shifted by the row maximum so exp never overflows."""
-    out = np.subtract(z, z.max(axis=1, keepdims=True), out=out)
+    out = np.subtract(z, z.max(axis=-1, keepdims=True), out=out)
     np.exp(out, out=out)
-    out /= out.sum(axis=1, keepdims=True)
+    out /= out.sum(axis=-1, keepdims=True)
     return out
 
 
@@ -102,7 +105,7 @@ def _identity_backward(a: np.ndarray, delta: np.ndarray, scratch: np.ndarray) ->
 
 def _softmax_backward(a: np.ndarray, delta: np.ndarray, scratch: np.ndarray) -> None:
     np.multiply(delta, a, out=scratch)
-    delta -= scratch.sum(axis=1, keepdims=True)
+    delta -= scratch.sum(axis=-1, keepdims=True)
     delta *= a
 
 

@@ -15,6 +15,11 @@ and returns the loss value E, so that value and gradient always share one averag
 
 For the two cross-entropies the output layer uses the fused delta dE/dz = (a - y)/n
 (resp. (a - y)/(n k)), which is exact and avoids dividing by probabilities near 0.
+
+``STACKED_LOSSES`` and ``STACKED_FUSED_OUTPUT_DELTAS`` hold the same functions for networks
+stacked on a leading axis (``engine.stacked``): ``a`` and ``out`` of shape ``(M, n, k)``, ``y``
+of that shape or ``(n, k)`` shared by all members; they return each member's loss as a float64
+array of shape ``(M,)``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 
 from engine._checks import check_choice
 
@@ -86,6 +92,18 @@ def _sigmoid_binary_cross_entropy_delta(a: np.ndarray, y: np.ndarray, out: np.nd
     return value
 
 
+def member_dots(a: np.ndarray, b: np.ndarray) -> npt.NDArray[np.float64]:
+    """``float(np.vdot(a[m], b[m]))`` for every member ``m`` of stacked ``(M, n, k)`` arrays, as a
+    float64 array of shape ``(M,)``; either one may be an ``(n, k)`` array shared by all members.
+
+    np.vecdot runs, on each member's contiguous slice, the dot loop np.vdot runs on an array alone
+    (BLAS's dot): the same sum in the same order, so each value is the one that member's lone loss
+    gets.
+    """
+    dots: np.ndarray = np.vecdot(a.reshape(*a.shape[:-2], -1), b.reshape(*b.shape[:-2], -1))
+    return dots.astype(np.float64)
+
+
 LOSSES: dict[str, LossFunction] = {
     "mse": mse,
     "cross_entropy": cross_entropy,
@@ -113,3 +131,72 @@ def get_loss(name: str, output_activation: str, argument: str = "loss") -> LossF
     if required is not None and output_activation != required:
         raise ValueError(f"{argument}={name!r} needs output_activation='{required}', got {output_activation!r}")
     return LOSSES[name]
+
+
+# Stacked members: each function mirrors the function of the same name above, operation for
+# operation, on a leading member axis (the sums per member by member_dots, n and k from the last
+# two axes), so that every member's value and gradient are bit for bit what it gets alone;
+# tests/test_engine_stacked.py compares the two for every loss. A change to one is a change to both.
+
+StackedLossFunction = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _stacked_mse(a: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    np.subtract(a, y, out=out)
+    count: int = out.shape[-2] * out.shape[-1]
+    value = member_dots(out, out) / count
+    out *= 2.0 / count
+    return value
+
+
+def _stacked_cross_entropy(a: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    n: int = a.shape[-2]
+    value = -member_dots(y, _log_clipped(a, out)) / n
+    np.maximum(a, np.finfo(a.dtype).tiny, out=out)
+    np.divide(y, out, out=out)
+    out *= -1.0 / n
+    return value
+
+
+def _stacked_binary_cross_entropy_value(a: np.ndarray, y: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    total = member_dots(y, _log_clipped(a, scratch))
+    np.subtract(1.0, a, out=scratch)
+    total += member_dots(1.0 - y, _log_clipped(scratch, scratch))
+    size: int = a.shape[-2] * a.shape[-1]
+    return -total / size
+
+
+def _stacked_binary_cross_entropy(a: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    value = _stacked_binary_cross_entropy_value(a, y, out)
+    tiny = np.finfo(a.dtype).tiny
+    np.maximum(a * (1.0 - a), tiny, out=out)
+    np.divide(a - y, out, out=out)
+    out *= 1.0 / (a.shape[-2] * a.shape[-1])
+    return value
+
+
+def _stacked_softmax_cross_entropy_delta(a: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    n: int = a.shape[-2]
+    value = -member_dots(y, _log_clipped(a, out)) / n
+    np.subtract(a, y, out=out)
+    out *= 1.0 / n
+    return value
+
+
+def _stacked_sigmoid_binary_cross_entropy_delta(a: np.ndarray, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    value = _stacked_binary_cross_entropy_value(a, y, out)
+    np.subtract(a, y, out=out)
+    out *= 1.0 / (a.shape[-2] * a.shape[-1])
+    return value
+
+
+STACKED_LOSSES: dict[str, StackedLossFunction] = {
+    "mse": _stacked_mse,
+    "cross_entropy": _stacked_cross_entropy,
+    "binary_cross_entropy": _stacked_binary_cross_entropy,
+}
+
+STACKED_FUSED_OUTPUT_DELTAS: dict[tuple[str, str], StackedLossFunction] = {
+    ("cross_entropy", "softmax"): _stacked_softmax_cross_entropy_delta,
+    ("binary_cross_entropy", "sigmoid"): _stacked_sigmoid_binary_cross_entropy_delta,
+}

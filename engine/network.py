@@ -8,13 +8,17 @@ All weights and biases live in one flat vector, ``MLP.params``; ``weights[l]`` a
 ``biases[l]`` are views into it. Gradients and optimizer state use the same layout, so an
 optimizer updates every layer with a handful of vector operations whatever the depth, which
 matters most for small networks where per-call overhead dominates.
+
+``StackedMLP`` holds several networks of one architecture with their parameters stacked on a
+leading axis, ``(M, n_params)``; its forward pass and backpropagation are MLP's own code, which
+works on a leading member axis as on none (see ``StackedMLP``).
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Sequence
-from typing import cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +26,14 @@ import numpy.typing as npt
 from engine._checks import as_finite_2d, check_choice
 from engine.activations import ACTIVATIONS, get_activation
 from engine.initializers import get_initializer
-from engine.losses import FUSED_OUTPUT_DELTAS, get_loss
+from engine.losses import (
+    FUSED_OUTPUT_DELTAS,
+    LOSSES,
+    STACKED_FUSED_OUTPUT_DELTAS,
+    STACKED_LOSSES,
+    LossFunction,
+    get_loss,
+)
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
 # Softmax couples a layer's units; it only makes sense as the output layer of a classifier.
@@ -43,16 +54,17 @@ class Workspace:
     """Preallocated buffers for forward and backward passes over batches of ``rows`` samples.
 
     ``activations[l]``, ``deltas[l]`` (dE/dz) and ``scratch[l]`` all have shape
-    ``(rows, sizes[l + 1])``; ``inputs``/``targets`` receive mini-batches gathered from the data.
+    ``(*lead, rows, sizes[l + 1])``; ``inputs``/``targets`` receive mini-batches gathered from the
+    data. ``lead`` is ``()`` for one network, ``(M,)`` for M stacked ones (each its own batch).
     """
 
-    def __init__(self, sizes: Sequence[int], rows: int, dtype: np.dtype) -> None:
+    def __init__(self, sizes: Sequence[int], rows: int, dtype: np.dtype, lead: tuple[int, ...] = ()) -> None:
         self.rows = rows
-        self.activations = [np.empty((rows, width), dtype) for width in sizes[1:]]
-        self.deltas = [np.empty((rows, width), dtype) for width in sizes[1:]]
-        self.scratch = [np.empty((rows, width), dtype) for width in sizes[1:]]
-        self.inputs = np.empty((rows, sizes[0]), dtype)
-        self.targets = np.empty((rows, sizes[-1]), dtype)
+        self.activations = [np.empty((*lead, rows, width), dtype) for width in sizes[1:]]
+        self.deltas = [np.empty((*lead, rows, width), dtype) for width in sizes[1:]]
+        self.scratch = [np.empty((*lead, rows, width), dtype) for width in sizes[1:]]
+        self.inputs = np.empty((*lead, rows, sizes[0]), dtype)
+        self.targets = np.empty((*lead, rows, sizes[-1]), dtype)
 
 
 class MLP:
@@ -75,6 +87,10 @@ class MLP:
     dtype : {'float64', 'float32'}
         Floating type of parameters and computations.
     """
+
+    # Where output_delta takes the loss functions from (a StackedMLP: their stacked counterparts).
+    loss_functions: ClassVar[Mapping[str, LossFunction]] = LOSSES
+    fused_output_deltas: ClassVar[Mapping[tuple[str, str], LossFunction]] = FUSED_OUTPUT_DELTAS
 
     def __init__(
         self,
@@ -133,20 +149,23 @@ class MLP:
     def layer_views(self, flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Split a flat vector laid out like ``params`` into per-layer ``(W, b)`` views.
 
-        Layer ``l`` holds ``W`` (``fan_in * fan_out`` values, row-major) followed by ``b``.
+        Layer ``l`` holds ``W`` (``fan_in * fan_out`` values, row-major) followed by ``b``. A
+        leading axis of ``flat`` (stacked networks) stays in front: ``(M, fan_in, fan_out)`` and
+        ``(M, fan_out)``.
         """
         weights, biases = [], []
+        lead = flat.shape[:-1]
         offset = 0
         for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
-            weights.append(flat[offset : offset + fan_in * fan_out].reshape(fan_in, fan_out))
+            weights.append(flat[..., offset : offset + fan_in * fan_out].reshape(*lead, fan_in, fan_out))
             offset += fan_in * fan_out
-            biases.append(flat[offset : offset + fan_out])
+            biases.append(flat[..., offset : offset + fan_out])
             offset += fan_out
         return weights, biases
 
     def workspace(self, rows: int) -> Workspace:
-        """Buffers for passes over ``rows`` samples at a time."""
-        return Workspace(self.sizes, rows, self.dtype)
+        """Buffers for passes over ``rows`` samples at a time (of each member, when stacked)."""
+        return Workspace(self.sizes, rows, self.dtype, self.params.shape[:-1])
 
     def forward(self, X: np.ndarray, workspace: Workspace) -> np.ndarray:
         """Forward pass of ``X`` (``(rows, n_inputs)``); returns the output ``(rows, n_outputs)``.
@@ -162,8 +181,9 @@ class MLP:
 
     def output_delta(self, loss: str) -> OutputDelta:
         """The function giving the loss and dE/dz of the output layer for loss ``loss``."""
-        loss_function = get_loss(loss, self.output_activation)
-        fused = FUSED_OUTPUT_DELTAS.get((loss, self.output_activation))
+        get_loss(loss, self.output_activation)
+        loss_function = self.loss_functions[loss]
+        fused = self.fused_output_deltas.get((loss, self.output_activation))
         if fused is not None:
             return lambda a, y, delta, scratch: fused(a, y, delta)
         backward = self._backwards[-1]
@@ -189,6 +209,9 @@ class MLP:
         ``X`` is ``(rows, n_inputs)`` and ``Y`` ``(rows, n_outputs)``. Going backwards from the
         output, ``delta_l = dE/dz_l``; then ``grad_W_l = a_(l-1)^T delta_l``,
         ``grad_b_l = sum over rows of delta_l`` and ``delta_(l-1) = (delta_l W_l^T) * f'(a_(l-1))``.
+
+        Written for a leading member axis too (``.mT``, rows as axis -2): on a StackedMLP each
+        member's slice goes through the same products and sums as a network alone.
         """
         self.forward(X, workspace)
         activations, deltas, scratch = workspace.activations, workspace.deltas, workspace.scratch
@@ -197,12 +220,12 @@ class MLP:
         for layer in range(last, -1, -1):
             delta = deltas[layer]
             a_prev = X if layer == 0 else activations[layer - 1]
-            np.matmul(a_prev.T, delta, out=grad_weights[layer])
-            # grad_b = delta.sum(axis=0), by the ufunc reduction that ndarray.sum wraps: once per layer
+            np.matmul(a_prev.mT, delta, out=grad_weights[layer])
+            # grad_b = delta.sum(axis=-2), by the ufunc reduction that ndarray.sum wraps: once per layer
             # and batch, its Python wrapper costs as much as the sum itself on small networks.
-            np.add.reduce(delta, axis=0, out=grad_biases[layer])
+            np.add.reduce(delta, axis=-2, out=grad_biases[layer])
             if layer > 0:
-                np.matmul(delta, self.weights[layer].T, out=deltas[layer - 1])
+                np.matmul(delta, self.weights[layer].mT, out=deltas[layer - 1])
                 self._backwards[layer - 1](activations[layer - 1], deltas[layer - 1], scratch[layer - 1])
         return value
 
@@ -221,3 +244,45 @@ class MLP:
         """Raise unless ``Y`` has ``n_outputs`` columns."""
         if Y.shape[1] != self.sizes[-1]:
             raise ValueError(f"{argument} has {Y.shape[1]} columns but the network has n_outputs={self.sizes[-1]}")
+
+
+class StackedMLP(MLP):
+    """``M`` networks of one architecture trained side by side (``engine.stacked``).
+
+    ``params`` has shape ``(M, n_params)``, row ``m`` laid out like member ``m``'s
+    ``MLP.params``; ``weights[l]`` ``(M, fan_in, fan_out)`` and ``biases[l]`` ``(M, 1, fan_out)``
+    (broadcast over each member's rows) are views into it, and ``layer_views`` splits any
+    ``(M, n_params)`` array alike (biases ``(M, fan_out)``). ``forward`` and ``gradient`` are
+    MLP's: np.matmul multiplies each member's slice by the same BLAS call as the member's own
+    arrays alone, the element-wise functions and the reductions over rows or units work slice by
+    slice, so every member's numbers are bit for bit its own. The loss functions are the stacked
+    ones (``engine.losses.STACKED_LOSSES``): ``output_delta`` and ``gradient`` return each
+    member's loss, an array of shape ``(M,)``, where MLP's return a float.
+    """
+
+    # The stacked functions return arrays where MLP's return floats; the training loop hands the
+    # value on to the metric sums (engine.metrics.StackedMetricSums) without looking at it.
+    loss_functions = cast(Mapping[str, LossFunction], STACKED_LOSSES)
+    fused_output_deltas = cast(Mapping[tuple[str, str], LossFunction], STACKED_FUSED_OUTPUT_DELTAS)
+
+    def __init__(self, template: MLP, params: np.ndarray) -> None:
+        # Not MLP.__init__: the parameters are the members' (``params``), not drawn by an
+        # initializer; the architecture is ``template``'s, which every member shares.
+        if params.ndim != 2 or params.shape[1] != template.n_params or params.dtype != template.dtype:
+            raise ValueError(
+                f"params of shape {params.shape} and dtype {params.dtype} do not stack networks of "
+                f"{template.n_params} {template.dtype} parameters"
+            )
+        self.sizes = list(template.sizes)
+        self.activation, self.output_activation = template.activation, template.output_activation
+        self.dtype = template.dtype
+        self.layer_activations = list(template.layer_activations)
+        self._forwards, self._backwards = template._forwards, template._backwards
+        self.params = params
+        self.weights, biases = self.layer_views(params)
+        self.biases = [b[:, None, :] for b in biases]
+
+    @property
+    def members(self) -> int:
+        """How many networks are stacked."""
+        return int(self.params.shape[0])

@@ -7,16 +7,23 @@ optimizer's base rate ``lr``:
 - ``step``: lr * gamma ** floor(e / step_size)
 - ``exponential``: lr * gamma ** e
 - ``cosine``: min_lr + (lr - min_lr) * (1 + cos(pi * e / total)) / 2
+
+``lr`` may also be a float64 array of several optimizers' base rates (stacked training): each
+element goes through the same operations as a float would, so gets the same value.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
 
 from engine._checks import check_choice
 from engine.limits import check_limit
 
+Rate = TypeVar("Rate", float, np.ndarray)
 SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine")
 
 
@@ -35,8 +42,9 @@ class Schedule:
         check_limit("schedule.gamma", self.gamma)
         check_limit("schedule.min_lr", self.min_lr)
 
-    def lr_at(self, lr: float, epoch: int, total: int) -> float:
-        """Learning rate of 0-based ``epoch`` out of ``total`` for base rate ``lr``."""
+    def lr_at(self, lr: Rate, epoch: int, total: int) -> Rate:
+        """Learning rate of 0-based ``epoch`` out of ``total`` for base rate ``lr`` (a float, or
+        an array of base rates)."""
         if self.name == "step":
             return lr * self.gamma ** (epoch // self.step_size)
         if self.name == "exponential":

@@ -11,6 +11,10 @@ training loop's buffers, so that every network trained side by side can have rul
 - ``Saturation``: the train loss stuck while a sigmoid/tanh layer has its units pinned.
 - ``EarlyStoppingWatch``: the validation loss has stopped improving (``EarlyStopping``); keeps a
   copy of the best epoch's parameters and restores it when asked.
+
+Stacked training (``engine.stacked``) keeps one of each rule per member and asks a member's rule
+where a test over all members at once finds it may fire (``Growth.limit``); it counts saturation
+for all members at once (``StackedSaturation``, which follows ``Saturation`` step for step).
 """
 
 from __future__ import annotations
@@ -109,6 +113,9 @@ class Growth:
         self.factor = factor
         self.loss_name = "mse" if loss == "mse" else "loss"
         self.first: float | None = None
+        # The train loss beyond which the check fires, once the first epoch has set it: inf
+        # while it cannot fire (off, before the first epoch, or a first loss of 0).
+        self.limit = math.inf
 
     def check(self, train_loss: float) -> str | None:
         """Count this epoch's train loss; say why it diverged, or None."""
@@ -116,8 +123,10 @@ class Growth:
             return None
         if self.first is None:
             self.first = train_loss
+            if self.first > 0:
+                self.limit = self.factor * self.first
             return None
-        if self.first > 0 and train_loss > self.factor * self.first:
+        if train_loss > self.limit:
             return (
                 f"train_{self.loss_name} grew to {train_loss:.6g}, more than {self.factor:g} times its first "
                 f"value {self.first:.6g}"
@@ -173,26 +182,77 @@ class Saturation:
         stuck = abs(train_loss - self.previous_loss) <= STUCK_RELATIVE_CHANGE * abs(train_loss)
         self.previous_loss = train_loss
         # The loss test is one comparison; counting pinned units only happens once it holds.
-        layer = self._pinned_layer(layer_outputs) if stuck else None
+        layer = pinned_layer(self.layers, layer_outputs) if stuck else None
         if layer is None:
             self.stuck_epochs = 0
             return None
         self.stuck_epochs += 1
         if self.stuck_epochs < self.patience:
             return None
-        return (
-            f"saturated: the units of layer {layer + 1} are pinned at their bounds and train_{self.loss} "
-            f"has stayed at {train_loss:.6g} for {self.patience} epochs (is the learning rate too large?)"
-        )
+        return saturation_message(layer, self.loss, train_loss, self.patience)
 
-    def _pinned_layer(self, layer_outputs: Sequence[np.ndarray]) -> int | None:
-        """A layer with nearly every unit pinned: no gradient flows back through it."""
-        for index, (low, high) in self.layers:
-            a = layer_outputs[index]
-            pinned = np.count_nonzero((a <= low + PINNED_WITHIN) | (a >= high - PINNED_WITHIN))
-            if pinned >= PINNED_FRACTION * a.size:
-                return index
-        return None
+
+def pinned_layer(layers: Sequence[tuple[int, tuple[float, float]]], layer_outputs: Sequence[np.ndarray]) -> int | None:
+    """The first of ``layers`` (``(index, (low, high))``) with nearly every unit of its output
+    pinned at a bound: no gradient flows back through it; None if there is none."""
+    for index, (low, high) in layers:
+        a = layer_outputs[index]
+        pinned = np.count_nonzero((a <= low + PINNED_WITHIN) | (a >= high - PINNED_WITHIN))
+        if pinned >= PINNED_FRACTION * a.size:
+            return index
+    return None
+
+
+def saturation_message(layer: int, loss: str, train_loss: float, patience: int) -> str:
+    return (
+        f"saturated: the units of layer {layer + 1} are pinned at their bounds and train_{loss} "
+        f"has stayed at {train_loss:.6g} for {patience} epochs (is the learning rate too large?)"
+    )
+
+
+class StackedSaturation:
+    """``Saturation`` of stacked members, counted for all of them at once: the same tests in the
+    same order, on arrays of one value per member, each member with its own patience.
+
+    ``check(train_losses, layer_outputs)`` takes each member's train loss (shape ``(M,)``) and the
+    stacked layer outputs (``(M, rows, sizes[l + 1])``), and returns each member's verdict as
+    ``Saturation.check`` would give it. ``select(keep)`` keeps the members at positions ``keep``.
+    """
+
+    def __init__(self, layer_activations: Sequence[str], patience: Sequence[int], loss: str) -> None:
+        rules = [Saturation(layer_activations, each, loss) for each in patience]
+        self.layers, self.loss = rules[0].layers, loss
+        self.patience = np.array([rule.patience for rule in rules])
+        self.previous_loss = np.full(len(rules), math.nan)
+        self.stuck_epochs = np.zeros(len(rules), np.int64)
+        self.on = self.patience > 0
+
+    def check(self, train_losses: np.ndarray, layer_outputs: Sequence[np.ndarray]) -> dict[int, str]:
+        """The members found saturated this epoch, by position, with ``Saturation.check``'s
+        message."""
+        if not self.on.any():
+            return {}
+        stuck = np.abs(train_losses - self.previous_loss) <= STUCK_RELATIVE_CHANGE * np.abs(train_losses)
+        stuck &= self.on
+        np.copyto(self.previous_loss, train_losses, where=self.on)
+        self.stuck_epochs *= stuck  # 0 where the loss moved
+        verdicts: dict[int, str] = {}
+        if not stuck.any():
+            return verdicts
+        for member in np.flatnonzero(stuck).tolist():
+            layer = pinned_layer(self.layers, [outputs[member] for outputs in layer_outputs])
+            if layer is None:
+                self.stuck_epochs[member] = 0
+                continue
+            self.stuck_epochs[member] += 1
+            if self.stuck_epochs[member] >= self.patience[member]:
+                loss, patience = float(train_losses[member]), int(self.patience[member])
+                verdicts[member] = saturation_message(layer, self.loss, loss, patience)
+        return verdicts
+
+    def select(self, keep: np.ndarray) -> None:
+        self.patience, self.previous_loss = self.patience[keep], self.previous_loss[keep]
+        self.stuck_epochs, self.on = self.stuck_epochs[keep], self.on[keep]
 
 
 class EarlyStoppingWatch:

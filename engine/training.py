@@ -17,6 +17,10 @@ keeps them must copy. The loop never prints, logs or writes files.
 
 An epoch whose loss, metrics or weights are not finite, or whose network saturated (see
 ``engine.stopping``), ends training as ``'diverged'``; it is neither reported nor recorded.
+
+``engine.stacked`` trains several networks at once with the same epoch of updates
+(``FullBatch``, ``MiniBatches``: their code works on a leading member axis), the same checks of
+the arguments, stops, observer calls and ending (the functions here without a leading underscore).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +51,20 @@ __all__ = [
     "evaluate",
     "train",
 ]
+
+
+class Stepper(Protocol):
+    """What an epoch of updates needs of an optimizer (an ``Optimizer``, or the
+    ``StackedOptimizer`` of stacked members)."""
+
+    def step(self, params: np.ndarray, grads: np.ndarray) -> None: ...
+
+
+class Shuffler(Protocol):
+    """What mini-batches need of a random generator: a permutation of ``n`` rows (of each
+    member's rows for stacked members, shape ``(M, n)``)."""
+
+    def permutation(self, x: int, /) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -163,7 +182,7 @@ def train(
     updates = _epoch_updates(network, optimizer, X, Y, loss, metrics, batch_size, rng, stop_requested)
     checks = _EpochChecks(network, loss, metrics, validation, stopping)
     grad_views = updates.epoch_gradient(any(observer.wants_gradients for observer in observers))
-    history = _empty_history(updates.metrics.names, checks.has_validation)
+    history = empty_history(updates.metrics.names, checks.has_validation)
     for observer in observers:
         observer.on_train_begin(network)
     # Overflow and NaN are expected when a run diverges, and caught by the checks: NumPy's warnings are noise.
@@ -172,22 +191,22 @@ def train(
             lr = optimizer.start_epoch(epoch, epochs)
             train_values = updates.run_epoch()
             if train_values is None:
-                _stop(history, "interrupted", f"interrupted in epoch {epoch}, after {epoch} complete epoch(s)")
+                stop_history(history, "interrupted", f"interrupted in epoch {epoch}, after {epoch} complete epoch(s)")
                 break
             val_values, problem = checks.validation_and_divergence(train_values, updates.layer_outputs)
             if problem is not None:
-                _stop(history, "diverged", f"diverged at epoch {epoch}: {problem}")
+                stop_history(history, "diverged", f"diverged at epoch {epoch}: {problem}")
                 break
             _record(history, epoch, train_values, val_values)
             if observers:
                 report = EpochReport(epoch, lr, train_values, val_values, network.weights, network.biases, *grad_views)
-                requested = _notify(observers, report)
+                requested = notify(observers, report)
                 if requested is not None:
-                    _stop(history, *requested)
+                    stop_history(history, *requested)
                     break
             problem = checks.early_stopping(epoch, val_values)
             if problem is not None:
-                _stop(history, "early_stopping", f"early stopping at epoch {epoch}: {problem}")
+                stop_history(history, "early_stopping", f"early stopping at epoch {epoch}: {problem}")
                 break
     checks.finish(history)
     for observer in observers:
@@ -195,14 +214,14 @@ def train(
     return history
 
 
-def _notify(observers: Sequence[Observer], report: EpochReport) -> tuple[str, str] | None:
+def notify(observers: Sequence[Observer], report: EpochReport) -> tuple[str, str] | None:
     """Hand the epoch to every observer; the first stop one of them asks for, if any."""
     for observer in observers:
         observer.on_epoch_end(report)
     return next((stop for observer in observers if (stop := observer.stop_training()) is not None), None)
 
 
-def _check_data(network: MLP, X: object, Y: object, x_name: str, y_name: str) -> tuple[np.ndarray, np.ndarray]:
+def check_data(network: MLP, X: object, Y: object, x_name: str, y_name: str) -> tuple[np.ndarray, np.ndarray]:
     X = as_finite_2d(x_name, X, network.dtype)
     Y = as_finite_2d(y_name, Y, network.dtype)
     if X.shape[0] != Y.shape[0]:
@@ -212,7 +231,7 @@ def _check_data(network: MLP, X: object, Y: object, x_name: str, y_name: str) ->
     return X, Y
 
 
-def _empty_history(names: Sequence[str], has_validation: bool) -> History:
+def empty_history(names: Sequence[str], has_validation: bool) -> History:
     splits = ("train", "val") if has_validation else ("train",)
     return History(metrics={f"{split}_{name}": [] for split in splits for name in names})
 
@@ -227,7 +246,7 @@ def _record(history: History, epoch: int, train_values: dict[str, float], val_va
             history.metrics[f"val_{name}"].append(value)
 
 
-def _stop(history: History, reason: str, message: str) -> None:
+def stop_history(history: History, reason: str, message: str) -> None:
     history.stop_reason, history.message = reason, message
 
 
@@ -241,24 +260,26 @@ def _epoch_updates(
     batch_size: int | None,
     rng: np.random.Generator | None,
     stop_requested: Callable[[], object] | None,
-) -> _FullBatch | _MiniBatches:
-    """The updates of one epoch, arguments checked: full batch when ``batch_size`` is None or
-    >= n_samples, else shuffled mini-batches."""
+) -> FullBatch | MiniBatches:
+    """The updates of one epoch, arguments checked, the optimizer reset: full batch when
+    ``batch_size`` is None or >= n_samples, else shuffled mini-batches."""
     check_metrics(metrics)
     if not isinstance(optimizer, Optimizer):
         raise ValueError(f"optimizer={optimizer!r} is not allowed: it must be an engine Optimizer")
     output_delta = network.output_delta(loss)
-    X, Y = _check_data(network, X, Y, "X", "Y")
+    X, Y = check_data(network, X, Y, "X", "Y")
     if batch_size is not None:
         check_limit("batch_size", batch_size)
     sums = MetricSums(loss, metrics)
     if batch_size is None or batch_size >= X.shape[0]:
-        return _FullBatch(network, optimizer, X, Y, output_delta, sums, stop_requested)
+        optimizer.reset(network.n_params, network.dtype)
+        return FullBatch(network, optimizer, X, Y, output_delta, sums, stop_requested)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(
             f"rng={rng!r} is not allowed: mini-batch training reshuffles every epoch and needs an np.random.Generator"
         )
-    return _MiniBatches(network, optimizer, X, Y, output_delta, sums, stop_requested, batch_size, rng)
+    optimizer.reset(network.n_params, network.dtype)
+    return MiniBatches(network, optimizer, X, Y, output_delta, sums, stop_requested, batch_size, rng)
 
 
 class _Updates:
@@ -266,14 +287,18 @@ class _Updates:
     ``(n, n_outputs)``, ``run_epoch()`` at a time; ``stop_requested`` is asked after every update.
 
     After an epoch, ``layer_outputs`` holds the activations ``a`` of every layer for its last
-    batch; ``metrics`` sums the train metrics over its batches. Building one resets the
-    optimizer's state: training starts from a fresh optimizer.
+    batch; ``metrics`` sums the train metrics over its batches. The optimizer's state is its
+    own: ``_epoch_updates`` resets it before training.
+
+    The same code runs stacked members (``engine.stacked``): a ``StackedMLP``, its
+    ``StackedOptimizer`` and ``StackedMetricSums``, and for mini-batches one permutation per member
+    (``order`` of shape ``(M, n)``, each member's rows gathered into its own batch).
     """
 
     def __init__(
         self,
         network: MLP,
-        optimizer: Optimizer,
+        optimizer: Stepper,
         X: np.ndarray,
         Y: np.ndarray,
         output_delta: OutputDelta,
@@ -288,7 +313,6 @@ class _Updates:
         self.params = network.params
         self.grads = np.zeros_like(self.params)
         self.grad_weights, self.grad_biases = network.layer_views(self.grads)
-        optimizer.reset(network.n_params, network.dtype)
 
     def epoch_gradient(self, wanted: bool) -> tuple[list[np.ndarray], list[np.ndarray]] | tuple[None, None]:
         """Per-layer views ``(grad_weights, grad_biases)`` of the gradient each epoch ends with, or
@@ -301,13 +325,13 @@ class _Updates:
         raise NotImplementedError
 
 
-class _FullBatch(_Updates):
+class FullBatch(_Updates):
     """One update per epoch, from the gradient over all rows, which is the epoch's gradient."""
 
     def __init__(
         self,
         network: MLP,
-        optimizer: Optimizer,
+        optimizer: Stepper,
         X: np.ndarray,
         Y: np.ndarray,
         output_delta: OutputDelta,
@@ -330,21 +354,21 @@ class _FullBatch(_Updates):
         return self.metrics.means()
 
 
-class _MiniBatches(_Updates):
+class MiniBatches(_Updates):
     """Shuffled mini-batches of ``batch_size`` rows, the last one smaller when they do not
     divide n; one update per batch. The epoch's gradient is the mean of the applied ones."""
 
     def __init__(
         self,
         network: MLP,
-        optimizer: Optimizer,
+        optimizer: Stepper,
         X: np.ndarray,
         Y: np.ndarray,
         output_delta: OutputDelta,
         metrics: MetricSums,
         stop_requested: Callable[[], object] | None,
         batch_size: int,
-        rng: np.random.Generator,
+        rng: Shuffler,
     ) -> None:
         super().__init__(network, optimizer, X, Y, output_delta, metrics, stop_requested, batch_size)
         self.batch_size, self.rng = batch_size, rng
@@ -368,8 +392,8 @@ class _MiniBatches(_Updates):
             grad_sum.fill(0.0)
         order = self.rng.permutation(X.shape[0])
         for start in range(0, X.shape[0], batch_size):
-            rows = order[start : start + batch_size]
-            workspace = self.workspaces[rows.shape[0]]
+            rows = order[..., start : start + batch_size]
+            workspace = self.workspaces[rows.shape[-1]]
             # mode='clip': the default 'raise' gathers into a temporary and copies it to `out`
             # (so that a bad index cannot leave it half-written); a permutation's indices are
             # always in range, so clipping never changes one.
@@ -397,7 +421,7 @@ class _EpochChecks:
         self.params = network.params
         self.validate = _validation_pass(network, validation, loss, metrics)
         self.has_validation = self.validate is not None
-        rules = _check_stopping(stopping, self.has_validation)
+        rules = check_stopping(stopping, self.has_validation)
         self.divergence = Divergence(loss)
         self.growth = Growth(rules.divergence_factor, loss)
         self.saturation = Saturation(network.layer_activations, rules.saturation_patience, loss)
@@ -428,20 +452,35 @@ class _EpochChecks:
 
     def finish(self, history: History) -> None:
         """Complete ``history`` once the loop has ended; restore the best weights when kept."""
-        if history.stop_reason == "completed":
-            history.message = f"completed {history.epochs_run} epochs"
-        if self.watch is None:
-            return
-        history.best_epoch = self.watch.best_epoch
-        history.restored_epoch = self.watch.restore(self.params)
-        if history.restored_epoch is not None:
-            history.message += f"; restored the weights of epoch {history.restored_epoch}"
+        finish_history(history, self.watch, self.params)
+
+
+def finish_history(history: History, watch: EarlyStoppingWatch | None, params: np.ndarray) -> None:
+    """Complete ``history`` of a network whose training has ended; with early stopping, note the
+    best epoch and restore its weights into ``params`` when they were kept."""
+    if history.stop_reason == "completed":
+        history.message = f"completed {history.epochs_run} epochs"
+    if watch is None:
+        return
+    history.best_epoch = watch.best_epoch
+    history.restored_epoch = watch.restore(params)
+    if history.restored_epoch is not None:
+        history.message += f"; restored the weights of epoch {history.restored_epoch}"
 
 
 def _validation_pass(
     network: MLP, validation: object, loss: str, metrics: Sequence[str]
 ) -> Callable[[], dict[str, float]] | None:
     """The evaluation of the validation data after an epoch, or None without validation data."""
+    data = validation_data(network, validation)
+    if data is None:
+        return None
+    X_val, Y_val = data
+    return partial(evaluate, network, X_val, Y_val, loss, metrics, network.workspace(X_val.shape[0]))
+
+
+def validation_data(network: MLP, validation: object) -> tuple[np.ndarray, np.ndarray] | None:
+    """``validation``'s ``(X_val, Y_val)``, checked and cast for ``network``; None without."""
     if validation is None:
         return None
     if isinstance(validation, Validation):
@@ -453,11 +492,10 @@ def _validation_pass(
             f"validation of type {type(validation).__name__} is not allowed: "
             "it must be a Validation(X, Y), an (X, Y) tuple or None"
         )
-    X_val, Y_val = _check_data(network, X_val, Y_val, "validation.X", "validation.Y")
-    return partial(evaluate, network, X_val, Y_val, loss, metrics, network.workspace(X_val.shape[0]))
+    return check_data(network, X_val, Y_val, "validation.X", "validation.Y")
 
 
-def _check_stopping(stopping: object, has_validation: bool) -> StoppingRules:
+def check_stopping(stopping: object, has_validation: bool) -> StoppingRules:
     if stopping is None:
         return StoppingRules()
     if not isinstance(stopping, StoppingRules):

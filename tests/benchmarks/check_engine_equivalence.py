@@ -91,6 +91,9 @@ class GradientRecorder:
     def on_train_end(self, history) -> None:
         pass
 
+    def stop_training(self):  # asked by engines that let an observer end training
+        return None
+
 
 def make_data(n_samples: int, n_inputs: int, n_outputs: int, loss: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
