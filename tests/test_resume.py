@@ -173,7 +173,8 @@ def test_a_resume_is_refused_when_a_finished_jobs_config_changed(tmp_path: Path,
     assert refused.returncode == 2, refused.output
     assert "changed since its run" in refused.stderr and "-  epochs: 2500" in refused.stderr, refused.output
     assert "+  epochs: 2400" in refused.stderr
-    assert parents(store)[0].info.status == "KILLED"  # left as it was
+    (left,) = parents(store)
+    assert left.info.status == "KILLED", left.data.tags.get("failure_reason")  # left as it was
 
 
 def test_a_run_that_is_not_a_sweeps_parent_is_not_resumed(tmp_path: Path, store) -> None:

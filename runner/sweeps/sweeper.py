@@ -163,8 +163,10 @@ class SweepLifetime(Sweeper):
         return f"bprun-resume {self.sweep_run.run_id} --tracking-uri {self.sweep_run.tracking_uri}"
 
     def _end_stopped(self, status: str, reason: str) -> str | None:
-        """End the parent run and its running jobs ``status``; its id, None if there is no parent yet."""
-        if self.sweep_run is None:
+        """End the parent run and its running jobs ``status``; its id, None if there is no parent
+        yet, or if it is a resumed sweep's that this command has not made RUNNING again (a refusal
+        leaves it as it was)."""
+        if self.sweep_run is None or self.parent_to_reopen:
             return None
         from runner.sweeps.parent import end_stopped_sweep  # (lazy: MLflow, where the parent exists)
 
