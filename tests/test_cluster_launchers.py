@@ -256,7 +256,7 @@ def test_a_submitit_job_killed_by_a_signal_is_recorded_failed_while_the_others_f
     make_store, tmp_path: Path
 ) -> None:
     store = make_store("submitit-kill-store")
-    epochs = 6000
+    epochs = 3000
     victim, finished = signal_a_running_job(store, tmp_path, "seed=0,1,2,3", epochs, signal.SIGKILL)
     assert finished.returncode == 1, finished.output  # the sweep ran to its end; one job failed
     assert "1 of 4 job(s) of the sweep failed" in finished.stderr, finished.output
@@ -271,7 +271,7 @@ def test_a_requeued_job_marks_its_run_and_starts_a_new_one_linked_to_it(make_sto
     """What SLURM does to a job at its time limit or preempted, here with submitit's local
     executor: the job gets submitit's signal (USR2), and submitit requeues it."""
     store = make_store("submitit-requeue-store")
-    epochs = 6000
+    epochs = 3000
     first, finished = signal_a_running_job(store, tmp_path, "seed=0,1", epochs, signal.SIGUSR2)
     assert finished.returncode == 0, finished.output
     runs = store.runs()

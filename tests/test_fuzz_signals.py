@@ -15,6 +15,7 @@ The outcome counts (what state the trials were stopped in) are printed in the te
 from __future__ import annotations
 
 import collections
+import os
 import random
 import signal
 import time
@@ -29,7 +30,8 @@ from support import PARENT_TAG, Background, cli, query, run_parallel
 pytestmark = pytest.mark.slow
 
 SEED = 20261203
-TRIALS = 30
+# Every mode with every signal twice; BPRUN_FUZZ_TRIALS=N plays N (more moments, a longer test).
+TRIALS = int(os.environ.get("BPRUN_FUZZ_TRIALS", "18"))
 EPOCHS = 1500
 MODES = {
     "run": ("dataset=xor", f"trainer.epochs={EPOCHS}", "tracking.tensors_every=1"),

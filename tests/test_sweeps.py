@@ -8,7 +8,7 @@ file; the runs are read back with ``MlflowClient``. Covered:
   the sweep recorded on the parent (command, swept values, summary artifacts), each job with its
   own values in its Hydra folder;
 - the same grid on 2 worker processes (``hydra.launcher.n_jobs=2``) on a fresh SQLite file,
-  three times: no lost run, no run in the Default experiment, complete histories, BLAS pinned to
+  twice: no lost run, no run in the Default experiment, complete histories, BLAS pinned to
   one thread, results bit-identical to the in-process grid's; each job learns its parent run from
   its ``hydra.job.env_set`` (a store path with quotes, ``$`` and backslashes included);
 - failed jobs: a diverging job and a job whose data cannot be read fail alone while the others
@@ -248,12 +248,12 @@ def test_a_parents_name_starts_with_what_varies() -> None:
 # --- 2. the same grid with parallel workers --------------------------------------------------
 
 
-@pytest.mark.parametrize("attempt", [1, 2, 3])
+@pytest.mark.parametrize("attempt", [1, 2])
 def test_a_grid_on_two_workers_on_a_fresh_store(
     attempt: int, tmp_path: Path, basic_grid: Sweep, run_sweep: RunSweep
 ) -> None:
     """Parallel first use of a fresh SQLite file can corrupt it and drop runs into the Default
-    experiment; three fresh stores in a row must all come out whole. The store's path carries
+    experiment; two fresh stores in a row must both come out whole. The store's path carries
     characters a Hydra override treats specially."""
     sweep = run_sweep(tmp_path / f"it's $HOME, a\\b {attempt}", *GRID, *WORKERS)
     assert sweep.result.returncode == 0, sweep.output

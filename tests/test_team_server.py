@@ -7,6 +7,7 @@ nesting, every metric point, tensors, plots and models, and a rerun compared fro
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections import Counter
 from pathlib import Path
@@ -162,6 +163,15 @@ def test_sweeps_and_runs_from_several_processes_at_once_lose_nothing(server, tmp
     commands = {
         "sweep-a": ("-m", "seed=0,1,2", "trainer.epochs=20", "tracking.experiment=team-a"),
         "sweep-b": ("-m", "hydra.launcher.n_jobs=2", "seed=0,1,2,3", "trainer.epochs=20", "tracking.experiment=team-b"),
+        # Stacked: the members' metrics of a flush go to the server together; their plots asked for.
+        "sweep-stacked": (
+            "-m",
+            "hydra/launcher=stacked",
+            "optimizer.lr=0.5,1,2",
+            "trainer.epochs=20",
+            "tracking.plots=true",
+            "tracking.experiment=team-d",
+        ),
         **{
             f"run-{number}": (f"seed={number}", "trainer.epochs=20", "tracking.experiment=team-c")
             for number in range(3)
@@ -178,7 +188,7 @@ def test_sweeps_and_runs_from_several_processes_at_once_lose_nothing(server, tmp
     )
     for name, result in results.items():
         assert result.returncode == 0, (name, result.output)
-    expected = {"team-a": (1, 3), "team-b": (1, 4), "team-c": (0, 3)}  # (parents, jobs or runs)
+    expected = {"team-a": (1, 3), "team-b": (1, 4), "team-c": (0, 3), "team-d": (1, 3)}  # (parents, jobs or runs)
     for experiment, (parents, jobs) in expected.items():
         runs = experiment_runs(uri, experiment)
         sweep_parents = [run for run in runs if run.data.tags.get("bprun.sweep") == "true"]
@@ -192,6 +202,10 @@ def test_sweeps_and_runs_from_several_processes_at_once_lose_nothing(server, tmp
             assert "plots/learning_curves.png" in plots, (experiment, plots)
             if parents:
                 assert run.data.tags[PARENT_TAG] == sweep_parents[0].info.run_id
+            if experiment == "team-d":
+                assert run.data.tags["bprun.launcher"] == "stacked"
+                models = {artifact.path for artifact in client(uri).list_artifacts(run.info.run_id, "model")}
+                assert "model/MLmodel" in models
 
 
 @pytest.mark.parametrize(

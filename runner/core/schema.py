@@ -137,6 +137,9 @@ class TrackingConfig:
     # Each layer's statistics (norms, update ratio) every n-th epoch and the last; 0: never. The
     # loss and the other metrics are logged every epoch whatever this is.
     layer_stats_every: int = 1
+    # The run's plots/ (learning curves, norms); None: every run's but a stacked sweep's members'
+    # (the sweep's summary plots all of them).
+    plots: bool | None = None
     offline: bool = False  # keep runs in a local store (mlflow-offline.db); upload later with bprun-sync
     http_timeout: float = 5.0  # seconds an http(s) tracking server may take to answer
     http_retries: int = 2

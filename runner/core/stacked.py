@@ -153,8 +153,10 @@ def _start(member: Member, shared: MetricBuffer | None) -> None:
     if request.destination is not None:
         from runner.core.tracked import TrackedTraining  # (lazy: an untracked stack never imports MLflow)
 
+        # A member draws its plots only when told to: the sweep's summary plots every member.
+        plots = request.settings.tracking.plots is True
         tracked = TrackedTraining(
-            request.settings, request.destination, request.parent, request.launch, member.training, shared
+            request.settings, request.destination, request.parent, request.launch, member.training, shared, plots=plots
         )
         member.tracked = tracked.__enter__()
         member.observers = [*tracked.observers, *member.observers]

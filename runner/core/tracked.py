@@ -49,7 +49,8 @@ def tracked_training(
     """Train inside a new MLflow run at ``destination``: metrics every epoch, tensors streamed
     into the artifact folder, then plots, weights and the model. Plots and tensors are also
     written when training fails or is interrupted."""
-    with TrackedTraining(settings, destination, parent, launch, training) as tracked:
+    plots = settings.tracking.plots is not False  # a run alone draws them unless told not to
+    with TrackedTraining(settings, destination, parent, launch, training, plots=plots) as tracked:
         history = training.run([*tracked.observers, *observers])
         tracked.trained(history)
     return tracked.result()
@@ -60,8 +61,8 @@ class TrackedTraining:
     creates the run with its params, tags and inputs and makes the telemetry observers
     (``observers``); ``trained(history)`` ends the telemetry and records how training ended (its
     model, when it ended well); leaving ends the run (see ``TrackedRun``), also when training
-    raised, with the plots and tensors of the epochs it completed. ``metrics``, shared by the runs
-    of a stack, writes their values together."""
+    raised, with the plots (when ``plots``) and tensors of the epochs it completed. ``metrics``,
+    shared by the runs of a stack, writes their values together."""
 
     def __init__(
         self,
@@ -71,9 +72,12 @@ class TrackedTraining:
         launch: Launch,
         training: Training,
         metrics: MetricBuffer | None = None,
+        *,
+        plots: bool,
     ) -> None:
         self.settings, self.destination, self.parent = settings, destination, parent
         self.launch, self.training, self._metrics = launch, training, metrics
+        self.plots = plots
         self._history: History | None = None
         self._ended_telemetry = False
 
@@ -160,7 +164,8 @@ class TrackedTraining:
                 self.tensor_writer.close()
             except OSError as error:  # a full disk: say so once, keep the run's own error
                 log.warning("could not finish the tensor files: %s", error)
-        _save_plots(self.epoch_metrics, self.run, completed)
+        if self.plots:
+            _save_plots(self.epoch_metrics, self.run, completed)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         try:
