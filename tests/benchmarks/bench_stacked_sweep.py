@@ -3,7 +3,7 @@ whole ``bprun`` processes.
 
     python tests/benchmarks/bench_stacked_sweep.py [--repeats 3] [--parts xor digits]
 
-xor. ``bprun -m optimizer.lr=<10 values> seed=0..9`` (100 jobs of the default 2-8-1 network, 500
+xor. ``bprun -m trainer.epochs=500 optimizer.lr=<10 values> seed=0..9`` (100 jobs of the default 2-8-1 network, 500
    epochs, default telemetry) three ways, taking turns in every round: stacked in bprun's process,
    the local launcher with 2 workers, and one tracked single run ``bprun`` of the same config.
    Targets: stacked <= 0.25x the local launcher, <= 3x the single run. Every job's train_mse
@@ -32,7 +32,8 @@ from benchmark_common import REPOSITORY, bprun_executable, describe_environment,
 
 XOR_LRS = ("0.1", "0.2", "0.3", "0.5", "0.7", "1", "1.5", "2", "3", "4")
 XOR_SEEDS = tuple(str(seed) for seed in range(10))
-XOR_SWEEP = ["optimizer.lr=" + ",".join(XOR_LRS), "seed=" + ",".join(XOR_SEEDS)]
+XOR_CONFIG = ["trainer.epochs=500"]
+XOR_SWEEP = [*XOR_CONFIG, "optimizer.lr=" + ",".join(XOR_LRS), "seed=" + ",".join(XOR_SEEDS)]
 DIGITS_SWEEP = [
     "dataset=digits",
     "dataset.seed=0",
@@ -116,7 +117,7 @@ def xor_part(repeats: int, scratch: Path) -> tuple[list[str], list[str]]:
     ways = {
         "stacked, in bprun's process": ["-m", *XOR_SWEEP, *STACKED],
         "local launcher, 2 workers": ["-m", *XOR_SWEEP, *WORKERS],
-        "one single run": [],
+        "one single run": XOR_CONFIG,
     }
     seconds: dict[str, list[float]] = {way: [] for way in ways}
     rss: dict[str, list[float]] = {way: [] for way in ways}
