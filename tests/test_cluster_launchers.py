@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from support import PARENT_TAG, PROMPT_EXIT_SECONDS, START_TIMEOUT, Background, cli, query, wait_until
-from test_resume import GRID, assert_resumed_whole, jobs, parents, stop_after_finished
+from test_resume import GRID, GRID_JOBS, assert_resumed_whole, jobs, parents, stop_after_finished
 from test_team_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -155,7 +155,7 @@ def test_a_ray_sweep_stopped_by_ctrl_c_resumes_to_every_job_once(ray_cluster: st
     before = {run.info.run_id: run.info.status for run in jobs(store, parent.info.run_id)}
     resumed = cli(parent.info.run_id, "--tracking-uri", store.uri, cwd=cwd, module="runner.commands.resume")
     assert resumed.returncode == 0, resumed.output
-    assert_resumed_whole(store, before, 12)
+    assert_resumed_whole(store, before, GRID_JOBS)
 
 
 def test_a_job_of_the_ray_sweep_reruns_identical_in_one_process(ray_sweep: dict[str, Any], tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """Sweeps a user can steer: a stopped sweep resumed with ``bprun-resume``, jobs started as slots
 free up, and the progress a running sweep shows. Everything is read back from the store.
 
-- a 12-job grid stopped by Ctrl-C, and one whose bprun is killed outright, after some jobs
-  finished: resumed, each ends with 12 jobs counted once, the finished ones not run again (their
+- an 8-job grid stopped by Ctrl-C, and one whose bprun is killed outright, after some jobs
+  finished: resumed, each ends with 8 jobs counted once, the finished ones not run again (their
   run ids unchanged), the others run again as new runs that supersede the earlier ones, every
   run's history contiguous, the parent FINISHED with its job numbering continued;
 - an Optuna sweep of 10 trials stopped after 4: resumed, exactly 10 trials, none told twice;
@@ -24,7 +24,13 @@ from support import START_TIMEOUT, Background, cli, client, history, wait_until
 
 pytestmark = pytest.mark.slow
 
-GRID = ("-m", "seed=0,1,2,3,4,5,6,7,8,9,10,11", "trainer.epochs=2500", "tracking.tensors_every=0")
+GRID_JOBS, GRID_EPOCHS = 8, 2000
+GRID = (
+    "-m",
+    "seed=" + ",".join(str(seed) for seed in range(GRID_JOBS)),
+    f"trainer.epochs={GRID_EPOCHS}",
+    "tracking.tensors_every=0",
+)
 OPTUNA = (
     "-m",
     "hydra/sweeper=optuna",
@@ -82,7 +88,7 @@ def assert_resumed_whole(store: Any, before: dict[str, str], size: int) -> None:
             assert old.data.tags["bprun.superseded_by"] in {run.info.run_id for run in current}
     for run in current:
         steps = [metric.step for metric in history(store, run)]
-        assert steps == list(range(2500)), run.info.run_name
+        assert steps == list(range(GRID_EPOCHS)), run.info.run_name
     assert parent.data.tags["sweep.jobs"] == str(size) and parent.data.tags["sweep.failed_jobs"] == "0"
 
 
@@ -96,14 +102,14 @@ def test_a_stopped_grid_resumes_to_every_job_once(how: int, tmp_path: Path, stor
     resumed = cli(parent.info.run_id, "--tracking-uri", store.uri, cwd=cwd, module="runner.commands.resume")
     assert resumed.returncode == 0, resumed.output
     assert "bprun: resuming the sweep of parent run" in resumed.stdout
-    assert_resumed_whole(store, before, 12)
+    assert_resumed_whole(store, before, GRID_JOBS)
     sweep_dir = next((cwd / "outputs" / "multirun").rglob("multirun.yaml")).parent
     folders = sorted(int(path.name) for path in sweep_dir.iterdir() if path.name.isdigit())
-    assert len(folders) == len(set(folders)) and len(folders) >= 12  # numbering continued, nothing overwritten
+    assert len(folders) == len(set(folders)) and len(folders) >= GRID_JOBS  # numbering continued, nothing overwritten
     # A second resume of a finished sweep runs nothing.
     again = cli(parent.info.run_id, "--tracking-uri", store.uri, cwd=cwd, module="runner.commands.resume")
     assert again.returncode == 0, again.output
-    assert len(jobs(store, parent.info.run_id)) == 12
+    assert len(jobs(store, parent.info.run_id)) == GRID_JOBS
 
 
 def test_an_optuna_sweep_resumes_to_exactly_its_trials(tmp_path: Path, store) -> None:

@@ -31,6 +31,7 @@ RunValues = dict[str, list[MetricRow]]  # run id -> (key, value, timestamp ms, s
 
 MAX_METRICS_PER_CALL = 1000  # MLflow's own limit per log_batch call
 DIRECT_FLUSH_SIZE = 5000  # values per flush where a write costs little per call (SQLite, the endpoint)
+STACK_FLUSH_SIZE = 50_000  # at most, values per flush of a buffer shared by the runs of a stack
 FLUSH_INTERVAL_SECONDS = 5.0  # at least this often, so that a dashboard follows a long run
 
 
@@ -201,14 +202,15 @@ def open_sink(uri: str, client: MlflowClient, call: Callable[..., Any], sender: 
 
 
 class MetricBuffer:
-    """Runs' metric values until they are written: a write of every ``sink.flush_size`` values,
-    and at least every ``FLUSH_INTERVAL_SECONDS``. Non-finite values are never written: MLflow
+    """Runs' metric values until they are written: a write of every ``flush_size`` values (by
+    default the sink's), and at least every ``FLUSH_INTERVAL_SECONDS``. Non-finite values are never written: MLflow
     stores inf as 1.8e308, and NaN breaks its run page. ``before_flush`` hooks run before each
     write (files that must never end before the metrics do, the tensors, make themselves
     durable first)."""
 
-    def __init__(self, sink: MetricSink) -> None:
+    def __init__(self, sink: MetricSink, flush_size: int | None = None) -> None:
         self.sink = sink
+        self.flush_size = flush_size or sink.flush_size
         self.pending: RunValues = {}
         self._count = 0
         self._last_flush = time.monotonic()
@@ -220,7 +222,7 @@ class MetricBuffer:
         size = len(rows)
         rows.extend((key, value, timestamp, step) for key, value in values.items() if math.isfinite(value))
         self._count += len(rows) - size
-        if self._count >= self.sink.flush_size or time.monotonic() - self._last_flush > FLUSH_INTERVAL_SECONDS:
+        if self._count >= self.flush_size or time.monotonic() - self._last_flush > FLUSH_INTERVAL_SECONDS:
             self.flush()
 
     def flush(self) -> None:

@@ -4,9 +4,10 @@ whole ``bprun`` processes.
     python tests/benchmarks/bench_stacked_sweep.py [--repeats 3] [--parts xor digits]
 
 xor. ``bprun -m trainer.epochs=500 optimizer.lr=<10 values> seed=0..9`` (100 jobs of the default 2-8-1 network, 500
-   epochs, default telemetry) three ways, taking turns in every round: stacked in bprun's process,
-   the local launcher with 2 workers, and one tracked single run ``bprun`` of the same config.
-   Targets: stacked <= 0.25x the local launcher, <= 3x the single run. Every job's train_mse
+   epochs, default telemetry) five ways, taking turns in every round: stacked in bprun's process
+   and on 2 workers, the local launcher on 2 workers and in bprun's process, and one tracked
+   single run ``bprun`` of the same config. Targets (the faster stacked way): <= 0.25x the local
+   launcher on 2 workers, <= 3x the single run. Every job's train_mse
    history of the stacked sweep equals the same job's of the local sweep (read from both stores).
 digits. ``bprun -m dataset=digits dataset.seed=0 'model.hidden=[64,32]' trainer.epochs=100
    trainer.batch_size=64 optimizer.lr=0.1,0.2,0.5,1 seed=0,1,2,3`` (16 jobs), stacked on 2 workers
@@ -107,7 +108,8 @@ def train_mse_by_job(database: Path) -> dict[tuple[str, str], list[float]]:
     experiment = client.get_experiment_by_name("backprop-runner")
     found = {}
     for run in client.search_runs([experiment.experiment_id], "tags.`mlflow.parentRunId` != ''", max_results=1000):
-        key = names.metric_key(names.logged_metric_name("train", "mse"), "train_mse")
+        key = names.metric_key(run.data.metrics, "train_mse")
+        assert key is not None, run.info.run_id
         history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda metric: metric.step)
         found[(run.data.params["optimizer.lr"], run.data.params["seed"])] = [metric.value for metric in history]
     return found
@@ -116,7 +118,9 @@ def train_mse_by_job(database: Path) -> dict[tuple[str, str], list[float]]:
 def xor_part(repeats: int, scratch: Path) -> tuple[list[str], list[str]]:
     ways = {
         "stacked, in bprun's process": ["-m", *XOR_SWEEP, *STACKED],
+        "stacked, 2 workers": ["-m", *XOR_SWEEP, *STACKED, *WORKERS],
         "local launcher, 2 workers": ["-m", *XOR_SWEEP, *WORKERS],
+        "local launcher, in bprun's process": ["-m", *XOR_SWEEP],
         "one single run": XOR_CONFIG,
     }
     seconds: dict[str, list[float]] = {way: [] for way in ways}
@@ -134,8 +138,13 @@ def xor_part(repeats: int, scratch: Path) -> tuple[list[str], list[str]]:
         train_mse_by_job(stores["local launcher, 2 workers"]),
     )
     identical = len(stacked) == len(XOR_LRS) * len(XOR_SEEDS) and stacked == local
-    vs_local = [s / l for s, l in zip(seconds["stacked, in bprun's process"], seconds["local launcher, 2 workers"])]
-    vs_single = [s / o for s, o in zip(seconds["stacked, in bprun's process"], seconds["one single run"])]
+    # The stacked way the targets are judged on: the faster of the two, by their medians.
+    best = min(("stacked, in bprun's process", "stacked, 2 workers"), key=lambda way: median(seconds[way]))
+    vs_local = [s / l for s, l in zip(seconds[best], seconds["local launcher, 2 workers"])]
+    vs_single = [s / o for s, o in zip(seconds[best], seconds["one single run"])]
+    same_way = [
+        s / l for s, l in zip(seconds["stacked, in bprun's process"], seconds["local launcher, in bprun's process"])
+    ]
     lines = [
         f"100-job xor sweep (2-8-1, 500 epochs, 10 learning rates x 10 seeds, default telemetry, SQLite store), "
         f"whole `bprun` processes, medians of {repeats} rounds:",
@@ -144,8 +153,11 @@ def xor_part(repeats: int, scratch: Path) -> tuple[list[str], list[str]]:
         "| --- | --- | --- |",
         *(f"| {way} | {median(seconds[way]):.1f} s | {median(rss[way]):.0f} MB |" for way in ways),
         "",
-        f"Stacked / local launcher: {median(vs_local):.2f}x ({', '.join(f'{r:.2f}' for r in vs_local)}); "
+        f"Stacked ({best}) / local launcher on 2 workers: {median(vs_local):.2f}x "
+        f"({', '.join(f'{r:.2f}' for r in vs_local)}); "
         f"stacked / one single run: {median(vs_single):.2f}x ({', '.join(f'{r:.2f}' for r in vs_single)}). "
+        f"In bprun's process, stacked / local launcher: {median(same_way):.2f}x "
+        f"({', '.join(f'{r:.2f}' for r in same_way)}). "
         f"Every job's train_mse history, stacked against local: {'identical' if identical else 'DIFFERENT'} "
         f"({len(stacked)} jobs).",
     ]
