@@ -158,3 +158,30 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
                 if name == "fuzz outcomes":
                     terminalreporter.write_sep("-", "signals at random moments")
                     terminalreporter.write_line(str(value))
+
+
+# The modules that take longest, longest first (measured with --durations). pytest-xdist hands
+# whole files to its workers in collection order: starting these first keeps one of them from
+# being the last file left while the other worker idles.
+LONGEST_FIRST = (
+    "test_interruption.py",
+    "test_cluster_launchers.py",
+    "test_failures.py",
+    "test_server_lost.py",
+    "test_resume.py",
+    "test_sweeps.py",
+    "test_fuzz_signals.py",
+    "test_sync.py",
+    "test_team_server.py",
+    "test_stacked_sweeps.py",
+    "test_rerun.py",
+    "test_cli.py",
+    "test_views.py",
+    "test_pruning.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the longest modules first (``LONGEST_FIRST``), the others after in their own order."""
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))

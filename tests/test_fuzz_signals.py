@@ -190,5 +190,5 @@ def test_a_signal_at_any_moment_leaves_an_intact_and_true_store(fuzzed, record_p
             failures[trial.name] = [*problems, outcome["result"].output]
     summary = "\n".join(f"{count:3}  {what}" for what, count in sorted(counts.items()))
     record_property("fuzz outcomes", f"{len(fuzzed)} trials (seed {SEED}):\n{summary}")
-    assert len(fuzzed) >= 30
+    assert len(fuzzed) == TRIALS
     assert not failures, "\n\n".join(f"{name}:\n" + "\n".join(problems) for name, problems in failures.items())

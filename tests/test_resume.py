@@ -36,7 +36,7 @@ OPTUNA = (
     "hydra/sweeper=optuna",
     "hydra.sweeper.n_trials=10",
     "optimizer.lr=tag(log,interval(0.1,3))",
-    "trainer.epochs=2500",
+    f"trainer.epochs={GRID_EPOCHS}",
     "tracking.tensors_every=0",
 )
 
