@@ -29,7 +29,7 @@ from support import PARENT_TAG, START_TIMEOUT, Background, cli, query, run_paral
 pytestmark = pytest.mark.slow
 
 HTTP_TIMEOUT, HTTP_RETRIES = 3, 1
-EPOCHS, PAUSE_AT = 600, 240
+EPOCHS, PAUSE_AT = 600, 400  # the first metric flush (5,000 values) comes before the pause
 # After the kill: the running jobs train their last epochs (seconds) and each loses one request
 # ((retries + 1) attempts of at most the timeout, with MLflow's back-off); jobs not started fail
 # at once, after one such request each.
