@@ -1,8 +1,8 @@
 """Sweeps a user can steer: a stopped sweep resumed with ``bprun-resume``, jobs started as slots
 free up, and the progress a running sweep shows. Everything is read back from the store.
 
-- an 8-job grid stopped by Ctrl-C, and one whose bprun is killed outright, after some jobs
-  finished: resumed, each ends with 8 jobs counted once, the finished ones not run again (their
+- a 6-job grid stopped by Ctrl-C, and one whose bprun is killed outright, after some jobs
+  finished: resumed, each ends with 6 jobs counted once, the finished ones not run again (their
   run ids unchanged), the others run again as new runs that supersede the earlier ones, every
   run's history contiguous, the parent FINISHED with its job numbering continued;
 - an Optuna sweep of 10 trials stopped after 4: resumed, exactly 10 trials, none told twice;
@@ -24,7 +24,7 @@ from support import START_TIMEOUT, Background, cli, client, history, wait_until
 
 pytestmark = pytest.mark.slow
 
-GRID_JOBS, GRID_EPOCHS = 8, 2000
+GRID_JOBS, GRID_EPOCHS = 6, 1500
 GRID = (
     "-m",
     "seed=" + ",".join(str(seed) for seed in range(GRID_JOBS)),

@@ -5,7 +5,8 @@ back from the store.
   histories (every key), tensors and final weights, bit for bit; the same on 2 workers;
 - each member is a run like any other: nested under the parent, its params and tags (plus the
   launcher), no per-run plots unless ``tracking.plots=true``, the summary plotting every member;
-- a mixed sweep is grouped into stacks and says so (a line, the parent's tag);
+- a mixed sweep is grouped into stacks and says so (a line, the parent's tag), its members
+  with the plots ``tracking.plots=true`` asks for;
 - a diverging member ends FAILED alone; Ctrl-C ends every member KILLED at the same epoch;
   SIGKILL leaves runs that bprun-doctor ends, and bprun-resume completes the sweep;
 - bprun-rerun of a member and of the whole sweep say identical;
@@ -128,24 +129,17 @@ def test_the_members_are_runs_of_the_sweep_with_their_launcher_and_the_summary_p
     assert len((summary / "runs.csv").read_text().strip().splitlines()) == 1 + 4
 
 
-def test_tracking_plots_true_gives_each_member_its_plots(tmp_path: Path, store) -> None:
-    result = cli(
-        "-m", STACKED, "optimizer.lr=0.5,1", "trainer.epochs=5", "tracking.plots=true", cwd=tmp_path, uri=store.uri
-    )
-    assert result.returncode == 0, result.output
-    for run in members(store):
-        assert (artifact_dir(run) / "plots" / "learning_curves.png").exists()
-
-
 def test_a_mixed_sweep_stacks_what_it_can_and_says_why_not_the_rest(tmp_path: Path, store) -> None:
-    result = cli(
-        "-m", STACKED, "model.hidden=[4],[8]", "optimizer.lr=0.5,1", "trainer.epochs=5", cwd=tmp_path, uri=store.uri
-    )
+    # tracking.plots=true: each member draws its own plots as well.
+    grid = ("model.hidden=[4],[8]", "optimizer.lr=0.5,1", "trainer.epochs=5", "tracking.plots=true")
+    result = cli("-m", STACKED, *grid, cwd=tmp_path, uri=store.uri)
     assert result.returncode == 0, result.output
     line = "4 job(s) trained as 2 stack(s) of 2, 2 (the jobs differ in model.hidden, which a stack cannot vary)"
     assert f"bprun: hydra/launcher=stacked: {line}" in result.stdout, result.output
     assert parent_of(store).data.tags["sweep.stacks"] == line
     assert sorted(run.info.status for run in members(store)) == ["FINISHED"] * 4
+    for run in members(store):
+        assert (artifact_dir(run) / "plots" / "learning_curves.png").exists()
 
 
 def test_a_diverging_member_fails_alone(tmp_path: Path, store) -> None:

@@ -203,10 +203,10 @@ def open_sink(uri: str, client: MlflowClient, call: Callable[..., Any], sender: 
 
 class MetricBuffer:
     """Runs' metric values until they are written: a write of every ``flush_size`` values (by
-    default the sink's), and at least every ``FLUSH_INTERVAL_SECONDS``. Non-finite values are never written: MLflow
-    stores inf as 1.8e308, and NaN breaks its run page. ``before_flush`` hooks run before each
-    write (files that must never end before the metrics do, the tensors, make themselves
-    durable first)."""
+    default the sink's), and at least every ``FLUSH_INTERVAL_SECONDS``. Non-finite values are
+    never written: MLflow stores inf as 1.8e308, and NaN breaks its run page. ``before_flush``
+    hooks run before each write (files that must never end before the metrics do, the tensors,
+    make themselves durable first)."""
 
     def __init__(self, sink: MetricSink, flush_size: int | None = None) -> None:
         self.sink = sink
