@@ -100,16 +100,15 @@ def test_every_member_is_bit_for_bit_the_job_on_the_local_launcher(sweeps: dict[
         assert sorted(got) == sorted(expected) and TRAIN_MSE in got
         for key in expected:
             assert [value for _, value in got[key]] == [value for _, value in expected[key]], (job, key)
-            assert [step for step, _ in got[key]] == list(range(40)) or "layer" in key, (job, key)
+            assert [step for step, _ in got[key]] == list(range(40)), (job, key)
         got_arrays, expected_arrays = arrays(artifact_dir(run)), arrays(artifact_dir(alone))
         assert sorted(got_arrays) == sorted(expected_arrays)
         assert any(name.startswith("tensors") for name in got_arrays) and "weights.npz:W1" in got_arrays
         for name, value in expected_arrays.items():
             assert np.array_equal(got_arrays[name], value), (job, name)
-        ignored = {"bprun.launcher", "mlflow.runName", "bprun.pid", "bprun.process_start", "mlflow.parentRunId"}
-        assert {key for key in run.data.tags if not key.startswith("mlflow.")} - ignored >= {
-            key for key in alone.data.tags if not key.startswith("mlflow.")
-        } - ignored - {"mlflow.note.content"}
+        # The same tags, but for the launcher's own and those of the process that ran it.
+        apart = {"bprun.launcher", "bprun.pid", "bprun.process_start"}
+        assert set(run.data.tags) - apart == set(alone.data.tags) - apart
         assert run.data.params == alone.data.params
 
 
