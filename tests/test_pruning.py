@@ -84,7 +84,11 @@ def test_whole_batches_start_once_the_batch_before_has_ended(pruned_sweep: tuple
     lines = result.stdout.splitlines()
 
     def first(prefix: str, *endings: str) -> int:
-        return next(i for i, line in enumerate(lines) if line.startswith(prefix) and any(e in line for e in endings))
+        # Anywhere in a line: the workers and bprun write to one pipe, and a line of one may
+        # land inside a line of another.
+        found = [i for i, line in enumerate(lines) if prefix in line and any(e in line for e in endings)]
+        assert found, f"no line with {prefix!r} and {endings}:\n{result.stdout}"
+        return found[0]
 
     for k in range(3, 9, 2):  # jobs k and k+1 are a batch
         started = min(first(f"[{k}/8] ", ": started"), first(f"[{k + 1}/8] ", ": started"))

@@ -129,7 +129,9 @@ def test_an_optuna_sweep_resumes_to_exactly_its_trials(tmp_path: Path, store) ->
 
 def test_a_resume_is_refused_while_the_sweep_runs_and_for_a_second_resume(tmp_path: Path, store) -> None:
     cwd = tmp_path / "cwd"
-    process = Background(*GRID, cwd=cwd, uri=store.uri, label="running")
+    # Jobs that outlast the test: the sweep still runs when refused, the resume has jobs to run.
+    endless = (*GRID[:2], "trainer.epochs=1000000", *GRID[3:])
+    process = Background(*endless, cwd=cwd, uri=store.uri, label="running")
     try:
         wait_until(lambda: parents(store), START_TIMEOUT, "the sweep's parent run", process)
         (parent,) = parents(store)
