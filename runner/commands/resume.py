@@ -13,7 +13,6 @@ bprun's version changed. Runs the stopped sweep left RUNNING are ended KILLED fi
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import sys
@@ -26,6 +25,7 @@ from runner import names
 from runner.commands.common import quiet_mlflow
 from runner.process import interruption
 from runner.process.errors import EXIT_INVALID, InvalidInput
+from runner.process.locks import exclusive_lock
 from runner.tracking.destination import resolve_tracking_uri
 
 DEFAULT_EXPERIMENT = "backprop-runner"
@@ -134,13 +134,8 @@ def _run_again(command: list[str], start_dir: Path, sweep_dir: Path, uri: str, p
 def _only_resume_of(sweep_dir: Path) -> Iterator[bool]:
     """Hold a lock in the sweep's folder while resuming it; yield True if another resume holds it."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / LOCK_FILE, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield True
-            return
-        yield False
+    with exclusive_lock(sweep_dir / LOCK_FILE) as taken:
+        yield taken
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ on disk (``bprun-sync FOLDER``, the folder the run named; ``runner.tracking.unse
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -15,6 +14,7 @@ from pathlib import Path
 from runner.commands.common import quiet_mlflow
 from runner.process import interruption
 from runner.process.errors import EXIT_FAILED, EXIT_INVALID, InvalidInput
+from runner.process.locks import exclusive_lock
 from runner.tracking.destination import OFFLINE_DATABASE, StoreUnavailable, sqlite_path
 
 
@@ -132,13 +132,8 @@ def _only_sync_of(database: Path | None) -> Iterator[bool]:
     if database is None:
         yield False
         return
-    with open(database.with_name(database.name + ".sync-lock"), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield True
-            return
-        yield False
+    with exclusive_lock(database.with_name(database.name + ".sync-lock")) as taken:
+        yield taken
 
 
 if __name__ == "__main__":

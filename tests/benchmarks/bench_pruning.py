@@ -37,14 +37,12 @@ Everything is removed at the end. The load average is printed at start and end.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from benchmark_common import REPOSITORY, bprun_executable, describe_environment, load_average, log, median, print_report
+from benchmark_common import REPOSITORY, describe_environment, load_average, log, median, print_report, timed_bprun
 
 TARGET_WALL_RATIO = 0.4
 TARGET_BEST_WITHIN = 0.05
@@ -75,17 +73,8 @@ def sweep(overrides: list[str], scratch: Path, label: str) -> tuple[float, float
     logged, and how many of its trials were pruned."""
     from mlflow.tracking import MlflowClient
 
-    directory = Path(tempfile.mkdtemp(prefix=f"{label.replace(', ', '-').replace(' ', '-')}-", dir=scratch))
-    uri = f"sqlite:///{directory / 'mlflow.db'}"
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "BPRUN_"))}
-    environment["MLFLOW_TRACKING_URI"] = uri
-    started = time.perf_counter()
-    result = subprocess.run(
-        [bprun_executable(), "-m", *overrides], cwd=directory, env=environment, capture_output=True, text=True
-    )
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{label} sweep failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    seconds, database = timed_bprun(["-m", *overrides], scratch, label)
+    uri = f"sqlite:///{database}"
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("backprop-runner").experiment_id])
     (parent,) = [run for run in runs if run.data.tags.get("bprun.sweep") == "true"]

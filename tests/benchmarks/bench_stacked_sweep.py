@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from benchmark_common import REPOSITORY, bprun_executable, describe_environment, log, median, print_report
+from benchmark_common import REPOSITORY, describe_environment, log, median, print_report, timed_bprun
 
 XOR_LRS = ("0.1", "0.2", "0.3", "0.5", "0.7", "1", "1.5", "2", "3", "4")
 XOR_SEEDS = tuple(str(seed) for seed in range(10))
@@ -51,28 +50,8 @@ TARGET_VS_SINGLE = 3.0
 TARGET_DIGITS_SPEEDUP = 1.5
 
 
-def environment(uri: str) -> dict[str, str]:
-    values = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "BPRUN_"))}
-    values["MLFLOW_TRACKING_URI"] = uri
-    return values
-
-
 def bprun(arguments: list[str], scratch: Path, label: str) -> tuple[float, Path]:
-    """Wall seconds of one ``bprun <arguments>`` in a fresh directory, and its store."""
-    directory = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=scratch))
-    database = directory / "mlflow.db"
-    started = time.perf_counter()
-    result = subprocess.run(
-        [bprun_executable(), *arguments],
-        cwd=directory,
-        env=environment(f"sqlite:///{database}"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{label} failed:\n{result.stdout[-4000:]}")
+    seconds, database = timed_bprun(arguments, scratch, label)
     log(f"  {label}: {seconds:.1f} s")
     return seconds, database
 

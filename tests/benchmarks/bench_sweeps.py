@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -41,13 +40,13 @@ from typing import Any
 
 from benchmark_common import (
     REPOSITORY,
-    bprun_executable,
     compose,
     describe_environment,
     load_average,
     log,
     median,
     print_report,
+    timed_bprun,
 )
 
 TARGET_OVERHEAD_SECONDS = 0.5
@@ -67,28 +66,9 @@ DIGITS_JOBS = len(DIGITS_LRS) * len(DIGITS_SEEDS)
 WORKERS = ["hydra.launcher.n_jobs=2"]
 
 
-def environment(uri: str) -> dict[str, str]:
-    values = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "BPRUN_"))}
-    values["MLFLOW_TRACKING_URI"] = uri
-    return values
-
-
 def sweep(overrides: list[str], scratch: Path, label: str) -> tuple[float, Path]:
     """Wall time of one ``bprun -m <overrides>`` in a fresh directory; returns it and the store."""
-    directory = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=scratch))
-    database = directory / "mlflow.db"
-    started = time.perf_counter()
-    result = subprocess.run(
-        [bprun_executable(), "-m", *overrides],
-        cwd=directory,
-        env=environment(f"sqlite:///{database}"),
-        capture_output=True,
-        text=True,
-    )
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{label} sweep failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return seconds, database
+    return timed_bprun(["-m", *overrides], scratch, label)
 
 
 def weights_report(fingerprints: list[dict[tuple[str, str], str]], verdict_label: str) -> tuple[str, str]:

@@ -1,5 +1,5 @@
 """What the runner and sweep benchmarks share: logging, medians, the environment header, the
-``bprun`` executable, Hydra composition and the report's closing lines.
+``bprun`` executable and a timed run of it, Hydra composition and the report's closing lines.
 
 Standard library only at module level: ``bench_sweeps.py`` times its instrumented child's
 start-up from its first line, so importing this must cost next to nothing.
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,6 +74,24 @@ def bprun_executable() -> str:
             "(pip install -e . in the venv)"
         )
     return found
+
+
+def timed_bprun(arguments: list[str], scratch: Path, label: str) -> tuple[float, Path]:
+    """Wall seconds of one ``bprun <arguments>`` in a fresh directory under ``scratch``, with a
+    SQLite store of its own there (no other ``MLFLOW_`` or ``BPRUN_`` variable inherited), and
+    that store's database file. Exits with the command's output when it fails."""
+    directory = Path(tempfile.mkdtemp(prefix=re.sub(r"[^\w.]+", "-", label) + "-", dir=scratch))
+    database = directory / "mlflow.db"
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "BPRUN_"))}
+    environment["MLFLOW_TRACKING_URI"] = f"sqlite:///{database}"
+    started = time.perf_counter()
+    result = subprocess.run(
+        [bprun_executable(), *arguments], cwd=directory, env=environment, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{label} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return seconds, database
 
 
 def compose(overrides: list[str]) -> Any:
