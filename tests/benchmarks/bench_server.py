@@ -98,9 +98,10 @@ from bench_runner import (
     run_once,
     verdict,
 )
-from bench_sweeps import XOR_FIXED, XOR_JOBS, XOR_LRS, XOR_SEEDS, XOR_SWEEP, environment, sweep, training_seconds
+from bench_sweeps import XOR_FIXED, XOR_JOBS, XOR_LRS, XOR_SEEDS, XOR_SWEEP, sweep, training_seconds
 from benchmark_common import (
     REPOSITORY,
+    bprun_environment,
     bprun_executable,
     compose,
     describe_environment,
@@ -547,7 +548,7 @@ def server_sweep(server: Server, scratch: Path, label: str) -> tuple[float, floa
     result = subprocess.run(
         [bprun_executable(), "-m", *XOR_SWEEP, "tracking=server", f"tracking.uri={server.uri}"],
         cwd=directory,
-        env=environment(server.uri),
+        env=bprun_environment(server.uri),
         capture_output=True,
         text=True,
     )

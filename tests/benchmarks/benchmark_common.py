@@ -76,14 +76,21 @@ def bprun_executable() -> str:
     return found
 
 
+def bprun_environment(uri: str) -> dict[str, str]:
+    """This process's environment for a ``bprun`` tracking to ``uri``: no other ``MLFLOW_`` or
+    ``BPRUN_`` variable inherited."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "BPRUN_"))}
+    environment["MLFLOW_TRACKING_URI"] = uri
+    return environment
+
+
 def timed_bprun(arguments: list[str], scratch: Path, label: str) -> tuple[float, Path]:
     """Wall seconds of one ``bprun <arguments>`` in a fresh directory under ``scratch``, with a
     SQLite store of its own there (no other ``MLFLOW_`` or ``BPRUN_`` variable inherited), and
     that store's database file. Exits with the command's output when it fails."""
     directory = Path(tempfile.mkdtemp(prefix=re.sub(r"[^\w.]+", "-", label) + "-", dir=scratch))
     database = directory / "mlflow.db"
-    environment = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "BPRUN_"))}
-    environment["MLFLOW_TRACKING_URI"] = f"sqlite:///{database}"
+    environment = bprun_environment(f"sqlite:///{database}")
     started = time.perf_counter()
     result = subprocess.run(
         [bprun_executable(), *arguments], cwd=directory, env=environment, capture_output=True, text=True

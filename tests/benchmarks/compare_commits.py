@@ -83,7 +83,7 @@ def figures(report: str) -> Figures:
 def checkout(commit: str) -> Path:
     """``commit`` in a git worktree of its own, in a temporary folder."""
     worktree = Path(tempfile.mkdtemp(prefix=f"{commit}-")) / "tree"
-    subprocess.run(["git", "worktree", "add", "--detach", str(worktree), commit], cwd=REPOSITORY, check=True)
+    subprocess.run(["git", "worktree", "add", "--quiet", "--detach", str(worktree), commit], cwd=REPOSITORY, check=True)
     # The installed package maps runner.conf to conf/ (package-dir); on PYTHONPATH it is found here.
     (worktree / "runner" / "conf").symlink_to(Path("..") / "conf")
     return worktree
