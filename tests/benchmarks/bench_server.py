@@ -791,7 +791,9 @@ def flush_costs(server: Server, work: Path, calls: int = 7) -> list[str]:
             metrics = [Metric(*value) for value in values]
             server_before = server.cpu()
             start, cpu = time.perf_counter(), time.thread_time()
-            if writer is not None:
+            if isinstance(writer, SqliteMetricWriter):
+                writer.write({run_id: values})  # many runs' values at once, here one run's
+            elif writer is not None:
                 writer.write(run_id, values)
             else:
                 client.log_batch(run_id, metrics=metrics)
