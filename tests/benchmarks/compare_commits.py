@@ -39,8 +39,12 @@ NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
 Figures = dict[tuple[str, str, str], tuple[float, str]]  # (section, column, row) -> (number, cell)
 
 
-def run_benchmark(tree: Path, script: list[str], report: Path) -> None:
+def run_benchmark(tree: Path, script: list[str], report: Path) -> int:
+    """Run ``script`` of ``tree`` with its report to ``report``; its exit code."""
     environment = {**os.environ, "PYTHONPATH": str(tree)}
+    # Each process compiles its sources once and keeps the bytecode, as a user's install does:
+    # without it, every bprun the scripts start would compile the tree again, the larger more slowly.
+    environment.pop("PYTHONDONTWRITEBYTECODE", None)
     started = time.perf_counter()
     with report.open("w") as out:
         result = subprocess.run(
@@ -54,6 +58,7 @@ def run_benchmark(tree: Path, script: list[str], report: Path) -> None:
     log(f"  {report.name}: {time.perf_counter() - started:.0f} s, exit {result.returncode}")
     if result.returncode != 0:
         log(result.stderr[-3000:])
+    return result.returncode
 
 
 def figures(report: str) -> Figures:
@@ -122,18 +127,23 @@ def main() -> None:
     trees[after] = checkout(arguments.after) if arguments.after else REPOSITORY
     started = time.perf_counter()
     log(f"load average at start {load_average()}")
+    failed: list[str] = []
     try:
         for number, name in enumerate(arguments.benchmarks):
             log(f"{name}:")
             order = list(trees.items()) if number % 2 == 0 else list(reversed(trees.items()))
             for label, tree in order:
-                run_benchmark(tree, BENCHMARKS[name], out / f"{name}-{label.replace(' ', '-')}.md")
+                code = run_benchmark(tree, BENCHMARKS[name], out / f"{name}-{label.replace(' ', '-')}.md")
+                if code != 0:
+                    failed.append(f"{name} on {label} (exit {code})")
     finally:
         for tree in trees.values():
             if tree != REPOSITORY:
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPOSITORY, check=False)
     print(f"## {after} against {arguments.before}\n")
     print(f"Load average at the end {load_average()}; {time.perf_counter() - started:.0f} s in all; reports in {out}.")
+    if failed:
+        print(f"\nFailed, so their figures are missing below: {'; '.join(failed)}.")
     for name in arguments.benchmarks:
         before = figures((out / f"{name}-{arguments.before}.md").read_text())
         later = figures((out / f"{name}-{after.replace(' ', '-')}.md").read_text())
