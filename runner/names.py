@@ -6,6 +6,7 @@ The full schema (what each tag, metric and artifact means) is in ``docs/tracking
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 from typing import Any
 
@@ -139,6 +140,7 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+@functools.cache  # called for every value of every epoch: worked out once per name
 def layer_metric(layer: int, statistic: str) -> str:
     """The metric of ``statistic`` (one of ``LAYER_STATISTICS``) of layer ``layer``, numbered
     from 1: ``layer2/grad_weight_norm``. The ``/`` groups a layer's charts in the MLflow UI."""
@@ -162,6 +164,7 @@ ACCURACY_SECTION = "2_accuracy"
 _SECTIONS = (LOSS_SECTION, ACCURACY_SECTION)
 
 
+@functools.cache  # called for every value of every epoch: worked out once per name
 def logged_metric_name(name: str) -> str:
     """The name a run logs the loss or accuracy metric ``name`` under: ``1_loss/train_mse``."""
     if "/" in name:

@@ -54,16 +54,10 @@ class EpochMetrics(Observer):
         self.series: dict[str, list[float]] = {}
         self.steps: dict[str, list[int]] = {}
         self._held: tuple[int, dict[str, float]] | None = None  # the latest epoch's statistics, not sent yet
-        self._logged_names = _LoggedNames()
 
     def on_train_begin(self, network: MLP) -> None:
         self._previous_weights = [w.copy() for w in network.weights]
         self._difference = [np.empty_like(w) for w in network.weights]
-        # Named once: the same names come back every epoch.
-        self._statistic_names = [
-            tuple(names.layer_metric(number, statistic) for statistic in names.LAYER_STATISTICS)
-            for number in range(1, len(network.weights) + 1)
-        ]
 
     def on_epoch_end(self, report: EpochReport) -> None:
         values = tracked_metrics(report.train, "train", self.loss)
@@ -86,8 +80,7 @@ class EpochMetrics(Observer):
             self._held = None
 
     def _send(self, values: dict[str, float], epoch: int) -> None:
-        logged = self._logged_names
-        self.sink.log_metrics({logged[name]: value for name, value in values.items()}, epoch)
+        self.sink.log_metrics({names.logged_metric_name(name): value for name, value in values.items()}, epoch)
         for name, value in values.items():
             self.series.setdefault(name, []).append(value)
             self.steps.setdefault(name, []).append(epoch)
@@ -95,7 +88,7 @@ class EpochMetrics(Observer):
     def _layer_statistics(self, report: EpochReport) -> dict[str, float]:
         # wants_gradients: the engine reports every epoch's gradients to this observer.
         assert report.grad_weights is not None and report.grad_biases is not None
-        values: dict[str, float] = {}
+        values = {}
         layers = zip(
             report.weights,
             report.biases,
@@ -104,21 +97,15 @@ class EpochMetrics(Observer):
             self._previous_weights,
             self._difference,
         )
-        for (W, b, grad_W, grad_b, previous, difference), layer_names in zip(layers, self._statistic_names):
+        for number, (W, b, grad_W, grad_b, previous, difference) in enumerate(layers, start=1):
             weight_norm = _norm(W)
             np.subtract(W, previous, out=difference)
-            update_ratio = _norm(difference) / weight_norm if weight_norm else 0.0
-            # In the order of names.LAYER_STATISTICS.
-            statistics = (weight_norm, _norm(b), _norm(grad_W), _norm(grad_b), update_ratio)
-            values.update(zip(layer_names, statistics))
+            values[names.layer_metric(number, names.WEIGHT_NORM)] = weight_norm
+            values[names.layer_metric(number, names.BIAS_NORM)] = _norm(b)
+            values[names.layer_metric(number, names.GRAD_WEIGHT_NORM)] = _norm(grad_W)
+            values[names.layer_metric(number, names.GRAD_BIAS_NORM)] = _norm(grad_b)
+            values[names.layer_metric(number, names.UPDATE_RATIO)] = (
+                _norm(difference) / weight_norm if weight_norm else 0.0
+            )
             np.copyto(previous, W)
         return values
-
-
-class _LoggedNames(dict[str, str]):
-    """Short metric name -> the name it is logged under (``names.logged_metric_name``), each
-    worked out once."""
-
-    def __missing__(self, name: str) -> str:
-        logged = self[name] = names.logged_metric_name(name)
-        return logged
