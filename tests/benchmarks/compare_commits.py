@@ -29,17 +29,17 @@ from pathlib import Path
 from benchmark_common import REPOSITORY, load_average, log
 
 BENCHMARKS = {
-    "runner": ["bench_runner.py"],
-    "sweeps": ["bench_sweeps.py"],
-    "server": ["bench_server.py"],
-    "clusters": ["bench_clusters.py"],
-    "engine": ["bench_engine.py"],
+    "runner": "bench_runner.py",
+    "sweeps": "bench_sweeps.py",
+    "server": "bench_server.py",
+    "clusters": "bench_clusters.py",
+    "engine": "bench_engine.py",
 }
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
 Figures = dict[tuple[str, str, str], tuple[float, str]]  # (section, column, row) -> (number, cell)
 
 
-def run_benchmark(tree: Path, script: list[str], report: Path) -> int:
+def run_benchmark(tree: Path, script: str, report: Path) -> int:
     """Run ``script`` of ``tree`` with its report to ``report``; its exit code."""
     environment = {**os.environ, "PYTHONPATH": str(tree)}
     # Each process compiles its sources once and keeps the bytecode, as a user's install does:
@@ -48,7 +48,7 @@ def run_benchmark(tree: Path, script: list[str], report: Path) -> int:
     started = time.perf_counter()
     with report.open("w") as out:
         result = subprocess.run(
-            [sys.executable, str(tree / "tests" / "benchmarks" / script[0]), *script[1:]],
+            [sys.executable, str(tree / "tests" / "benchmarks" / script)],
             cwd=tree,
             env=environment,
             stdout=out,
