@@ -7,7 +7,10 @@ intact and true, whatever the moment was:
 - no run is RUNNING (after a SIGKILL: once ``bprun-doctor`` has run, as the docs say);
 - every job's ``train_mse`` steps run from 0 without a gap;
 - every tensor file loads and ends at the epoch the metrics end at;
-- a FINISHED job has every epoch it was configured for.
+- a FINISHED job has every epoch it was configured for;
+- stderr has no traceback, unless the signal came while Python itself was starting, before
+  ``bprun``'s ``main`` had installed its handlers: Python's own ``KeyboardInterrupt`` traceback,
+  then, and an empty store.
 
 The outcome counts (what state the trials were stopped in) are printed in the test summary.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -127,12 +131,23 @@ def describe(outcome: dict[str, Any]) -> str:
     jobs = [run for run in runs if run.data.tags.get("bprun.sweep") != "true"]
     if outcome["ended_by_itself"]:
         return "ended before the signal"
+    if interrupted_before_main(outcome["result"].stderr):
+        return "stopped while Python started, before bprun's handlers"
     if not runs:
         return "stopped before any run existed"
     if not jobs:
         return "stopped with only the parent"
     statuses = collections.Counter(run.info.status for run in jobs)
     return "stopped with jobs " + ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
+
+
+def interrupted_before_main(stderr: str) -> bool:
+    """Whether SIGINT came before ``bprun``'s ``main`` ran: Python's default handler raised
+    ``KeyboardInterrupt`` in the interpreter's start-up or an import, and no frame is in ``main``
+    (its first statement installs bprun's handlers, after which no ``KeyboardInterrupt`` escapes)."""
+    lines = stderr.strip().splitlines()
+    in_main = re.search(r'bprun\.py", line \d+, in main$', stderr, re.MULTILINE)
+    return bool(lines) and lines[-1] == "KeyboardInterrupt" and not in_main
 
 
 def check(trial: Trial, outcome: dict[str, Any], scratch: Path) -> list[str]:
@@ -148,7 +163,10 @@ def check(trial: Trial, outcome: dict[str, Any], scratch: Path) -> list[str]:
     if outcome["integrity"] != [("ok",)]:
         problems.append(f"integrity_check: {outcome['integrity']}")
     if trial.signum != signal.SIGKILL and "Traceback" in result.stderr:
-        problems.append("a traceback on stderr")
+        if not interrupted_before_main(result.stderr):
+            problems.append("a traceback on stderr")
+        elif outcome["runs"] or result.returncode == 0:
+            problems.append(f"interrupted before main, yet exit {result.returncode} and {len(outcome['runs'])} runs")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(outcome["store"].uri)

@@ -2,7 +2,8 @@
 
 Signal handlers come first, before anything slow is imported: from then on SIGINT and SIGTERM
 are recorded and the work stops at its next safe point (``runner.process.interruption``), so a
-Ctrl-C at any moment ends the command with one line and exit 130 (143 for SIGTERM). A command
+Ctrl-C at any moment after Python's own start-up ends the command with one line and exit 130
+(143 for SIGTERM). A command
 line that asks for parallel workers starts their fork server next, so that its imports overlap
 Hydra's start-up; both happen before Hydra itself is imported.
 """
@@ -17,7 +18,6 @@ import traceback
 from runner.commands.common import quiet_mlflow
 from runner.core.plain_data import refusal, refused_overrides
 from runner.process import interruption
-from runner.process.children import start_forkserver
 from runner.process.errors import EXIT_FAILED, EXIT_INVALID, CommandError, CommandExit
 from runner.sweeps import WORKER_PRELOAD
 
@@ -45,6 +45,9 @@ def main() -> None:
         )
         sys.exit(EXIT_INVALID)
     if parallel_workers_requested(arguments):
+        # (lazy: multiprocessing's import comes after the signal handlers, not before them)
+        from runner.process.children import start_forkserver
+
         # Optuna's trials import Optuna for their pruner: once, in the server, for every worker.
         optuna = ("optuna",) if any(argument.lstrip("+") == "hydra/sweeper=optuna" for argument in arguments) else ()
         start_forkserver((*WORKER_PRELOAD, *optuna))
