@@ -22,6 +22,21 @@ pytestmark = pytest.mark.slow
 
 SWEEP_EPOCHS = 30
 SEEDS = range(8)
+# The files of one job of the sweep (xor, two layers).
+ARTIFACT_FILES = {
+    "config.yaml",
+    "overrides.yaml",
+    "weights.npz",
+    *(f"model/{name}" for name in ("MLmodel", "conda.yaml", "input_example.json", "python_env.yaml")),
+    *(f"model/{name}" for name in ("python_model.pkl", "requirements.txt", "serving_input_example.json")),
+    *(f"plots/{name}.png" for name in ("gradient_norms", "learning_curves", "weight_norms")),
+    "tensors/epochs.npy",
+    *(
+        f"tensors/layer{layer}.{kind}.npy"
+        for layer in (1, 2)
+        for kind in ("weights", "biases", "grad_weights", "grad_biases")
+    ),
+}
 
 
 def free_port() -> int:
@@ -120,9 +135,17 @@ def test_an_8_job_sweep_on_2_workers_lands_whole_on_the_postgresql_server(team_s
             assert steps == list(range(SWEEP_EPOCHS)), key
             points += len(steps)
     assert points == len(SEEDS) * SWEEP_EPOCHS * len(children[0].data.metrics)
+    # Every file of every job comes back through the server; the tensors load.
+    for child in children:
+        folder = Path(client(uri).download_artifacts(child.info.run_id, "", str(tmp_path / child.info.run_id)))
+        files = {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
+        files.discard("git_diff.patch")  # there when the project's checkout has uncommitted changes
+        assert files == ARTIFACT_FILES, files ^ ARTIFACT_FILES
+        snapshots = len(np.load(folder / "tensors" / "epochs.npy"))
+        assert np.load(folder / "tensors" / "layer2.weights.npy").shape[0] == snapshots
     # Tensors, plots and the model come back through the server.
     child = children[0]
-    local = Path(client(uri).download_artifacts(child.info.run_id, "", str(tmp_path)))
+    local = tmp_path / child.info.run_id
     assert np.load(local / "tensors" / "epochs.npy").tolist() == list(range(SWEEP_EPOCHS))
     assert (local / "plots" / "learning_curves.png").stat().st_size > 5000
     assert (local / "model" / "MLmodel").is_file() and (local / "weights.npz").is_file()
