@@ -8,7 +8,7 @@ import base64
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -164,13 +164,19 @@ BAD_NAMES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def names_run(make_store) -> tuple[Any, str]:
+    """A client and a run that every name is logged to (one store: creating one takes seconds)."""
+    client = make_store("names").client()
+    return client, client.create_run(client.create_experiment("names")).info.run_id
+
+
 @pytest.mark.parametrize("name", GOOD_NAMES + BAD_NAMES)
-def test_the_endpoint_accepts_exactly_the_names_mlflows_log_batch_accepts(name: str, store) -> None:
+def test_the_endpoint_accepts_exactly_the_names_mlflows_log_batch_accepts(name: str, names_run) -> None:
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
 
-    client = store.client()
-    run_id = client.create_run(client.create_experiment("names")).info.run_id
+    client, run_id = names_run
     try:
         client.log_batch(run_id, metrics=[Metric(name, 1.0, 1000, 0)])
         mlflow_accepts = True

@@ -10,8 +10,7 @@ asked (``StagedArtifacts``); what a lost server did not get stays there for ``bp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -19,10 +18,6 @@ from urllib.parse import unquote, urlparse
 from mlflow.tracking import MlflowClient
 
 from runner.tracking.sender import Sender
-
-# Files uploaded at once at a run's end: each is a request of its own, mostly waiting for the
-# server, which answers several side by side.
-UPLOAD_THREADS = 4
 
 
 class LocalArtifacts:
@@ -78,44 +73,26 @@ class StagedArtifacts:
 
     def upload_ready(self) -> None:
         """Upload every staged file and folder but those written later and those uploaded."""
-        self._upload(
-            entry
-            for entry in sorted(self.directory.iterdir())
-            if entry.name not in self._written_later and entry.name not in self._uploaded
-        )
+        for entry in sorted(self.directory.iterdir()):
+            if entry.name not in self._written_later and entry.name not in self._uploaded:
+                self._upload(entry)
 
     def upload_written_later(self) -> None:
         for written in self._written_later.values():  # all written first: they stay if the upload fails
             written()
-        self._upload(self.directory / name for name in self._written_later)
+        for name in self._written_later:
+            self._upload(self.directory / name)
 
-    def _upload(self, entries: Iterable[Path]) -> None:
-        """Upload the files of ``entries`` (files and folders), several at a time; every upload
-        is tried, and the first error raised once all have ended."""
-        files = [(path, folder) for entry in entries for path, folder in _files(entry)]
-        with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
-            uploads = [
-                pool.submit(self._call, self._client.log_artifact, self._run_id, str(path), folder)
-                for path, folder in files
-            ]
-        for upload in uploads:
-            upload.result()
+    def _upload(self, entry: Path) -> None:
+        if entry.is_dir():
+            self._call(self._client.log_artifacts, self._run_id, str(entry), entry.name)
+        elif entry.exists():
+            self._call(self._client.log_artifact, self._run_id, str(entry))
 
     def _upload_file(self, name: str) -> None:
         folder = str(Path(name).parent)
         self._client.log_artifact(self._run_id, str(self.directory / name), None if folder == "." else folder)
         self._uploaded.add(name)
-
-
-def _files(entry: Path) -> Iterator[tuple[Path, str | None]]:
-    """The files of ``entry`` (a file or a folder of the staging folder), each with the artifact
-    folder it goes to."""
-    if entry.is_file():
-        yield entry, None
-    elif entry.is_dir():
-        for path in sorted(entry.rglob("*")):
-            if path.is_file():
-                yield path, path.parent.relative_to(entry.parent).as_posix()
 
 
 RunArtifacts = LocalArtifacts | StagedArtifacts
