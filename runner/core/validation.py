@@ -12,6 +12,7 @@ config carrying one is refused (``runner.core.plain_data``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, cast
 
@@ -244,11 +245,9 @@ def validate(cfg: DictConfig | dict[str, Any]) -> ExperimentConfig:
     if dataset_name not in DATASET_SCHEMAS:
         raise ConfigError(f"dataset.name={dataset_name!r} is not allowed: choose one of {_allowed(DATASET_SCHEMAS)}")
 
-    # Merging into a fresh schema for the chosen options catches what '+key=value' slipped past
+    # Merging into the schema of the chosen options catches what '+key=value' slipped past
     # composition: unknown keys, wrong types, missing values.
-    schema = OmegaConf.structured(
-        ExperimentConfig(optimizer=OPTIMIZER_SCHEMAS[optimizer_name](), dataset=DATASET_SCHEMAS[dataset_name]())
-    )
+    schema = _schema(optimizer_name, dataset_name)
     try:
         # Merge the plain container: a typed DictConfig merges its extra keys in silently.
         merged = OmegaConf.merge(schema, OmegaConf.create(raw))
@@ -271,6 +270,17 @@ def validate(cfg: DictConfig | dict[str, Any]) -> ExperimentConfig:
     if problems:
         raise ConfigError("\n".join(problems))
     return settings
+
+
+@functools.cache
+def _schema(optimizer_name: str, dataset_name: str) -> DictConfig:
+    """The typed schema of a config with these options, read-only. Built once per pair: building
+    it is most of a validation's cost, and ``OmegaConf.merge`` merges into a copy of it."""
+    schema = OmegaConf.structured(
+        ExperimentConfig(optimizer=OPTIMIZER_SCHEMAS[optimizer_name](), dataset=DATASET_SCHEMAS[dataset_name]())
+    )
+    OmegaConf.set_readonly(schema, True)
+    return schema
 
 
 def settings_yaml(settings: ExperimentConfig) -> str:
