@@ -279,6 +279,7 @@ def _schema(optimizer_name: str, dataset_name: str) -> DictConfig:
     schema = OmegaConf.structured(
         ExperimentConfig(optimizer=OPTIMIZER_SCHEMAS[optimizer_name](), dataset=DATASET_SCHEMAS[dataset_name]())
     )
+    assert isinstance(schema, DictConfig)  # a dataclass instance gives a DictConfig
     OmegaConf.set_readonly(schema, True)
     return schema
 
