@@ -3,9 +3,8 @@
 Signal handlers come first, before anything slow is imported: from then on SIGINT and SIGTERM
 are recorded and the work stops at its next safe point (``runner.process.interruption``), so a
 Ctrl-C at any moment after Python's own start-up ends the command with one line and exit 130
-(143 for SIGTERM). A command
-line that asks for parallel workers starts their fork server next, so that its imports overlap
-Hydra's start-up; both happen before Hydra itself is imported.
+(143 for SIGTERM). A command line that asks for parallel workers starts their fork server next,
+so that its imports overlap Hydra's start-up; both happen before Hydra itself is imported.
 """
 
 from __future__ import annotations
