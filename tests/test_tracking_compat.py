@@ -172,3 +172,56 @@ def test_mlflows_server_and_client_names_are_where_the_compat_module_expects() -
     assert compat.server_store_uri() == ""  # outside an MLflow server process
     client = compat.RestClient("http://127.0.0.1:1")
     assert callable(client.get_json) and callable(client.post_json)
+
+
+def _contents(database) -> dict[str, object]:
+    """A store's schema and every row, the experiments' times left out."""
+    connection = sqlite3.connect(database)
+    try:
+        schema = sorted(connection.execute("SELECT type, name, sql FROM sqlite_master"))
+        rows = {}
+        for (table,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            columns = [row[1] for row in connection.execute(f'PRAGMA table_info("{table}")')]
+            kept = [column for column in columns if not (table == "experiments" and column.endswith("_time"))]
+            selected = ", ".join(f'"{column}"' for column in kept)
+            rows[table] = sorted(connection.execute(f'SELECT {selected} FROM "{table}"'), key=repr)
+        return {"schema": schema, "rows": rows}
+    finally:
+        connection.close()
+
+
+def test_a_store_made_from_the_template_holds_what_mlflow_builds(tmp_path, monkeypatch) -> None:
+    """A new store is a copy of a template (a store MLflow built, without its experiments) once
+    there is one: the same tables, indexes, schema version and rows as MLflow's own, with MLflow's
+    Default experiment where MLflow puts it."""
+    from runner.tracking import compat
+    from runner.tracking.store import create_sqlite_store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # MLflow's Default experiment keeps its artifacts under the cwd
+    built = tmp_path / "built" / "mlflow.db"
+    built.parent.mkdir()
+    MlflowClient(f"sqlite:///{built}").search_experiments()  # MLflow's migrations, as MLflow runs them
+    template = compat.store_template()
+    assert template is not None and not template.exists()
+
+    create_sqlite_store(tmp_path / "first" / "mlflow.db")  # built by MLflow, then kept as the template
+    assert template.is_file()
+    copied = tmp_path / "copied" / "mlflow.db"
+    create_sqlite_store(copied)
+    assert _contents(copied) == _contents(built)
+    experiments = MlflowClient(f"sqlite:///{copied}").search_experiments()
+    assert [(e.experiment_id, e.name) for e in experiments] == [("0", "Default")]
+
+
+def test_a_store_with_more_than_a_new_one_holds_is_not_kept_as_the_template(tmp_path, monkeypatch) -> None:
+    from runner.tracking import compat
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    database = tmp_path / "mlflow.db"
+    MlflowClient(f"sqlite:///{database}").create_experiment("more")
+    compat.keep_store_template(database)
+    assert compat.store_template() is not None and not compat.store_template().exists()
+    assert not compat.copy_store_template(tmp_path / "target.db")
+    monkeypatch.setattr(compat, "CHECKED_MLFLOW_VERSIONS", ())
+    assert compat.store_template() is None  # another MLflow: its own migrations, always

@@ -1,6 +1,7 @@
 """The one place the tracking layer relies on what MLflow does not publish: the layout of its
-store's ``metrics`` and ``latest_metrics`` tables (SQLite and PostgreSQL alike), and the
-undocumented modules behind its server and its http client (``mlflow.server``, ``mlflow.utils``).
+store's ``metrics`` and ``latest_metrics`` tables (SQLite and PostgreSQL alike), what a new
+SQLite store holds (to make one from a template), and the undocumented modules behind its server
+and its http client (``mlflow.server``, ``mlflow.utils``).
 
 Why the tables: MLflow's store builds one ORM object per value in ``log_batch``, so a run that
 logs a dozen values per epoch spends more time there than training, and a team server spends
@@ -24,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import sqlite3
 import time
 import warnings
@@ -269,6 +271,67 @@ class SqlMetricWriter:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+# --- a new SQLite store from a template -------------------------------------------------------------
+# MLflow builds a new SQLite store by running every migration of its schema, a second or more of
+# CPU; a copy of a store it built takes milliseconds. The template is a store MLflow built, kept
+# once per MLflow version without its experiments: MLflow creates its "Default" experiment itself
+# in a store that has none, where it would in a new one, so a store made from the template holds
+# exactly what a store MLflow builds holds (``tests/test_tracking_compat.py`` compares the two).
+# A new store's rows are MLflow's schema version, its default workspace and that experiment; a
+# store with any other row is not kept as a template.
+TEMPLATE_ROWS = {"alembic_version": 1, "workspaces": 1, "experiments": 1}
+
+
+def store_template() -> Path | None:
+    """Where the template of a new SQLite store is kept (the user's cache folder), or None when
+    the installed MLflow is not one this was checked against."""
+    installed = version("mlflow")
+    if installed not in CHECKED_MLFLOW_VERSIONS:
+        return None
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "bprun" / f"mlflow-{installed}-new-store.db"
+
+
+def copy_store_template(target: Path) -> bool:
+    """Fill the file ``target`` with the template; False when there is none to copy."""
+    template = store_template()
+    if template is None or not template.is_file():
+        return False
+    try:
+        shutil.copyfile(template, target)
+    except OSError:
+        return False
+    return True
+
+
+def keep_store_template(new_store: Path) -> None:
+    """Keep ``new_store``, which MLflow has just built, as the template, if it holds only what a
+    new store holds. Best effort: a cache folder that cannot be written means no template."""
+    template = store_template()
+    if template is None:
+        return
+    scratch = template.with_name(f".{template.name}.{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(new_store, scratch)
+        connection = sqlite3.connect(scratch, isolation_level=None)
+        try:
+            tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            rows = {table: connection.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] for table in tables}
+            if {table: count for table, count in rows.items() if count} != TEMPLATE_ROWS:
+                return
+            connection.execute("DELETE FROM experiment_tags")
+            connection.execute("DELETE FROM experiments")
+            connection.execute("VACUUM")
+        finally:
+            connection.close()
+        os.replace(scratch, template)  # atomic: a process copying the template gets all of one
+    except (OSError, sqlite3.Error):
+        pass
+    finally:
+        scratch.unlink(missing_ok=True)
 
 
 # --- MLflow UI: a saved view of a sweep -----------------------------------------------------------

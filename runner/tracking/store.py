@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from runner import names
 from runner.process.errors import InvalidInput
+from runner.tracking import compat
 from runner.tracking.destination import ARTIFACTS_FOLDER, is_server, resolve_tracking_uri, sqlite_path, table_names
 
 # The MLflow UI opens an experiment on its training-runs table (not its GenAI traces view) when
@@ -58,12 +59,17 @@ def create_sqlite_store(database: Path) -> None:
     migrations, each its own transaction: a process killed in the middle would leave a file
     that every later command refuses ("out-of-date database schema"). So the schema is built
     in a file of its own beside ``database`` and linked into place only when complete; when
-    another process created the store first, theirs is used."""
+    another process created the store first, theirs is used. The file starts as a copy of the
+    template of a new store when there is one (``compat.copy_store_template``), which spares
+    MLflow's migrations; the first store MLflow builds becomes that template."""
     database.parent.mkdir(parents=True, exist_ok=True)
     partial = database.parent / f".{database.name}.creating-{os.getpid()}-{secrets.token_hex(4)}"
     partial.touch(exist_ok=False)  # the permissions MLflow's own file would get (the umask's)
     try:
-        MlflowClient(f"sqlite:///{partial}").search_experiments(max_results=1)
+        from_template = compat.copy_store_template(partial)
+        MlflowClient(f"sqlite:///{partial}").search_experiments(max_results=1)  # MLflow completes the store
+        if not from_template:
+            compat.keep_store_template(partial)
         try:
             os.link(partial, database)  # atomic, and never replaces a store that appeared meanwhile
         except FileExistsError:
