@@ -21,6 +21,7 @@ server and client names below are still there.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -302,6 +303,8 @@ def copy_store_template(target: Path) -> bool:
     try:
         shutil.copyfile(template, target)
     except OSError:
+        with contextlib.suppress(OSError):
+            target.write_bytes(b"")  # as it was: MLflow builds the store from nothing
         return False
     return True
 
