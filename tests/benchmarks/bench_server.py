@@ -647,7 +647,8 @@ def xor_part(repeats: int, work: Path, server: Server, breakdown: bool) -> tuple
         "",
         f"(a) summed untracked training of the 24 configs in this process (`bench_sweeps.training_seconds`): "
         f"{a:.2f} s. (b) the epochs of the same 24 configs tracked in this process against each store. "
-        f"Each SQLite sweep creates its store (MLflow's migrations: {median(creations):.2f} s in this process, "
+        f"Each SQLite sweep creates its store (a copy of the new-store template once there is one, else "
+        f"MLflow's migrations: {median(creations):.2f} s in this process, "
         f"{median(creations) / XOR_JOBS * 1e3:.0f} ms per job); the server's experiment exists already.",
     ]
     lines += [
