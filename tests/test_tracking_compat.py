@@ -175,10 +175,15 @@ def test_mlflows_server_and_client_names_are_where_the_compat_module_expects() -
 
 
 def _contents(database) -> dict[str, object]:
-    """A store's schema and every row, the experiments' times left out."""
+    """A store's schema and every row, the experiments' times left out. A table's definition is
+    compared as its set of lines (a column or a constraint each): MLflow's own migrations list
+    the ``runs`` table's constraints in an order that varies from one build to the next."""
     connection = sqlite3.connect(database)
     try:
-        schema = sorted(connection.execute("SELECT type, name, sql FROM sqlite_master"))
+        schema = sorted(
+            (kind, name, sorted(line.strip().rstrip(",") for line in (sql or "").splitlines()))
+            for kind, name, sql in connection.execute("SELECT type, name, sql FROM sqlite_master")
+        )
         rows = {}
         for (table,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
             columns = [row[1] for row in connection.execute(f'PRAGMA table_info("{table}")')]
