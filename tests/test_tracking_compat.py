@@ -209,11 +209,18 @@ def test_a_store_made_from_the_template_holds_what_mlflow_builds(tmp_path, monke
     MlflowClient(f"sqlite:///{built}").search_experiments()  # MLflow's migrations, as MLflow runs them
     template = compat.store_template()
     assert template is not None and not template.exists()
+    copy_store_template, copied_from_template = compat.copy_store_template, []
 
+    def recorded(target):
+        copied_from_template.append(copy_store_template(target))
+        return copied_from_template[-1]
+
+    monkeypatch.setattr(compat, "copy_store_template", recorded)
     create_sqlite_store(tmp_path / "first" / "mlflow.db")  # built by MLflow, then kept as the template
     assert template.is_file()
     copied = tmp_path / "copied" / "mlflow.db"
     create_sqlite_store(copied)
+    assert copied_from_template == [False, True]
     assert _contents(copied) == _contents(built)
     experiments = MlflowClient(f"sqlite:///{copied}").search_experiments()
     assert [(e.experiment_id, e.name) for e in experiments] == [("0", "Default")]
