@@ -749,6 +749,7 @@ def flush_costs(server: Server, work: Path, calls: int = 7) -> list[str]:
     from mlflow.tracking import MlflowClient
 
     from runner.tracking.compat import SqliteMetricWriter
+    from runner.tracking.metric_sinks import EndpointSink, MetricSink, SqliteSink
     from runner.tracking.metrics_endpoint import MetricsEndpoint
     from runner.tracking.store import ensure_experiment
 
@@ -776,12 +777,13 @@ def flush_costs(server: Server, work: Path, calls: int = 7) -> list[str]:
     for label, (uri, direct) in ways.items():
         client = MlflowClient(uri)
         run_id = client.create_run(ensure_experiment(uri, "bench-flush")).info.run_id
-        writer: Any = None
+        sink: MetricSink | None = None  # the sink a run on that store writes through; None: log_batch
         if direct is not None:
             writer = SqliteMetricWriter.open(database) if direct == "sqlite" else MetricsEndpoint.of(uri)
             if writer is None:
                 lines.append(f"| {label} | (not available with this MLflow) | | | |")
                 continue
+            sink = SqliteSink(writer) if direct == "sqlite" else EndpointSink(writer, lambda call, *a: call(*a))
         walls, cpus, served = [], [], []
         for number in range(calls + 1):
             now = int(time.time() * 1000)
@@ -792,17 +794,15 @@ def flush_costs(server: Server, work: Path, calls: int = 7) -> list[str]:
             metrics = [Metric(*value) for value in values]
             server_before = server.cpu()
             start, cpu = time.perf_counter(), time.thread_time()
-            if isinstance(writer, SqliteMetricWriter):
-                writer.write({run_id: values})  # many runs' values at once, here one run's
-            elif writer is not None:
-                writer.write(run_id, values)
+            if sink is not None:
+                sink.write({run_id: values})
             else:
                 client.log_batch(run_id, metrics=metrics)
             walls.append(time.perf_counter() - start)
             cpus.append(time.thread_time() - cpu)
             served.append(server.cpu() - server_before)
-        if isinstance(writer, SqliteMetricWriter):
-            writer.close()
+        if sink is not None:
+            sink.close()
         wall, cpu, served_cpu = median(walls[1:]), median(cpus[1:]), median(served[1:])
         lines.append(
             f"| {label} | {wall * 1e3:.1f} | {wall / FLUSH_VALUES * 1e6:.1f} | {cpu * 1e3:.1f} | "
