@@ -88,7 +88,7 @@ class EpochMetrics(Observer):
     def _layer_statistics(self, report: EpochReport) -> dict[str, float]:
         # wants_gradients: the engine reports every epoch's gradients to this observer.
         assert report.grad_weights is not None and report.grad_biases is not None
-        values = {}
+        values: dict[str, float] = {}
         layers = zip(
             report.weights,
             report.biases,
