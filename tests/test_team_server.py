@@ -27,8 +27,18 @@ ARTIFACT_FILES = {
     "config.yaml",
     "overrides.yaml",
     "weights.npz",
-    *(f"model/{name}" for name in ("MLmodel", "conda.yaml", "input_example.json", "python_env.yaml")),
-    *(f"model/{name}" for name in ("python_model.pkl", "requirements.txt", "serving_input_example.json")),
+    *(
+        f"model/{name}"
+        for name in (
+            "MLmodel",
+            "conda.yaml",
+            "input_example.json",
+            "python_env.yaml",
+            "python_model.pkl",
+            "requirements.txt",
+            "serving_input_example.json",
+        )
+    ),
     *(f"plots/{name}.png" for name in ("gradient_norms", "learning_curves", "weight_norms")),
     "tensors/epochs.npy",
     *(
